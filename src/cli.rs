@@ -1,0 +1,148 @@
+//! The command line: what to do (run, check-config) and the few settings that must be known
+//! before the configuration is read (where it is, where logs go).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use lexopt::prelude::*;
+
+use crate::config::Flags;
+use crate::logging::{LogFormat, LogTarget};
+
+pub const USAGE: &str = "\
+Usage: dns-proxy [check-config] [OPTIONS]
+
+Forwards the DNS queries of this host to upstream resolvers over DNS-over-TLS.
+
+Commands:
+  (none)          run the daemon
+  check-config    validate the configuration and print it, with where each value came from
+
+Options:
+  -c, --config FILE        configuration file (default: /etc/dns-proxy/dns-proxy.toml);
+                           drop-ins are read from FILE's stem + .d/ (dns-proxy.d/*.toml)
+  -l, --listen ADDR        address to bind for UDP and TCP, e.g. 127.0.0.1:5300 (repeatable;
+                           replaces `listen`; ignored under socket activation)
+      --log TARGET         auto (journal under systemd, else stderr), journal or stderr
+      --log-format FORMAT  text or json (for stderr)
+      --log-level LEVEL    error, warn, info, debug or trace (replaces `log_level`)
+  -h, --help               print this help
+  -V, --version            print the version
+
+Every configuration key can also be set as DNS_PROXY_<KEY> in the environment.
+See dns-proxy(8) and dns-proxy.toml(5).
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Run,
+    CheckConfig,
+    Help,
+    Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub command: Command,
+    /// `--config`: replaces the default file, which then must exist.
+    pub config: Option<PathBuf>,
+    pub flags: Flags,
+    pub log_target: LogTarget,
+    pub log_format: LogFormat,
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::Error> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut parsed = Args {
+        command: Command::Run,
+        config: None,
+        flags: Flags::default(),
+        log_target: LogTarget::Auto,
+        log_format: LogFormat::Text,
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('c') | Long("config") => parsed.config = Some(parser.value()?.into()),
+            Short('l') | Long("listen") => parsed.flags.listen.push(parser.value()?.string()?),
+            Long("log") => {
+                parsed.log_target = match parser.value()?.string()?.as_str() {
+                    "auto" => LogTarget::Auto,
+                    "journal" => LogTarget::Journal,
+                    "stderr" => LogTarget::Stderr,
+                    other => return Err(invalid("--log", other, "auto, journal or stderr")),
+                }
+            }
+            Long("log-format") => {
+                parsed.log_format = match parser.value()?.string()?.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(invalid("--log-format", other, "text or json")),
+                }
+            }
+            Long("log-level") => parsed.flags.log_level = Some(parser.value()?.string()?),
+            Short('h') | Long("help") => parsed.command = Command::Help,
+            Short('V') | Long("version") => parsed.command = Command::Version,
+            Value(value) if value == "check-config" && parsed.command == Command::Run => {
+                parsed.command = Command::CheckConfig;
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(parsed)
+}
+
+fn invalid(option: &str, value: &str, expected: &str) -> lexopt::Error {
+    format!("invalid value {value:?} for {option}: expected {expected}").into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(args: &[&str]) -> Result<Args, lexopt::Error> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn no_arguments_runs_with_defaults() {
+        let args = parse_str(&[]).unwrap();
+        assert_eq!(args.command, Command::Run);
+        assert_eq!(args.config, None);
+        assert_eq!(args.log_target, LogTarget::Auto);
+        assert_eq!(args.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn options_are_parsed() {
+        let args = parse_str(&[
+            "check-config",
+            "--config=/tmp/x.toml",
+            "-l",
+            "127.0.0.1:53",
+            "--listen",
+            "[::1]:53",
+            "--log",
+            "journal",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(args.command, Command::CheckConfig);
+        assert_eq!(args.config, Some(PathBuf::from("/tmp/x.toml")));
+        assert_eq!(args.flags.listen, vec!["127.0.0.1:53", "[::1]:53"]);
+        assert_eq!(args.flags.log_level.as_deref(), Some("debug"));
+        assert_eq!(args.log_target, LogTarget::Journal);
+        assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        assert!(parse_str(&["--bogus"]).is_err());
+        assert!(parse_str(&["run-fast"]).is_err());
+        assert!(parse_str(&["--log", "syslog"]).is_err());
+        assert!(parse_str(&["--config"]).is_err());
+    }
+}

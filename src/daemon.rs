@@ -1,0 +1,216 @@
+//! The running daemon: starts a server task per socket, tells systemd it is ready, then waits
+//! for signals. SIGHUP reloads the configuration (a bad one is refused and the running one
+//! stays; sockets are never closed by a reload). SIGTERM and SIGINT stop accepting, let
+//! in-flight queries finish for a bounded time, and return.
+
+use std::io;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, Sources};
+use crate::forwarder::Forwarder;
+use crate::listeners::{self, Inherited, ListenError};
+use crate::stats::Stats;
+use crate::tls::TlsSetupError;
+use crate::{notify, tcp, udp};
+
+/// How long in-flight queries may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("cannot serve a socket: {0}")]
+    Socket(io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// What every server task shares: the configuration and forwarder in force (swapped whole on
+/// reload, so a query sees one consistent pair) and the counters.
+pub struct Context {
+    current: RwLock<(Arc<Config>, Arc<Forwarder>)>,
+    pub stats: Arc<Stats>,
+}
+
+impl Context {
+    pub fn config(&self) -> Arc<Config> {
+        self.read().0.clone()
+    }
+
+    pub fn forwarder(&self) -> Arc<Forwarder> {
+        self.read().1.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<Config>, Arc<Forwarder>)> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replace(&self, config: Config, forwarder: Forwarder) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+            (Arc::new(config), Arc::new(forwarder));
+    }
+
+    /// The systemd STATUS line: traffic so far and upstream health.
+    pub fn status(&self) -> String {
+        format!(
+            "{}; upstreams: {}",
+            self.stats.summary(),
+            self.forwarder().describe_upstreams()
+        )
+    }
+}
+
+/// Runs until SIGTERM or SIGINT. `inherited` holds the sockets systemd passed, if any.
+pub async fn run(
+    sources: Sources,
+    config: Config,
+    inherited: Option<Inherited>,
+) -> Result<(), DaemonError> {
+    if rustix::process::geteuid().is_root() {
+        warn!(
+            "running as root: dns-proxy needs no privilege; let systemd pass port 53 \
+             (dns-proxy.socket) or listen on a port above 1023"
+        );
+    }
+    let listeners = match inherited {
+        Some(inherited) => {
+            info!(
+                "socket activation: {} UDP and {} TCP sockets from systemd ({}); the listen setting is ignored",
+                inherited.listeners.udp.len(),
+                inherited.listeners.tcp.len(),
+                inherited.names.join(", "),
+            );
+            for unusable in &inherited.unusable {
+                warn!("socket activation: {unusable} is neither a TCP listener nor a UDP socket; not used");
+            }
+            inherited.listeners
+        }
+        None => listeners::bind(&config)?,
+    };
+    let stats = Arc::new(Stats::default());
+    let forwarder = Forwarder::new(&config, stats.clone())?;
+    let connections = Arc::new(Semaphore::new(config.tcp_max_connections));
+    let (serve_udp, serve_tcp) = (config.udp, config.tcp);
+    let context = Arc::new(Context {
+        current: RwLock::new((Arc::new(config), Arc::new(forwarder))),
+        stats,
+    });
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut addresses = Vec::new();
+    if !serve_udp && !listeners.udp.is_empty() {
+        info!("udp is off: {} UDP sockets left unused", listeners.udp.len());
+    }
+    if !serve_tcp && !listeners.tcp.is_empty() {
+        info!("tcp is off: {} TCP sockets left unused", listeners.tcp.len());
+    }
+    for socket in listeners.udp.into_iter().filter(|_| serve_udp) {
+        addresses.push(describe("udp", socket.local_addr()));
+        socket.set_nonblocking(true).map_err(DaemonError::Socket)?;
+        let socket = tokio::net::UdpSocket::from_std(socket).map_err(DaemonError::Socket)?;
+        tracker.spawn(udp::serve(
+            socket,
+            context.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    for listener in listeners.tcp.into_iter().filter(|_| serve_tcp) {
+        addresses.push(describe("tcp", listener.local_addr()));
+        listener.set_nonblocking(true).map_err(DaemonError::Socket)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(DaemonError::Socket)?;
+        tracker.spawn(tcp::serve(
+            listener,
+            context.clone(),
+            connections.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+
+    info!(
+        "ready: serving {}; upstreams {}",
+        addresses.join(", "),
+        context.forwarder().describe_upstreams()
+    );
+    notify::ready(&context.status());
+    tracker.spawn(notify::heartbeat(context.clone(), shutdown.clone()));
+
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&sources, &context),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+
+    info!("stopping: finishing queries in flight");
+    notify::stopping();
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("queries still in flight after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Loads the configuration again and puts it in force if it is valid.
+fn reload(sources: &Sources, context: &Context) {
+    notify::reloading();
+    let outcome = config::load(sources)
+        .map_err(|e| e.to_string())
+        .and_then(|loaded| {
+            Forwarder::new(&loaded.config, context.stats.clone())
+                .map(|forwarder| (loaded.config, forwarder))
+                .map_err(|e| e.to_string())
+        });
+    match outcome {
+        Ok((config, forwarder)) => {
+            let old = context.config();
+            if old.listen != config.listen
+                || old.udp != config.udp
+                || old.tcp != config.tcp
+                || old.tcp_max_connections != config.tcp_max_connections
+                || old.log_level != config.log_level
+            {
+                warn!(
+                    "listen, udp, tcp, tcp_max_connections and log_level take effect at the next restart"
+                );
+            }
+            context.replace(config, forwarder);
+            info!(
+                "configuration reloaded; upstreams {}",
+                context.forwarder().describe_upstreams()
+            );
+        }
+        Err(error) => {
+            error!("reload refused, the running configuration stays in force: {error}");
+        }
+    }
+    notify::ready(&context.status());
+}
+
+fn describe(transport: &str, address: io::Result<std::net::SocketAddr>) -> String {
+    match address {
+        Ok(address) => format!("{transport} {address}"),
+        Err(_) => format!("{transport} (unknown address)"),
+    }
+}

@@ -1,0 +1,813 @@
+//! DNS message logic as pure functions over bytes: validating a client query, building the
+//! padded query sent upstream, turning an upstream response into the client's answer, error
+//! answers (FORMERR, NOTIMP, SERVFAIL, …) and truncation for UDP.
+//!
+//! Nothing here does I/O, so every rule is unit-tested with plain byte strings. Client queries are
+//! decoded with hickory-proto; the rest works on the wire form directly, because a forwarder must
+//! pass answers through untouched (DNSSEC records, unknown types) and only edit the header, the
+//! question and the OPT record.
+
+use std::fmt::Write as _;
+
+use hickory_proto::op::{Message, MessageType, OpCode};
+
+/// Length of the fixed DNS header.
+pub const HEADER_LEN: usize = 12;
+/// Largest UDP answer for a client that did not send EDNS (RFC 1035 §4.2.1).
+pub const PLAIN_UDP_LIMIT: usize = 512;
+/// UDP payload size we advertise in answers (the 2020 DNS flag day value).
+pub const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
+/// Queries sent upstream are padded to a multiple of this (RFC 8467 §4.1, block-length padding).
+pub const PADDING_BLOCK: usize = 128;
+
+const TYPE_OPT: u16 = 41;
+const TYPE_IXFR: u16 = 251;
+const TYPE_AXFR: u16 = 252;
+const OPTION_PADDING: u16 = 12;
+/// Size of an OPT record with no options: root name, type, class, TTL, RDLENGTH.
+const OPT_FIXED_LEN: usize = 11;
+const FLAG_QR: u8 = 0x80;
+const FLAG_TC: u8 = 0x02;
+const FLAG_RD: u8 = 0x01;
+const FLAG_RA: u8 = 0x80;
+const FLAG_AD: u8 = 0x20;
+const FLAG_CD: u8 = 0x10;
+const EDNS_DO: u16 = 0x8000;
+
+/// Response codes this crate produces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rcode {
+    FormErr,
+    ServFail,
+    NotImp,
+    Refused,
+    /// Extended RCODE 16 (RFC 6891): an EDNS version we do not speak.
+    BadVers,
+}
+
+impl Rcode {
+    fn value(self) -> u16 {
+        match self {
+            Rcode::FormErr => 1,
+            Rcode::ServFail => 2,
+            Rcode::NotImp => 4,
+            Rcode::Refused => 5,
+            Rcode::BadVers => 16,
+        }
+    }
+}
+
+/// The client's EDNS(0) parameters that matter to a forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    /// Largest UDP answer the client accepts.
+    pub payload: u16,
+    /// DNSSEC OK: the client wants signatures (RFC 3225).
+    pub dnssec_ok: bool,
+}
+
+/// A client query that passed validation: exactly one question, opcode QUERY, parseable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// The packet as received; the answer echoes its id and question bytes exactly.
+    raw: Vec<u8>,
+    /// End of the question section in `raw`.
+    question_end: usize,
+    edns: Option<Edns>,
+}
+
+/// Why a client packet gets no forwarded answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not worth an answer: too short to carry a header, or itself a response (answering a
+    /// response would let two resolvers bounce packets off each other forever).
+    Drop,
+    /// Answer the client with this message (FORMERR, NOTIMP, BADVERS or REFUSED).
+    Answer(Vec<u8>),
+}
+
+/// An upstream response that cannot be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message shorter than a DNS header")]
+    Short,
+    #[error("message is not a response")]
+    NotResponse,
+    #[error("response does not carry exactly one question")]
+    QuestionCount,
+    #[error("malformed name or record")]
+    Malformed,
+}
+
+/// Validates a packet from a client and decides what to do with it.
+pub fn parse_query(packet: &[u8]) -> Result<Query, Rejection> {
+    if packet.len() < HEADER_LEN || packet[2] & FLAG_QR != 0 {
+        return Err(Rejection::Drop);
+    }
+    if (packet[2] >> 3) & 0x0f != 0 {
+        return Err(Rejection::Answer(error_answer(packet, Rcode::NotImp, None)));
+    }
+    let formerr = || Rejection::Answer(error_answer(packet, Rcode::FormErr, None));
+    let message = Message::from_vec(packet).map_err(|_| formerr())?;
+    if message.metadata.message_type != MessageType::Query
+        || message.metadata.op_code != OpCode::Query
+        || message.queries.len() != 1
+        || read_u16(packet, 4) != Some(1)
+    {
+        return Err(formerr());
+    }
+    // Only the question is forwarded, copied byte for byte, so it must be self-contained.
+    let question_end = question_end(packet).ok_or_else(formerr)?;
+    let edns = match &message.edns {
+        None => None,
+        Some(edns) if edns.version() != 0 => {
+            let edns = Edns {
+                payload: edns.max_payload(),
+                dnssec_ok: edns.flags().dnssec_ok,
+            };
+            return Err(Rejection::Answer(error_answer(
+                packet,
+                Rcode::BadVers,
+                Some(edns),
+            )));
+        }
+        Some(edns) => Some(Edns {
+            payload: edns.max_payload(),
+            dnssec_ok: edns.flags().dnssec_ok,
+        }),
+    };
+    let query = Query {
+        raw: packet.to_vec(),
+        question_end,
+        edns,
+    };
+    // Zone transfers need a multi-message stream a stub forwarder has no use for.
+    if matches!(query.qtype(), TYPE_AXFR | TYPE_IXFR) {
+        return Err(Rejection::Answer(query.error_answer(Rcode::Refused)));
+    }
+    Ok(query)
+}
+
+impl Query {
+    /// The client's message id.
+    pub fn id(&self) -> u16 {
+        u16::from_be_bytes([self.raw[0], self.raw[1]])
+    }
+
+    /// The question section in wire form: name, type and class.
+    pub fn question(&self) -> &[u8] {
+        &self.raw[HEADER_LEN..self.question_end]
+    }
+
+    /// The question type (A = 1, AAAA = 28, …).
+    pub fn qtype(&self) -> u16 {
+        let q = self.question();
+        u16::from_be_bytes([q[q.len() - 4], q[q.len() - 3]])
+    }
+
+    /// The client's EDNS parameters, if it sent an OPT record.
+    pub fn edns(&self) -> Option<Edns> {
+        self.edns
+    }
+
+    /// Largest answer this client can take over UDP.
+    pub fn udp_limit(&self) -> usize {
+        match self.edns {
+            Some(edns) => usize::from(edns.payload).max(PLAIN_UDP_LIMIT),
+            None => PLAIN_UDP_LIMIT,
+        }
+    }
+
+    /// The question as text for logs, e.g. `example.com. A`.
+    pub fn describe(&self) -> String {
+        let question = self.question();
+        let mut text = name_to_text(question);
+        let _ = write!(text, " {}", type_name(self.qtype()));
+        text
+    }
+
+    /// An answer with this rcode, the client's id and question, and OPT if the client sent one.
+    pub fn error_answer(&self, rcode: Rcode) -> Vec<u8> {
+        error_answer(&self.raw, rcode, self.edns)
+    }
+
+    /// The query we send upstream, framed with its 2-byte length prefix for DNS over TLS.
+    ///
+    /// The id bytes (offsets 2..4 of the frame) are zero: the connection writes its own id there.
+    /// The client's RD, AD and CD bits and its DO bit are kept; its other EDNS options (client
+    /// subnet, cookies) are not forwarded, and the message is padded to a multiple of
+    /// [`PADDING_BLOCK`] so its length says little about the name asked (RFC 7830, RFC 8467).
+    pub fn upstream_frame(&self) -> Vec<u8> {
+        let question = self.question();
+        let unpadded = HEADER_LEN + question.len() + OPT_FIXED_LEN + 4;
+        let padding = (PADDING_BLOCK - unpadded % PADDING_BLOCK) % PADDING_BLOCK;
+        let length = unpadded + padding;
+        let mut frame = Vec::with_capacity(2 + length);
+        // `length` fits: a question is at most 259 bytes, so the message stays under 512.
+        frame.extend_from_slice(&(length as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.push(self.raw[2] & FLAG_RD);
+        frame.push(self.raw[3] & (FLAG_AD | FLAG_CD));
+        frame.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+        frame.extend_from_slice(question);
+        let dnssec_ok = self.edns.is_some_and(|e| e.dnssec_ok);
+        push_opt_header(&mut frame, 0, dnssec_ok, (4 + padding) as u16);
+        frame.extend_from_slice(&OPTION_PADDING.to_be_bytes());
+        frame.extend_from_slice(&(padding as u16).to_be_bytes());
+        frame.resize(2 + length, 0);
+        frame
+    }
+
+    /// Turns an upstream response into this client's answer.
+    ///
+    /// The response must be one for our upstream query (checked by [`response_matches`]). The
+    /// answer gets the client's id and its question bytes (so the client sees its own spelling),
+    /// and an OPT record only if the client sent one, without the upstream's padding.
+    pub fn answer_from(&self, response: &[u8]) -> Result<Vec<u8>, WireError> {
+        let layout = Layout::of(response)?;
+        if layout.question_end - HEADER_LEN != self.question().len() {
+            return Err(WireError::QuestionCount);
+        }
+        let mut answer = Vec::with_capacity(response.len());
+        answer.extend_from_slice(&self.raw[..2]);
+        answer.extend_from_slice(&response[2..HEADER_LEN]);
+        answer.extend_from_slice(self.question());
+        match layout.last_opt {
+            Some(opt) => {
+                answer.extend_from_slice(&response[layout.question_end..opt.start]);
+                if self.edns.is_some() {
+                    push_opt_without_padding(&mut answer, &response[opt.start..]);
+                } else {
+                    let ar = read_u16(&answer, 10).unwrap_or(1);
+                    answer[10..12].copy_from_slice(&ar.saturating_sub(1).to_be_bytes());
+                }
+            }
+            None => answer.extend_from_slice(&response[layout.question_end..]),
+        }
+        Ok(answer)
+    }
+}
+
+/// Whether `response` answers the upstream query we sent with `question`: a response, with one
+/// question equal to ours (names compared case-insensitively, type and class exactly).
+pub fn response_matches(response: &[u8], question: &[u8]) -> bool {
+    if response.len() < HEADER_LEN
+        || response[2] & FLAG_QR == 0
+        || read_u16(response, 4) != Some(1)
+    {
+        return false;
+    }
+    let Some(end) = question_end(response) else {
+        return false;
+    };
+    let theirs = &response[HEADER_LEN..end];
+    theirs.len() == question.len()
+        && theirs[..theirs.len() - 4].eq_ignore_ascii_case(&question[..question.len() - 4])
+        && theirs[theirs.len() - 4..] == question[question.len() - 4..]
+}
+
+/// The id of a message, if it is long enough to have one.
+pub fn message_id(message: &[u8]) -> Option<u16> {
+    read_u16(message, 0)
+}
+
+/// Fits an answer into a UDP datagram of at most `limit` bytes.
+///
+/// An answer that is too long is replaced by its header with TC=1, its question and its OPT
+/// record, with no records, so the client asks again over TCP (RFC 7766 §5). Cutting records
+/// out one by one would hand the client a partial RRset that looks complete.
+pub fn truncate_for_udp(answer: Vec<u8>, limit: usize) -> Vec<u8> {
+    if answer.len() <= limit {
+        return answer;
+    }
+    let Ok(layout) = Layout::of(&answer) else {
+        // Cannot happen for answers built by this module; a bare header is still correct.
+        let mut header = answer[..HEADER_LEN.min(answer.len())].to_vec();
+        header.resize(HEADER_LEN, 0);
+        header[2] |= FLAG_TC;
+        header[4..12].fill(0);
+        return header;
+    };
+    let mut short = Vec::with_capacity(layout.question_end + OPT_FIXED_LEN);
+    short.extend_from_slice(&answer[..layout.question_end]);
+    short[2] |= FLAG_TC;
+    short[6..12].fill(0);
+    if let Some(opt) = layout.last_opt {
+        short[11] = 1;
+        // Root name, type, class and TTL of the OPT record, without its options.
+        short.extend_from_slice(&answer[opt.start..opt.start + OPT_FIXED_LEN - 2]);
+        short.extend_from_slice(&[0, 0]);
+    }
+    short
+}
+
+/// An answer with `rcode` to the packet `request`: its id, opcode, RD and CD bits, and its
+/// question when the question can be read; with an OPT record when `edns` is given.
+fn error_answer(request: &[u8], rcode: Rcode, edns: Option<Edns>) -> Vec<u8> {
+    let question = match (read_u16(request, 4), question_end(request)) {
+        (Some(1), Some(end)) => &request[HEADER_LEN..end],
+        _ => &[][..],
+    };
+    let mut answer = Vec::with_capacity(HEADER_LEN + question.len() + OPT_FIXED_LEN);
+    answer.extend_from_slice(&request[..2]);
+    answer.push(FLAG_QR | (request[2] & (0x78 | FLAG_RD)));
+    answer.push(FLAG_RA | (request[3] & FLAG_CD) | (rcode.value() & 0x0f) as u8);
+    answer.extend_from_slice(&[0, u8::from(!question.is_empty()), 0, 0, 0, 0]);
+    answer.push(0);
+    answer.push(u8::from(edns.is_some()));
+    answer.extend_from_slice(question);
+    if let Some(edns) = edns {
+        push_opt_header(&mut answer, (rcode.value() >> 4) as u8, edns.dnssec_ok, 0);
+    }
+    answer
+}
+
+/// Appends an OPT record header advertising our payload size; `rdlength` bytes of options follow.
+fn push_opt_header(out: &mut Vec<u8>, extended_rcode: u8, dnssec_ok: bool, rdlength: u16) {
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&ADVERTISED_UDP_PAYLOAD.to_be_bytes());
+    out.extend_from_slice(&[extended_rcode, 0]);
+    out.extend_from_slice(&(if dnssec_ok { EDNS_DO } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&rdlength.to_be_bytes());
+}
+
+/// Appends a copy of the OPT record `opt` with our payload size and without padding options:
+/// padding protects the encrypted upstream hop and is only noise on the local one.
+fn push_opt_without_padding(out: &mut Vec<u8>, opt: &[u8]) {
+    let start = out.len();
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&ADVERTISED_UDP_PAYLOAD.to_be_bytes());
+    out.extend_from_slice(&opt[5..9]);
+    out.extend_from_slice(&[0, 0]);
+    let mut options = &opt[OPT_FIXED_LEN..];
+    while options.len() >= 4 {
+        let code = u16::from_be_bytes([options[0], options[1]]);
+        let len = 4 + usize::from(u16::from_be_bytes([options[2], options[3]]));
+        let Some(option) = options.get(..len) else {
+            break;
+        };
+        if code != OPTION_PADDING {
+            out.extend_from_slice(option);
+        }
+        options = &options[len..];
+    }
+    let rdlength = (out.len() - start - OPT_FIXED_LEN) as u16;
+    out[start + 9..start + 11].copy_from_slice(&rdlength.to_be_bytes());
+}
+
+/// Where the parts of a response are, found by walking every record once.
+#[derive(Debug)]
+struct Layout {
+    question_end: usize,
+    /// The OPT record, when it is the last record of the message: the only place it can be
+    /// edited or dropped without moving any other record.
+    last_opt: Option<std::ops::Range<usize>>,
+}
+
+impl Layout {
+    fn of(message: &[u8]) -> Result<Layout, WireError> {
+        if message.len() < HEADER_LEN {
+            return Err(WireError::Short);
+        }
+        if message[2] & FLAG_QR == 0 {
+            return Err(WireError::NotResponse);
+        }
+        if read_u16(message, 4) != Some(1) {
+            return Err(WireError::QuestionCount);
+        }
+        let question_end = question_end(message).ok_or(WireError::Malformed)?;
+        let records = [6, 8, 10]
+            .iter()
+            .map(|&at| usize::from(read_u16(message, at).unwrap_or(0)))
+            .sum::<usize>();
+        let mut pos = question_end;
+        let mut last_opt = None;
+        for _ in 0..records {
+            let start = pos;
+            pos = skip_name(message, pos).ok_or(WireError::Malformed)?;
+            let rtype = read_u16(message, pos).ok_or(WireError::Malformed)?;
+            let rdlength = read_u16(message, pos + 8).ok_or(WireError::Malformed)?;
+            pos += 10 + usize::from(rdlength);
+            if pos > message.len() {
+                return Err(WireError::Malformed);
+            }
+            last_opt = (rtype == TYPE_OPT && message[start] == 0).then_some(start..pos);
+        }
+        if pos != message.len() {
+            return Err(WireError::Malformed);
+        }
+        Ok(Layout {
+            question_end,
+            last_opt,
+        })
+    }
+}
+
+/// End of the first question when it is a plain name (no compression pointer) plus type and
+/// class. The first name of a message has nothing before it to point to, so a pointer there is
+/// malformed.
+fn question_end(message: &[u8]) -> Option<usize> {
+    let mut pos = HEADER_LEN;
+    loop {
+        let len = usize::from(*message.get(pos)?);
+        if len == 0 {
+            pos += 1;
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        pos += 1 + len;
+        if pos - HEADER_LEN > 255 {
+            return None;
+        }
+    }
+    let end = pos + 4;
+    (end <= message.len()).then_some(end)
+}
+
+/// Offset just past the name at `pos`; a compression pointer ends a name.
+fn skip_name(message: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *message.get(pos)?;
+        match len & 0xc0 {
+            0x00 if len == 0 => return Some(pos + 1),
+            0x00 => pos += 1 + usize::from(len),
+            0xc0 => return (pos + 2 <= message.len()).then_some(pos + 2),
+            _ => return None,
+        }
+    }
+}
+
+fn read_u16(message: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*message.get(at)?, *message.get(at + 1)?]))
+}
+
+/// A wire-form name (at the start of `wire`) as presentation text, with unusual bytes escaped.
+fn name_to_text(wire: &[u8]) -> String {
+    let mut text = String::new();
+    let mut pos = 0;
+    while let Some(&len) = wire.get(pos) {
+        if len == 0 || len > 63 {
+            break;
+        }
+        let label = wire.get(pos + 1..pos + 1 + usize::from(len)).unwrap_or(&[]);
+        for &byte in label {
+            match byte {
+                b'.' | b'\\' => {
+                    text.push('\\');
+                    text.push(char::from(byte));
+                }
+                0x21..=0x7e => text.push(char::from(byte)),
+                _ => {
+                    let _ = write!(text, "\\{byte:03}");
+                }
+            }
+        }
+        text.push('.');
+        pos += 1 + usize::from(len);
+    }
+    if text.is_empty() {
+        text.push('.');
+    }
+    text
+}
+
+fn type_name(qtype: u16) -> String {
+    let name = match qtype {
+        1 => "A",
+        2 => "NS",
+        5 => "CNAME",
+        6 => "SOA",
+        12 => "PTR",
+        15 => "MX",
+        16 => "TXT",
+        28 => "AAAA",
+        33 => "SRV",
+        43 => "DS",
+        48 => "DNSKEY",
+        64 => "SVCB",
+        65 => "HTTPS",
+        255 => "ANY",
+        other => return format!("TYPE{other}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for `name` with type `qtype`, optionally with an OPT record.
+    fn query(id: u16, name: &str, qtype: u16, edns: Option<(u16, bool)>) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[FLAG_RD, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        if let Some((payload, dnssec_ok)) = edns {
+            q.push(0);
+            q.extend_from_slice(&TYPE_OPT.to_be_bytes());
+            q.extend_from_slice(&payload.to_be_bytes());
+            q.extend_from_slice(&[0, 0]);
+            q.extend_from_slice(&(if dnssec_ok { EDNS_DO } else { 0 }).to_be_bytes());
+            q.extend_from_slice(&[0, 0]);
+        }
+        q
+    }
+
+    /// A response to `request` with `count` A records (compressed owner names) and, if `opt`,
+    /// an OPT record carrying `opt_options`.
+    fn response(request: &[u8], count: u16, opt: Option<&[u8]>) -> Vec<u8> {
+        let end = question_end(request).unwrap();
+        let mut r = request[..end].to_vec();
+        r[2] |= FLAG_QR;
+        r[3] |= FLAG_RA;
+        r[6..8].copy_from_slice(&count.to_be_bytes());
+        r[8..10].fill(0);
+        r[10..12].copy_from_slice(&u16::from(opt.is_some()).to_be_bytes());
+        for i in 0..count {
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2]);
+            r.push(i as u8);
+        }
+        if let Some(options) = opt {
+            r.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0x80, 0]);
+            r.extend_from_slice(&(options.len() as u16).to_be_bytes());
+            r.extend_from_slice(options);
+        }
+        r
+    }
+
+    fn rcode(answer: &[u8]) -> u8 {
+        answer[3] & 0x0f
+    }
+
+    #[test]
+    fn short_packets_and_responses_are_dropped() {
+        assert_eq!(parse_query(&[0; 11]), Err(Rejection::Drop));
+        let mut r = query(1, "example.com", 1, None);
+        r[2] |= FLAG_QR;
+        assert_eq!(parse_query(&r), Err(Rejection::Drop));
+    }
+
+    #[test]
+    fn other_opcodes_get_notimp_with_question() {
+        let mut q = query(7, "example.com", 1, None);
+        q[2] |= 2 << 3; // STATUS
+        let Err(Rejection::Answer(a)) = parse_query(&q) else {
+            panic!("expected an answer");
+        };
+        assert_eq!(rcode(&a), 4);
+        assert_eq!(&a[..2], &[0, 7]);
+        assert_eq!(a[2] & FLAG_QR, FLAG_QR);
+        assert_eq!(read_u16(&a, 4), Some(1));
+        assert_eq!(&a[12..], &q[12..]);
+    }
+
+    #[test]
+    fn question_count_other_than_one_is_formerr() {
+        let mut none = query(1, "example.com", 1, None);
+        none.truncate(12);
+        none[5] = 0;
+        let mut two = query(1, "example.com", 1, None);
+        let question = two[12..].to_vec();
+        two.extend_from_slice(&question);
+        two[5] = 2;
+        for packet in [none, two] {
+            let Err(Rejection::Answer(a)) = parse_query(&packet) else {
+                panic!("expected an answer");
+            };
+            assert_eq!(rcode(&a), 1);
+        }
+    }
+
+    #[test]
+    fn header_with_broken_body_is_formerr() {
+        let mut q = query(9, "example.com", 1, None);
+        q.truncate(q.len() - 3);
+        let Err(Rejection::Answer(a)) = parse_query(&q) else {
+            panic!("expected an answer");
+        };
+        assert_eq!(rcode(&a), 1);
+        assert_eq!(&a[..2], &[0, 9]);
+        assert_eq!(a.len(), HEADER_LEN);
+    }
+
+    #[test]
+    fn compressed_first_question_is_formerr() {
+        let mut q = query(1, "", 1, None);
+        q.truncate(12);
+        q.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        assert!(matches!(parse_query(&q), Err(Rejection::Answer(a)) if rcode(&a) == 1));
+    }
+
+    #[test]
+    fn unknown_edns_version_is_badvers() {
+        let mut q = query(3, "example.com", 1, Some((4096, false)));
+        let version_at = q.len() - 5;
+        q[version_at] = 1;
+        let Err(Rejection::Answer(a)) = parse_query(&q) else {
+            panic!("expected an answer");
+        };
+        assert_eq!(rcode(&a), 0);
+        assert_eq!(read_u16(&a, 10), Some(1));
+        // Extended RCODE: upper 8 bits of 16 live in the OPT TTL's first byte.
+        assert_eq!(a[a.len() - 6], 1);
+    }
+
+    #[test]
+    fn zone_transfers_are_refused() {
+        let q = query(3, "example.com", TYPE_AXFR, None);
+        assert!(matches!(parse_query(&q), Err(Rejection::Answer(a)) if rcode(&a) == 5));
+    }
+
+    #[test]
+    fn valid_query_exposes_question_and_edns() {
+        let q = parse_query(&query(0xabcd, "Example.COM", 28, Some((4096, true)))).unwrap();
+        assert_eq!(q.id(), 0xabcd);
+        assert_eq!(q.qtype(), 28);
+        assert_eq!(q.describe(), "Example.COM. AAAA");
+        assert_eq!(
+            q.edns(),
+            Some(Edns {
+                payload: 4096,
+                dnssec_ok: true
+            })
+        );
+        assert_eq!(q.udp_limit(), 4096);
+        let plain = parse_query(&query(1, "example.com", 1, None)).unwrap();
+        assert_eq!(plain.udp_limit(), PLAIN_UDP_LIMIT);
+        let tiny = parse_query(&query(1, "example.com", 1, Some((100, false)))).unwrap();
+        assert_eq!(tiny.udp_limit(), PLAIN_UDP_LIMIT);
+    }
+
+    #[test]
+    fn upstream_frame_is_padded_and_keeps_flags() {
+        for name in ["a", "example.com", &"x".repeat(63), "a.b.c.d.e.f.g.h"] {
+            let mut raw = query(0x1234, name, 1, Some((1232, true)));
+            raw[3] |= FLAG_CD;
+            let q = parse_query(&raw).unwrap();
+            let frame = q.upstream_frame();
+            let message = &frame[2..];
+            assert_eq!(read_u16(&frame, 0), Some(message.len() as u16));
+            assert_eq!(message.len() % PADDING_BLOCK, 0, "{name}");
+            assert_eq!(&message[..2], &[0, 0], "id is left for the connection");
+            assert_eq!(message[2], FLAG_RD);
+            assert_eq!(message[3], FLAG_CD);
+            let parsed = Message::from_vec(message).unwrap();
+            let edns = parsed.edns.unwrap();
+            assert!(edns.flags().dnssec_ok);
+            assert!(
+                edns.options()
+                    .as_ref()
+                    .iter()
+                    .any(|(code, _)| u16::from(*code) == OPTION_PADDING)
+            );
+            assert_eq!(&message[12..12 + q.question().len()], q.question());
+        }
+    }
+
+    #[test]
+    fn upstream_frame_without_client_edns_has_do_clear() {
+        let q = parse_query(&query(1, "example.com", 1, None)).unwrap();
+        let frame = q.upstream_frame();
+        let parsed = Message::from_vec(&frame[2..]).unwrap();
+        assert!(!parsed.edns.unwrap().flags().dnssec_ok);
+    }
+
+    #[test]
+    fn answer_carries_client_id_and_question_spelling() {
+        let q = parse_query(&query(0x4242, "ExAmPle.com", 1, None)).unwrap();
+        let mut upstream = response(&query(0x0001, "example.COM", 1, None), 2, None);
+        upstream[2] &= !FLAG_RD;
+        assert!(response_matches(&upstream, q.question()));
+        let answer = q.answer_from(&upstream).unwrap();
+        assert_eq!(&answer[..2], &[0x42, 0x42]);
+        assert_eq!(&answer[12..12 + q.question().len()], q.question());
+        assert_eq!(&answer[2..12], &upstream[2..12]);
+        let parsed = Message::from_vec(&answer).unwrap();
+        assert_eq!(parsed.answers.len(), 2);
+    }
+
+    #[test]
+    fn answer_drops_opt_for_client_without_edns() {
+        let q = parse_query(&query(5, "example.com", 1, None)).unwrap();
+        let upstream = response(&query(1, "example.com", 1, None), 1, Some(&[0, 12, 0, 2, 0, 0]));
+        let answer = q.answer_from(&upstream).unwrap();
+        let parsed = Message::from_vec(&answer).unwrap();
+        assert!(parsed.edns.is_none());
+        assert_eq!(read_u16(&answer, 10), Some(0));
+    }
+
+    #[test]
+    fn answer_strips_padding_but_keeps_other_options() {
+        let q = parse_query(&query(5, "example.com", 1, Some((4096, true)))).unwrap();
+        // Extended DNS error (15) and padding (12).
+        let options = [0, 15, 0, 2, 0, 18, 0, 12, 0, 3, 0, 0, 0];
+        let upstream = response(&query(1, "example.com", 1, None), 1, Some(&options));
+        let answer = q.answer_from(&upstream).unwrap();
+        let parsed = Message::from_vec(&answer).unwrap();
+        let edns = parsed.edns.unwrap();
+        assert!(edns.flags().dnssec_ok);
+        assert_eq!(edns.max_payload(), ADVERTISED_UDP_PAYLOAD);
+        let codes: Vec<u16> = edns
+            .options()
+            .as_ref()
+            .iter()
+            .map(|(code, _)| u16::from(*code))
+            .collect();
+        assert_eq!(codes, vec![15]);
+    }
+
+    #[test]
+    fn mismatched_responses_are_rejected() {
+        let q = parse_query(&query(5, "example.com", 1, None)).unwrap();
+        let other_name = response(&query(1, "example.org", 1, None), 1, None);
+        let other_type = response(&query(1, "example.com", 28, None), 1, None);
+        let not_response = query(1, "example.com", 1, None);
+        for bad in [&other_name, &other_type, &not_response] {
+            assert!(!response_matches(bad, q.question()));
+        }
+        assert!(!response_matches(&[0; 5], q.question()));
+    }
+
+    #[test]
+    fn malformed_responses_are_errors() {
+        let q = parse_query(&query(5, "example.com", 1, None)).unwrap();
+        let good = response(&query(1, "example.com", 1, None), 3, None);
+        for cut in 0..good.len() {
+            assert!(q.answer_from(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(q.answer_from(&trailing), Err(WireError::Malformed));
+    }
+
+    #[test]
+    fn long_answers_are_truncated_for_udp() {
+        let q = parse_query(&query(5, "example.com", 1, None)).unwrap();
+        let big = q
+            .answer_from(&response(&query(1, "example.com", 1, None), 40, None))
+            .unwrap();
+        assert!(big.len() > PLAIN_UDP_LIMIT);
+        let short = truncate_for_udp(big.clone(), q.udp_limit());
+        assert!(short.len() <= PLAIN_UDP_LIMIT);
+        assert_eq!(short[2] & FLAG_TC, FLAG_TC);
+        let parsed = Message::from_vec(&short).unwrap();
+        assert!(parsed.answers.is_empty());
+        assert_eq!(parsed.queries.len(), 1);
+        assert_eq!(truncate_for_udp(big.clone(), 65535), big);
+    }
+
+    #[test]
+    fn truncation_keeps_opt_for_edns_clients() {
+        let q = parse_query(&query(5, "example.com", 1, Some((600, true)))).unwrap();
+        let upstream = response(&query(1, "example.com", 1, None), 60, Some(&[]));
+        let big = q.answer_from(&upstream).unwrap();
+        let short = truncate_for_udp(big, q.udp_limit());
+        assert!(short.len() <= 600);
+        let parsed = Message::from_vec(&short).unwrap();
+        assert!(parsed.edns.unwrap().flags().dnssec_ok);
+        assert!(parsed.metadata.truncation);
+    }
+
+    #[test]
+    fn servfail_keeps_id_question_and_edns() {
+        let q = parse_query(&query(0x0102, "example.com", 1, Some((1232, true)))).unwrap();
+        let a = q.error_answer(Rcode::ServFail);
+        let parsed = Message::from_vec(&a).unwrap();
+        assert_eq!(parsed.metadata.id, 0x0102);
+        assert_eq!(rcode(&a), 2);
+        assert!(parsed.metadata.recursion_desired);
+        assert!(parsed.edns.unwrap().flags().dnssec_ok);
+        assert_eq!(parsed.queries.len(), 1);
+    }
+
+    #[test]
+    fn no_input_makes_parsing_panic() {
+        // A cheap deterministic sweep; the fuzz targets go much further.
+        let base = query(1, "example.com", 1, Some((1232, true)));
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut packet = base.clone();
+            let at = (state as usize) % packet.len();
+            packet[at] = (state >> 32) as u8;
+            packet.truncate(((state >> 40) as usize) % (base.len() + 1));
+            if let Ok(q) = parse_query(&packet) {
+                let _ = q.upstream_frame();
+                let _ = q.answer_from(&packet);
+                let _ = truncate_for_udp(q.error_answer(Rcode::ServFail), 12);
+            }
+            let _ = response_matches(&packet, &base[12..]);
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! dns-proxy: makes a host's own DNS private. It answers ordinary DNS on UDP and TCP (usually
+//! sockets systemd passes it on 127.0.0.1:53 and [::1]:53) and forwards every query to upstream
+//! resolvers over DNS-over-TLS, validating their certificates.
+//!
+//! # Layout
+//! - [`cli`], [`config`]: what to run and with which settings (layered TOML, environment, flags).
+//! - [`listeners`]: the client sockets, inherited from systemd or bound here.
+//! - [`udp`], [`tcp`]: the client-facing servers.
+//! - [`dns`]: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
+//! - [`framing`]: 2-byte length framing shared by TCP clients and TLS upstreams.
+//! - [`forwarder`]: a query to an answer: upstream choice, retry, SERVFAIL on failure.
+//! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
+//!   connection, and certificate validation.
+//! - [`daemon`], [`notify`], [`logging`], [`stats`]: lifecycle, systemd, logs, counters.
+//!
+//! `ARCHITECTURE.md` follows one query through these modules.
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod daemon;
+pub mod dns;
+pub mod forwarder;
+pub mod framing;
+pub mod listeners;
+pub mod logging;
+pub mod notify;
+pub mod stats;
+pub mod tcp;
+pub mod tls;
+pub mod udp;
+pub mod upstream;

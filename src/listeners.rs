@@ -1,0 +1,124 @@
+//! Where the client sockets come from, decided once at start: handed over by systemd (socket
+//! activation, `LISTEN_FDS`), or bound here from `listen`. The servers only ever see bound
+//! sockets, so they do not care which.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+
+/// Bound client sockets.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub udp: Vec<UdpSocket>,
+    pub tcp: Vec<TcpListener>,
+}
+
+/// Sockets systemd passed, with what could not be used.
+#[derive(Debug)]
+pub struct Inherited {
+    pub listeners: Listeners,
+    /// `LISTEN_FDNAMES`, for the log.
+    pub names: Vec<String>,
+    /// Descriptions of passed fds that are neither a TCP listener nor a UDP socket.
+    pub unusable: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot bind {transport} {address}: {source}")]
+    Bind {
+        transport: &'static str,
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("nothing to listen on: both udp and tcp are off, or listen is empty")]
+    Nothing,
+}
+
+/// Takes the sockets systemd passed; `None` when the process was not socket-activated.
+///
+/// Call before any thread exists: listenfd clears `LISTEN_FDS` and `LISTEN_PID` from the
+/// environment, so that child processes do not take the sockets for theirs.
+pub fn inherited() -> Option<Inherited> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return None;
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut inherited = Inherited {
+        listeners: Listeners::default(),
+        names,
+        unusable: Vec::new(),
+    };
+    for index in 0..fds.len() {
+        // The socket itself says what it is; names are free-form and only for humans.
+        if let Ok(Some(listener)) = fds.take_tcp_listener(index) {
+            inherited.listeners.tcp.push(listener);
+        } else if let Ok(Some(socket)) = fds.take_udp_socket(index) {
+            inherited.listeners.udp.push(socket);
+        } else {
+            let name = inherited.names.get(index).map_or("", String::as_str);
+            inherited.unusable.push(format!("fd {} ({name})", index + 3));
+        }
+    }
+    Some(inherited)
+}
+
+/// Binds UDP and TCP on every `listen` address, for the transports that are on.
+pub fn bind(config: &Config) -> Result<Listeners, ListenError> {
+    let mut listeners = Listeners::default();
+    for &address in &config.listen {
+        if config.udp {
+            let socket = bind_udp(address).map_err(|source| ListenError::Bind {
+                transport: "UDP",
+                address,
+                source,
+            })?;
+            listeners.udp.push(socket);
+        }
+        if config.tcp {
+            let listener = bind_tcp(address).map_err(|source| ListenError::Bind {
+                transport: "TCP",
+                address,
+                source,
+            })?;
+            listeners.tcp.push(listener);
+        }
+    }
+    if listeners.udp.is_empty() && listeners.tcp.is_empty() {
+        return Err(ListenError::Nothing);
+    }
+    Ok(listeners)
+}
+
+fn socket(address: SocketAddr, kind: Type, protocol: Protocol) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(address), kind, Some(protocol))?;
+    if address.is_ipv6() {
+        // `[::]` must not also take the IPv4 port: `0.0.0.0` may be listed separately.
+        socket.set_only_v6(true)?;
+    }
+    Ok(socket)
+}
+
+fn bind_udp(address: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket(address, Type::DGRAM, Protocol::UDP)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket(address, Type::STREAM, Protocol::TCP)?;
+    // A restart must not fail while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}

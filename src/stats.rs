@@ -1,0 +1,41 @@
+//! Counters shared by the listeners and the forwarder, read for the systemd `STATUS=` line.
+//! Plain relaxed atomics: they are statistics, not synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Client queries received over UDP (valid or not).
+    pub udp_queries: AtomicU64,
+    /// Client queries received over TCP (valid or not).
+    pub tcp_queries: AtomicU64,
+    /// Answers that came from an upstream.
+    pub answered: AtomicU64,
+    /// Queries answered SERVFAIL because no upstream answered in time.
+    pub failed: AtomicU64,
+    /// Malformed or unsupported queries answered FORMERR, NOTIMP, REFUSED or BADVERS.
+    pub rejected: AtomicU64,
+    /// Packets dropped without an answer (too short, responses, over the in-flight limit).
+    pub dropped: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One line for `STATUS=`: what has been served so far.
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "{} queries (udp {}, tcp {}): {} answered by upstream, {} failed, {} rejected, {} dropped",
+            get(&self.udp_queries) + get(&self.tcp_queries),
+            get(&self.udp_queries),
+            get(&self.tcp_queries),
+            get(&self.answered),
+            get(&self.failed),
+            get(&self.rejected),
+            get(&self.dropped),
+        )
+    }
+}

@@ -1,0 +1,80 @@
+//! The UDP side for clients: receive, validate, forward, answer within the client's size limit.
+//! Invalid packets are answered or dropped right in the receive loop; each valid query gets a
+//! task of its own so a slow upstream answer never holds up the next packet.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::daemon::Context;
+use crate::dns::{self, Rejection};
+use crate::stats::Stats;
+
+/// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
+/// client retries) rather than letting a flood grow memory without bound.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// Serves one UDP socket until `shutdown`.
+pub async fn serve(
+    socket: UdpSocket,
+    context: Arc<Context>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let socket = Arc::new(socket);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let stats = context.stats.clone();
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = socket.recv_from(&mut buf) => received,
+        };
+        let (len, client) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                // ICMP errors from earlier answers surface here; they concern that client only.
+                debug!("UDP receive: {error}");
+                if !matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                ) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                continue;
+            }
+        };
+        Stats::add(&stats.udp_queries);
+        match dns::parse_query(&buf[..len]) {
+            Err(Rejection::Drop) => Stats::add(&stats.dropped),
+            Err(Rejection::Answer(answer)) => {
+                Stats::add(&stats.rejected);
+                let answer = dns::truncate_for_udp(answer, dns::PLAIN_UDP_LIMIT);
+                // Not worth waiting for: if the socket buffer is full the client retries.
+                let _ = socket.try_send_to(&answer, client);
+            }
+            Ok(query) => {
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    Stats::add(&stats.dropped);
+                    continue;
+                };
+                let forwarder = context.forwarder();
+                let socket = socket.clone();
+                tracker.spawn(async move {
+                    let answer = forwarder.answer(&query, client).await;
+                    let answer = dns::truncate_for_udp(answer, query.udp_limit());
+                    if let Err(error) = socket.send_to(&answer, client).await {
+                        debug!(%client, "UDP send: {error}");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+}

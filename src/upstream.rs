@@ -1,0 +1,299 @@
+//! One upstream resolver: its TLS settings, its current connection (opened on demand, reused
+//! across queries, replaced when it dies), and its health. An upstream that cannot be reached
+//! is marked down with exponential backoff; while down, queries fail fast instead of each one
+//! paying for another connection attempt, and one attempt is made when the backoff ends.
+//!
+//! State changes (down with the real cause, up again) are logged once each, not per query.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{CertificateError, ClientConfig};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::UpstreamConfig;
+use crate::connection::{Connection, Handshake};
+use crate::tls::{self, PinMismatch, TlsSetupError};
+
+/// Backoff after the first failure; doubles with each further failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(125);
+/// Longest backoff: also the longest a recovered upstream waits to be used again.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Most queries outstanding on one upstream connection.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Why a query got no answer from an upstream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The TCP connection could not be made (refused, unreachable, …).
+    #[error("TCP connect failed: {0}")]
+    Connect(Arc<io::Error>),
+    /// The upstream's certificate failed validation or pinning.
+    #[error("{}", describe_certificate_error(.0))]
+    Certificate(CertificateError),
+    /// The TLS handshake failed for another reason (no common protocol version, an alert, …).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(rustls::Error),
+    /// The connection broke during the TLS handshake.
+    #[error("connection lost during the TLS handshake: {0}")]
+    HandshakeIo(Arc<io::Error>),
+    /// No answer within the query's time budget.
+    #[error("no answer in time")]
+    Timeout,
+    /// The connection closed while the query was outstanding.
+    #[error("connection closed")]
+    Closed,
+    /// The connection already carries as many queries as it may.
+    #[error("too many queries outstanding")]
+    Busy,
+    /// The upstream sent something that is not a valid answer to what we asked.
+    #[error("malformed or mismatched response")]
+    Protocol,
+    /// The upstream is in backoff after a failure; no attempt was made.
+    #[error("upstream is down")]
+    Down,
+}
+
+impl UpstreamError {
+    /// Classifies an error from the TLS connector, which wraps rustls errors in `io::Error`.
+    pub fn from_handshake(error: io::Error) -> UpstreamError {
+        match error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::InvalidCertificate(cert)) => {
+                UpstreamError::Certificate(cert.clone())
+            }
+            Some(other) => UpstreamError::Handshake(other.clone()),
+            None => UpstreamError::HandshakeIo(Arc::new(error)),
+        }
+    }
+
+    /// A short stable name for logs (`ERROR_KIND=` in the journal).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => "refused",
+                io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+                    "unreachable"
+                }
+                _ => "connect",
+            },
+            UpstreamError::Certificate(e) => match e {
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => "certificate_name",
+                CertificateError::UnknownIssuer => "certificate_unknown_ca",
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "certificate_expired"
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "certificate_not_yet_valid"
+                }
+                CertificateError::Other(other) if other.0.is::<PinMismatch>() => {
+                    "certificate_pin"
+                }
+                _ => "certificate",
+            },
+            UpstreamError::Handshake(_) | UpstreamError::HandshakeIo(_) => "tls",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Closed => "closed",
+            UpstreamError::Busy => "busy",
+            UpstreamError::Protocol => "protocol",
+            UpstreamError::Down => "down",
+        }
+    }
+}
+
+fn describe_certificate_error(error: &CertificateError) -> String {
+    match error {
+        CertificateError::NotValidForNameContext { expected, presented } => format!(
+            "certificate not valid for name {:?} (it names {})",
+            expected.to_str(),
+            presented.join(", ")
+        ),
+        CertificateError::NotValidForName => "certificate not valid for name".to_string(),
+        CertificateError::UnknownIssuer => "certificate issued by an unknown CA".to_string(),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "certificate expired".to_string()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "certificate not valid yet".to_string()
+        }
+        CertificateError::Other(other) if other.0.is::<PinMismatch>() => other.0.to_string(),
+        other => format!("certificate rejected: {other}"),
+    }
+}
+
+/// One configured upstream.
+pub struct Upstream {
+    address: SocketAddr,
+    name: ServerName<'static>,
+    /// Kept for the life of the upstream: it holds the TLS session cache for resumption.
+    tls: Arc<ClientConfig>,
+    idle_timeout: Duration,
+    current: Mutex<Option<Arc<Connection>>>,
+    /// Held while connecting, so concurrent queries share one attempt instead of racing.
+    connecting: tokio::sync::Mutex<()>,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    /// Failures since the last success; zero means up.
+    failures: u32,
+    /// No new connection attempt before this instant.
+    retry_at: Option<Instant>,
+    /// The cause of the last failure, for the status line and to log changes of cause.
+    last_error: Option<UpstreamError>,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig, idle_timeout: Duration) -> Result<Upstream, TlsSetupError> {
+        Ok(Upstream {
+            address: config.address,
+            name: config.tls_name.clone(),
+            tls: tls::client_config(config)?,
+            idle_timeout,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            health: Mutex::new(Health::default()),
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Whether a query may be sent here now: up, or down with its backoff over.
+    pub fn is_available(&self, now: Instant) -> bool {
+        let health = self.health();
+        health.failures == 0 || health.retry_at.is_none_or(|at| now >= at)
+    }
+
+    /// Sends a framed query and waits, at most until `deadline`, for the response.
+    pub async fn query(
+        &self,
+        frame: Vec<u8>,
+        question: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let connection = self.connection(deadline).await?;
+        let responses_before = connection.responses();
+        match tokio::time::timeout_at(deadline, connection.query(frame, question)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Nothing at all came back while we waited: the connection is stalled or
+                // half-open. Drop it so the next query does not wait on it too.
+                if connection.responses() == responses_before {
+                    connection.close();
+                    self.record_failure(UpstreamError::Timeout);
+                }
+                Err(UpstreamError::Timeout)
+            }
+        }
+    }
+
+    /// The live connection, opening one if there is none.
+    async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, UpstreamError> {
+        if let Some(connection) = self.live_connection() {
+            return Ok(connection);
+        }
+        let _connecting = tokio::time::timeout_at(deadline, self.connecting.lock())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?;
+        if let Some(connection) = self.live_connection() {
+            return Ok(connection);
+        }
+        // Another query's attempt may have just failed while this one waited for the lock.
+        if !self.is_available(Instant::now()) {
+            return Err(UpstreamError::Down);
+        }
+        let opened = tokio::time::timeout_at(
+            deadline,
+            Connection::open(
+                self.address,
+                self.name.clone(),
+                self.tls.clone(),
+                self.idle_timeout,
+                MAX_IN_FLIGHT,
+            ),
+        )
+        .await;
+        match opened {
+            Ok(Ok((connection, handshake))) => {
+                debug!(upstream = %self.address, resumed = handshake == Handshake::Resumed, "upstream connection opened");
+                let connection = Arc::new(connection);
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
+                self.record_success();
+                Ok(connection)
+            }
+            Ok(Err(error)) => {
+                self.record_failure(error.clone());
+                Err(error)
+            }
+            Err(_) => {
+                self.record_failure(UpstreamError::Timeout);
+                Err(UpstreamError::Timeout)
+            }
+        }
+    }
+
+    fn live_connection(&self) -> Option<Arc<Connection>> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().filter(|c| c.is_open()).cloned()
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record_success(&self) {
+        let mut health = self.health();
+        if health.failures > 0 {
+            info!(upstream = %self.address, "upstream {} is up again", self.address);
+        }
+        *health = Health::default();
+    }
+
+    fn record_failure(&self, error: UpstreamError) {
+        let mut health = self.health();
+        let changed = health.failures == 0
+            || health
+                .last_error
+                .as_ref()
+                .is_none_or(|last| last.kind() != error.kind());
+        health.failures = health.failures.saturating_add(1);
+        let doublings = (health.failures - 1).min(16);
+        let backoff = BACKOFF_FIRST
+            .saturating_mul(1 << doublings)
+            .min(BACKOFF_MAX);
+        health.retry_at = Some(Instant::now() + backoff);
+        if changed {
+            warn!(
+                upstream = %self.address,
+                error_kind = error.kind(),
+                "upstream {} ({}) is down: {error}",
+                self.address,
+                self.name.to_str(),
+            );
+        } else {
+            debug!(upstream = %self.address, error_kind = error.kind(), "upstream still down: {error}");
+        }
+        health.last_error = Some(error);
+    }
+
+    /// `1.1.1.1:853 up` or `1.1.1.1:853 down (TCP connect failed: …)`, for the status line.
+    pub fn describe(&self) -> String {
+        let health = self.health();
+        match (&health.last_error, health.failures) {
+            (Some(error), failures) if failures > 0 => {
+                format!("{} down ({error})", self.address)
+            }
+            _ => format!("{} up", self.address),
+        }
+    }
+}
