@@ -1,0 +1,20 @@
+//! Integration tests of dns-proxy: the real binary, launched the way systemd launches it, in
+//! front of fake DNS-over-TLS upstreams (and a real one, unbound), queried over loopback only.
+
+mod support;
+
+mod activation;
+mod certificates;
+mod check_config;
+mod connection_reuse;
+mod harness_selftest;
+mod idle_timeouts;
+mod listen;
+mod malformed;
+mod padding;
+mod pipelining;
+mod privileged;
+mod real_clients;
+mod signals;
+mod truncation;
+mod upstream_failures;
