@@ -122,7 +122,11 @@ impl Connection {
     /// `frame` is a framed query from [`dns::Query::upstream_frame`]; its id is set here.
     /// No timeout of its own: the caller bounds the wait, and dropping the future withdraws the
     /// query.
-    pub async fn query(&self, mut frame: Vec<u8>, question: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+    pub async fn query(
+        &self,
+        mut frame: Vec<u8>,
+        question: &[u8],
+    ) -> Result<Vec<u8>, UpstreamError> {
         let (reply, response) = oneshot::channel();
         let (id, ticket) = self.shared.register(question, reply)?;
         let _registration = Registration {

@@ -92,7 +92,9 @@ pub async fn run(
                 inherited.names.join(", "),
             );
             for unusable in &inherited.unusable {
-                warn!("socket activation: {unusable} is neither a TCP listener nor a UDP socket; not used");
+                warn!(
+                    "socket activation: {unusable} is neither a TCP listener nor a UDP socket; not used"
+                );
             }
             inherited.listeners
         }
@@ -111,10 +113,16 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let mut addresses = Vec::new();
     if !serve_udp && !listeners.udp.is_empty() {
-        info!("udp is off: {} UDP sockets left unused", listeners.udp.len());
+        info!(
+            "udp is off: {} UDP sockets left unused",
+            listeners.udp.len()
+        );
     }
     if !serve_tcp && !listeners.tcp.is_empty() {
-        info!("tcp is off: {} TCP sockets left unused", listeners.tcp.len());
+        info!(
+            "tcp is off: {} TCP sockets left unused",
+            listeners.tcp.len()
+        );
     }
     for socket in listeners.udp.into_iter().filter(|_| serve_udp) {
         addresses.push(describe("udp", socket.local_addr()));
@@ -129,7 +137,9 @@ pub async fn run(
     }
     for listener in listeners.tcp.into_iter().filter(|_| serve_tcp) {
         addresses.push(describe("tcp", listener.local_addr()));
-        listener.set_nonblocking(true).map_err(DaemonError::Socket)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(DaemonError::Socket)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(DaemonError::Socket)?;
         tracker.spawn(tcp::serve(
             listener,

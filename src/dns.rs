@@ -251,9 +251,7 @@ impl Query {
 /// Whether `response` answers the upstream query we sent with `question`: a response, with one
 /// question equal to ours (names compared case-insensitively, type and class exactly).
 pub fn response_matches(response: &[u8], question: &[u8]) -> bool {
-    if response.len() < HEADER_LEN
-        || response[2] & FLAG_QR == 0
-        || read_u16(response, 4) != Some(1)
+    if response.len() < HEADER_LEN || response[2] & FLAG_QR == 0 || read_u16(response, 4) != Some(1)
     {
         return false;
     }
@@ -442,7 +440,10 @@ fn skip_name(message: &[u8], mut pos: usize) -> Option<usize> {
 }
 
 fn read_u16(message: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*message.get(at)?, *message.get(at + 1)?]))
+    Some(u16::from_be_bytes([
+        *message.get(at)?,
+        *message.get(at + 1)?,
+    ]))
 }
 
 /// A wire-form name (at the start of `wire`) as presentation text, with unusual bytes escaped.
@@ -698,7 +699,11 @@ mod tests {
     #[test]
     fn answer_drops_opt_for_client_without_edns() {
         let q = parse_query(&query(5, "example.com", 1, None)).unwrap();
-        let upstream = response(&query(1, "example.com", 1, None), 1, Some(&[0, 12, 0, 2, 0, 0]));
+        let upstream = response(
+            &query(1, "example.com", 1, None),
+            1,
+            Some(&[0, 12, 0, 2, 0, 0]),
+        );
         let answer = q.answer_from(&upstream).unwrap();
         let parsed = Message::from_vec(&answer).unwrap();
         assert!(parsed.edns.is_none());

@@ -83,7 +83,10 @@ impl Forwarder {
             };
             tried[index] = true;
             let upstream = &self.upstreams[index];
-            match upstream.query(frame.clone(), query.question(), deadline).await {
+            match upstream
+                .query(frame.clone(), query.question(), deadline)
+                .await
+            {
                 Ok(response) => match query.answer_from(&response) {
                     Ok(answer) => return Ok((answer, upstream.address())),
                     Err(_) => last_error = UpstreamError::Protocol,

@@ -66,7 +66,9 @@ pub fn inherited() -> Option<Inherited> {
             inherited.listeners.udp.push(socket);
         } else {
             let name = inherited.names.get(index).map_or("", String::as_str);
-            inherited.unusable.push(format!("fd {} ({name})", index + 3));
+            inherited
+                .unusable
+                .push(format!("fd {} ({name})", index + 3));
         }
     }
     Some(inherited)

@@ -128,8 +128,9 @@ impl ServerCertVerifier for PinningVerifier {
             ocsp_response,
             now,
         )?;
-        let spki = subject_public_key_info(end_entity)
-            .ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let spki = subject_public_key_info(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadEncoding,
+        ))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, spki);
         if self.pins.iter().any(|pin| pin[..] == *digest.as_ref()) {
             Ok(verified)

@@ -78,9 +78,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(e) => match e.kind() {
                 io::ErrorKind::ConnectionRefused => "refused",
-                io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
-                    "unreachable"
-                }
+                io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => "unreachable",
                 _ => "connect",
             },
             UpstreamError::Certificate(e) => match e {
@@ -93,9 +91,7 @@ impl UpstreamError {
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                     "certificate_not_yet_valid"
                 }
-                CertificateError::Other(other) if other.0.is::<PinMismatch>() => {
-                    "certificate_pin"
-                }
+                CertificateError::Other(other) if other.0.is::<PinMismatch>() => "certificate_pin",
                 _ => "certificate",
             },
             UpstreamError::Handshake(_) | UpstreamError::HandshakeIo(_) => "tls",
@@ -110,7 +106,10 @@ impl UpstreamError {
 
 fn describe_certificate_error(error: &CertificateError) -> String {
     match error {
-        CertificateError::NotValidForNameContext { expected, presented } => format!(
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => format!(
             "certificate not valid for name {:?} (it names {})",
             expected.to_str(),
             presented.join(", ")
