@@ -14,26 +14,24 @@ const BIG: &str = "big.example.com.";
 async fn large_answer_over_udp_without_edns_is_truncated_within_512_bytes() {
     let (_up, proxy) = upstream_and_proxy().await;
     for server in [proxy.udp4(), proxy.udp6()] {
-        let query = make_query(BIG, RecordType::TXT, None, false);
-        let (resp, len) = UdpClient::new(server).await.exchange(&query).await;
-        assert!(len <= 512, "{len}-byte UDP answer to a client without EDNS");
-        assert!(
-            resp.metadata.truncation,
-            "TC not set on a cut answer: {resp}"
-        );
-        assert_eq!(resp.metadata.response_code, ResponseCode::NoError, "{resp}");
-        assert!(txt_records(&resp).len() < BIG_TXT_RECORDS);
+        assert_truncated(server, None, 512).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_answer_over_udp_with_edns_1232_is_truncated_within_1232_bytes() {
     let (_up, proxy) = upstream_and_proxy().await;
-    let query = make_query(BIG, RecordType::TXT, Some(1232), false);
-    let (resp, len) = UdpClient::new(proxy.udp4()).await.exchange(&query).await;
+    assert_truncated(proxy.udp4(), Some(1232), 1232).await;
+}
+
+/// Asks `server` over UDP for the big TXT answer, advertising `edns`, and checks the answer
+/// fits in `limit` bytes, has TC set and lacks records.
+async fn assert_truncated(server: std::net::SocketAddr, edns: Option<u16>, limit: usize) {
+    let query = make_query(BIG, RecordType::TXT, edns, false);
+    let (resp, len) = UdpClient::new(server).await.exchange(&query).await;
     assert!(
-        len <= 1232,
-        "{len}-byte UDP answer to a client advertising 1232"
+        len <= limit,
+        "{len}-byte UDP answer to a client advertising {edns:?} (limit {limit})"
     );
     assert!(
         resp.metadata.truncation,
