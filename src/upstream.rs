@@ -30,7 +30,7 @@ const MAX_IN_FLIGHT: usize = 1024;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// The TCP connection could not be made (refused, unreachable, …).
-    #[error("TCP connect failed: {0}")]
+    #[error("{}", describe_connect_error(.0))]
     Connect(Arc<io::Error>),
     /// The upstream's certificate failed validation or pinning.
     #[error("{}", describe_certificate_error(.0))]
@@ -79,6 +79,7 @@ impl UpstreamError {
             UpstreamError::Connect(e) => match e.kind() {
                 io::ErrorKind::ConnectionRefused => "refused",
                 io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => "unreachable",
+                io::ErrorKind::PermissionDenied => "not_permitted",
                 _ => "connect",
             },
             UpstreamError::Certificate(e) => match e {
@@ -101,6 +102,19 @@ impl UpstreamError {
             UpstreamError::Protocol => "protocol",
             UpstreamError::Down => "down",
         }
+    }
+}
+
+/// EPERM on connect means the kernel refused the packet before it left: under the packaged
+/// unit that is its `IPAddressAllow=` list, which names only the default upstreams.
+fn describe_connect_error(error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::PermissionDenied {
+        format!(
+            "TCP connect not permitted ({error}): a firewall or the unit's IP allow list blocks \
+             this address; add it with `systemctl edit dns-proxy.service` (IPAddressAllow=)"
+        )
+    } else {
+        format!("TCP connect failed: {error}")
     }
 }
 
@@ -294,5 +308,25 @@ impl Upstream {
             }
             _ => format!("{} up", self.address),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_connect_names_the_allow_list() {
+        let blocked = UpstreamError::Connect(Arc::new(io::Error::from_raw_os_error(1)));
+        assert_eq!(blocked.kind(), "not_permitted");
+        assert!(blocked.to_string().contains("IPAddressAllow="), "{blocked}");
+
+        let refused =
+            UpstreamError::Connect(Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused)));
+        assert_eq!(refused.kind(), "refused");
+        assert!(
+            refused.to_string().starts_with("TCP connect failed"),
+            "{refused}"
+        );
     }
 }
