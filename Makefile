@@ -22,7 +22,7 @@ deb:
 	rm -rf $(DEB_TREE) && mkdir -p $(DEB_TREE) $(PKG)
 	git ls-files -z --cached --others --exclude-standard | \
 	    while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done | \
-	    xargs -0 cp --parents -t $(DEB_TREE)
+	    xargs -0 cp -p --parents -t $(DEB_TREE)
 	if [ "$(DEB_VERSION)" != "$(VERSION)" ]; then \
 	    { printf 'dns-proxy (%s) unstable; urgency=medium\n\n  * Rebuild.\n\n -- %s  %s\n\n' \
 	        "$(DEB_VERSION)" "dns-proxy developers <dev@dns-proxy.invalid>" "$$(date -R)"; \

@@ -11,6 +11,7 @@ mod harness_selftest;
 mod idle_timeouts;
 mod listen;
 mod malformed;
+mod man_page;
 mod padding;
 mod pipelining;
 mod privileged;

@@ -1,0 +1,259 @@
+//! The manual pages match the program. The configuration keys are taken from the real binary:
+//! the TOML that `check-config` prints for a configuration that sets every optional
+//! `[[upstream]]` field, and the lists of valid keys it gives when it refuses an unknown one.
+//! Every such key must be a `.TP` item of the KEYS section of man/dns-proxy.toml.5, and that
+//! section must document no other key. Likewise every option in `--help` must be a `.TP` item
+//! of the OPTIONS section of man/dns-proxy.8, and nothing else.
+//!
+//! Convention of the pages: an item's tag is the key in bold (`.B timeout`); the fields of an
+//! upstream are `upstream.<field>` (`.B upstream.ca_file`) and the table itself `[[upstream]]`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format as _, Toml};
+use figment::value::{Dict, Value};
+
+use crate::support::proxy::run_binary;
+use crate::support::upstream::{ca_pem, issue_cert, open_temp_dir, spki_pin, write_file};
+
+const EX_CONFIG: i32 = 78;
+/// The array of tables that holds the upstreams; its fields are named `upstream.<field>`.
+const UPSTREAM: &str = "upstream";
+
+fn man_page(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The words of the tags of the `.TP`/`.TQ` items in section `section` of a man page, with
+/// roff escapes, font changes, quotes and the brackets of `[[table]]` removed.
+fn documented(page: &str, section: &str) -> BTreeSet<String> {
+    let heading = format!(".SH {section}");
+    let mut lines = page
+        .lines()
+        .skip_while(|l| l.trim() != heading)
+        .skip(1)
+        .take_while(|l| !l.starts_with(".SH"));
+    let mut words = BTreeSet::new();
+    while let Some(line) = lines.next() {
+        if line.trim() != ".TP" && line.trim() != ".TQ" {
+            continue;
+        }
+        let Some(tag) = lines.next() else { break };
+        // Drop the macro (`.B`, `.BR`, `.BI`, …); the rest is the tag text.
+        let text = match tag.split_once(' ') {
+            Some((macro_name, rest)) if macro_name.starts_with('.') => rest,
+            _ => tag,
+        };
+        let text = text
+            .replace("\\-", "-")
+            .replace("\\&", "")
+            .replace("\\fB", "")
+            .replace("\\fI", "")
+            .replace("\\fR", "")
+            .replace("\\fP", "")
+            .replace('"', "");
+        for word in text.split([' ', ',']).filter(|w| !w.is_empty()) {
+            let word = word.trim_start_matches("[[").trim_end_matches("]]");
+            words.insert(word.to_string());
+        }
+    }
+    words
+}
+
+/// Keys of a parsed configuration: top-level keys, and `table.field` for every field of an
+/// array of tables (as well as the table's own name).
+fn keys_of(dict: &Dict) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for (key, value) in dict {
+        keys.insert(key.clone());
+        if let Value::Array(_, items) = value {
+            for item in items {
+                if let Value::Dict(_, table) = item {
+                    keys.extend(table.keys().map(|field| format!("{key}.{field}")));
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// A temp dir holding the test CA and a configuration with `body` as its text.
+fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = open_temp_dir();
+    let path = dir.path().join("dns-proxy.toml");
+    write_file(&path, body, 0o644);
+    (dir, path)
+}
+
+/// The keys in the TOML that `check-config` prints for a configuration with one upstream that
+/// sets every optional field (a real CA file, a real pin), so that none is left out.
+async fn printed_keys() -> BTreeSet<String> {
+    let dir = open_temp_dir();
+    let ca = dir.path().join("ca.pem");
+    write_file(&ca, ca_pem(), 0o644);
+    let pin = spki_pin(&issue_cert("dns.test", false).spki_der);
+    let path = dir.path().join("dns-proxy.toml");
+    let body = format!(
+        "[[upstream]]\naddress = \"127.0.0.1:8853\"\ntls_name = \"dns.test\"\nca_file = \"{}\"\npin_sha256 = [\"{pin}\"]\n",
+        ca.display()
+    );
+    write_file(&path, &body, 0o644);
+    let out = run_binary(
+        &["check-config", "--config", path.to_str().expect("path")],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code(), Some(0), "check-config failed:\n{out}");
+    let dict = Toml::from_str::<Dict>(&out.stdout)
+        .unwrap_or_else(|e| panic!("check-config printed no valid TOML ({e}):\n{out}"));
+    let keys = keys_of(&dict);
+    for field in ["address", "tls_name", "ca_file", "pin_sha256"] {
+        assert!(
+            keys.contains(&format!("{UPSTREAM}.{field}")),
+            "check-config did not print {UPSTREAM}.{field}:\n{out}"
+        );
+    }
+    keys
+}
+
+/// The keys the binary lists as valid when `body` holds the unknown key `zz_not_a_key`.
+async fn valid_keys_listed(body: &str) -> Vec<String> {
+    let (_dir, path) = config_file(body);
+    let out = run_binary(
+        &["check-config", "--config", path.to_str().expect("path")],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code(), Some(EX_CONFIG), "unknown key accepted:\n{out}");
+    let list = out
+        .stderr
+        .split_once("expected one of: ")
+        .and_then(|(_, rest)| rest.rsplit_once(')'))
+        .map(|(list, _)| list)
+        .unwrap_or_else(|| panic!("no list of valid keys in the error:\n{out}"));
+    list.split(',').map(|key| key.trim().to_string()).collect()
+}
+
+/// Every key the configuration accepts, as the binary's own parser lists them.
+async fn accepted_keys() -> BTreeSet<String> {
+    let mut keys: BTreeSet<String> = valid_keys_listed("zz_not_a_key = 1\n")
+        .await
+        .into_iter()
+        .collect();
+    let fields =
+        valid_keys_listed("[[upstream]]\naddress = \"127.0.0.1\"\nzz_not_a_key = 1\n").await;
+    keys.extend(fields.iter().map(|field| format!("{UPSTREAM}.{field}")));
+    assert!(
+        keys.contains(UPSTREAM),
+        "the binary no longer has `{UPSTREAM}` tables; update this test: {keys:?}"
+    );
+    keys
+}
+
+fn listed(keys: &BTreeSet<String>) -> String {
+    keys.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_prints_every_key_the_parser_accepts() {
+    // Guards the two ways the other tests learn the keys: they must agree.
+    let printed = printed_keys().await;
+    let accepted = accepted_keys().await;
+    let only_printed: BTreeSet<String> = printed.difference(&accepted).cloned().collect();
+    let only_accepted: BTreeSet<String> = accepted.difference(&printed).cloned().collect();
+    assert!(
+        only_printed.is_empty() && only_accepted.is_empty(),
+        "check-config and the parser disagree on the keys; printed but not accepted: [{}], \
+         accepted but not printed: [{}]",
+        listed(&only_printed),
+        listed(&only_accepted)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_config_key_is_documented() {
+    let mut keys = printed_keys().await;
+    keys.extend(accepted_keys().await);
+    let documented = documented(&man_page("dns-proxy.toml.5"), "KEYS");
+    let missing: BTreeSet<String> = keys.difference(&documented).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "man/dns-proxy.toml.5 does not document these keys as `.TP` items of its KEYS \
+         section (tag `.B key`, or `.B {UPSTREAM}.field` for an upstream field): {}",
+        listed(&missing)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn man_page_documents_only_accepted_keys() {
+    let mut keys = printed_keys().await;
+    keys.extend(accepted_keys().await);
+    let documented = documented(&man_page("dns-proxy.toml.5"), "KEYS");
+    assert!(
+        !documented.is_empty(),
+        "man/dns-proxy.toml.5 has no `.TP` items in a KEYS section"
+    );
+    let unknown: BTreeSet<String> = documented.difference(&keys).cloned().collect();
+    assert!(
+        unknown.is_empty(),
+        "man/dns-proxy.toml.5 documents keys the configuration refuses: {}",
+        listed(&unknown)
+    );
+}
+
+/// The options and commands that `--help` lists: `-c`, `--config`, …, `check-config`.
+async fn help_options() -> BTreeSet<String> {
+    let out = run_binary(&["--help"], &[]).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    let mut options = BTreeSet::new();
+    let mut section = "";
+    for line in out.stdout.lines() {
+        if !line.starts_with(' ') {
+            section = line.trim();
+            continue;
+        }
+        let words = line.split_whitespace().map(|w| w.trim_end_matches(','));
+        match section {
+            "Commands:" => options.extend(
+                words
+                    .take(1)
+                    .filter(|w| !w.starts_with('('))
+                    .map(str::to_string),
+            ),
+            "Options:" => {
+                options.extend(words.take_while(|w| w.starts_with('-')).map(str::to_string))
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        options.contains("--config") && options.contains("check-config"),
+        "cannot read the options from --help; update this test:\n{out}"
+    );
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_is_documented_and_no_other() {
+    let options = help_options().await;
+    // Tag words that are option names or commands, not value names such as `file`.
+    let documented: BTreeSet<String> = documented(&man_page("dns-proxy.8"), "OPTIONS")
+        .into_iter()
+        .filter(|w| w.starts_with('-') || w.contains('-'))
+        .collect();
+    let missing: BTreeSet<String> = options.difference(&documented).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "man/dns-proxy.8 does not document these options of --help as `.TP` items of its \
+         OPTIONS section: {}",
+        listed(&missing)
+    );
+    let unknown: BTreeSet<String> = documented.difference(&options).cloned().collect();
+    assert!(
+        unknown.is_empty(),
+        "man/dns-proxy.8 documents options that --help does not list: {}",
+        listed(&unknown)
+    );
+}
