@@ -272,23 +272,29 @@ else
     fail "5 restart (pid $old_pid -> $new_pid): UDP $udp/$queries, TCP $tcp/$queries answered"
 fi
 
-# 6. Upgrade keeps the edited conffile and restarts the service; purge removes everything.
+# 6. Upgrade keeps the edited conffile and restarts the service without losing a query;
+#    purge removes everything.
 before=$(main_pid)
+in_ct bash -c "stream +notcp $queries" >"$work/upgrade.count" &
+client=$!
+sleep 0.5
 in_ct apt-get install -y -q "/srv/in/dns-proxy_${newer}_$arch.deb" >"$work/apt.log" 2>&1 ||
     { cat "$work/apt.log"; die "apt upgrade failed"; }
+after=$(main_pid)
+wait "$client" || true
+during=$(cat "$work/upgrade.count")
 upgraded=$(in_ct dpkg-query -W -f='${Version}' dns-proxy)
 kept=$(in_ct grep -c 'edited by the system test' /etc/dns-proxy/dns-proxy.toml || true)
-after=$(main_pid)
 ok=1
-[[ $upgraded == "$newer" && $kept == 1 && $before != "$after" ]] || ok=0
+[[ $upgraded == "$newer" && $kept == 1 && $after != 0 && $before != "$after" && $during == "$queries" ]] || ok=0
 expect_answer "$answer_one" @127.0.0.1 || ok=0
 in_ct apt-get purge -y -q dns-proxy >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; die "apt purge failed"; }
 leftovers=$(in_ct find /etc /lib/systemd /usr/lib/systemd /usr/bin -name 'dns-proxy*' -not -name dns-proxy-test-ca.pem 2>/dev/null || true)
 port53=$(in_ct ss -H -lnu 'sport = :53'; in_ct ss -H -lnt 'sport = :53')
 if ((ok)) && [[ -z $leftovers && -z $port53 ]]; then
-    pass "6 upgrade to $upgraded kept the edited conffile and restarted the service (pid $before -> $after); purge left no files and freed port 53"
+    pass "6 upgrade to $upgraded kept the edited conffile and restarted the service (pid $before -> $after), $during/$queries queries answered meanwhile; purge left no files and freed port 53"
 else
-    fail "6 upgrade: version '$upgraded', conffile kept '$kept', pid $before -> $after; purge leftovers: '$leftovers'; port 53: '$port53'"
+    fail "6 upgrade: version '$upgraded', conffile kept '$kept', pid $before -> $after, $during/$queries answered; purge leftovers: '$leftovers'; port 53: '$port53'"
 fi
 stop_container
 
