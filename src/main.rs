@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use dns_proxy::cli::{self, Command};
 use dns_proxy::config::{self, Sources};
-use dns_proxy::{daemon, listeners, logging};
+use dns_proxy::daemon::{self, DaemonError};
+use dns_proxy::{listeners, logging, tls};
 
 /// Exit status for a bad command line (sysexits.h EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -41,6 +42,13 @@ fn main() -> ExitCode {
         }
     };
     if args.command == Command::CheckConfig {
+        // The same TLS setup the daemon does, so a CA file rustls cannot use fails here too.
+        for upstream in &loaded.config.upstreams {
+            if let Err(error) = tls::client_config(upstream) {
+                eprintln!("dns-proxy: {error}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        }
         print!("{}", loaded.describe());
         return ExitCode::SUCCESS;
     }
@@ -62,6 +70,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(daemon::run(sources, loaded.config, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error @ DaemonError::Tls(_)) => {
+            tracing::error!("{error}");
+            ExitCode::from(EX_CONFIG)
+        }
         Err(error) => {
             tracing::error!("{error}");
             ExitCode::FAILURE

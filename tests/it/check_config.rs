@@ -252,3 +252,44 @@ async fn help_and_version() {
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")), "{out}");
 }
+
+/// A CA file in PEM form whose certificate rustls cannot use as a trust anchor is a
+/// configuration error, found by `check-config` as well as at start, not a start failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_ca_certificate_exits_78_naming_the_file() {
+    let dir = open_temp_dir();
+    let ca = dir.path().join("not-a-ca.pem");
+    write_file(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        0o644,
+    );
+    let path = dir.path().join("dns-proxy.toml");
+    let body = format!(
+        "[[upstream]]\naddress = \"127.0.0.1:8853\"\ntls_name = \"dns.test\"\nca_file = \"{}\"\n",
+        ca.display()
+    );
+    write_file(&path, &body, 0o644);
+
+    let out = check_config(&path, &[], &[]).await;
+    assert_eq!(out.code(), Some(EX_CONFIG), "{out}");
+    assert!(
+        out.stderr.contains(ca.to_str().unwrap()),
+        "CA file not named:\n{out}"
+    );
+
+    let args = [
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--log",
+        "stderr",
+    ];
+    let out = run_binary(&args, &[]).await;
+    assert_eq!(out.code(), Some(EX_CONFIG), "{out}");
+    assert!(
+        out.stderr.contains(ca.to_str().unwrap()),
+        "CA file not named:\n{out}"
+    );
+}
