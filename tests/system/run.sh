@@ -181,14 +181,15 @@ start_upstreams
 in_ct apt-get install -y -q "/srv/in/dns-proxy_${version}_$arch.deb" >"$work/apt.log" 2>&1 ||
     { cat "$work/apt.log"; die "apt install failed"; }
 listeners=$(in_ct ss -H -lnup; in_ct ss -H -lntp)
-if [[ $(in_ct systemctl is-enabled dns-proxy.socket) == enabled &&
+verify=$(in_ct systemd-analyze verify --man=no dns-proxy.socket dns-proxy.service 2>&1 || echo "exit status $?")
+if [[ -z $verify && $(in_ct systemctl is-enabled dns-proxy.socket) == enabled &&
     $(in_ct systemctl is-active dns-proxy.socket) == active ]] &&
     grep -q '127.0.0.1:53 .*"systemd",pid=1,' <<<"$listeners" &&
     grep -q '\[::1\]:53 .*"systemd",pid=1,' <<<"$listeners" &&
     [[ $(grep -c ':53 .*"systemd",pid=1,' <<<"$listeners") == 4 ]]; then
-    pass "1 apt install: dns-proxy.socket enabled and active; PID 1 holds 127.0.0.1:53 and [::1]:53 (UDP+TCP)"
+    pass "1 apt install: dns-proxy.socket enabled and active; PID 1 holds 127.0.0.1:53 and [::1]:53 (UDP+TCP); systemd-analyze verify clean"
 else
-    fail "1 apt install: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket); listeners:"
+    fail "1 apt install: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket); verify: '$verify'; listeners:"
     echo "$listeners"
 fi
 
