@@ -31,6 +31,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
 use serde::de::{self, Unexpected, Visitor};
 
+use crate::access::{DenyAction, Network};
+
 /// The configuration file read when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/dns-proxy/dns-proxy.toml";
 
@@ -82,6 +84,10 @@ pub struct Config {
     pub log_queries: bool,
     /// Default log level: error, warn, info, debug or trace.
     pub log_level: String,
+    /// Clients that may use the resolver. Never empty.
+    pub allow: Vec<Network>,
+    /// What clients outside `allow` get.
+    pub deny_action: DenyAction,
 }
 
 /// One upstream DoT resolver.
@@ -127,6 +133,8 @@ impl Default for Config {
             upstream_idle_timeout: Duration::from_secs(30),
             log_queries: false,
             log_level: "info".to_string(),
+            allow: Network::loopback(),
+            deny_action: DenyAction::Refuse,
         }
     }
 }
@@ -205,6 +213,11 @@ impl Loaded {
             .iter()
             .map(|address| toml_string(&address.to_string()))
             .collect();
+        let allow: Vec<String> = config
+            .allow
+            .iter()
+            .map(|network| toml_string(&network.to_string()))
+            .collect();
         let top = [
             ("listen", format!("[{}]", listen.join(", "))),
             ("udp", config.udp.to_string()),
@@ -222,6 +235,8 @@ impl Loaded {
             ),
             ("log_queries", config.log_queries.to_string()),
             ("log_level", toml_string(&config.log_level)),
+            ("allow", format!("[{}]", allow.join(", "))),
+            ("deny_action", toml_string(config.deny_action.as_str())),
         ];
         let mut out = String::from(
             "# Effective dns-proxy configuration; the comment after each value names its source.\n",
@@ -548,6 +563,8 @@ struct RawConfig {
     upstream_idle_timeout: Option<RawDuration>,
     log_queries: Option<bool>,
     log_level: Option<String>,
+    allow: Option<Vec<String>>,
+    deny_action: Option<String>,
     upstream: Option<Vec<RawUpstream>>,
 }
 
@@ -608,6 +625,26 @@ impl RawConfig {
                     })
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(allow) = self.allow {
+            if allow.is_empty() {
+                let reason = "must list at least one network (loopback: \"127.0.0.0/8\", \"::1\")";
+                return Err(invalid("allow", "allow".to_string(), reason.to_string()));
+            }
+            config.allow = allow
+                .iter()
+                .enumerate()
+                .map(|(i, text)| {
+                    text.parse::<Network>()
+                        .map_err(|e| invalid("allow", format!("allow[{i}]"), e.to_string()))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(action) = self.deny_action {
+            config.deny_action = DenyAction::parse(&action).ok_or_else(|| {
+                let reason = format!("{action:?} is not one of: refuse, drop");
+                invalid("deny_action", "deny_action".to_string(), reason)
+            })?;
         }
         if let Some(level) = self.log_level {
             if !LOG_LEVELS.contains(&level.as_str()) {

@@ -15,6 +15,7 @@
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod connection;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::access::{self, DenyAction};
 use crate::daemon::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::framing::{self, FrameReader};
@@ -74,6 +75,12 @@ async fn connection(
 ) {
     let config = context.config();
     let stats = context.stats.clone();
+    let allowed = access::allows(&config.allow, client.ip());
+    if !allowed && config.deny_action == DenyAction::Drop {
+        debug!(%client, "TCP client not in allow; closing");
+        Stats::add(&stats.dropped);
+        return;
+    }
     let (read, write) = stream.into_split();
     let mut frames = FrameReader::new(read);
     let (answers, queue) = mpsc::channel(config.tcp_max_queries);
@@ -129,6 +136,12 @@ async fn connection(
                 }
                 if malformed {
                     break;
+                }
+            }
+            Ok(query) if !allowed => {
+                Stats::add(&stats.rejected);
+                if let Some(framed) = framing::frame(&query.error_answer(Rcode::Refused)) {
+                    let _ = answers.send(framed).await;
                 }
             }
             Ok(query) => {

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::access::{self, DenyAction};
 use crate::daemon::Context;
-use crate::dns::{self, Rejection};
+use crate::dns::{self, Rcode, Rejection};
 use crate::stats::Stats;
 
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
@@ -51,12 +52,24 @@ pub async fn serve(
             }
         };
         Stats::add(&stats.udp_queries);
+        let config = context.config();
+        let allowed = access::allows(&config.allow, client.ip());
+        if !allowed && config.deny_action == DenyAction::Drop {
+            Stats::add(&stats.dropped);
+            continue;
+        }
         match dns::parse_query(&buf[..len]) {
             Err(Rejection::Drop) => Stats::add(&stats.dropped),
             Err(Rejection::Answer(answer)) => {
                 Stats::add(&stats.rejected);
                 let answer = dns::truncate_for_udp(answer, dns::PLAIN_UDP_LIMIT);
                 // Not worth waiting for: if the socket buffer is full the client retries.
+                let _ = socket.try_send_to(&answer, client);
+            }
+            Ok(query) if !allowed => {
+                Stats::add(&stats.rejected);
+                let answer = query.error_answer(Rcode::Refused);
+                let answer = dns::truncate_for_udp(answer, query.udp_limit());
                 let _ = socket.try_send_to(&answer, client);
             }
             Ok(query) => {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod access_control;
 mod activation;
 mod certificates;
 mod check_config;

@@ -1,0 +1,199 @@
+//! Which clients may use the resolver. The default is loopback only, so binding a public
+//! address by mistake does not turn the host into an open resolver.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An IP network: an address and how many of its leading bits a client must share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// Why a network in the configuration did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    #[error("{0:?} is not an IP address or network (e.g. \"192.168.1.0/24\" or \"::1\")")]
+    Syntax(String),
+    #[error("{text:?}: the prefix length must be at most {max}")]
+    Prefix { text: String, max: u8 },
+}
+
+impl Network {
+    /// Loopback, IPv4 and IPv6: the default `allow`.
+    pub fn loopback() -> Vec<Network> {
+        vec![
+            Network {
+                addr: IpAddr::from([127, 0, 0, 0]),
+                prefix: 8,
+            },
+            Network {
+                addr: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                prefix: 128,
+            },
+        ]
+    }
+
+    /// Whether `ip` lies in this network. An IPv4 client seen on a dual-stack socket as
+    /// `::ffff:a.b.c.d` is matched as the IPv4 address it is.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (net, ip, width) = match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                (u32::from(net) as u128, u32::from(ip) as u128, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => (u128::from(net), u128::from(ip), 128),
+            _ => return false,
+        };
+        let shift = width - u32::from(self.prefix);
+        // A /0 shifts every bit out: checked_shr is None only for a shift of 128.
+        net.checked_shr(shift).unwrap_or(0) == ip.checked_shr(shift).unwrap_or(0)
+    }
+}
+
+/// Whether any of `networks` holds `ip`.
+pub fn allows(networks: &[Network], ip: IpAddr) -> bool {
+    networks.iter().any(|network| network.contains(ip))
+}
+
+impl FromStr for Network {
+    type Err = NetworkError;
+
+    /// `address/prefix`, or a bare address meaning that address alone.
+    fn from_str(text: &str) -> Result<Network, NetworkError> {
+        let syntax = || NetworkError::Syntax(text.to_string());
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| syntax())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(prefix) => prefix.parse::<u8>().map_err(|_| syntax())?,
+        };
+        if prefix > max {
+            return Err(NetworkError::Prefix {
+                text: text.to_string(),
+                max,
+            });
+        }
+        // `::ffff:a.b.c.d/n` names IPv4 addresses, which is how clients are matched.
+        if let (IpAddr::V6(v6), 96..) = (addr, prefix) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Ok(Network {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
+        Ok(Network { addr, prefix })
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// What a client outside `allow` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyAction {
+    /// A REFUSED answer: the client learns at once that it must ask elsewhere.
+    Refuse,
+    /// Nothing: the query is ignored and a TCP connection closed, revealing less to a scanner.
+    Drop,
+}
+
+impl DenyAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyAction::Refuse => "refuse",
+            DenyAction::Drop => "drop",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DenyAction> {
+        match text {
+            "refuse" => Some(DenyAction::Refuse),
+            "drop" => Some(DenyAction::Drop),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> Network {
+        text.parse().unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn matches_by_prefix() {
+        assert!(net("192.168.1.0/24").contains(ip("192.168.1.200")));
+        assert!(!net("192.168.1.0/24").contains(ip("192.168.2.1")));
+        assert!(net("10.0.0.0/8").contains(ip("10.255.0.1")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!net("0.0.0.0/0").contains(ip("::1")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+        assert!(net("fd00::/8").contains(ip("fd12:3456::1")));
+        assert!(!net("fd00::/8").contains(ip("fe80::1")));
+        assert!(net("::1").contains(ip("::1")));
+        assert!(!net("::1").contains(ip("::2")));
+        assert!(net("198.51.100.7").contains(ip("198.51.100.7")));
+        assert!(!net("198.51.100.7").contains(ip("198.51.100.8")));
+    }
+
+    #[test]
+    fn mapped_ipv4_is_matched_as_ipv4() {
+        assert!(allows(&Network::loopback(), ip("::ffff:127.0.0.1")));
+        assert!(!allows(&Network::loopback(), ip("::ffff:192.0.2.1")));
+        assert!(net("::ffff:192.0.2.0/120").contains(ip("192.0.2.9")));
+        assert_eq!(net("::ffff:192.0.2.0/120").to_string(), "192.0.2.0/24");
+    }
+
+    #[test]
+    fn default_is_loopback_only() {
+        let loopback = Network::loopback();
+        assert!(allows(&loopback, ip("127.0.0.1")));
+        assert!(allows(&loopback, ip("127.1.2.3")));
+        assert!(allows(&loopback, ip("::1")));
+        assert!(!allows(&loopback, ip("192.168.1.1")));
+        assert!(!allows(&loopback, ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn rejects_bad_networks() {
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/x",
+            "10.0.0/8",
+            "host.example",
+            "10.0.0.0/8/1",
+        ] {
+            assert!(
+                matches!(bad.parse::<Network>(), Err(NetworkError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Network>(),
+            Err(NetworkError::Prefix { max: 32, .. })
+        ));
+        assert!(matches!(
+            "::/129".parse::<Network>(),
+            Err(NetworkError::Prefix { max: 128, .. })
+        ));
+        assert_eq!(net("10.1.0.0/16").to_string(), "10.1.0.0/16");
+        assert_eq!(net("::1").to_string(), "::1/128");
+    }
+}
