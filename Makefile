@@ -20,9 +20,7 @@ deb:
 	@command -v cargo-zigbuild >/dev/null || { echo "make deb: cargo-zigbuild is missing: pip install cargo-zigbuild ziglang" >&2; exit 1; }
 	cargo fetch --locked
 	rm -rf $(DEB_TREE) && mkdir -p $(DEB_TREE) $(PKG)
-	git ls-files -z --cached --others --exclude-standard | \
-	    while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done | \
-	    xargs -0 cp -p --parents -t $(DEB_TREE)
+	packaging/source-files | xargs -0 cp -p --parents -t $(DEB_TREE)
 	if [ "$(DEB_VERSION)" != "$(VERSION)" ]; then \
 	    { printf 'dns-proxy (%s) unstable; urgency=medium\n\n  * Rebuild.\n\n -- %s  %s\n\n' \
 	        "$(DEB_VERSION)" "dns-proxy developers <dev@dns-proxy.invalid>" "$$(date -R)"; \

@@ -37,8 +37,7 @@ name=dns-proxy-$version
 
 # Source0: the working tree's files (not deleted ones), under dns-proxy-<version>/. File times
 # are kept so that cargo's incremental build sees unchanged files as unchanged.
-git ls-files -z --cached --others --exclude-standard |
-    while IFS= read -r -d '' file; do if [[ -f $file ]]; then printf '%s\0' "$file"; fi; done |
+packaging/source-files |
     tar --create --gzip --file "$top/SOURCES/$name.tar.gz" --owner=0 --group=0 --numeric-owner \
         --transform "s,^,$name/," --no-recursion --null --files-from=-
 

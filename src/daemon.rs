@@ -52,6 +52,12 @@ impl Context {
         self.read().1.clone()
     }
 
+    /// Both at once, from one read: they belong to the same reload.
+    pub fn current(&self) -> (Arc<Config>, Arc<Forwarder>) {
+        let pair = self.read();
+        (pair.0.clone(), pair.1.clone())
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<Config>, Arc<Forwarder>)> {
         self.current.read().unwrap_or_else(|e| e.into_inner())
     }

@@ -52,7 +52,7 @@ pub async fn serve(
             }
         };
         Stats::add(&stats.udp_queries);
-        let config = context.config();
+        let (config, forwarder) = context.current();
         let allowed = access::allows(&config.allow, client.ip());
         if !allowed && config.deny_action == DenyAction::Drop {
             Stats::add(&stats.dropped);
@@ -77,7 +77,6 @@ pub async fn serve(
                     Stats::add(&stats.dropped);
                     continue;
                 };
-                let forwarder = context.forwarder();
                 let socket = socket.clone();
                 tracker.spawn(async move {
                     let answer = forwarder.answer(&query, client).await;
