@@ -53,11 +53,18 @@ const SEED_ALIASES: [(&str, &str); 3] = [
     ("DNS_PROXY_ENABLE_UDP", "udp"),
 ];
 
+/// Bounds of `cache_size`.
+const MIN_CACHE_SIZE: usize = 64 << 10;
+const MAX_CACHE_SIZE: usize = 64 << 30;
+/// Largest TTL-like duration: what fits a 32-bit count of seconds.
+const MAX_TTL: Duration = Duration::from_secs(u32::MAX as u64);
+
 /// Largest `tcp_max_connections` and `tcp_max_queries`.
 const MAX_LIMIT: usize = 65_535;
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
-const DURATION_EXPECTED: &str = r#"a duration like "2000ms" or "2s""#;
+const DURATION_EXPECTED: &str = r#"a duration like "2000ms", "2s", "5m", "1h" or "1d""#;
+const SIZE_EXPECTED: &str = r#"a size in bytes like 1048576, "512KiB" or "32MiB""#;
 
 /// The validated configuration the daemon runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +95,42 @@ pub struct Config {
     pub allow: Vec<Network>,
     /// What clients outside `allow` get.
     pub deny_action: DenyAction,
+    /// The answer cache.
+    pub cache: CacheConfig,
+}
+
+/// The answer cache's settings (`cache*` keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Off: every query goes upstream.
+    pub enabled: bool,
+    /// Most bytes the cache holds, entries' bookkeeping included.
+    pub size: usize,
+    /// TTLs below this are raised to it.
+    pub min_ttl: Duration,
+    /// TTLs above this are lowered to it.
+    pub max_ttl: Duration,
+    /// Longest a negative answer (NXDOMAIN, NODATA) is kept.
+    pub negative_ttl: Duration,
+    /// How long after expiry an answer may still be served when every upstream fails; zero
+    /// turns serve-stale off.
+    pub serve_stale: Duration,
+    /// Refresh entries still in use shortly before they expire.
+    pub prefetch: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            enabled: true,
+            size: 32 << 20,
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(86_400),
+            negative_ttl: Duration::from_secs(3600),
+            serve_stale: Duration::from_secs(86_400),
+            prefetch: true,
+        }
+    }
 }
 
 /// One upstream DoT resolver.
@@ -135,6 +178,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             allow: Network::loopback(),
             deny_action: DenyAction::Refuse,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -237,6 +281,16 @@ impl Loaded {
             ("log_level", toml_string(&config.log_level)),
             ("allow", format!("[{}]", allow.join(", "))),
             ("deny_action", toml_string(config.deny_action.as_str())),
+            ("cache", config.cache.enabled.to_string()),
+            ("cache_size", toml_size(config.cache.size)),
+            ("cache_min_ttl", toml_duration(config.cache.min_ttl)),
+            ("cache_max_ttl", toml_duration(config.cache.max_ttl)),
+            (
+                "cache_negative_ttl",
+                toml_duration(config.cache.negative_ttl),
+            ),
+            ("cache_serve_stale", toml_duration(config.cache.serve_stale)),
+            ("cache_prefetch", config.cache.prefetch.to_string()),
         ];
         let mut out = String::from(
             "# Effective dns-proxy configuration; the comment after each value names its source.\n",
@@ -565,6 +619,13 @@ struct RawConfig {
     log_level: Option<String>,
     allow: Option<Vec<String>>,
     deny_action: Option<String>,
+    cache: Option<bool>,
+    cache_size: Option<RawSize>,
+    cache_min_ttl: Option<RawDuration>,
+    cache_max_ttl: Option<RawDuration>,
+    cache_negative_ttl: Option<RawDuration>,
+    cache_serve_stale: Option<RawDuration>,
+    cache_prefetch: Option<bool>,
     upstream: Option<Vec<RawUpstream>>,
 }
 
@@ -670,9 +731,70 @@ impl RawConfig {
         }
         config.log_queries = self.log_queries.unwrap_or(config.log_queries);
         let or = |raw: Option<RawDuration>, default: Duration| raw.map_or(default, |d| d.0);
-        config.timeout = or(self.timeout, config.timeout);
-        config.tcp_idle_timeout = or(self.tcp_idle_timeout, config.tcp_idle_timeout);
-        config.upstream_idle_timeout = or(self.upstream_idle_timeout, config.upstream_idle_timeout);
+        let positive =
+            |key: &str, raw: Option<RawDuration>, default: Duration| match or(raw, default) {
+                zero if zero.is_zero() => Err(invalid(
+                    key,
+                    key.to_string(),
+                    "must be greater than 0".to_string(),
+                )),
+                duration => Ok(duration),
+            };
+        config.timeout = positive("timeout", self.timeout, config.timeout)?;
+        config.tcp_idle_timeout = positive(
+            "tcp_idle_timeout",
+            self.tcp_idle_timeout,
+            config.tcp_idle_timeout,
+        )?;
+        config.upstream_idle_timeout = positive(
+            "upstream_idle_timeout",
+            self.upstream_idle_timeout,
+            config.upstream_idle_timeout,
+        )?;
+
+        let cache = &mut config.cache;
+        cache.enabled = self.cache.unwrap_or(cache.enabled);
+        cache.prefetch = self.cache_prefetch.unwrap_or(cache.prefetch);
+        if let Some(size) = self.cache_size {
+            if !(MIN_CACHE_SIZE..=MAX_CACHE_SIZE).contains(&size.0) {
+                let reason = format!(
+                    "must be between {} and {} (set cache = false to turn the cache off)",
+                    toml_size(MIN_CACHE_SIZE),
+                    toml_size(MAX_CACHE_SIZE)
+                );
+                return Err(invalid("cache_size", "cache_size".to_string(), reason));
+            }
+            cache.size = size.0;
+        }
+        cache.min_ttl = or(self.cache_min_ttl, cache.min_ttl);
+        cache.max_ttl = or(self.cache_max_ttl, cache.max_ttl);
+        cache.negative_ttl = or(self.cache_negative_ttl, cache.negative_ttl);
+        cache.serve_stale = or(self.cache_serve_stale, cache.serve_stale);
+        for (key, value) in [
+            ("cache_min_ttl", cache.min_ttl),
+            ("cache_max_ttl", cache.max_ttl),
+            ("cache_negative_ttl", cache.negative_ttl),
+            ("cache_serve_stale", cache.serve_stale),
+        ] {
+            // TTLs are 32-bit seconds; whole seconds keep countdowns exact.
+            if value.subsec_nanos() != 0 || value > MAX_TTL {
+                let reason = "must be whole seconds, at most 68 years".to_string();
+                return Err(invalid(key, key.to_string(), reason));
+            }
+        }
+        for (key, ceiling) in [
+            ("cache_max_ttl", cache.max_ttl),
+            ("cache_negative_ttl", cache.negative_ttl),
+        ] {
+            if ceiling < cache.min_ttl {
+                let reason = format!(
+                    "{} is below cache_min_ttl ({})",
+                    toml_duration(ceiling),
+                    toml_duration(cache.min_ttl)
+                );
+                return Err(invalid(key, key.to_string(), reason));
+            }
+        }
         Ok(config)
     }
 }
@@ -757,9 +879,9 @@ fn decode_pin(pin: &str) -> Result<[u8; 32], String> {
     })
 }
 
-/// A duration as written, `<integer><unit>` with unit `ms`, `s` or `m`, greater than zero.
-/// Parsed while figment extracts, so that a bare number (e.g. `DNS_PROXY_TIMEOUT=1500`) gets
-/// the same clear reason as a malformed string.
+/// A duration as written, `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`. Parsed
+/// while figment extracts, so that a bare number (e.g. `DNS_PROXY_TIMEOUT=1500`) gets the same
+/// clear reason as a malformed string. Keys that need more than zero check it in `validate`.
 #[derive(Debug)]
 struct RawDuration(Duration);
 
@@ -779,11 +901,9 @@ impl Visitor<'_> for DurationVisitor {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<RawDuration, E> {
-        match parse_duration(text) {
-            Some(duration) if duration.is_zero() => Err(E::custom("must be greater than 0")),
-            Some(duration) => Ok(RawDuration(duration)),
-            None => Err(E::invalid_value(Unexpected::Str(text), &self)),
-        }
+        parse_duration(text)
+            .map(RawDuration)
+            .ok_or_else(|| E::invalid_value(Unexpected::Str(text), &self))
     }
 }
 
@@ -794,6 +914,8 @@ fn parse_duration(text: &str) -> Option<Duration> {
         "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return None,
     };
     let millis = number.parse::<u64>().ok()?.checked_mul(factor)?;
@@ -803,12 +925,85 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// The largest unit that shows `duration` exactly, as a TOML string.
 fn toml_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 60_000 == 0 {
-        format!("\"{}m\"", millis / 60_000)
-    } else if millis % 1000 == 0 {
-        format!("\"{}s\"", millis / 1000)
-    } else {
-        format!("\"{millis}ms\"")
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    match units
+        .iter()
+        .find(|(factor, _)| millis > 0 && millis % factor == 0)
+    {
+        Some((factor, unit)) => format!("\"{}{unit}\"", millis / factor),
+        None => format!("\"{millis}ms\""),
+    }
+}
+
+/// A size in bytes: an integer, or a string with a binary unit (`"512KiB"`, `"32MiB"`,
+/// `"1GiB"`; `K`, `M`, `G` mean the same).
+#[derive(Debug)]
+struct RawSize(usize);
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<RawSize, D::Error> {
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+struct SizeVisitor;
+
+impl Visitor<'_> for SizeVisitor {
+    type Value = RawSize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(SIZE_EXPECTED)
+    }
+
+    fn visit_u64<E: de::Error>(self, bytes: u64) -> Result<RawSize, E> {
+        usize::try_from(bytes)
+            .map(RawSize)
+            .map_err(|_| E::invalid_value(Unexpected::Unsigned(bytes), &self))
+    }
+
+    fn visit_i64<E: de::Error>(self, bytes: i64) -> Result<RawSize, E> {
+        u64::try_from(bytes)
+            .map_err(|_| E::invalid_value(Unexpected::Signed(bytes), &self))
+            .and_then(|bytes| self.visit_u64(bytes))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<RawSize, E> {
+        parse_size(text)
+            .map(RawSize)
+            .ok_or_else(|| E::invalid_value(Unexpected::Str(text), &self))
+    }
+}
+
+fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return None,
+    };
+    number.parse::<usize>().ok()?.checked_mul(1 << shift)
+}
+
+/// The largest binary unit that shows `bytes` exactly, as a TOML string.
+fn toml_size(bytes: usize) -> String {
+    let units = [(30, "GiB"), (20, "MiB"), (10, "KiB")];
+    match units
+        .iter()
+        .find(|(shift, _)| bytes > 0 && bytes % (1 << shift) == 0)
+    {
+        Some((shift, unit)) => format!("\"{}{unit}\"", bytes >> shift),
+        None => bytes.to_string(),
     }
 }
 
@@ -997,23 +1192,91 @@ mod tests {
     }
 
     #[test]
+    fn cache_keys() {
+        let config = Config::from_toml_str(
+            "cache_size = \"64MiB\"\ncache_min_ttl = \"30s\"\ncache_max_ttl = \"2h\"\n\
+             cache_negative_ttl = \"5m\"\ncache_serve_stale = \"0s\"\ncache_prefetch = false",
+        )
+        .unwrap();
+        let cache = &config.cache;
+        assert_eq!(cache.size, 64 << 20);
+        assert_eq!(cache.min_ttl, Duration::from_secs(30));
+        assert_eq!(cache.max_ttl, Duration::from_secs(7200));
+        assert_eq!(cache.negative_ttl, Duration::from_secs(300));
+        assert!(cache.serve_stale.is_zero() && !cache.prefetch && cache.enabled);
+        for (text, bytes) in [
+            ("1048576", 1 << 20),
+            ("\"512KiB\"", 512 << 10),
+            ("\"1G\"", 1 << 30),
+        ] {
+            let config = Config::from_toml_str(&format!("cache_size = {text}")).unwrap();
+            assert_eq!(config.cache.size, bytes, "{text}");
+        }
+        let loaded = load_env(&[
+            ("DNS_PROXY_CACHE_SIZE", "8MiB"),
+            ("DNS_PROXY_CACHE", "false"),
+        ]);
+        let loaded = loaded.unwrap();
+        assert_eq!(loaded.config.cache.size, 8 << 20);
+        assert!(!loaded.config.cache.enabled);
+        assert!(
+            loaded
+                .describe()
+                .contains("cache_size = \"8MiB\"  # environment variable DNS_PROXY_CACHE_SIZE")
+        );
+
+        for (toml, expected) in [
+            (
+                "cache_size = 1000",
+                r#"key "cache_size": must be between "64KiB" and "64GiB""#,
+            ),
+            (
+                "cache_size = \"32 furlongs\"",
+                r#"key "cache_size": expected a size in bytes"#,
+            ),
+            (
+                "cache_size = -1",
+                r#"key "cache_size": expected a size in bytes"#,
+            ),
+            (
+                "cache_max_ttl = \"1500ms\"",
+                r#"key "cache_max_ttl": must be whole seconds"#,
+            ),
+            (
+                "cache_min_ttl = \"1h\"\ncache_negative_ttl = \"5m\"",
+                r#"key "cache_negative_ttl": "5m" is below cache_min_ttl ("1h")"#,
+            ),
+        ] {
+            let message = toml_error(toml);
+            assert!(message.contains(expected), "{toml}: {message}");
+        }
+    }
+
+    #[test]
     fn durations() {
-        for (text, millis) in [("2000ms", 2000), ("2s", 2000), ("1m", 60_000), ("1ms", 1)] {
+        for (text, millis) in [
+            ("2000ms", 2000),
+            ("2s", 2000),
+            ("1m", 60_000),
+            ("1ms", 1),
+            ("1h", 3_600_000),
+            ("1d", 86_400_000),
+        ] {
             let config = Config::from_toml_str(&format!("timeout = \"{text}\"")).unwrap();
             assert_eq!(config.timeout, Duration::from_millis(millis), "{text}");
         }
         for bad in [
-            "\"fast\"", "\"2\"", "\"2h\"", "\"1.5s\"", "\"-1s\"", "\"\"", "\" 2s\"",
+            "\"fast\"", "\"2\"", "\"2w\"", "\"1.5s\"", "\"-1s\"", "\"\"", "\" 2s\"",
         ] {
             let message = toml_error(&format!("tcp_idle_timeout = {bad}"));
             assert!(
-                message.contains(r#"key "tcp_idle_timeout": expected a duration like "2000ms" or "2s", found string"#),
+                message.contains(r#"key "tcp_idle_timeout": expected a duration like "2000ms", "2s", "5m", "1h" or "1d", found string"#),
                 "{bad}: {message}"
             );
         }
         let message = toml_error("timeout = 2000");
         assert!(
-            message.contains(r#"key "timeout": expected a duration like "2000ms" or "2s""#)
+            message.contains(r#"key "timeout": expected a duration like "2000ms", "2s""#)
                 && message.contains("2000"),
             "{message}"
         );
@@ -1290,7 +1553,7 @@ mod tests {
         let message = error_of(load_env(&[("DNS_PROXY_TIMEOUT", "fast")]));
         assert_eq!(
             message,
-            r#"environment variable DNS_PROXY_TIMEOUT: key "timeout": expected a duration like "2000ms" or "2s", found string "fast""#
+            r#"environment variable DNS_PROXY_TIMEOUT: key "timeout": expected a duration like "2000ms", "2s", "5m", "1h" or "1d", found string "fast""#
         );
         let message = error_of(load_env(&[("DNS_PROXY_TIMEOUT", "1500")]));
         assert!(

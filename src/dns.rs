@@ -19,6 +19,12 @@ pub const PLAIN_UDP_LIMIT: usize = 512;
 pub const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
 /// Queries sent upstream are padded to a multiple of this (RFC 8467 §4.1, block-length padding).
 pub const PADDING_BLOCK: usize = 128;
+/// Record type SOA, whose MINIMUM field bounds negative caching (RFC 2308).
+pub const TYPE_SOA: u16 = 6;
+/// Response codes the cache treats specially.
+pub const RCODE_NOERROR: u8 = 0;
+pub const RCODE_SERVFAIL: u8 = 2;
+pub const RCODE_NXDOMAIN: u8 = 3;
 
 const TYPE_OPT: u16 = 41;
 const TYPE_IXFR: u16 = 251;
@@ -218,33 +224,169 @@ impl Query {
         frame
     }
 
-    /// Turns an upstream response into this client's answer.
-    ///
-    /// The response must be one for our upstream query (checked by [`response_matches`]). The
-    /// answer gets the client's id and its question bytes (so the client sees its own spelling),
-    /// and an OPT record only if the client sent one, without the upstream's padding.
+    /// Turns an upstream response into this client's answer (see [`Response`]).
     pub fn answer_from(&self, response: &[u8]) -> Result<Vec<u8>, WireError> {
-        let layout = Layout::of(response)?;
-        if layout.question_end - HEADER_LEN != self.question().len() {
+        let response = Response::prepare(response)?;
+        if response.question_end - HEADER_LEN != self.question().len() {
             return Err(WireError::QuestionCount);
         }
-        let mut answer = Vec::with_capacity(response.len());
+        Ok(self.answer(&response))
+    }
+
+    /// This client's answer from a prepared response to the same question: the client's id and
+    /// its question bytes (so it sees its own spelling), and the OPT record only if the client
+    /// sent one. One copy, no parsing: this is the cache's hit path.
+    pub fn answer(&self, response: &Response) -> Vec<u8> {
+        let question = self.question();
+        let end = match (response.opt_start, self.edns) {
+            (Some(start), None) => start,
+            _ => response.bytes.len(),
+        };
+        let mut answer = Vec::with_capacity(end);
         answer.extend_from_slice(&self.raw[..2]);
-        answer.extend_from_slice(&response[2..HEADER_LEN]);
-        answer.extend_from_slice(self.question());
-        match layout.last_opt {
-            Some(opt) => {
-                answer.extend_from_slice(&response[layout.question_end..opt.start]);
-                if self.edns.is_some() {
-                    push_opt_without_padding(&mut answer, &response[opt.start..]);
-                } else {
-                    let ar = read_u16(&answer, 10).unwrap_or(1);
-                    answer[10..12].copy_from_slice(&ar.saturating_sub(1).to_be_bytes());
-                }
-            }
-            None => answer.extend_from_slice(&response[layout.question_end..]),
+        answer.extend_from_slice(&response.bytes[2..HEADER_LEN]);
+        answer.extend_from_slice(question);
+        answer.extend_from_slice(&response.bytes[HEADER_LEN + question.len()..end]);
+        if end != response.bytes.len() {
+            let ar = read_u16(&answer, 10).unwrap_or(1);
+            answer[10..12].copy_from_slice(&ar.saturating_sub(1).to_be_bytes());
         }
-        Ok(answer)
+        answer
+    }
+
+    /// The header bits that change what an upstream answers (RD, AD, CD and the DO bit), as
+    /// one byte: queries that differ in them must not share a cached answer.
+    pub fn answer_bits(&self) -> u8 {
+        let do_bit = if self.edns.is_some_and(|e| e.dnssec_ok) {
+            0x04
+        } else {
+            0
+        };
+        (self.raw[2] & FLAG_RD) | (self.raw[3] & (FLAG_AD | FLAG_CD)) | do_bit
+    }
+}
+
+/// An upstream response made ready to answer any client asking the same question: checked to
+/// be well formed, its OPT record (when present, it is the last record) carrying our payload
+/// size and no padding. Building a client's answer from it is a copy and two small edits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    bytes: Vec<u8>,
+    question_end: usize,
+    /// Where the OPT record starts; it is cut off for clients that sent none.
+    opt_start: Option<usize>,
+}
+
+impl Response {
+    /// Checks an upstream response and strips its padding.
+    pub fn prepare(response: &[u8]) -> Result<Response, WireError> {
+        let layout = Layout::of(response)?;
+        let (bytes, opt_start) = match layout.last_opt {
+            Some(opt) => {
+                let mut bytes = Vec::with_capacity(response.len());
+                bytes.extend_from_slice(&response[..opt.start]);
+                push_opt_without_padding(&mut bytes, &response[opt.start..]);
+                (bytes, Some(opt.start))
+            }
+            None => (response.to_vec(), None),
+        };
+        Ok(Response {
+            bytes,
+            question_end: layout.question_end,
+            opt_start,
+        })
+    }
+
+    /// The message as prepared (with the id and question spelling of the upstream query).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The response code (the low four bits; extended codes are not needed here).
+    pub fn rcode(&self) -> u8 {
+        self.bytes[3] & 0x0f
+    }
+
+    /// Whether the upstream set TC: the answer is incomplete.
+    pub fn truncated(&self) -> bool {
+        self.bytes[2] & FLAG_TC != 0
+    }
+
+    /// Number of records in the answer section.
+    pub fn answer_count(&self) -> u16 {
+        read_u16(&self.bytes, 6).unwrap_or(0)
+    }
+
+    /// Every record after the question except the OPT record, in order. The message was
+    /// checked by [`Response::prepare`], so the walk always reaches its end.
+    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        let count = [6, 8, 10]
+            .iter()
+            .map(|&at| usize::from(read_u16(&self.bytes, at).unwrap_or(0)))
+            .sum::<usize>();
+        let end = self.opt_start.unwrap_or(self.bytes.len());
+        let answers = usize::from(self.answer_count());
+        let authority = usize::from(read_u16(&self.bytes, 8).unwrap_or(0));
+        let mut pos = self.question_end;
+        (0..count).map_while(move |index| {
+            if pos >= end {
+                return None;
+            }
+            let name_end = skip_name(&self.bytes, pos)?;
+            let rdlength = usize::from(read_u16(&self.bytes, name_end + 8)?);
+            let rdata = name_end + 10..name_end + 10 + rdlength;
+            let record = Record {
+                section: match index {
+                    i if i < answers => Section::Answer,
+                    i if i < answers + authority => Section::Authority,
+                    _ => Section::Additional,
+                },
+                rtype: read_u16(&self.bytes, name_end)?,
+                ttl_at: name_end + 4,
+                ttl: read_u32(&self.bytes, name_end + 4)?,
+                rdata: rdata.clone(),
+            };
+            pos = rdata.end;
+            Some(record)
+        })
+    }
+
+    /// Overwrites the TTL field at `at` (an offset from [`Record::ttl_at`]).
+    pub fn set_ttl(&mut self, at: usize, ttl: u32) {
+        if let Some(field) = self.bytes.get_mut(at..at + 4) {
+            field.copy_from_slice(&ttl.to_be_bytes());
+        }
+    }
+
+    /// A record's data, e.g. to read the SOA minimum.
+    pub fn rdata(&self, record: &Record) -> &[u8] {
+        self.bytes.get(record.rdata.clone()).unwrap_or_default()
+    }
+}
+
+/// One resource record of a [`Response`], located but not decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub section: Section,
+    pub rtype: u16,
+    /// Offset of the 4-byte TTL field in the message.
+    pub ttl_at: usize,
+    pub ttl: u32,
+    rdata: std::ops::Range<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Answer,
+    Authority,
+    Additional,
+}
+
+/// Writes `ttl` into the TTL field at `at` of a client answer built by [`Query::answer`]: the
+/// records sit at the same offsets as in the [`Response`] it came from.
+pub fn set_ttl(answer: &mut [u8], at: usize, ttl: u32) {
+    if let Some(field) = answer.get_mut(at..at + 4) {
+        field.copy_from_slice(&ttl.to_be_bytes());
     }
 }
 
@@ -437,6 +579,11 @@ fn skip_name(message: &[u8], mut pos: usize) -> Option<usize> {
             _ => return None,
         }
     }
+}
+
+fn read_u32(message: &[u8], at: usize) -> Option<u32> {
+    let bytes = message.get(at..at + 4)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
 
 fn read_u16(message: &[u8], at: usize) -> Option<u16> {

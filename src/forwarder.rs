@@ -1,6 +1,7 @@
-//! Turns a validated client query into the answer the client gets: picks an upstream, sends the
-//! padded query, retries once when a connection dies under it, and maps every failure to
-//! SERVFAIL within the query's time budget. This is the one place errors become DNS answers.
+//! Turns a validated client query into the answer the client gets: from the cache, or from an
+//! upstream (one query for all clients asking the same question at once), retried once when a
+//! connection dies under it. Every failure becomes a stale answer (serve-stale) or SERVFAIL
+//! within the query's time budget. This is the one place errors become DNS answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,11 +10,24 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::cache::{Cache, Key, Lookup};
+use crate::coalesce::{self, Coalescer, Role};
 use crate::config::Config;
-use crate::dns::{Query, Rcode};
+use crate::dns::{self, Query, Rcode, Response};
 use crate::stats::Stats;
 use crate::tls::TlsSetupError;
 use crate::upstream::{Upstream, UpstreamError};
+
+/// An upstream's response and who sent it, shared by every client of a coalesced query.
+type Resolved = Result<(Arc<Response>, SocketAddr), UpstreamError>;
+
+/// Where an answer came from, for the query log.
+enum Source {
+    Upstream(SocketAddr),
+    Cache,
+    Stale,
+    Failed,
+}
 
 pub struct Forwarder {
     /// In order of preference: the first available one is used.
@@ -21,6 +35,9 @@ pub struct Forwarder {
     timeout: Duration,
     log_queries: bool,
     stats: Arc<Stats>,
+    /// `None` when the cache is off.
+    cache: Option<Cache>,
+    in_flight: Coalescer<Resolved>,
 }
 
 impl Forwarder {
@@ -35,31 +52,29 @@ impl Forwarder {
             timeout: config.timeout,
             log_queries: config.log_queries,
             stats,
+            cache: config.cache.enabled.then(|| Cache::new(&config.cache)),
+            in_flight: Coalescer::default(),
         })
     }
 
-    /// The answer for `query`: from an upstream, or SERVFAIL once the time budget is spent or
-    /// no upstream can be reached. Never fails and never waits past the budget.
-    pub async fn answer(&self, query: &Query, client: SocketAddr) -> Vec<u8> {
+    /// The answer for `query`: from the cache or an upstream, else a stale answer or SERVFAIL
+    /// once the time budget is spent or no upstream can be reached. Never fails and never
+    /// waits past the budget.
+    pub async fn answer(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Vec<u8> {
         let started = Instant::now();
-        let result = self.resolve(query, started + self.timeout).await;
-        let (answer, upstream) = match result {
-            Ok((answer, upstream)) => {
-                Stats::add(&self.stats.answered);
-                (answer, Some(upstream))
-            }
-            Err(error) => {
-                Stats::add(&self.stats.failed);
-                debug!(error_kind = error.kind(), "query failed: {error}");
-                (query.error_answer(Rcode::ServFail), None)
-            }
-        };
+        let (answer, source) = self.find_answer(query, started).await;
         if self.log_queries {
+            let source = match source {
+                Source::Upstream(address) => address.to_string(),
+                Source::Cache => "cache".to_string(),
+                Source::Stale => "cache (stale)".to_string(),
+                Source::Failed => String::new(),
+            };
             info!(
                 client = %client,
                 question = %query.describe(),
                 rcode = answer.get(3).map_or(0, |b| b & 0x0f),
-                upstream = upstream.map(|u| u.to_string()).unwrap_or_default(),
+                upstream = source,
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "query"
             );
@@ -67,11 +82,84 @@ impl Forwarder {
         answer
     }
 
-    async fn resolve(
-        &self,
-        query: &Query,
-        deadline: Instant,
-    ) -> Result<(Vec<u8>, SocketAddr), UpstreamError> {
+    async fn find_answer(self: &Arc<Self>, query: &Query, started: Instant) -> (Vec<u8>, Source) {
+        let key = Key::of(query);
+        let mut stale = None;
+        if let Some(cache) = &self.cache {
+            match cache.lookup(&key, query, started) {
+                Lookup::Hit { answer, prefetch } => {
+                    Stats::add(&self.stats.cache_hits);
+                    if prefetch {
+                        self.prefetch(query.clone(), key);
+                    }
+                    return (answer, Source::Cache);
+                }
+                Lookup::Stale(entry) => stale = Some(entry),
+                Lookup::Miss => {}
+            }
+            Stats::add(&self.stats.cache_misses);
+        }
+        let failure = match self
+            .resolve_shared(query, &key, started + self.timeout)
+            .await
+        {
+            Ok((response, upstream))
+                if response.rcode() != dns::RCODE_SERVFAIL || stale.is_none() =>
+            {
+                Stats::add(&self.stats.answered);
+                return (query.answer(&response), Source::Upstream(upstream));
+            }
+            Ok(_) => "upstream answered SERVFAIL".to_string(),
+            Err(error) => {
+                debug!(error_kind = error.kind(), "query failed: {error}");
+                error.to_string()
+            }
+        };
+        if let Some(entry) = stale {
+            debug!("serving a stale answer: {failure}");
+            Stats::add(&self.stats.cache_stale);
+            return (Cache::stale_answer(&entry, query), Source::Stale);
+        }
+        Stats::add(&self.stats.failed);
+        (query.error_answer(Rcode::ServFail), Source::Failed)
+    }
+
+    /// Resolves `query` upstream, or waits for the identical query already in flight. The
+    /// one that resolves caches the response.
+    async fn resolve_shared(&self, query: &Query, key: &Key, deadline: Instant) -> Resolved {
+        let flight = match self.in_flight.join(key.as_bytes()) {
+            Role::Leader(flight) => flight,
+            Role::Follower(receiver) => {
+                if let Some(result) = coalesce::follow(receiver, deadline).await {
+                    return result;
+                }
+                // The leader gave up without a result; this query still has its own budget.
+                if Instant::now() >= deadline {
+                    return Err(UpstreamError::Timeout);
+                }
+                return self.resolve(query, deadline).await;
+            }
+        };
+        let mut result = self.resolve(query, deadline).await;
+        if let (Ok((response, _)), Some(cache)) = (&mut result, &self.cache) {
+            *response = cache.insert(key, response.clone(), Instant::now());
+        }
+        flight.finish(result.clone());
+        result
+    }
+
+    /// Refreshes a cache entry in the background, before it expires.
+    fn prefetch(self: &Arc<Self>, query: Query, key: Key) {
+        let forwarder = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + forwarder.timeout;
+            if let Err(error) = forwarder.resolve_shared(&query, &key, deadline).await {
+                debug!(error_kind = error.kind(), "prefetch failed: {error}");
+            }
+        });
+    }
+
+    async fn resolve(&self, query: &Query, deadline: Instant) -> Resolved {
         let frame = query.upstream_frame();
         let mut tried = vec![false; self.upstreams.len()];
         let mut retried = false;
@@ -87,8 +175,8 @@ impl Forwarder {
                 .query(frame.clone(), query.question(), deadline)
                 .await
             {
-                Ok(response) => match query.answer_from(&response) {
-                    Ok(answer) => return Ok((answer, upstream.address())),
+                Ok(response) => match Response::prepare(&response) {
+                    Ok(response) => return Ok((Arc::new(response), upstream.address())),
                     Err(_) => last_error = UpstreamError::Protocol,
                 },
                 // The connection died under the query: once, try again on a fresh connection

@@ -8,7 +8,8 @@
 //! - [`udp`], [`tcp`]: the client-facing servers.
 //! - [`dns`]: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
 //! - [`framing`]: 2-byte length framing shared by TCP clients and TLS upstreams.
-//! - [`forwarder`]: a query to an answer: upstream choice, retry, SERVFAIL on failure.
+//! - [`forwarder`]: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
+//! - [`cache`], [`coalesce`]: answers kept for their TTL; identical queries in flight shared.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
 //!   connection, and certificate validation.
 //! - [`daemon`], [`notify`], [`logging`], [`stats`]: lifecycle, systemd, logs, counters.
@@ -16,7 +17,9 @@
 //! `ARCHITECTURE.md` follows one query through these modules.
 
 pub mod access;
+pub mod cache;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod connection;
 pub mod daemon;

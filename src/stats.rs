@@ -11,6 +11,12 @@ pub struct Stats {
     pub tcp_queries: AtomicU64,
     /// Answers that came from an upstream.
     pub answered: AtomicU64,
+    /// Queries answered from the cache.
+    pub cache_hits: AtomicU64,
+    /// Queries the cache could not answer (only counted while the cache is on).
+    pub cache_misses: AtomicU64,
+    /// Queries answered with an expired entry because every upstream failed.
+    pub cache_stale: AtomicU64,
     /// Queries answered SERVFAIL because no upstream answered in time.
     pub failed: AtomicU64,
     /// Malformed or unsupported queries answered FORMERR, NOTIMP, REFUSED or BADVERS.
@@ -28,11 +34,13 @@ impl Stats {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "{} queries (udp {}, tcp {}): {} answered by upstream, {} failed, {} rejected, {} dropped",
+            "{} queries (udp {}, tcp {}): {} from cache, {} answered by upstream, {} stale, {} failed, {} rejected, {} dropped",
             get(&self.udp_queries) + get(&self.tcp_queries),
             get(&self.udp_queries),
             get(&self.tcp_queries),
+            get(&self.cache_hits),
             get(&self.answered),
+            get(&self.cache_stale),
             get(&self.failed),
             get(&self.rejected),
             get(&self.dropped),

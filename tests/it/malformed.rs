@@ -10,7 +10,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::RecordType;
 
-use crate::support::client::{TcpClient, UdpClient, assert_a, decode, encode, make_query};
+use crate::support::client::{TcpClient, UdpClient, assert_a, decode, encode, make_query, next_id};
 use crate::support::proxy::Proxy;
 use crate::support::upstream::FakeUpstream;
 use crate::support::{Rng, assert_serves, upstream_and_proxy};
@@ -23,7 +23,9 @@ const QUIET: Duration = Duration::from_millis(300);
 async fn assert_udp_dropped(proxy: &Proxy, up: &FakeUpstream, bytes: &[u8], what: &str) {
     let client = UdpClient::new(proxy.udp4()).await;
     client.send_raw(bytes).await;
-    let q = make_query("after-drop.example.", RecordType::A, None, false);
+    // A name of its own each time, so the probe is never a cache hit and reaches the upstream.
+    let name = format!("after-drop-{}.example.", next_id());
+    let q = make_query(&name, RecordType::A, None, false);
     client.send(&q).await;
     let (resp, _) = client.recv().await;
     assert_eq!(

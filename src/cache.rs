@@ -1,0 +1,601 @@
+//! The answer cache: upstream responses kept for their TTL, bounded in bytes.
+//!
+//! Entries are keyed by the question (name folded to lower case, type, class) and the header
+//! bits that change an upstream's answer (RD, AD, CD, DO), so a DNSSEC-validating client never
+//! gets an answer fetched without signatures. A hit costs one hash lookup and one copy: the
+//! stored [`Response`] is already stripped of padding, and the offsets of its TTL fields are
+//! known, so counting TTLs down needs no parsing.
+//!
+//! What is kept, and for how long (TTLs clamped to `cache_min_ttl`..`cache_max_ttl`):
+//! - NOERROR with records: the smallest TTL of its records.
+//! - NXDOMAIN and NODATA: the SOA's TTL or MINIMUM, whichever is smaller (RFC 2308 §5), at
+//!   most `cache_negative_ttl`; without an SOA they are not cached.
+//! - SERVFAIL from an upstream: a few seconds (RFC 9520), so a broken zone is not asked for on
+//!   every query; it never replaces an answer that can still be served stale.
+//! - Nothing else (REFUSED, truncated, TTL 0).
+//!
+//! Expired entries stay until evicted: within `cache_serve_stale` of expiry the forwarder may
+//! serve one with a 30 s TTL when every upstream fails (RFC 8767). Eviction is by weight (bytes)
+//! with quick_cache's S3-FIFO, which keeps often-asked names when a scan of one-off names
+//! passes through.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quick_cache::Weighter;
+use tokio::time::Instant;
+
+use crate::config::CacheConfig;
+use crate::dns::{self, Query, Response, Section};
+
+/// TTL written into a stale answer (RFC 8767 §4 recommends 30 s).
+pub const STALE_TTL: u32 = 30;
+/// How long an upstream's SERVFAIL is kept.
+const SERVFAIL_TTL: Duration = Duration::from_secs(5);
+/// A hit within the last tenth of an entry's lifetime triggers a background refresh, so a
+/// name in steady use never expires in front of a client.
+const PREFETCH_FRACTION: u32 = 10;
+/// Entries living less than this are not prefetched: a refresh would cost more than it saves.
+const PREFETCH_MIN_LIFETIME: Duration = Duration::from_secs(10);
+/// Bytes an entry costs beyond its key and message: the entry struct, its `Arc`, the TTL
+/// offsets' allocation, allocator headers and the cache's slot. Measured, see `bench/README.md`.
+const ENTRY_OVERHEAD: u64 = 160;
+/// Longest key: a 255-byte name with its root label, type, class, and the bits byte.
+const MAX_KEY: usize = 256 + 4 + 1;
+/// A guess of the average entry size, used only to size the table up front.
+const TYPICAL_ENTRY: u64 = 512;
+
+/// A cache key, built on the stack so a hit allocates nothing but the answer.
+pub struct Key {
+    bytes: [u8; MAX_KEY],
+    len: usize,
+}
+
+impl Key {
+    /// The key of `query`.
+    pub fn of(query: &Query) -> Key {
+        let question = query.question();
+        let mut bytes = [0u8; MAX_KEY];
+        // parse_query guarantees a question fits; the min keeps a bad one from panicking.
+        let len = question.len().min(MAX_KEY - 1);
+        bytes[..len].copy_from_slice(&question[..len]);
+        // Only the name folds case; label length bytes are below 64 and stay as they are.
+        bytes[..len.saturating_sub(4)].make_ascii_lowercase();
+        bytes[len] = query.answer_bits();
+        Key {
+            bytes,
+            len: len + 1,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// A cached response.
+pub struct Entry {
+    response: Arc<Response>,
+    /// Offsets of the TTL fields of every record but OPT, with their stored (clamped) values.
+    ttls: Box<[(u32, u32)]>,
+    stored_at: Instant,
+    /// Fresh for this long after `stored_at`.
+    lifetime: Duration,
+    /// Set by the first hit that asks for a refresh, so one is started per entry.
+    prefetching: AtomicBool,
+}
+
+impl Entry {
+    fn answer(&self, query: &Query, ttl: impl Fn(u32) -> u32) -> Vec<u8> {
+        let mut answer = query.answer(&self.response);
+        for &(at, stored) in self.ttls.iter() {
+            dns::set_ttl(&mut answer, at as usize, ttl(stored));
+        }
+        answer
+    }
+}
+
+/// What the cache holds for a question.
+pub enum Lookup {
+    /// A fresh answer for the client; `prefetch` asks the caller to refresh the entry.
+    Hit {
+        answer: Vec<u8>,
+        prefetch: bool,
+    },
+    /// An expired entry still within the serve-stale window: the answer of last resort.
+    Stale(Arc<Entry>),
+    Miss,
+}
+
+/// Weighs entries by the bytes they hold.
+#[derive(Clone)]
+struct Bytes;
+
+impl Weighter<Box<[u8]>, Arc<Entry>> for Bytes {
+    fn weight(&self, key: &Box<[u8]>, entry: &Arc<Entry>) -> u64 {
+        let ttls = std::mem::size_of_val(&*entry.ttls);
+        (key.len() + entry.response.bytes().len() + ttls) as u64 + ENTRY_OVERHEAD
+    }
+}
+
+pub struct Cache {
+    entries: quick_cache::sync::Cache<Box<[u8]>, Arc<Entry>, Bytes>,
+    config: CacheConfig,
+}
+
+impl Cache {
+    pub fn new(config: &CacheConfig) -> Cache {
+        let bytes = config.size as u64;
+        let items = (bytes / TYPICAL_ENTRY).max(16) as usize;
+        Cache {
+            entries: quick_cache::sync::Cache::with_weighter(items, bytes, Bytes),
+            config: config.clone(),
+        }
+    }
+
+    /// The cached answer for `query` at `now`.
+    pub fn lookup(&self, key: &Key, query: &Query, now: Instant) -> Lookup {
+        let Some(entry) = self.entries.get(key.as_bytes()) else {
+            return Lookup::Miss;
+        };
+        let age = now.saturating_duration_since(entry.stored_at);
+        if age < entry.lifetime {
+            let elapsed = age.as_secs().min(u64::from(u32::MAX)) as u32;
+            let answer = entry.answer(query, |stored| stored.saturating_sub(elapsed));
+            let prefetch = self.config.prefetch
+                && entry.lifetime >= PREFETCH_MIN_LIFETIME
+                && entry.lifetime - age < entry.lifetime / PREFETCH_FRACTION
+                && !entry.prefetching.swap(true, Ordering::Relaxed);
+            return Lookup::Hit { answer, prefetch };
+        }
+        if age < entry.lifetime + self.config.serve_stale
+            && entry.response.rcode() != dns::RCODE_SERVFAIL
+        {
+            return Lookup::Stale(entry);
+        }
+        self.entries.remove(key.as_bytes());
+        Lookup::Miss
+    }
+
+    /// The answer to serve from an expired entry when resolution failed.
+    pub fn stale_answer(entry: &Entry, query: &Query) -> Vec<u8> {
+        entry.answer(query, |stored| stored.min(STALE_TTL))
+    }
+
+    /// Keeps `response` for `key` if it may be cached. Returns the response to answer with:
+    /// the cached copy, whose TTLs are clamped like every later hit's, or `response` itself.
+    pub fn insert(&self, key: &Key, response: Arc<Response>, now: Instant) -> Arc<Response> {
+        let Some(entry) = self.entry(&response, now) else {
+            return response;
+        };
+        let clamped = entry.response.clone();
+        if response.rcode() == dns::RCODE_SERVFAIL {
+            // A stale answer is worth more than a remembered failure.
+            let servable = |old: &Arc<Entry>| {
+                old.response.rcode() != dns::RCODE_SERVFAIL
+                    && now.saturating_duration_since(old.stored_at)
+                        < old.lifetime + self.config.serve_stale
+            };
+            if self
+                .entries
+                .peek(key.as_bytes())
+                .is_some_and(|old| servable(&old))
+            {
+                return clamped;
+            }
+        }
+        self.entries.insert(key.as_bytes().into(), Arc::new(entry));
+        clamped
+    }
+
+    /// The entry for a response, with its TTLs clamped, or `None` if it must not be cached.
+    fn entry(&self, response: &Response, now: Instant) -> Option<Entry> {
+        let config = &self.config;
+        let negative = response.rcode() == dns::RCODE_NXDOMAIN
+            || (response.rcode() == dns::RCODE_NOERROR && response.answer_count() == 0);
+        let max_ttl = if negative {
+            config.negative_ttl
+        } else {
+            config.max_ttl
+        };
+        // max, then min: a minimum above the maximum wins instead of panicking.
+        let clamp = |ttl: u32| {
+            let seconds = Duration::from_secs(u64::from(ttl))
+                .max(config.min_ttl)
+                .min(max_ttl);
+            seconds.as_secs().min(u64::from(u32::MAX)) as u32
+        };
+        if response.truncated() {
+            return None;
+        }
+        let mut response = response.clone();
+        let records: Vec<dns::Record> = response.records().collect();
+        let lifetime = match response.rcode() {
+            dns::RCODE_SERVFAIL => SERVFAIL_TTL,
+            _ if negative => {
+                let soa = records
+                    .iter()
+                    .find(|r| r.section == Section::Authority && r.rtype == dns::TYPE_SOA)?;
+                let rdata = response.rdata(soa);
+                let minimum = rdata.len().checked_sub(4).map(|at| {
+                    u32::from_be_bytes([rdata[at], rdata[at + 1], rdata[at + 2], rdata[at + 3]])
+                })?;
+                Duration::from_secs(u64::from(clamp(soa.ttl.min(minimum))))
+            }
+            dns::RCODE_NOERROR => {
+                let smallest = records.iter().map(|r| r.ttl).min()?;
+                Duration::from_secs(u64::from(clamp(smallest)))
+            }
+            _ => return None,
+        };
+        if lifetime.is_zero() {
+            return None;
+        }
+        let mut ttls = Vec::with_capacity(records.len());
+        for record in &records {
+            let ttl = clamp(record.ttl);
+            response.set_ttl(record.ttl_at, ttl);
+            ttls.push((record.ttl_at as u32, ttl));
+        }
+        Some(Entry {
+            response: Arc::new(response),
+            ttls: ttls.into_boxed_slice(),
+            stored_at: now,
+            lifetime,
+            prefetching: AtomicBool::new(false),
+        })
+    }
+
+    /// Bytes held, as weighed for the bound.
+    pub fn weight(&self) -> u64 {
+        self.entries.weight()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLAG_CD: u8 = 0x10;
+
+    fn name(text: &str) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for label in text.split('.').filter(|l| !l.is_empty()) {
+            wire.push(label.len() as u8);
+            wire.extend_from_slice(label.as_bytes());
+        }
+        wire.push(0);
+        wire
+    }
+
+    /// A client query; `edns` is `Some(do_bit)`.
+    fn query(id: u16, qname: &str, edns: Option<bool>, flags3: u8) -> Query {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, flags3, 0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
+        q.extend_from_slice(&name(qname));
+        q.extend_from_slice(&[0, 1, 0, 1]);
+        if let Some(dnssec_ok) = edns {
+            q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0]);
+            q.extend_from_slice(&[if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+        }
+        dns::parse_query(&q).unwrap()
+    }
+
+    /// An upstream response to `qname` with `rcode`, answer records (TTLs), an SOA in the
+    /// authority section when `soa` gives (ttl, minimum), and an OPT record.
+    fn response(qname: &str, rcode: u8, answers: &[u32], soa: Option<(u32, u32)>) -> Arc<Response> {
+        let mut r = vec![0, 0, 0x81, 0x80 | rcode, 0, 1];
+        r.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+        r.extend_from_slice(&u16::from(soa.is_some()).to_be_bytes());
+        r.extend_from_slice(&[0, 1]);
+        r.extend_from_slice(&name(qname));
+        r.extend_from_slice(&[0, 1, 0, 1]);
+        for (i, ttl) in answers.iter().enumerate() {
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+            r.extend_from_slice(&ttl.to_be_bytes());
+            r.extend_from_slice(&[0, 4, 192, 0, 2, i as u8]);
+        }
+        if let Some((ttl, minimum)) = soa {
+            let mut rdata = name("ns.example");
+            rdata.extend_from_slice(&name("admin.example"));
+            for value in [1u32, 7200, 900, 1_209_600, minimum] {
+                rdata.extend_from_slice(&value.to_be_bytes());
+            }
+            r.extend_from_slice(&[0xc0, 12, 0, 6, 0, 1]);
+            r.extend_from_slice(&ttl.to_be_bytes());
+            r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            r.extend_from_slice(&rdata);
+        }
+        // OPT with 8 bytes of padding, as upstreams answer padded queries.
+        r.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 12, 0, 12, 0, 8]);
+        r.extend_from_slice(&[0; 8]);
+        Arc::new(Response::prepare(&r).unwrap())
+    }
+
+    fn ttls(answer: &[u8]) -> Vec<u32> {
+        Response::prepare(answer)
+            .unwrap()
+            .records()
+            .map(|r| r.ttl)
+            .collect()
+    }
+
+    fn cache_with(change: impl FnOnce(&mut CacheConfig)) -> Cache {
+        let mut config = CacheConfig::default();
+        change(&mut config);
+        Cache::new(&config)
+    }
+
+    fn hit(lookup: Lookup) -> Vec<u8> {
+        match lookup {
+            Lookup::Hit { answer, .. } => answer,
+            Lookup::Stale(_) => panic!("expected a hit, got a stale entry"),
+            Lookup::Miss => panic!("expected a hit, got a miss"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttls_count_down_and_the_entry_expires() {
+        let cache = cache_with(|c| c.serve_stale = Duration::ZERO);
+        let q = query(7, "example.com", Some(false), 0);
+        let key = Key::of(&q);
+        cache.insert(
+            &key,
+            response("example.com", 0, &[300, 60], None),
+            Instant::now(),
+        );
+
+        let answer = hit(cache.lookup(&key, &q, Instant::now()));
+        assert_eq!(&answer[..2], &[0, 7], "the client's id");
+        assert_eq!(ttls(&answer), vec![300, 60]);
+
+        tokio::time::advance(Duration::from_secs(45)).await;
+        assert_eq!(
+            ttls(&hit(cache.lookup(&key, &q, Instant::now()))),
+            vec![255, 15]
+        );
+
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(matches!(
+            cache.lookup(&key, &q, Instant::now()),
+            Lookup::Miss
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_match_case_insensitively_and_keep_the_clients_spelling() {
+        let cache = cache_with(|_| {});
+        let lower = query(1, "example.com", None, 0);
+        cache.insert(
+            &Key::of(&lower),
+            response("example.com", 0, &[60], None),
+            Instant::now(),
+        );
+        let mixed = query(2, "ExAmPlE.CoM", None, 0);
+        let answer = hit(cache.lookup(&Key::of(&mixed), &mixed, Instant::now()));
+        assert_eq!(&answer[12..12 + 13], &name("ExAmPlE.CoM")[..]);
+        assert_eq!(answer[11], 0, "no OPT for a client without EDNS");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn do_and_cd_bits_are_kept_apart() {
+        let cache = cache_with(|_| {});
+        let plain = query(1, "example.com", Some(false), 0);
+        cache.insert(
+            &Key::of(&plain),
+            response("example.com", 0, &[60], None),
+            Instant::now(),
+        );
+        for other in [
+            query(2, "example.com", Some(true), 0),
+            query(3, "example.com", Some(false), FLAG_CD),
+        ] {
+            assert!(matches!(
+                cache.lookup(&Key::of(&other), &other, Instant::now()),
+                Lookup::Miss
+            ));
+        }
+        // A client without EDNS has DO clear too: it may share the plain entry.
+        let no_edns = query(4, "example.com", None, 0);
+        hit(cache.lookup(&Key::of(&no_edns), &no_edns, Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn negative_answers_last_for_the_soa_minimum() {
+        let cache = cache_with(|c| c.serve_stale = Duration::ZERO);
+        let nx = query(1, "nx.example.com", None, 0);
+        let nodata = query(2, "nodata.example.com", None, 0);
+        let no_soa = query(3, "nosoa.example.com", None, 0);
+        let now = Instant::now();
+        cache.insert(
+            &Key::of(&nx),
+            response("nx.example.com", 3, &[], Some((3600, 30))),
+            now,
+        );
+        cache.insert(
+            &Key::of(&nodata),
+            response("nodata.example.com", 0, &[], Some((20, 900))),
+            now,
+        );
+        cache.insert(
+            &Key::of(&no_soa),
+            response("nosoa.example.com", 3, &[], None),
+            now,
+        );
+
+        let answer = hit(cache.lookup(&Key::of(&nx), &nx, now));
+        assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN kept");
+        hit(cache.lookup(&Key::of(&nodata), &nodata, now));
+        assert!(
+            matches!(cache.lookup(&Key::of(&no_soa), &no_soa, now), Lookup::Miss),
+            "without an SOA a negative answer is not cached (RFC 2308 §5)"
+        );
+
+        tokio::time::advance(Duration::from_secs(21)).await;
+        hit(cache.lookup(&Key::of(&nx), &nx, Instant::now()));
+        assert!(matches!(
+            cache.lookup(&Key::of(&nodata), &nodata, Instant::now()),
+            Lookup::Miss
+        ));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(
+            cache.lookup(&Key::of(&nx), &nx, Instant::now()),
+            Lookup::Miss
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttls_are_clamped() {
+        let cache = cache_with(|c| {
+            c.min_ttl = Duration::from_secs(60);
+            c.max_ttl = Duration::from_secs(600);
+            c.negative_ttl = Duration::from_secs(120);
+        });
+        let q = query(1, "example.com", None, 0);
+        cache.insert(
+            &Key::of(&q),
+            response("example.com", 0, &[5, 86_400], None),
+            Instant::now(),
+        );
+        assert_eq!(
+            ttls(&hit(cache.lookup(&Key::of(&q), &q, Instant::now()))),
+            vec![60, 600]
+        );
+
+        let nx = query(2, "nx.example.com", None, 0);
+        cache.insert(
+            &Key::of(&nx),
+            response("nx.example.com", 3, &[], Some((3600, 3600))),
+            Instant::now(),
+        );
+        assert_eq!(
+            ttls(&hit(cache.lookup(&Key::of(&nx), &nx, Instant::now()))),
+            vec![120]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_answers_are_served_stale_within_the_window() {
+        let cache = cache_with(|c| c.serve_stale = Duration::from_secs(3600));
+        let q = query(9, "example.com", None, 0);
+        let key = Key::of(&q);
+        cache.insert(
+            &key,
+            response("example.com", 0, &[300], None),
+            Instant::now(),
+        );
+
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let Lookup::Stale(entry) = cache.lookup(&key, &q, Instant::now()) else {
+            panic!("an expired entry within the window is stale");
+        };
+        let answer = Cache::stale_answer(&entry, &q);
+        assert_eq!(&answer[..2], &[0, 9]);
+        assert_eq!(ttls(&answer), vec![STALE_TTL]);
+
+        // An upstream's SERVFAIL does not replace it.
+        cache.insert(&key, response("example.com", 2, &[], None), Instant::now());
+        assert!(matches!(
+            cache.lookup(&key, &q, Instant::now()),
+            Lookup::Stale(_)
+        ));
+
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(matches!(
+            cache.lookup(&key, &q, Instant::now()),
+            Lookup::Miss
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_servfail_is_cached_briefly() {
+        let cache = cache_with(|_| {});
+        let q = query(1, "broken.example", None, 0);
+        let key = Key::of(&q);
+        cache.insert(
+            &key,
+            response("broken.example", 2, &[], None),
+            Instant::now(),
+        );
+        let answer = hit(cache.lookup(&key, &q, Instant::now()));
+        assert_eq!(answer[3] & 0x0f, 2);
+        tokio::time::advance(SERVFAIL_TTL).await;
+        assert!(
+            matches!(cache.lookup(&key, &q, Instant::now()), Lookup::Miss),
+            "a SERVFAIL is never served stale"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_truncated_and_zero_ttl_answers_are_not_cached() {
+        let cache = cache_with(|_| {});
+        let q = query(1, "example.com", None, 0);
+        let key = Key::of(&q);
+        cache.insert(
+            &key,
+            response("example.com", 5, &[60], None),
+            Instant::now(),
+        );
+        cache.insert(&key, response("example.com", 0, &[0], None), Instant::now());
+        let mut truncated = response("example.com", 0, &[60], None).bytes().to_vec();
+        truncated[2] |= 0x02;
+        cache.insert(
+            &key,
+            Response::prepare(&truncated).unwrap().into(),
+            Instant::now(),
+        );
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hit_near_expiry_asks_for_one_prefetch() {
+        let cache = cache_with(|_| {});
+        let q = query(1, "example.com", None, 0);
+        let key = Key::of(&q);
+        cache.insert(
+            &key,
+            response("example.com", 0, &[100], None),
+            Instant::now(),
+        );
+        let prefetch = |cache: &Cache| match cache.lookup(&key, &q, Instant::now()) {
+            Lookup::Hit { prefetch, .. } => prefetch,
+            _ => panic!("expected a hit"),
+        };
+        assert!(!prefetch(&cache));
+        tokio::time::advance(Duration::from_secs(91)).await;
+        assert!(prefetch(&cache), "within the last tenth of the TTL");
+        assert!(!prefetch(&cache), "only once per entry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_stays_within_the_bound() {
+        let size = 256 << 10;
+        let cache = cache_with(|c| c.size = size);
+        for i in 0..20_000 {
+            let qname = format!("host-{i}.example.com");
+            let q = query(1, &qname, None, 0);
+            cache.insert(
+                &Key::of(&q),
+                response(&qname, 0, &[300, 300, 300], None),
+                Instant::now(),
+            );
+        }
+        assert!(cache.weight() <= size as u64, "{} > {size}", cache.weight());
+        assert!(
+            cache.len() > 100,
+            "the cache still holds entries: {}",
+            cache.len()
+        );
+        // The weight accounts for real bytes: at least the key and the message of each entry.
+        assert!(cache.weight() >= cache.len() as u64 * (ENTRY_OVERHEAD + 60));
+    }
+}
