@@ -32,12 +32,15 @@ use serde::Deserialize;
 use serde::de::{self, Unexpected, Visitor};
 
 use crate::access::{DenyAction, Network};
+use crate::zones::ZoneName;
 
 /// The configuration file read when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/dns-proxy/dns-proxy.toml";
 
 /// DoT port (RFC 7858), used when an upstream address has none.
 const DOT_PORT: u16 = 853;
+/// Plain DNS port, for forward-zone upstreams with `protocol = "udp"`.
+const DNS_PORT: u16 = 53;
 
 /// Prefix of the environment variables that set configuration keys.
 const ENV_PREFIX: &str = "DNS_PROXY_";
@@ -97,6 +100,27 @@ pub struct Config {
     pub deny_action: DenyAction,
     /// The answer cache.
     pub cache: CacheConfig,
+    /// Split DNS: zones with upstreams of their own, in configuration order.
+    pub forward_zones: Vec<ForwardZone>,
+}
+
+/// A `[[forward_zone]]`: names under `zones` go to `upstreams` instead of the default ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardZone {
+    /// Never empty.
+    pub zones: Vec<ZoneName>,
+    /// In order of preference. Never empty.
+    pub upstreams: Vec<ZoneUpstream>,
+}
+
+/// An upstream of a forward zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneUpstream {
+    /// DNS over TLS, as the default upstreams.
+    Tls(UpstreamConfig),
+    /// Plain DNS over UDP, retried over TCP when truncated: only ever used when a forward zone
+    /// says `protocol = "udp"`, for a resolver inside the network.
+    Plain(SocketAddr),
 }
 
 /// The answer cache's settings (`cache*` keys).
@@ -179,6 +203,7 @@ impl Default for Config {
             allow: Network::loopback(),
             deny_action: DenyAction::Refuse,
             cache: CacheConfig::default(),
+            forward_zones: Vec::new(),
         }
     }
 }
@@ -300,27 +325,29 @@ impl Loaded {
         }
         for upstream in &config.upstreams {
             out.push_str(&format!("\n[[upstream]]  # {}\n", self.origin("upstream")));
-            out.push_str(&format!(
-                "address = {}\n",
-                toml_string(&upstream.address.to_string())
-            ));
-            out.push_str(&format!(
-                "tls_name = {}\n",
-                toml_string(&upstream.tls_name.to_str())
-            ));
-            match &upstream.ca_file {
-                Some(path) => out.push_str(&format!(
-                    "ca_file = {}\n",
-                    toml_string(&path.display().to_string())
-                )),
-                None => out.push_str("# ca_file not set: the system's trusted roots are used\n"),
-            }
-            let pins: Vec<String> = upstream
-                .pin_sha256
+            describe_tls_upstream(&mut out, upstream);
+        }
+        for zone in &config.forward_zones {
+            let names: Vec<String> = zone
+                .zones
                 .iter()
-                .map(|pin| toml_string(&STANDARD.encode(pin)))
+                .map(|name| toml_string(&name.to_string()))
                 .collect();
-            out.push_str(&format!("pin_sha256 = [{}]\n", pins.join(", ")));
+            out.push_str(&format!(
+                "\n[[forward_zone]]  # {}\nzones = [{}]\n",
+                self.origin("forward_zone"),
+                names.join(", ")
+            ));
+            for upstream in &zone.upstreams {
+                out.push_str("[[forward_zone.upstream]]\n");
+                match upstream {
+                    ZoneUpstream::Tls(upstream) => describe_tls_upstream(&mut out, upstream),
+                    ZoneUpstream::Plain(address) => out.push_str(&format!(
+                        "address = {}\nprotocol = \"udp\"\n",
+                        toml_string(&address.to_string())
+                    )),
+                }
+            }
         }
         out
     }
@@ -328,6 +355,31 @@ impl Loaded {
     fn origin(&self, key: &str) -> String {
         origin(&self.figment, key)
     }
+}
+
+/// The keys of a DNS-over-TLS upstream, for `check-config`.
+fn describe_tls_upstream(out: &mut String, upstream: &UpstreamConfig) {
+    out.push_str(&format!(
+        "address = {}\nprotocol = \"tls\"\n",
+        toml_string(&upstream.address.to_string())
+    ));
+    out.push_str(&format!(
+        "tls_name = {}\n",
+        toml_string(&upstream.tls_name.to_str())
+    ));
+    match &upstream.ca_file {
+        Some(path) => out.push_str(&format!(
+            "ca_file = {}\n",
+            toml_string(&path.display().to_string())
+        )),
+        None => out.push_str("# ca_file not set: the system's trusted roots are used\n"),
+    }
+    let pins: Vec<String> = upstream
+        .pin_sha256
+        .iter()
+        .map(|pin| toml_string(&STANDARD.encode(pin)))
+        .collect();
+    out.push_str(&format!("pin_sha256 = [{}]\n", pins.join(", ")));
 }
 
 /// A configuration that cannot be used. Displayed as one line naming the source (file,
@@ -627,6 +679,15 @@ struct RawConfig {
     cache_serve_stale: Option<RawDuration>,
     cache_prefetch: Option<bool>,
     upstream: Option<Vec<RawUpstream>>,
+    forward_zone: Option<Vec<RawForwardZone>>,
+}
+
+/// One `[[forward_zone]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardZone {
+    zones: Vec<String>,
+    upstream: Vec<RawUpstream>,
 }
 
 /// One `[[upstream]]` as written.
@@ -634,6 +695,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     address: String,
+    protocol: Option<String>,
     tls_name: Option<String>,
     ca_file: Option<PathBuf>,
     #[serde(default)]
@@ -680,9 +742,30 @@ impl RawConfig {
             config.upstreams = upstream
                 .into_iter()
                 .enumerate()
+                .map(|(i, raw)| match raw.validate() {
+                    Ok(ZoneUpstream::Tls(upstream)) => Ok(upstream),
+                    Ok(ZoneUpstream::Plain(_)) => Err(invalid(
+                        "upstream",
+                        format!("upstream[{i}].protocol"),
+                        "the default upstreams are always DNS over TLS; plain DNS is only for \
+                         a [[forward_zone]] upstream inside your network"
+                            .to_string(),
+                    )),
+                    Err((field, reason)) => Err(invalid(
+                        "upstream",
+                        format!("upstream[{i}].{field}"),
+                        reason,
+                    )),
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(zones) = self.forward_zone {
+            config.forward_zones = zones
+                .into_iter()
+                .enumerate()
                 .map(|(i, raw)| {
                     raw.validate().map_err(|(field, reason)| {
-                        invalid("upstream", format!("upstream[{i}].{field}"), reason)
+                        invalid("forward_zone", format!("forward_zone[{i}].{field}"), reason)
                     })
                 })
                 .collect::<Result<_, _>>()?;
@@ -799,18 +882,73 @@ impl RawConfig {
     }
 }
 
+impl RawForwardZone {
+    /// Checks one `[[forward_zone]]`; an error is the offending field and the reason.
+    fn validate(self) -> Result<ForwardZone, (String, String)> {
+        if self.zones.is_empty() {
+            return Err((
+                "zones".to_string(),
+                "must list at least one zone".to_string(),
+            ));
+        }
+        if self.upstream.is_empty() {
+            let reason = "must list at least one resolver".to_string();
+            return Err(("upstream".to_string(), reason));
+        }
+        let zones = self
+            .zones
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                ZoneName::parse(text).map_err(|e| (format!("zones[{i}]"), format!("{text:?} {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let upstreams = self
+            .upstream
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                raw.validate()
+                    .map_err(|(field, reason)| (format!("upstream[{i}].{field}"), reason))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ForwardZone { zones, upstreams })
+    }
+}
+
 impl RawUpstream {
-    /// Checks one `[[upstream]]`; an error is the offending field (with index, for pins) and
-    /// the reason. Reads `ca_file` now, so an unreadable file stops loading instead of failing
+    /// Checks one upstream; an error is the offending field (with index, for pins) and the
+    /// reason. Reads `ca_file` now, so an unreadable file stops loading instead of failing
     /// every later connection.
-    fn validate(self) -> Result<UpstreamConfig, (String, String)> {
-        let address = parse_upstream_address(&self.address).ok_or_else(|| {
+    fn validate(self) -> Result<ZoneUpstream, (String, String)> {
+        let plain = match self.protocol.as_deref().map(str::trim) {
+            None | Some("tls") => false,
+            Some("udp") => true,
+            Some(other) => {
+                let reason = format!("{other:?} is not one of: tls, udp");
+                return Err(("protocol".to_string(), reason));
+            }
+        };
+        let port = if plain { DNS_PORT } else { DOT_PORT };
+        let address = parse_upstream_address(&self.address, port).ok_or_else(|| {
             let reason = format!(
-                "{:?} must be an IP address (e.g. \"9.9.9.9\" or \"9.9.9.9:853\")",
+                "{:?} must be an IP address (e.g. \"9.9.9.9\" or \"9.9.9.9:{port}\")",
                 self.address
             );
             ("address".to_string(), reason)
         })?;
+        if plain {
+            let tls_only = [
+                ("tls_name", self.tls_name.is_some()),
+                ("ca_file", self.ca_file.is_some()),
+                ("pin_sha256", !self.pin_sha256.is_empty()),
+            ];
+            if let Some((field, _)) = tls_only.iter().find(|(_, set)| *set) {
+                let reason = "applies only to protocol \"tls\"".to_string();
+                return Err((field.to_string(), reason));
+            }
+            return Ok(ZoneUpstream::Plain(address));
+        }
         let tls_name = match self.tls_name {
             // Without a name the certificate must hold the IP address (an IP SAN).
             None => ServerName::from(address.ip()),
@@ -829,19 +967,19 @@ impl RawUpstream {
             .enumerate()
             .map(|(i, pin)| decode_pin(pin).map_err(|r| (format!("pin_sha256[{i}]"), r)))
             .collect::<Result<_, _>>()?;
-        Ok(UpstreamConfig {
+        Ok(ZoneUpstream::Tls(UpstreamConfig {
             address,
             tls_name,
             ca_file: self.ca_file,
             ca_roots,
             pin_sha256,
-        })
+        }))
     }
 }
 
-/// `IP`, `IP:port`, `[v6]:port`, bare `v6` or `[v6]`; the port defaults to 853 and must not
-/// be 0. Host names are refused: resolving them would need the DNS this daemon provides.
-fn parse_upstream_address(text: &str) -> Option<SocketAddr> {
+/// `IP`, `IP:port`, `[v6]:port`, bare `v6` or `[v6]`; the port defaults to `port` and must
+/// not be 0. Host names are refused: resolving them would need the DNS this daemon provides.
+fn parse_upstream_address(text: &str, port: u16) -> Option<SocketAddr> {
     let text = text.trim();
     let unbracketed = text
         .strip_prefix('[')
@@ -850,7 +988,7 @@ fn parse_upstream_address(text: &str) -> Option<SocketAddr> {
     let address = text
         .parse::<SocketAddr>()
         .ok()
-        .or_else(|| Some(SocketAddr::new(unbracketed.parse().ok()?, DOT_PORT)))?;
+        .or_else(|| Some(SocketAddr::new(unbracketed.parse().ok()?, port)))?;
     (address.port() != 0).then_some(address)
 }
 
@@ -1189,6 +1327,52 @@ mod tests {
             config.upstreams[1].address,
             "149.112.112.112:853".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn forward_zones() {
+        let config = Config::from_toml_str(
+            "[[forward_zone]]\nzones = [\"Corp.Example.\", \"compute.internal\"]\n\
+             [[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nprotocol = \"udp\"\n\
+             [[forward_zone.upstream]]\naddress = \"10.0.0.3\"\ntls_name = \"dns.corp.example\"\n",
+        )
+        .unwrap();
+        let zone = &config.forward_zones[0];
+        assert_eq!(zone.zones[0].to_string(), "corp.example");
+        assert_eq!(
+            zone.upstreams[0],
+            ZoneUpstream::Plain("10.0.0.2:53".parse().unwrap())
+        );
+        let ZoneUpstream::Tls(tls) = &zone.upstreams[1] else {
+            panic!("the default protocol is TLS");
+        };
+        assert_eq!(tls.address, "10.0.0.3:853".parse().unwrap());
+
+        for (toml, expected) in [
+            (
+                "[[upstream]]\naddress = \"9.9.9.9\"\nprotocol = \"udp\"",
+                r#"key "upstream[0].protocol": the default upstreams are always DNS over TLS"#,
+            ),
+            (
+                "[[forward_zone]]\nzones = [\".\"]\n[[forward_zone.upstream]]\naddress = \"10.0.0.2\"",
+                r#"key "forward_zone[0].zones[0]": "." is empty or the root zone"#,
+            ),
+            (
+                "[[forward_zone]]\nzones = [\"a\"]\n[[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nprotocol = \"udp\"\ntls_name = \"x\"",
+                r#"key "forward_zone[0].upstream[0].tls_name": applies only to protocol "tls""#,
+            ),
+            (
+                "[[forward_zone]]\nzones = [\"a\"]\n[[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nprotocol = \"http\"",
+                r#"key "forward_zone[0].upstream[0].protocol": "http" is not one of: tls, udp"#,
+            ),
+            (
+                "[[forward_zone]]\nzones = []\nupstream = []",
+                r#"key "forward_zone[0].zones": must list at least one zone"#,
+            ),
+        ] {
+            let message = toml_error(toml);
+            assert!(message.contains(expected), "{toml}: {message}");
+        }
     }
 
     #[test]
@@ -1601,7 +1785,7 @@ mod tests {
         assert_eq!(
             message,
             format!(
-                "{}: unknown key \"upstream[1].tls-name\" (expected one of: address, tls_name, ca_file, pin_sha256)",
+                "{}: unknown key \"upstream[1].tls-name\" (expected one of: address, protocol, tls_name, ca_file, pin_sha256)",
                 file.display()
             )
         );

@@ -33,6 +33,7 @@ const OPTION_PADDING: u16 = 12;
 /// Size of an OPT record with no options: root name, type, class, TTL, RDLENGTH.
 const OPT_FIXED_LEN: usize = 11;
 const FLAG_QR: u8 = 0x80;
+const FLAG_AA: u8 = 0x04;
 const FLAG_TC: u8 = 0x02;
 const FLAG_RD: u8 = 0x01;
 const FLAG_RA: u8 = 0x80;
@@ -224,6 +225,21 @@ impl Query {
         frame
     }
 
+    /// The query for a plain-DNS upstream (a forward zone's resolver inside the network): the
+    /// same as [`Query::upstream_frame`] with `id`, unframed and unpadded, since padding only
+    /// helps on an encrypted hop.
+    pub fn plain_upstream_message(&self, id: u16) -> Vec<u8> {
+        let question = self.question();
+        let mut message = Vec::with_capacity(HEADER_LEN + question.len() + OPT_FIXED_LEN);
+        message.extend_from_slice(&id.to_be_bytes());
+        message.push(self.raw[2] & FLAG_RD);
+        message.push(self.raw[3] & (FLAG_AD | FLAG_CD));
+        message.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+        message.extend_from_slice(question);
+        push_opt_header(&mut message, 0, self.edns.is_some_and(|e| e.dnssec_ok), 0);
+        message
+    }
+
     /// Turns an upstream response into this client's answer (see [`Response`]).
     pub fn answer_from(&self, response: &[u8]) -> Result<Vec<u8>, WireError> {
         let response = Response::prepare(response)?;
@@ -254,6 +270,42 @@ impl Query {
         answer
     }
 
+    /// An answer made here (for a local zone): the client's id, question and flags, AA and RA
+    /// set, the given records, and OPT if the client sent one.
+    pub fn local_answer(
+        &self,
+        rcode: u8,
+        answers: &[LocalRecord],
+        authority: &[LocalRecord],
+    ) -> Vec<u8> {
+        let question = self.question();
+        let mut answer = Vec::with_capacity(HEADER_LEN + question.len() + 64);
+        answer.extend_from_slice(&self.raw[..2]);
+        answer.push(FLAG_QR | FLAG_AA | (self.raw[2] & FLAG_RD));
+        answer.push(FLAG_RA | (self.raw[3] & FLAG_CD) | (rcode & 0x0f));
+        answer.extend_from_slice(&[0, 1]);
+        answer.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+        answer.extend_from_slice(&(authority.len() as u16).to_be_bytes());
+        answer.extend_from_slice(&[0, u8::from(self.edns.is_some())]);
+        answer.extend_from_slice(question);
+        for record in answers.iter().chain(authority) {
+            match record.owner {
+                Some(owner) => answer.extend_from_slice(owner),
+                // A pointer to the question's name.
+                None => answer.extend_from_slice(&[0xc0, HEADER_LEN as u8]),
+            }
+            answer.extend_from_slice(&record.rtype.to_be_bytes());
+            answer.extend_from_slice(&[0, 1]);
+            answer.extend_from_slice(&record.ttl.to_be_bytes());
+            answer.extend_from_slice(&(record.rdata.len() as u16).to_be_bytes());
+            answer.extend_from_slice(record.rdata);
+        }
+        if let Some(edns) = self.edns {
+            push_opt_header(&mut answer, 0, edns.dnssec_ok, 0);
+        }
+        answer
+    }
+
     /// The header bits that change what an upstream answers (RD, AD, CD and the DO bit), as
     /// one byte: queries that differ in them must not share a cached answer.
     pub fn answer_bits(&self) -> u8 {
@@ -264,6 +316,15 @@ impl Query {
         };
         (self.raw[2] & FLAG_RD) | (self.raw[3] & (FLAG_AD | FLAG_CD)) | do_bit
     }
+}
+
+/// A record of an answer made here; its class is IN.
+pub struct LocalRecord<'a> {
+    /// Owner name in wire form; `None` for the question's name.
+    pub owner: Option<&'a [u8]>,
+    pub rtype: u16,
+    pub ttl: u32,
+    pub rdata: &'a [u8],
 }
 
 /// An upstream response made ready to answer any client asking the same question: checked to
@@ -404,6 +465,11 @@ pub fn response_matches(response: &[u8], question: &[u8]) -> bool {
     theirs.len() == question.len()
         && theirs[..theirs.len() - 4].eq_ignore_ascii_case(&question[..question.len() - 4])
         && theirs[theirs.len() - 4..] == question[question.len() - 4..]
+}
+
+/// Whether a message has TC set: the sender had more than fit.
+pub fn is_truncated(message: &[u8]) -> bool {
+    message.get(2).is_some_and(|flags| flags & FLAG_TC != 0)
 }
 
 /// The id of a message, if it is long enough to have one.

@@ -12,11 +12,13 @@ use tracing::{debug, info};
 
 use crate::cache::{Cache, Key, Lookup};
 use crate::coalesce::{self, Coalescer, Role};
-use crate::config::Config;
+use crate::config::{Config, ZoneUpstream};
 use crate::dns::{self, Query, Rcode, Response};
+use crate::plain::PlainUpstream;
 use crate::stats::Stats;
 use crate::tls::TlsSetupError;
 use crate::upstream::{Upstream, UpstreamError};
+use crate::zones::{Route, Router};
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.
 type Resolved = Result<(Arc<Response>, SocketAddr), UpstreamError>;
@@ -26,12 +28,47 @@ enum Source {
     Upstream(SocketAddr),
     Cache,
     Stale,
+    Local,
     Failed,
 }
 
+/// One upstream resolver of any kind.
+enum Resolver {
+    Tls(Box<Upstream>),
+    /// Only in forward zones that ask for plain DNS.
+    Plain(PlainUpstream),
+}
+
+impl Resolver {
+    fn address(&self) -> SocketAddr {
+        match self {
+            Resolver::Tls(upstream) => upstream.address(),
+            Resolver::Plain(upstream) => upstream.address(),
+        }
+    }
+
+    /// Plain upstreams keep no connection, so there is no state to back off from.
+    fn is_available(&self, now: Instant) -> bool {
+        match self {
+            Resolver::Tls(upstream) => upstream.is_available(now),
+            Resolver::Plain(_) => true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Resolver::Tls(upstream) => upstream.describe(),
+            Resolver::Plain(upstream) => format!("{} (plain DNS)", upstream.address()),
+        }
+    }
+}
+
 pub struct Forwarder {
-    /// In order of preference: the first available one is used.
-    upstreams: Vec<Upstream>,
+    /// The default upstreams, in order of preference: the first available one is used.
+    upstreams: Vec<Resolver>,
+    /// The upstreams of each forward zone, in configuration order.
+    zones: Vec<Vec<Resolver>>,
+    router: Router,
     timeout: Duration,
     log_queries: bool,
     stats: Arc<Stats>,
@@ -42,13 +79,35 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(config: &Config, stats: Arc<Stats>) -> Result<Forwarder, TlsSetupError> {
-        let upstreams = config
-            .upstreams
+        let tls = |upstream| {
+            Upstream::new(upstream, config.upstream_idle_timeout)
+                .map(|u| Resolver::Tls(Box::new(u)))
+        };
+        let upstreams = config.upstreams.iter().map(tls).collect::<Result<_, _>>()?;
+        let zones = config
+            .forward_zones
             .iter()
-            .map(|upstream| Upstream::new(upstream, config.upstream_idle_timeout))
+            .map(|zone| {
+                zone.upstreams
+                    .iter()
+                    .map(|upstream| match upstream {
+                        ZoneUpstream::Tls(upstream) => tls(upstream),
+                        ZoneUpstream::Plain(address) => {
+                            Ok(Resolver::Plain(PlainUpstream::new(*address)))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .collect::<Result<_, _>>()?;
+        let zone_names: Vec<_> = config
+            .forward_zones
+            .iter()
+            .map(|z| z.zones.clone())
+            .collect();
         Ok(Forwarder {
             upstreams,
+            zones,
+            router: Router::new(&zone_names),
             timeout: config.timeout,
             log_queries: config.log_queries,
             stats,
@@ -68,6 +127,7 @@ impl Forwarder {
                 Source::Upstream(address) => address.to_string(),
                 Source::Cache => "cache".to_string(),
                 Source::Stale => "cache (stale)".to_string(),
+                Source::Local => "local zone".to_string(),
                 Source::Failed => String::new(),
             };
             info!(
@@ -99,10 +159,15 @@ impl Forwarder {
             }
             Stats::add(&self.stats.cache_misses);
         }
-        let failure = match self
-            .resolve_shared(query, &key, started + self.timeout)
-            .await
-        {
+        let route = match self.router.route(query) {
+            Ok(route) => route,
+            Err(answer) => {
+                Stats::add(&self.stats.local);
+                return (answer, Source::Local);
+            }
+        };
+        let deadline = started + self.timeout;
+        let failure = match self.resolve_shared(query, &key, route, deadline).await {
             Ok((response, upstream))
                 if response.rcode() != dns::RCODE_SERVFAIL || stale.is_none() =>
             {
@@ -126,7 +191,13 @@ impl Forwarder {
 
     /// Resolves `query` upstream, or waits for the identical query already in flight. The
     /// one that resolves caches the response.
-    async fn resolve_shared(&self, query: &Query, key: &Key, deadline: Instant) -> Resolved {
+    async fn resolve_shared(
+        &self,
+        query: &Query,
+        key: &Key,
+        route: Route,
+        deadline: Instant,
+    ) -> Resolved {
         let flight = match self.in_flight.join(key.as_bytes()) {
             Role::Leader(flight) => flight,
             Role::Follower(receiver) => {
@@ -137,10 +208,10 @@ impl Forwarder {
                 if Instant::now() >= deadline {
                     return Err(UpstreamError::Timeout);
                 }
-                return self.resolve(query, deadline).await;
+                return self.resolve(query, route, deadline).await;
             }
         };
-        let mut result = self.resolve(query, deadline).await;
+        let mut result = self.resolve(query, route, deadline).await;
         if let (Ok((response, _)), Some(cache)) = (&mut result, &self.cache) {
             *response = cache.insert(key, response.clone(), Instant::now());
         }
@@ -150,31 +221,57 @@ impl Forwarder {
 
     /// Refreshes a cache entry in the background, before it expires.
     fn prefetch(self: &Arc<Self>, query: Query, key: Key) {
+        // Cached answers come from upstreams, so the route is one.
+        let Ok(route) = self.router.route(&query) else {
+            return;
+        };
         let forwarder = self.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + forwarder.timeout;
-            if let Err(error) = forwarder.resolve_shared(&query, &key, deadline).await {
+            if let Err(error) = forwarder
+                .resolve_shared(&query, &key, route, deadline)
+                .await
+            {
                 debug!(error_kind = error.kind(), "prefetch failed: {error}");
             }
         });
     }
 
-    async fn resolve(&self, query: &Query, deadline: Instant) -> Resolved {
+    async fn resolve(&self, query: &Query, route: Route, deadline: Instant) -> Resolved {
+        let upstreams = match route {
+            Route::Forward(zone) => self.zones.get(zone).unwrap_or(&self.upstreams),
+            Route::Default => &self.upstreams,
+        };
         let frame = query.upstream_frame();
-        let mut tried = vec![false; self.upstreams.len()];
+        let mut tried = vec![false; upstreams.len()];
         let mut retried = false;
         let mut next = None;
         let mut last_error = UpstreamError::Down;
         loop {
-            let Some(index) = next.take().or_else(|| self.pick(&tried)) else {
+            let Some(index) = next.take().or_else(|| pick(upstreams, &tried)) else {
                 return Err(last_error);
             };
             tried[index] = true;
-            let upstream = &self.upstreams[index];
-            match upstream
-                .query(frame.clone(), query.question(), deadline)
-                .await
-            {
+            let upstream = &upstreams[index];
+            let result = match upstream {
+                Resolver::Tls(upstream) => {
+                    upstream
+                        .query(frame.clone(), query.question(), deadline)
+                        .await
+                }
+                Resolver::Plain(upstream) => {
+                    // No connection state tells a dead server from a slow one: give each
+                    // server left an equal share of the budget, so the last still gets a try.
+                    let left = tried.iter().filter(|t| !**t).count() as u32 + 1;
+                    let now = Instant::now();
+                    let share = deadline.saturating_duration_since(now) / left;
+                    match upstream.query(query, now + share).await {
+                        Err(UpstreamError::Timeout) if left > 1 => Err(UpstreamError::Down),
+                        other => other,
+                    }
+                }
+            };
+            match result {
                 Ok(response) => match Response::prepare(&response) {
                     Ok(response) => return Ok((Arc::new(response), upstream.address())),
                     Err(_) => last_error = UpstreamError::Protocol,
@@ -197,22 +294,33 @@ impl Forwarder {
         }
     }
 
-    /// The first available upstream this query has not tried yet.
-    fn pick(&self, tried: &[bool]) -> Option<usize> {
-        let now = Instant::now();
-        self.upstreams
-            .iter()
-            .enumerate()
-            .find(|(i, upstream)| !tried[*i] && upstream.is_available(now))
-            .map(|(i, _)| i)
-    }
-
     /// Upstream states for the status line.
     pub fn describe_upstreams(&self) -> String {
-        self.upstreams
+        let mut text = self
+            .upstreams
             .iter()
-            .map(Upstream::describe)
+            .map(Resolver::describe)
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        if !self.zones.is_empty() {
+            let zones: Vec<String> = self
+                .zones
+                .iter()
+                .flatten()
+                .map(Resolver::describe)
+                .collect();
+            text.push_str(&format!("; forward zones: {}", zones.join(", ")));
+        }
+        text
     }
+}
+
+/// The first available upstream this query has not tried yet.
+fn pick(upstreams: &[Resolver], tried: &[bool]) -> Option<usize> {
+    let now = Instant::now();
+    upstreams
+        .iter()
+        .enumerate()
+        .find(|(i, upstream)| !tried[*i] && upstream.is_available(now))
+        .map(|(i, _)| i)
 }

@@ -10,8 +10,9 @@
 //! - [`framing`]: 2-byte length framing shared by TCP clients and TLS upstreams.
 //! - [`forwarder`]: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
 //! - [`cache`], [`coalesce`]: answers kept for their TTL; identical queries in flight shared.
+//! - [`zones`]: split DNS: which upstreams a name goes to, or its local answer.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
-//!   connection, and certificate validation.
+//!   connection, and certificate validation; [`plain`]: a forward zone's plain-DNS resolver.
 //! - [`daemon`], [`notify`], [`logging`], [`stats`]: lifecycle, systemd, logs, counters.
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
@@ -29,8 +30,10 @@ pub mod framing;
 pub mod listeners;
 pub mod logging;
 pub mod notify;
+pub mod plain;
 pub mod stats;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
 pub mod upstream;
+pub mod zones;

@@ -17,6 +17,8 @@ pub struct Stats {
     pub cache_misses: AtomicU64,
     /// Queries answered with an expired entry because every upstream failed.
     pub cache_stale: AtomicU64,
+    /// Queries answered by a built-in local zone (localhost, private reverse zones).
+    pub local: AtomicU64,
     /// Queries answered SERVFAIL because no upstream answered in time.
     pub failed: AtomicU64,
     /// Malformed or unsupported queries answered FORMERR, NOTIMP, REFUSED or BADVERS.
@@ -34,12 +36,13 @@ impl Stats {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "{} queries (udp {}, tcp {}): {} from cache, {} answered by upstream, {} stale, {} failed, {} rejected, {} dropped",
+            "{} queries (udp {}, tcp {}): {} from cache, {} answered by upstream, {} local, {} stale, {} failed, {} rejected, {} dropped",
             get(&self.udp_queries) + get(&self.tcp_queries),
             get(&self.udp_queries),
             get(&self.tcp_queries),
             get(&self.cache_hits),
             get(&self.answered),
+            get(&self.local),
             get(&self.cache_stale),
             get(&self.failed),
             get(&self.rejected),

@@ -19,5 +19,6 @@ mod pipelining;
 mod privileged;
 mod real_clients;
 mod signals;
+mod split_dns;
 mod truncation;
 mod upstream_failures;

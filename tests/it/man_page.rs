@@ -6,7 +6,9 @@
 //! of the OPTIONS section of man/dns-proxy.8, and nothing else.
 //!
 //! Convention of the pages: an item's tag is the key in bold (`.B timeout`); the fields of an
-//! upstream are `upstream.<field>` (`.B upstream.ca_file`) and the table itself `[[upstream]]`.
+//! upstream are `upstream.<field>` (`.B upstream.ca_file`) and the table itself `[[upstream]]`;
+//! likewise `forward_zone.zones` and `[[forward_zone.upstream]]`, whose fields are the same as
+//! an upstream's and documented once, as `upstream.<field>`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use crate::support::upstream::{ca_pem, issue_cert, open_temp_dir, spki_pin, writ
 const EX_CONFIG: i32 = 78;
 /// The array of tables that holds the upstreams; its fields are named `upstream.<field>`.
 const UPSTREAM: &str = "upstream";
+/// The array of tables of split DNS; its upstreams have the fields of `upstream`.
+const FORWARD_ZONE: &str = "forward_zone";
 
 fn man_page(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name);
@@ -63,20 +67,34 @@ fn documented(page: &str, section: &str) -> BTreeSet<String> {
 }
 
 /// Keys of a parsed configuration: top-level keys, and `table.field` for every field of an
-/// array of tables (as well as the table's own name).
+/// array of tables (as well as the table's own name), at any depth; a forward zone's upstream
+/// fields are counted as the upstream fields they are.
 fn keys_of(dict: &Dict) -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
-    for (key, value) in dict {
-        keys.insert(key.clone());
-        if let Value::Array(_, items) = value {
-            for item in items {
-                if let Value::Dict(_, table) = item {
-                    keys.extend(table.keys().map(|field| format!("{key}.{field}")));
+    fn collect(prefix: &str, dict: &Dict, keys: &mut BTreeSet<String>) {
+        for (key, value) in dict {
+            let path = normalize(&format!("{prefix}{key}"));
+            keys.insert(path.clone());
+            if let Value::Array(_, items) = value {
+                for item in items {
+                    if let Value::Dict(_, table) = item {
+                        collect(&format!("{path}."), table, keys);
+                    }
                 }
             }
         }
     }
+    let mut keys = BTreeSet::new();
+    collect("", dict, &mut keys);
     keys
+}
+
+/// `forward_zone.upstream.address` → `upstream.address`; `forward_zone.upstream` stays.
+fn normalize(key: &str) -> String {
+    let nested = format!("{FORWARD_ZONE}.{UPSTREAM}.");
+    match key.strip_prefix(&nested) {
+        Some(field) => format!("{UPSTREAM}.{field}"),
+        None => key.to_string(),
+    }
 }
 
 /// A temp dir holding the test CA and a configuration with `body` as its text.
@@ -96,7 +114,9 @@ async fn printed_keys() -> BTreeSet<String> {
     let pin = spki_pin(&issue_cert("dns.test", false).spki_der);
     let path = dir.path().join("dns-proxy.toml");
     let body = format!(
-        "[[upstream]]\naddress = \"127.0.0.1:8853\"\ntls_name = \"dns.test\"\nca_file = \"{}\"\npin_sha256 = [\"{pin}\"]\n",
+        "[[upstream]]\naddress = \"127.0.0.1:8853\"\ntls_name = \"dns.test\"\nca_file = \"{}\"\npin_sha256 = [\"{pin}\"]\n\
+         [[forward_zone]]\nzones = [\"corp.example\"]\n\
+         [[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nprotocol = \"udp\"\n",
         ca.display()
     );
     write_file(&path, &body, 0o644);
@@ -109,7 +129,7 @@ async fn printed_keys() -> BTreeSet<String> {
     let dict = Toml::from_str::<Dict>(&out.stdout)
         .unwrap_or_else(|e| panic!("check-config printed no valid TOML ({e}):\n{out}"));
     let keys = keys_of(&dict);
-    for field in ["address", "tls_name", "ca_file", "pin_sha256"] {
+    for field in ["address", "protocol", "tls_name", "ca_file", "pin_sha256"] {
         assert!(
             keys.contains(&format!("{UPSTREAM}.{field}")),
             "check-config did not print {UPSTREAM}.{field}:\n{out}"
@@ -145,6 +165,21 @@ async fn accepted_keys() -> BTreeSet<String> {
     let fields =
         valid_keys_listed("[[upstream]]\naddress = \"127.0.0.1\"\nzz_not_a_key = 1\n").await;
     keys.extend(fields.iter().map(|field| format!("{UPSTREAM}.{field}")));
+    let zone = "[[forward_zone]]\nzones = [\"corp.example\"]\n";
+    let zone_fields = valid_keys_listed(&format!("{zone}zz_not_a_key = 1\n")).await;
+    keys.extend(
+        zone_fields
+            .iter()
+            .map(|field| format!("{FORWARD_ZONE}.{field}")),
+    );
+    let zone_upstream =
+        format!("{zone}[[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nzz_not_a_key = 1\n");
+    let zone_upstream_fields = valid_keys_listed(&zone_upstream).await;
+    keys.extend(
+        zone_upstream_fields
+            .iter()
+            .map(|field| normalize(&format!("{FORWARD_ZONE}.{UPSTREAM}.{field}"))),
+    );
     assert!(
         keys.contains(UPSTREAM),
         "the binary no longer has `{UPSTREAM}` tables; update this test: {keys:?}"

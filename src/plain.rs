@@ -1,0 +1,116 @@
+//! A plain-DNS upstream: UDP, retried over TCP when the answer is truncated. Used only for a
+//! forward zone whose configuration says `protocol = "udp"`, i.e. a resolver inside the
+//! network (a VPC resolver, a corporate DNS server, the cluster DNS); the default upstreams
+//! are always DNS over TLS and nothing ever falls back to this.
+//!
+//! Each query uses a fresh socket on a random port with a random id, and accepts only a
+//! response from the server's address with that id and our question, so an off-path attacker
+//! has to guess both to spoof an answer.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::Instant;
+
+use crate::dns::{self, Query};
+use crate::framing;
+use crate::upstream::UpstreamError;
+
+/// Largest UDP response we accept; we advertise 1232 but some servers send more.
+const MAX_UDP_RESPONSE: usize = 4096;
+
+pub struct PlainUpstream {
+    address: SocketAddr,
+    random: SystemRandom,
+}
+
+impl PlainUpstream {
+    pub fn new(address: SocketAddr) -> PlainUpstream {
+        PlainUpstream {
+            address,
+            random: SystemRandom::new(),
+        }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The response to `query`, at the latest at `deadline`.
+    pub async fn query(&self, query: &Query, deadline: Instant) -> Result<Vec<u8>, UpstreamError> {
+        let mut id = [0u8; 2];
+        self.random
+            .fill(&mut id)
+            .map_err(|_| UpstreamError::Connect(Arc::new(io::Error::other("no randomness"))))?;
+        let id = u16::from_be_bytes(id);
+        let message = query.plain_upstream_message(id);
+        let exchange = async {
+            let response = self.udp(&message, id, query.question()).await?;
+            if dns::is_truncated(&response) {
+                return self.tcp(&message, id, query.question()).await;
+            }
+            Ok(response)
+        };
+        tokio::time::timeout_at(deadline, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+
+    async fn udp(
+        &self,
+        message: &[u8],
+        id: u16,
+        question: &[u8],
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let connect = |e: io::Error| UpstreamError::Connect(Arc::new(e));
+        let local: SocketAddr = match self.address {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local).await.map_err(connect)?;
+        socket.connect(self.address).await.map_err(connect)?;
+        socket.send(message).await.map_err(connect)?;
+        let mut buf = vec![0u8; MAX_UDP_RESPONSE];
+        loop {
+            let len = socket.recv(&mut buf).await.map_err(connect)?;
+            let response = &buf[..len];
+            // Anything else is stray or spoofed: keep waiting for the real answer.
+            if dns::message_id(response) == Some(id) && dns::response_matches(response, question) {
+                return Ok(response.to_vec());
+            }
+        }
+    }
+
+    async fn tcp(
+        &self,
+        message: &[u8],
+        id: u16,
+        question: &[u8],
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let connect = |e: io::Error| UpstreamError::Connect(Arc::new(e));
+        let mut stream = TcpStream::connect(self.address).await.map_err(connect)?;
+        let frame = framing::frame(message).ok_or(UpstreamError::Protocol)?;
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|_| UpstreamError::Closed)?;
+        let mut length = [0u8; 2];
+        stream
+            .read_exact(&mut length)
+            .await
+            .map_err(|_| UpstreamError::Closed)?;
+        let mut response = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream
+            .read_exact(&mut response)
+            .await
+            .map_err(|_| UpstreamError::Closed)?;
+        if dns::message_id(&response) != Some(id) || !dns::response_matches(&response, question) {
+            return Err(UpstreamError::Protocol);
+        }
+        Ok(response)
+    }
+}

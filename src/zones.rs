@@ -1,0 +1,430 @@
+//! Where a question goes, by its name: to the upstreams of a forward zone (split DNS), to the
+//! default upstreams, or nowhere, answered here because the name is private by definition.
+//!
+//! The longest matching zone wins. Built-in local zones keep names that only mean something
+//! on the host or its own network from leaking to a public resolver: `localhost` (RFC 6761)
+//! answers with loopback addresses; the reverse zones of private, loopback, link-local,
+//! shared and documentation addresses (RFC 1918, 6598, 6761, 5737, 4193, 4291, 3849) and the
+//! special-use names `invalid`, `home.arpa` and `onion` answer NXDOMAIN. A forward zone that
+//! is one of them, or contains one, takes it over: `[[forward_zone]] zones =
+//! ["10.in-addr.arpa"]` sends reverse lookups of 10/8 to the corporate resolver.
+//!
+//! Pure functions over wire-form names; nothing here does I/O.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::dns::{LocalRecord, Query, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_SOA};
+
+const TYPE_A: u16 = 1;
+const TYPE_PTR: u16 = 12;
+const TYPE_AAAA: u16 = 28;
+/// TTL of local answers, and the negative TTL in their SOA.
+const LOCAL_TTL: u32 = 3600;
+
+/// A zone name in wire form, lower case, without compression: `corp.example` is
+/// `\x04corp\x07example\x00`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ZoneName {
+    wire: Box<[u8]>,
+}
+
+/// Why a zone name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZoneNameError {
+    #[error("is empty or the root zone; the default upstreams ([[upstream]]) serve the root")]
+    Root,
+    #[error("has an empty label")]
+    EmptyLabel,
+    #[error("has a label longer than 63 bytes")]
+    LongLabel,
+    #[error("is longer than 255 bytes")]
+    LongName,
+    #[error("contains a space or control character")]
+    BadCharacter,
+}
+
+impl ZoneName {
+    /// Parses `corp.example` or `corp.example.` (case does not matter).
+    pub fn parse(text: &str) -> Result<ZoneName, ZoneNameError> {
+        let text = text.trim();
+        let text = text.strip_suffix('.').unwrap_or(text);
+        if text.is_empty() {
+            return Err(ZoneNameError::Root);
+        }
+        let mut wire = Vec::with_capacity(text.len() + 2);
+        for label in text.split('.') {
+            if label.is_empty() {
+                return Err(ZoneNameError::EmptyLabel);
+            }
+            if label.len() > 63 {
+                return Err(ZoneNameError::LongLabel);
+            }
+            if label.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(ZoneNameError::BadCharacter);
+            }
+            wire.push(label.len() as u8);
+            wire.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+        }
+        wire.push(0);
+        if wire.len() > 255 {
+            return Err(ZoneNameError::LongName);
+        }
+        Ok(ZoneName { wire: wire.into() })
+    }
+
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
+    }
+
+    /// Whether `other` is this zone or inside it.
+    fn contains(&self, other: &ZoneName) -> bool {
+        suffixes(&other.wire).any(|suffix| suffix == &*self.wire)
+    }
+}
+
+impl fmt::Display for ZoneName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut pos = 0;
+        while let Some(&len) = self.wire.get(pos) {
+            if len == 0 {
+                break;
+            }
+            if pos > 0 {
+                f.write_str(".")?;
+            }
+            let label = self
+                .wire
+                .get(pos + 1..pos + 1 + usize::from(len))
+                .unwrap_or(&[]);
+            f.write_str(&String::from_utf8_lossy(label))?;
+            pos += 1 + usize::from(len);
+        }
+        Ok(())
+    }
+}
+
+/// Every suffix of a wire name that starts at a label, longest first, ending with the root.
+fn suffixes(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut pos = Some(0usize);
+    std::iter::from_fn(move || {
+        let at = pos?;
+        let len = usize::from(*wire.get(at)?);
+        pos = (len != 0).then_some(at + 1 + len);
+        wire.get(at..)
+    })
+}
+
+/// What a built-in local zone answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    /// `localhost` and names under it: 127.0.0.1 and ::1.
+    Loopback,
+    /// The reverse zone of a loopback address: `localhost.` for the address itself.
+    LoopbackReverse,
+    /// NXDOMAIN for every name.
+    Empty,
+}
+
+/// Where a question goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The forward zone with this index in the configuration.
+    Forward(usize),
+    /// The default upstreams.
+    Default,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Forward(usize),
+    Local(Local),
+}
+
+/// The zone table, built once per configuration.
+#[derive(Debug)]
+pub struct Router {
+    /// Zone wire name → target; a question's name is looked up suffix by suffix.
+    zones: HashMap<Box<[u8]>, Target>,
+}
+
+/// The built-in local zones.
+fn builtin_zones() -> Vec<(String, Local)> {
+    let mut zones = vec![
+        ("localhost".to_string(), Local::Loopback),
+        ("127.in-addr.arpa".to_string(), Local::LoopbackReverse),
+        (
+            format!("1{}.ip6.arpa", ".0".repeat(31)),
+            Local::LoopbackReverse,
+        ),
+    ];
+    let empty = [
+        // RFC 1918 private networks.
+        "10.in-addr.arpa",
+        "168.192.in-addr.arpa",
+        // RFC 6761/6890: "this network", link-local, limited broadcast, documentation.
+        "0.in-addr.arpa",
+        "254.169.in-addr.arpa",
+        "255.255.255.255.in-addr.arpa",
+        "2.0.192.in-addr.arpa",
+        "100.51.198.in-addr.arpa",
+        "113.0.203.in-addr.arpa",
+        // IPv6: ULA fc00::/7, link-local fe80::/10, documentation 2001:db8::/32.
+        "c.f.ip6.arpa",
+        "d.f.ip6.arpa",
+        "8.e.f.ip6.arpa",
+        "9.e.f.ip6.arpa",
+        "a.e.f.ip6.arpa",
+        "b.e.f.ip6.arpa",
+        "8.b.d.0.1.0.0.2.ip6.arpa",
+        // Special-use names never resolved by public DNS (RFC 6761, 8375, 7686).
+        "invalid",
+        "home.arpa",
+        "onion",
+    ];
+    zones.extend(empty.iter().map(|zone| (zone.to_string(), Local::Empty)));
+    // 172.16/12 and the RFC 6598 shared space 100.64/10.
+    zones.extend((16..32).map(|octet| (format!("{octet}.172.in-addr.arpa"), Local::Empty)));
+    zones.extend((64..128).map(|octet| (format!("{octet}.100.in-addr.arpa"), Local::Empty)));
+    // The unspecified address ::.
+    zones.push((format!("0{}.ip6.arpa", ".0".repeat(31)), Local::Empty));
+    zones
+}
+
+impl Router {
+    /// The table for forward zones `forward[i]` (each a list of zone names): built-in local
+    /// zones that a forward zone equals or contains are left out.
+    pub fn new(forward: &[Vec<ZoneName>]) -> Router {
+        let mut zones = HashMap::new();
+        for (text, local) in builtin_zones() {
+            // The built-in names are valid; a parse failure would only drop that one zone.
+            let Ok(zone) = ZoneName::parse(&text) else {
+                continue;
+            };
+            let claimed = forward.iter().flatten().any(|f| f.contains(&zone));
+            if !claimed {
+                zones.insert(zone.wire, Target::Local(local));
+            }
+        }
+        for (index, names) in forward.iter().enumerate() {
+            for zone in names {
+                zones.insert(zone.wire.clone(), Target::Forward(index));
+            }
+        }
+        Router { zones }
+    }
+
+    /// Where `query` goes, or its answer when a local zone answers it.
+    pub fn route(&self, query: &Query) -> Result<Route, Vec<u8>> {
+        let question = query.question();
+        let name = &question[..question.len() - 4];
+        let mut lower = [0u8; 256];
+        let len = name.len().min(lower.len());
+        lower[..len].copy_from_slice(&name[..len]);
+        lower[..len].make_ascii_lowercase();
+        let name = &lower[..len];
+        for suffix in suffixes(name) {
+            match self.zones.get(suffix) {
+                Some(Target::Forward(index)) => return Ok(Route::Forward(*index)),
+                Some(Target::Local(local)) => {
+                    return Err(local_answer(query, name, suffix, *local));
+                }
+                None => {}
+            }
+        }
+        Ok(Route::Default)
+    }
+}
+
+/// The answer of a local zone to `query`; `name` is its lower-cased name, `zone` the zone.
+fn local_answer(query: &Query, name: &[u8], zone: &[u8], local: Local) -> Vec<u8> {
+    let qtype = query.qtype();
+    let apex = name == zone;
+    let localhost: &[u8] = b"\x09localhost\x00";
+    let (rcode, rtype, rdata): (u8, u16, &[u8]) = match local {
+        Local::Loopback if qtype == TYPE_A => (RCODE_NOERROR, TYPE_A, &[127, 0, 0, 1]),
+        Local::Loopback if qtype == TYPE_AAAA => (
+            RCODE_NOERROR,
+            TYPE_AAAA,
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        ),
+        Local::Loopback => (RCODE_NOERROR, 0, &[]),
+        // 127.0.0.1 and ::1 have a name; the rest of 127/8 is unassigned.
+        Local::LoopbackReverse if is_loopback_reverse(name) && qtype == TYPE_PTR => {
+            (RCODE_NOERROR, TYPE_PTR, localhost)
+        }
+        Local::LoopbackReverse if is_loopback_reverse(name) || apex => (RCODE_NOERROR, 0, &[]),
+        Local::LoopbackReverse => (RCODE_NXDOMAIN, 0, &[]),
+        Local::Empty if apex => (RCODE_NOERROR, 0, &[]),
+        Local::Empty => (RCODE_NXDOMAIN, 0, &[]),
+    };
+    let mut soa = Vec::with_capacity(64);
+    soa.extend_from_slice(localhost);
+    soa.extend_from_slice(b"\x06nobody\x07invalid\x00");
+    for value in [1, LOCAL_TTL, 1200, 604_800, LOCAL_TTL] {
+        soa.extend_from_slice(&value.to_be_bytes());
+    }
+    let answer = LocalRecord {
+        owner: None,
+        rtype,
+        ttl: LOCAL_TTL,
+        rdata,
+    };
+    let authority = LocalRecord {
+        owner: Some(zone),
+        rtype: TYPE_SOA,
+        ttl: LOCAL_TTL,
+        rdata: &soa,
+    };
+    if rtype != 0 {
+        query.local_answer(rcode, &[answer], &[])
+    } else {
+        // Negative answers carry the zone's SOA, so clients can cache them (RFC 2308).
+        query.local_answer(rcode, &[], &[authority])
+    }
+}
+
+/// `1.0.0.127.in-addr.arpa` or the reverse name of ::1.
+fn is_loopback_reverse(name: &[u8]) -> bool {
+    let v4: &[u8] = b"\x011\x010\x010\x03127\x07in-addr\x04arpa\x00";
+    let v6_prefix: &[u8] = b"\x011";
+    let v6_rest = format!("{}\x03ip6\x04arpa\x00", "\x010".repeat(31));
+    name == v4 || (name.starts_with(v6_prefix) && &name[2..] == v6_rest.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns;
+
+    fn query(name: &str, qtype: u16) -> Query {
+        let mut q = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
+        dns::parse_query(&q).unwrap()
+    }
+
+    fn zones(names: &[&str]) -> Vec<ZoneName> {
+        names.iter().map(|n| ZoneName::parse(n).unwrap()).collect()
+    }
+
+    fn rcode(answer: &[u8]) -> u8 {
+        answer[3] & 0x0f
+    }
+
+    #[test]
+    fn zone_names_parse_and_print() {
+        let zone = ZoneName::parse("Corp.Example.").unwrap();
+        assert_eq!(zone.wire(), b"\x04corp\x07example\x00");
+        assert_eq!(zone.to_string(), "corp.example");
+        assert_eq!(ZoneName::parse("."), Err(ZoneNameError::Root));
+        assert_eq!(ZoneName::parse("a..b"), Err(ZoneNameError::EmptyLabel));
+        assert_eq!(
+            ZoneName::parse(&"x".repeat(64)),
+            Err(ZoneNameError::LongLabel)
+        );
+        assert_eq!(ZoneName::parse("a b"), Err(ZoneNameError::BadCharacter));
+        let long = vec!["abcdefghi"; 26].join(".");
+        assert_eq!(ZoneName::parse(&long), Err(ZoneNameError::LongName));
+    }
+
+    #[test]
+    fn longest_zone_wins() {
+        let router = Router::new(&[zones(&["example"]), zones(&["corp.example"])]);
+        let route = |name: &str| router.route(&query(name, TYPE_A));
+        assert_eq!(route("host.CORP.example"), Ok(Route::Forward(1)));
+        assert_eq!(route("corp.example"), Ok(Route::Forward(1)));
+        assert_eq!(route("other.example"), Ok(Route::Forward(0)));
+        assert_eq!(
+            route("xcorp.example"),
+            Ok(Route::Forward(0)),
+            "label boundaries"
+        );
+        assert_eq!(route("example.com"), Ok(Route::Default));
+    }
+
+    #[test]
+    fn private_reverse_names_are_answered_locally() {
+        let router = Router::new(&[]);
+        for name in [
+            "1.0.168.192.in-addr.arpa",
+            "4.3.2.10.in-addr.arpa",
+            "9.9.20.172.in-addr.arpa",
+            "1.1.64.100.in-addr.arpa",
+            "1.0.254.169.in-addr.arpa",
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa",
+            "printer.home.arpa",
+            "nothing.invalid",
+        ] {
+            let answer = router.route(&query(name, TYPE_PTR)).expect_err(name);
+            assert_eq!(rcode(&answer), RCODE_NXDOMAIN, "{name}");
+            let soa = dns::Response::prepare(&answer).unwrap();
+            assert!(
+                soa.records().any(|r| r.rtype == TYPE_SOA),
+                "{name}: SOA for caching"
+            );
+        }
+        for public in [
+            "1.1.1.1.in-addr.arpa",
+            "9.9.15.172.in-addr.arpa",
+            "1.1.63.100.in-addr.arpa",
+        ] {
+            assert_eq!(
+                router.route(&query(public, TYPE_PTR)),
+                Ok(Route::Default),
+                "{public}"
+            );
+        }
+    }
+
+    #[test]
+    fn localhost_is_loopback() {
+        let router = Router::new(&[]);
+        let a = router.route(&query("localhost", TYPE_A)).unwrap_err();
+        assert_eq!(rcode(&a), RCODE_NOERROR);
+        assert_eq!(&a[a.len() - 4..], &[127, 0, 0, 1]);
+        let aaaa = router
+            .route(&query("app.localhost", TYPE_AAAA))
+            .unwrap_err();
+        assert_eq!(aaaa[aaaa.len() - 1], 1);
+        let mx = router.route(&query("localhost", 15)).unwrap_err();
+        assert_eq!(
+            (rcode(&mx), mx[7]),
+            (RCODE_NOERROR, 0),
+            "NODATA for other types"
+        );
+        let ptr = router
+            .route(&query("1.0.0.127.in-addr.arpa", TYPE_PTR))
+            .unwrap_err();
+        assert!(ptr.ends_with(b"\x09localhost\x00"));
+        let v6 = format!("1{}.ip6.arpa", ".0".repeat(31));
+        let ptr = router.route(&query(&v6, TYPE_PTR)).unwrap_err();
+        assert!(ptr.ends_with(b"\x09localhost\x00"));
+        let other = router
+            .route(&query("2.0.0.127.in-addr.arpa", TYPE_PTR))
+            .unwrap_err();
+        assert_eq!(rcode(&other), RCODE_NXDOMAIN);
+    }
+
+    #[test]
+    fn a_forward_zone_takes_over_the_local_zones_it_covers() {
+        let router = Router::new(&[zones(&["10.in-addr.arpa"]), zones(&["in-addr.arpa"])]);
+        let route = |name: &str| router.route(&query(name, TYPE_PTR));
+        assert_eq!(route("4.3.2.10.in-addr.arpa"), Ok(Route::Forward(0)));
+        assert_eq!(route("1.0.168.192.in-addr.arpa"), Ok(Route::Forward(1)));
+        // A forward zone inside a local zone takes only its own names.
+        let router = Router::new(&[zones(&["0.10.in-addr.arpa"])]);
+        assert_eq!(
+            router.route(&query("1.0.10.in-addr.arpa", TYPE_PTR)),
+            Ok(Route::Forward(0))
+        );
+        assert!(
+            router
+                .route(&query("1.1.10.in-addr.arpa", TYPE_PTR))
+                .is_err()
+        );
+    }
+}
