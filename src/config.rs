@@ -98,6 +98,10 @@ pub struct Config {
     pub allow: Vec<Network>,
     /// What clients outside `allow` get.
     pub deny_action: DenyAction,
+    /// Queries per second allowed per client address (IPv6: per /64); 0 is no limit.
+    pub rate_limit: u32,
+    /// What a client over `rate_limit` gets.
+    pub rate_limit_action: DenyAction,
     /// The answer cache.
     pub cache: CacheConfig,
     /// Split DNS: zones with upstreams of their own, in configuration order.
@@ -202,6 +206,9 @@ impl Default for Config {
             log_level: "info".to_string(),
             allow: Network::loopback(),
             deny_action: DenyAction::Refuse,
+            rate_limit: 0,
+            // Answering a flood would reflect it at whoever the sources are spoofed as.
+            rate_limit_action: DenyAction::Drop,
             cache: CacheConfig::default(),
             forward_zones: Vec::new(),
         }
@@ -306,6 +313,11 @@ impl Loaded {
             ("log_level", toml_string(&config.log_level)),
             ("allow", format!("[{}]", allow.join(", "))),
             ("deny_action", toml_string(config.deny_action.as_str())),
+            ("rate_limit", config.rate_limit.to_string()),
+            (
+                "rate_limit_action",
+                toml_string(config.rate_limit_action.as_str()),
+            ),
             ("cache", config.cache.enabled.to_string()),
             ("cache_size", toml_size(config.cache.size)),
             ("cache_min_ttl", toml_duration(config.cache.min_ttl)),
@@ -671,6 +683,8 @@ struct RawConfig {
     log_level: Option<String>,
     allow: Option<Vec<String>>,
     deny_action: Option<String>,
+    rate_limit: Option<u32>,
+    rate_limit_action: Option<String>,
     cache: Option<bool>,
     cache_size: Option<RawSize>,
     cache_min_ttl: Option<RawDuration>,
@@ -788,6 +802,13 @@ impl RawConfig {
             config.deny_action = DenyAction::parse(&action).ok_or_else(|| {
                 let reason = format!("{action:?} is not one of: refuse, drop");
                 invalid("deny_action", "deny_action".to_string(), reason)
+            })?;
+        }
+        config.rate_limit = self.rate_limit.unwrap_or(config.rate_limit);
+        if let Some(action) = self.rate_limit_action {
+            config.rate_limit_action = DenyAction::parse(&action).ok_or_else(|| {
+                let reason = format!("{action:?} is not one of: refuse, drop");
+                invalid("rate_limit_action", "rate_limit_action".to_string(), reason)
             })?;
         }
         if let Some(level) = self.log_level {

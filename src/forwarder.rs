@@ -15,6 +15,7 @@ use crate::coalesce::{self, Coalescer, Role};
 use crate::config::{Config, ZoneUpstream};
 use crate::dns::{self, Query, Rcode, Response};
 use crate::plain::PlainUpstream;
+use crate::ratelimit::RateLimiter;
 use crate::stats::Stats;
 use crate::tls::TlsSetupError;
 use crate::upstream::{Upstream, UpstreamError};
@@ -75,6 +76,8 @@ pub struct Forwarder {
     /// `None` when the cache is off.
     cache: Option<Cache>,
     in_flight: Coalescer<Resolved>,
+    /// `None` when `rate_limit` is 0. Lives here so a reload resets it with the rest.
+    limiter: Option<RateLimiter>,
 }
 
 impl Forwarder {
@@ -113,7 +116,15 @@ impl Forwarder {
             stats,
             cache: config.cache.enabled.then(|| Cache::new(&config.cache)),
             in_flight: Coalescer::default(),
+            limiter: (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit)),
         })
+    }
+
+    /// Whether a query from `client` is within the per-client rate limit (always, when off).
+    pub fn admit(&self, client: std::net::IpAddr) -> bool {
+        self.limiter
+            .as_ref()
+            .is_none_or(|limiter| limiter.admit(client, Instant::now()))
     }
 
     /// The answer for `query`: from the cache or an upstream, else a stale answer or SERVFAIL

@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`cli`], [`config`]: what to run and with which settings (layered TOML, environment, flags).
 //! - [`listeners`]: the client sockets, inherited from systemd or bound here.
-//! - [`udp`], [`tcp`]: the client-facing servers.
+//! - [`udp`], [`tcp`]: the client-facing servers; [`access`], [`ratelimit`]: who may ask, how often.
 //! - [`dns`]: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
 //! - [`framing`]: 2-byte length framing shared by TCP clients and TLS upstreams.
 //! - [`forwarder`]: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
@@ -31,6 +31,7 @@ pub mod listeners;
 pub mod logging;
 pub mod notify;
 pub mod plain;
+pub mod ratelimit;
 pub mod stats;
 pub mod tcp;
 pub mod tls;

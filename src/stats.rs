@@ -23,6 +23,8 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Malformed or unsupported queries answered FORMERR, NOTIMP, REFUSED or BADVERS.
     pub rejected: AtomicU64,
+    /// Queries over the per-client rate limit (dropped or refused, per `rate_limit_action`).
+    pub rate_limited: AtomicU64,
     /// Packets dropped without an answer (too short, responses, over the in-flight limit).
     pub dropped: AtomicU64,
 }
@@ -36,7 +38,7 @@ impl Stats {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "{} queries (udp {}, tcp {}): {} from cache, {} answered by upstream, {} local, {} stale, {} failed, {} rejected, {} dropped",
+            "{} queries (udp {}, tcp {}): {} from cache, {} answered by upstream, {} local, {} stale, {} failed, {} rejected, {} rate-limited, {} dropped",
             get(&self.udp_queries) + get(&self.tcp_queries),
             get(&self.udp_queries),
             get(&self.tcp_queries),
@@ -46,6 +48,7 @@ impl Stats {
             get(&self.cache_stale),
             get(&self.failed),
             get(&self.rejected),
+            get(&self.rate_limited),
             get(&self.dropped),
         )
     }

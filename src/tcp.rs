@@ -121,6 +121,16 @@ async fn connection(
             Stats::add(&stats.dropped);
             break;
         }
+        let forwarder = context.forwarder();
+        let limited = allowed && !forwarder.admit(client.ip());
+        if limited {
+            Stats::add(&stats.rate_limited);
+            // Over TCP a query cannot be ignored without stalling those behind it.
+            if config.rate_limit_action == DenyAction::Drop {
+                debug!(%client, "TCP client over the rate limit; closing");
+                break;
+            }
+        }
         match dns::parse_query(&message) {
             Err(Rejection::Drop) => {
                 debug!(%client, "TCP client sent a response; closing");
@@ -138,14 +148,13 @@ async fn connection(
                     break;
                 }
             }
-            Ok(query) if !allowed => {
+            Ok(query) if !allowed || limited => {
                 Stats::add(&stats.rejected);
                 if let Some(framed) = framing::frame(&query.error_answer(Rcode::Refused)) {
                     let _ = answers.send(framed).await;
                 }
             }
             Ok(query) => {
-                let forwarder = context.forwarder();
                 let answers = answers.clone();
                 tracker.spawn(async move {
                     let answer = forwarder.answer(&query, client).await;

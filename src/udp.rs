@@ -58,6 +58,13 @@ pub async fn serve(
             Stats::add(&stats.dropped);
             continue;
         }
+        let limited = allowed && !forwarder.admit(client.ip());
+        if limited {
+            Stats::add(&stats.rate_limited);
+            if config.rate_limit_action == DenyAction::Drop {
+                continue;
+            }
+        }
         match dns::parse_query(&buf[..len]) {
             Err(Rejection::Drop) => Stats::add(&stats.dropped),
             Err(Rejection::Answer(answer)) => {
@@ -66,7 +73,7 @@ pub async fn serve(
                 // Not worth waiting for: if the socket buffer is full the client retries.
                 let _ = socket.try_send_to(&answer, client);
             }
-            Ok(query) if !allowed => {
+            Ok(query) if !allowed || limited => {
                 Stats::add(&stats.rejected);
                 let answer = query.error_answer(Rcode::Refused);
                 let answer = dns::truncate_for_udp(answer, query.udp_limit());

@@ -17,6 +17,7 @@ mod man_page;
 mod padding;
 mod pipelining;
 mod privileged;
+mod rate_limit;
 mod real_clients;
 mod signals;
 mod split_dns;
