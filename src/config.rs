@@ -56,6 +56,8 @@ const SEED_ALIASES: [(&str, &str); 3] = [
     ("DNS_PROXY_ENABLE_UDP", "udp"),
 ];
 
+/// Largest `upstream_connections`.
+const MAX_UPSTREAM_CONNECTIONS: usize = 16;
 /// Bounds of `cache_size`.
 const MIN_CACHE_SIZE: usize = 64 << 10;
 const MAX_CACHE_SIZE: usize = 64 << 30;
@@ -90,6 +92,12 @@ pub struct Config {
     pub tcp_max_queries: usize,
     /// An upstream TLS connection with no query outstanding is closed after this long.
     pub upstream_idle_timeout: Duration,
+    /// Most TLS connections open to one upstream at once.
+    pub upstream_connections: usize,
+    /// How a query picks among the available upstreams.
+    pub strategy: Strategy,
+    /// When a query is also sent to a second upstream.
+    pub hedge: Hedge,
     /// Log one line per query at info level (off by default for privacy).
     pub log_queries: bool,
     /// Default log level: error, warn, info, debug or trace.
@@ -125,6 +133,43 @@ pub enum ZoneUpstream {
     /// Plain DNS over UDP, retried over TCP when truncated: only ever used when a forward zone
     /// says `protocol = "udp"`, for a resolver inside the network.
     Plain(SocketAddr),
+}
+
+/// How a query picks among the available upstreams (`strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The lowest smoothed latency, with an occasional probe of the others.
+    Fastest,
+    /// The first in configuration order.
+    Failover,
+    /// Each in turn.
+    RoundRobin,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Fastest => "fastest",
+            Strategy::Failover => "failover",
+            Strategy::RoundRobin => "round-robin",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Strategy> {
+        [Strategy::Fastest, Strategy::Failover, Strategy::RoundRobin]
+            .into_iter()
+            .find(|s| s.as_str() == text.trim())
+    }
+}
+
+/// Hedging (`hedge`): when no answer has come after a delay, the query is also sent to the
+/// next upstream and the first answer wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hedge {
+    Off,
+    /// After the upstream's usual latency plus four deviations (about its 95th percentile).
+    Auto,
+    After(Duration),
 }
 
 /// The answer cache's settings (`cache*` keys).
@@ -202,6 +247,9 @@ impl Default for Config {
             tcp_max_connections: 256,
             tcp_max_queries: 64,
             upstream_idle_timeout: Duration::from_secs(30),
+            upstream_connections: 2,
+            strategy: Strategy::Fastest,
+            hedge: Hedge::Off,
             log_queries: false,
             log_level: "info".to_string(),
             allow: Network::loopback(),
@@ -308,6 +356,19 @@ impl Loaded {
             (
                 "upstream_idle_timeout",
                 toml_duration(config.upstream_idle_timeout),
+            ),
+            (
+                "upstream_connections",
+                config.upstream_connections.to_string(),
+            ),
+            ("strategy", toml_string(config.strategy.as_str())),
+            (
+                "hedge",
+                match config.hedge {
+                    Hedge::Off => toml_string("off"),
+                    Hedge::Auto => toml_string("auto"),
+                    Hedge::After(delay) => toml_duration(delay),
+                },
             ),
             ("log_queries", config.log_queries.to_string()),
             ("log_level", toml_string(&config.log_level)),
@@ -679,6 +740,9 @@ struct RawConfig {
     tcp_max_connections: Option<usize>,
     tcp_max_queries: Option<usize>,
     upstream_idle_timeout: Option<RawDuration>,
+    upstream_connections: Option<usize>,
+    strategy: Option<String>,
+    hedge: Option<String>,
     log_queries: Option<bool>,
     log_level: Option<String>,
     allow: Option<Vec<String>>,
@@ -803,6 +867,38 @@ impl RawConfig {
                 let reason = format!("{action:?} is not one of: refuse, drop");
                 invalid("deny_action", "deny_action".to_string(), reason)
             })?;
+        }
+        if let Some(n) = self.upstream_connections {
+            if !(1..=MAX_UPSTREAM_CONNECTIONS).contains(&n) {
+                let reason = format!("must be between 1 and {MAX_UPSTREAM_CONNECTIONS}");
+                return Err(invalid(
+                    "upstream_connections",
+                    "upstream_connections".to_string(),
+                    reason,
+                ));
+            }
+            config.upstream_connections = n;
+        }
+        if let Some(strategy) = self.strategy {
+            config.strategy = Strategy::parse(&strategy).ok_or_else(|| {
+                let reason = format!("{strategy:?} is not one of: fastest, failover, round-robin");
+                invalid("strategy", "strategy".to_string(), reason)
+            })?;
+        }
+        if let Some(hedge) = self.hedge {
+            config.hedge = match hedge.trim() {
+                "off" => Hedge::Off,
+                "auto" => Hedge::Auto,
+                text => match parse_duration(text) {
+                    Some(delay) if !delay.is_zero() => Hedge::After(delay),
+                    _ => {
+                        let reason = format!(
+                            "{hedge:?} is not \"off\", \"auto\" or a duration like \"50ms\""
+                        );
+                        return Err(invalid("hedge", "hedge".to_string(), reason));
+                    }
+                },
+            };
         }
         config.rate_limit = self.rate_limit.unwrap_or(config.rate_limit);
         if let Some(action) = self.rate_limit_action {

@@ -150,6 +150,11 @@ impl Connection {
         !self.shared.closed.is_cancelled()
     }
 
+    /// Queries waiting for their response on this connection.
+    pub fn outstanding(&self) -> usize {
+        self.shared.lock().waiters.len()
+    }
+
     /// Responses received so far (see [`Shared::responses`]).
     pub fn responses(&self) -> u64 {
         self.shared.responses.load(Ordering::Relaxed)

@@ -14,6 +14,7 @@ use crate::cache::{Cache, Key, Lookup};
 use crate::coalesce::{self, Coalescer, Role};
 use crate::config::{Config, ZoneUpstream};
 use crate::dns::{self, Query, Rcode, Response};
+use crate::group::{Group, Resolver};
 use crate::plain::PlainUpstream;
 use crate::ratelimit::RateLimiter;
 use crate::stats::Stats;
@@ -33,42 +34,11 @@ enum Source {
     Failed,
 }
 
-/// One upstream resolver of any kind.
-enum Resolver {
-    Tls(Box<Upstream>),
-    /// Only in forward zones that ask for plain DNS.
-    Plain(PlainUpstream),
-}
-
-impl Resolver {
-    fn address(&self) -> SocketAddr {
-        match self {
-            Resolver::Tls(upstream) => upstream.address(),
-            Resolver::Plain(upstream) => upstream.address(),
-        }
-    }
-
-    /// Plain upstreams keep no connection, so there is no state to back off from.
-    fn is_available(&self, now: Instant) -> bool {
-        match self {
-            Resolver::Tls(upstream) => upstream.is_available(now),
-            Resolver::Plain(_) => true,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Resolver::Tls(upstream) => upstream.describe(),
-            Resolver::Plain(upstream) => format!("{} (plain DNS)", upstream.address()),
-        }
-    }
-}
-
 pub struct Forwarder {
-    /// The default upstreams, in order of preference: the first available one is used.
-    upstreams: Vec<Resolver>,
+    /// The default upstreams.
+    upstreams: Group,
     /// The upstreams of each forward zone, in configuration order.
-    zones: Vec<Vec<Resolver>>,
+    zones: Vec<Group>,
     router: Router,
     timeout: Duration,
     log_queries: bool,
@@ -83,10 +53,15 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(config: &Config, stats: Arc<Stats>) -> Result<Forwarder, TlsSetupError> {
         let tls = |upstream| {
-            Upstream::new(upstream, config.upstream_idle_timeout)
-                .map(|u| Resolver::Tls(Box::new(u)))
+            Upstream::new(
+                upstream,
+                config.upstream_idle_timeout,
+                config.upstream_connections,
+            )
+            .map(|u| Resolver::Tls(Box::new(u)))
         };
-        let upstreams = config.upstreams.iter().map(tls).collect::<Result<_, _>>()?;
+        let group = |resolvers| Group::new(resolvers, config.strategy, config.hedge);
+        let upstreams = group(config.upstreams.iter().map(tls).collect::<Result<_, _>>()?);
         let zones = config
             .forward_zones
             .iter()
@@ -100,6 +75,7 @@ impl Forwarder {
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()
+                    .map(group)
             })
             .collect::<Result<_, _>>()?;
         let zone_names: Vec<_> = config
@@ -249,39 +225,24 @@ impl Forwarder {
     }
 
     async fn resolve(&self, query: &Query, route: Route, deadline: Instant) -> Resolved {
-        let upstreams = match route {
+        let group = match route {
             Route::Forward(zone) => self.zones.get(zone).unwrap_or(&self.upstreams),
             Route::Default => &self.upstreams,
         };
         let frame = query.upstream_frame();
-        let mut tried = vec![false; upstreams.len()];
+        let mut tried = vec![false; group.members.len()];
         let mut retried = false;
         let mut next = None;
         let mut last_error = UpstreamError::Down;
         loop {
-            let Some(index) = next.take().or_else(|| pick(upstreams, &tried)) else {
+            let Some(index) = next.take().or_else(|| group.pick(&tried)) else {
                 return Err(last_error);
             };
             tried[index] = true;
-            let upstream = &upstreams[index];
-            let result = match upstream {
-                Resolver::Tls(upstream) => {
-                    upstream
-                        .query(frame.clone(), query.question(), deadline)
-                        .await
-                }
-                Resolver::Plain(upstream) => {
-                    // No connection state tells a dead server from a slow one: give each
-                    // server left an equal share of the budget, so the last still gets a try.
-                    let left = tried.iter().filter(|t| !**t).count() as u32 + 1;
-                    let now = Instant::now();
-                    let share = deadline.saturating_duration_since(now) / left;
-                    match upstream.query(query, now + share).await {
-                        Err(UpstreamError::Timeout) if left > 1 => Err(UpstreamError::Down),
-                        other => other,
-                    }
-                }
-            };
+            let (result, index) = self
+                .attempt(group, index, &mut tried, query, &frame, deadline)
+                .await;
+            let upstream = &group.members[index].resolver;
             match result {
                 Ok(response) => match Response::prepare(&response) {
                     Ok(response) => return Ok((Arc::new(response), upstream.address())),
@@ -296,7 +257,6 @@ impl Forwarder {
                     }
                     last_error = UpstreamError::Closed;
                 }
-                Err(UpstreamError::Timeout) => return Err(UpstreamError::Timeout),
                 Err(error) => last_error = error,
             }
             if Instant::now() >= deadline {
@@ -305,33 +265,84 @@ impl Forwarder {
         }
     }
 
+    /// Asks upstream `index`; with hedging, also the next one if `index` is slow to answer.
+    /// Returns the result and which upstream it came from.
+    async fn attempt(
+        &self,
+        group: &Group,
+        index: usize,
+        tried: &mut [bool],
+        query: &Query,
+        frame: &[u8],
+        deadline: Instant,
+    ) -> (Result<Vec<u8>, UpstreamError>, usize) {
+        let first_deadline = attempt_deadline(group, index, tried, deadline);
+        let first = group.attempt(index, query, frame, first_deadline);
+        let Some(delay) = group
+            .hedge_delay(index)
+            .filter(|delay| Instant::now() + *delay < deadline)
+        else {
+            return (first.await, index);
+        };
+        tokio::pin!(first);
+        tokio::select! {
+            result = &mut first => return (result, index),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let Some(second) = group.pick(tried) else {
+            return (first.await, index);
+        };
+        tried[second] = true;
+        Stats::add(&self.stats.hedged);
+        let second_deadline = attempt_deadline(group, second, tried, deadline);
+        let other = group.attempt(second, query, frame, second_deadline);
+        tokio::pin!(other);
+        let (mut first_error, mut second_error) = (None, None);
+        loop {
+            tokio::select! {
+                result = &mut first, if first_error.is_none() => match result {
+                    Ok(response) => return (Ok(response), index),
+                    Err(error) => first_error = Some(error),
+                },
+                result = &mut other, if second_error.is_none() => match result {
+                    Ok(response) => return (Ok(response), second),
+                    Err(error) => second_error = Some(error),
+                },
+            }
+            if let (Some(error), Some(_)) = (&first_error, &second_error) {
+                return (Err(error.clone()), index);
+            }
+        }
+    }
+
     /// Upstream states for the status line.
     pub fn describe_upstreams(&self) -> String {
-        let mut text = self
-            .upstreams
-            .iter()
-            .map(Resolver::describe)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if !self.zones.is_empty() {
-            let zones: Vec<String> = self
-                .zones
+        let describe = |group: &Group| -> Vec<String> {
+            group
+                .members
                 .iter()
-                .flatten()
-                .map(Resolver::describe)
-                .collect();
+                .map(|m| m.resolver.describe())
+                .collect()
+        };
+        let mut text = describe(&self.upstreams).join(", ");
+        if !self.zones.is_empty() {
+            let zones: Vec<String> = self.zones.iter().flat_map(describe).collect();
             text.push_str(&format!("; forward zones: {}", zones.join(", ")));
         }
         text
     }
 }
 
-/// The first available upstream this query has not tried yet.
-fn pick(upstreams: &[Resolver], tried: &[bool]) -> Option<usize> {
-    let now = Instant::now();
-    upstreams
-        .iter()
-        .enumerate()
-        .find(|(i, upstream)| !tried[*i] && upstream.is_available(now))
-        .map(|(i, _)| i)
+/// The deadline of one attempt. A plain-DNS server keeps no connection state that would tell
+/// a dead server from a slow one, so each one left gets an equal share of the budget and the
+/// last still gets its try; a DoT upstream detects failure itself and may use all of it.
+fn attempt_deadline(group: &Group, index: usize, tried: &[bool], deadline: Instant) -> Instant {
+    match group.members[index].resolver {
+        Resolver::Tls(_) => deadline,
+        Resolver::Plain(_) => {
+            let left = tried.iter().filter(|t| !**t).count() as u32 + 1;
+            let now = Instant::now();
+            now + deadline.saturating_duration_since(now) / left
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! - [`dns`]: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
 //! - [`framing`]: 2-byte length framing shared by TCP clients and TLS upstreams.
 //! - [`forwarder`]: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
+//! - [`group`]: picking an upstream (fastest, failover, round-robin) and hedging's delay.
 //! - [`cache`], [`coalesce`]: answers kept for their TTL; identical queries in flight shared.
 //! - [`zones`]: split DNS: which upstreams a name goes to, or its local answer.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod dns;
 pub mod forwarder;
 pub mod framing;
+pub mod group;
 pub mod listeners;
 pub mod logging;
 pub mod notify;

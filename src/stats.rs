@@ -19,6 +19,8 @@ pub struct Stats {
     pub cache_stale: AtomicU64,
     /// Queries answered by a built-in local zone (localhost, private reverse zones).
     pub local: AtomicU64,
+    /// Queries also sent to a second upstream because the first was slow (hedging).
+    pub hedged: AtomicU64,
     /// Queries answered SERVFAIL because no upstream answered in time.
     pub failed: AtomicU64,
     /// Malformed or unsupported queries answered FORMERR, NOTIMP, REFUSED or BADVERS.

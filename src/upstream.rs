@@ -1,5 +1,7 @@
-//! One upstream resolver: its TLS settings, its current connection (opened on demand, reused
-//! across queries, replaced when it dies), and its health. An upstream that cannot be reached
+//! One upstream resolver: its TLS settings, its pool of connections (opened on demand, reused
+//! across queries, replaced when they die), and its health. One connection carries many
+//! queries at once; a second one opens only when the first is busy, so both cores can
+//! encrypt and decrypt, and the pool never grows past `upstream_connections`. An upstream that cannot be reached
 //! is marked down with exponential backoff; while down, queries fail fast instead of each one
 //! paying for another connection attempt, and one attempt is made when the backoff ends.
 //!
@@ -25,6 +27,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(125);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Most queries outstanding on one upstream connection.
 const MAX_IN_FLIGHT: usize = 1024;
+/// Outstanding queries above which another connection of the pool is opened.
+const BUSY: usize = 64;
 
 /// Why a query got no answer from an upstream.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -148,7 +152,9 @@ pub struct Upstream {
     /// Kept for the life of the upstream: it holds the TLS session cache for resumption.
     tls: Arc<ClientConfig>,
     idle_timeout: Duration,
-    current: Mutex<Option<Arc<Connection>>>,
+    /// Open connections, at most `pool_size`.
+    pool: Mutex<Vec<Arc<Connection>>>,
+    pool_size: usize,
     /// Held while connecting, so concurrent queries share one attempt instead of racing.
     connecting: tokio::sync::Mutex<()>,
     health: Mutex<Health>,
@@ -165,13 +171,18 @@ struct Health {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, idle_timeout: Duration) -> Result<Upstream, TlsSetupError> {
+    pub fn new(
+        config: &UpstreamConfig,
+        idle_timeout: Duration,
+        pool_size: usize,
+    ) -> Result<Upstream, TlsSetupError> {
         Ok(Upstream {
             address: config.address,
             name: config.tls_name.clone(),
             tls: tls::client_config(config)?,
             idle_timeout,
-            current: Mutex::new(None),
+            pool: Mutex::new(Vec::new()),
+            pool_size: pool_size.max(1),
             connecting: tokio::sync::Mutex::new(()),
             health: Mutex::new(Health::default()),
         })
@@ -210,21 +221,55 @@ impl Upstream {
         }
     }
 
-    /// The live connection, opening one if there is none.
+    /// The least busy live connection; opens one if there is none, or another if all are
+    /// busy and the pool has room.
     async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, UpstreamError> {
-        if let Some(connection) = self.live_connection() {
-            return Ok(connection);
-        }
-        let _connecting = tokio::time::timeout_at(deadline, self.connecting.lock())
-            .await
-            .map_err(|_| UpstreamError::Timeout)?;
-        if let Some(connection) = self.live_connection() {
-            return Ok(connection);
+        let (least_busy, open) = self.least_busy();
+        let _connecting = match least_busy {
+            Some(connection) if open >= self.pool_size || connection.outstanding() < BUSY => {
+                return Ok(connection);
+            }
+            // Busy: grow the pool, unless another query is already at it.
+            Some(connection) => match self.connecting.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(connection),
+            },
+            None => tokio::time::timeout_at(deadline, self.connecting.lock())
+                .await
+                .map_err(|_| UpstreamError::Timeout)?,
+        };
+        let (least_busy, open) = self.least_busy();
+        if let Some(connection) = least_busy {
+            if open >= self.pool_size || connection.outstanding() < BUSY {
+                return Ok(connection);
+            }
+            // A busy connection still works: a failure to add one does not mark us down.
+            return Ok(match self.open(deadline).await {
+                Ok(added) => added,
+                Err(error) => {
+                    debug!(upstream = %self.address, "another connection failed: {error}");
+                    connection
+                }
+            });
         }
         // Another query's attempt may have just failed while this one waited for the lock.
         if !self.is_available(Instant::now()) {
             return Err(UpstreamError::Down);
         }
+        match self.open(deadline).await {
+            Ok(connection) => {
+                self.record_success();
+                Ok(connection)
+            }
+            Err(error) => {
+                self.record_failure(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Opens a connection and adds it to the pool.
+    async fn open(&self, deadline: Instant) -> Result<Arc<Connection>, UpstreamError> {
         let opened = tokio::time::timeout_at(
             deadline,
             Connection::open(
@@ -240,24 +285,22 @@ impl Upstream {
             Ok(Ok((connection, handshake))) => {
                 debug!(upstream = %self.address, resumed = handshake == Handshake::Resumed, "upstream connection opened");
                 let connection = Arc::new(connection);
-                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
-                self.record_success();
+                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                pool.retain(|c| c.is_open());
+                pool.push(connection.clone());
                 Ok(connection)
             }
-            Ok(Err(error)) => {
-                self.record_failure(error.clone());
-                Err(error)
-            }
-            Err(_) => {
-                self.record_failure(UpstreamError::Timeout);
-                Err(UpstreamError::Timeout)
-            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(UpstreamError::Timeout),
         }
     }
 
-    fn live_connection(&self) -> Option<Arc<Connection>> {
-        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        current.as_ref().filter(|c| c.is_open()).cloned()
+    /// The live connection with the fewest queries outstanding, and how many are live.
+    fn least_busy(&self) -> (Option<Arc<Connection>>, usize) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.retain(|c| c.is_open());
+        let least = pool.iter().min_by_key(|c| c.outstanding()).cloned();
+        (least, pool.len())
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {

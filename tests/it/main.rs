@@ -21,5 +21,6 @@ mod rate_limit;
 mod real_clients;
 mod signals;
 mod split_dns;
+mod strategy;
 mod truncation;
 mod upstream_failures;

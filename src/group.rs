@@ -1,0 +1,258 @@
+//! A group of upstreams (the default ones, or a forward zone's) and how a query picks one:
+//! `fastest` takes the lowest smoothed latency among those available and, once every
+//! [`PROBE_EVERY`] queries, another one, so a recovered or improved upstream is noticed;
+//! `failover` takes the first available in configuration order; `round-robin` each in turn.
+//!
+//! Latency is measured here around every attempt (a failure counts as the time it took), so
+//! the choice follows what clients actually wait for.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{Hedge, Strategy};
+use crate::dns::Query;
+use crate::plain::PlainUpstream;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// One query in this many goes to an upstream other than the fastest.
+pub const PROBE_EVERY: usize = 64;
+/// Shortest automatic hedging delay: below it, hedging would double the load for nothing.
+const HEDGE_FLOOR: Duration = Duration::from_millis(5);
+
+/// One upstream resolver of any kind.
+pub enum Resolver {
+    Tls(Box<Upstream>),
+    /// Only in forward zones that ask for plain DNS.
+    Plain(PlainUpstream),
+}
+
+impl Resolver {
+    pub fn address(&self) -> SocketAddr {
+        match self {
+            Resolver::Tls(upstream) => upstream.address(),
+            Resolver::Plain(upstream) => upstream.address(),
+        }
+    }
+
+    /// Plain upstreams keep no connection, so there is no state to back off from.
+    pub fn is_available(&self, now: Instant) -> bool {
+        match self {
+            Resolver::Tls(upstream) => upstream.is_available(now),
+            Resolver::Plain(_) => true,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Resolver::Tls(upstream) => upstream.describe(),
+            Resolver::Plain(upstream) => format!("{} (plain DNS)", upstream.address()),
+        }
+    }
+}
+
+/// Smoothed round-trip time and its mean deviation, in microseconds (RFC 6298's estimator);
+/// zero until the first observation. Updates may race; an estimate loses nothing by it.
+#[derive(Default)]
+struct Latency {
+    srtt: AtomicU32,
+    rttvar: AtomicU32,
+}
+
+impl Latency {
+    fn observe(&self, rtt: Duration) {
+        let rtt = rtt.as_micros().min(u128::from(u32::MAX / 8)) as u32;
+        let srtt = self.srtt.load(Ordering::Relaxed);
+        if srtt == 0 {
+            self.srtt.store(rtt.max(1), Ordering::Relaxed);
+            self.rttvar.store(rtt / 2, Ordering::Relaxed);
+            return;
+        }
+        let rttvar = self.rttvar.load(Ordering::Relaxed);
+        self.rttvar
+            .store((3 * rttvar + srtt.abs_diff(rtt)) / 4, Ordering::Relaxed);
+        self.srtt
+            .store(((7 * srtt + rtt) / 8).max(1), Ordering::Relaxed);
+    }
+
+    fn srtt(&self) -> u32 {
+        self.srtt.load(Ordering::Relaxed)
+    }
+
+    /// About the 95th percentile: SRTT plus four deviations, as TCP's retransmit timer.
+    fn high(&self) -> Option<Duration> {
+        let srtt = self.srtt();
+        (srtt > 0).then(|| {
+            let high = srtt.saturating_add(4 * self.rttvar.load(Ordering::Relaxed));
+            Duration::from_micros(u64::from(high)).max(HEDGE_FLOOR)
+        })
+    }
+}
+
+pub struct Member {
+    pub resolver: Resolver,
+    latency: Latency,
+}
+
+pub struct Group {
+    pub members: Vec<Member>,
+    strategy: Strategy,
+    hedge: Hedge,
+    /// Queries picked so far: round-robin's turn and fastest's probe schedule.
+    picks: AtomicUsize,
+}
+
+impl Group {
+    pub fn new(resolvers: Vec<Resolver>, strategy: Strategy, hedge: Hedge) -> Group {
+        Group {
+            members: resolvers
+                .into_iter()
+                .map(|resolver| Member {
+                    resolver,
+                    latency: Latency::default(),
+                })
+                .collect(),
+            strategy,
+            hedge,
+            picks: AtomicUsize::new(0),
+        }
+    }
+
+    /// The upstream to try next among those not `tried`, or `None` when none is available.
+    pub fn pick(&self, tried: &[bool]) -> Option<usize> {
+        let now = Instant::now();
+        let candidates: Vec<usize> = (0..self.members.len())
+            .filter(|&i| !tried[i] && self.members[i].resolver.is_available(now))
+            .collect();
+        let first = *candidates.first()?;
+        if candidates.len() == 1 || self.strategy == Strategy::Failover {
+            return Some(first);
+        }
+        let turn = self.picks.fetch_add(1, Ordering::Relaxed);
+        let fastest = || {
+            candidates
+                .iter()
+                .copied()
+                .min_by_key(|&i| self.members[i].latency.srtt())
+        };
+        match self.strategy {
+            Strategy::RoundRobin => Some(candidates[turn % candidates.len()]),
+            Strategy::Fastest if turn % PROBE_EVERY == PROBE_EVERY - 1 => {
+                // A probe: the others in turn, never the current fastest.
+                let best = fastest()?;
+                let others: Vec<usize> = candidates.into_iter().filter(|&i| i != best).collect();
+                others.get((turn / PROBE_EVERY) % others.len()).copied()
+            }
+            _ => fastest(),
+        }
+    }
+
+    /// How long to wait for `index` before also asking another upstream, if hedging is on.
+    pub fn hedge_delay(&self, index: usize) -> Option<Duration> {
+        match self.hedge {
+            Hedge::Off => None,
+            Hedge::After(delay) => Some(delay),
+            Hedge::Auto => self.members[index].latency.high(),
+        }
+    }
+
+    /// One attempt at upstream `index`, at the latest at `deadline`; its time is recorded.
+    pub async fn attempt(
+        &self,
+        index: usize,
+        query: &Query,
+        frame: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let member = &self.members[index];
+        let started = Instant::now();
+        let result = match &member.resolver {
+            Resolver::Tls(upstream) => {
+                upstream
+                    .query(frame.to_vec(), query.question(), deadline)
+                    .await
+            }
+            Resolver::Plain(upstream) => upstream.query(query, deadline).await,
+        };
+        // `Down` made no attempt: there is no time to learn from.
+        if !matches!(result, Err(UpstreamError::Down)) {
+            member.latency.observe(started.elapsed());
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(n: usize, strategy: Strategy) -> Group {
+        let resolvers = (0..n)
+            .map(|i| {
+                Resolver::Plain(PlainUpstream::new(SocketAddr::from((
+                    [127, 0, 0, 1],
+                    5300 + i as u16,
+                ))))
+            })
+            .collect();
+        Group::new(resolvers, strategy, Hedge::Off)
+    }
+
+    fn counts(group: &Group, picks: usize) -> Vec<usize> {
+        let mut counts = vec![0; group.members.len()];
+        let tried = vec![false; group.members.len()];
+        for _ in 0..picks {
+            counts[group.pick(&tried).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[tokio::test]
+    async fn fastest_prefers_the_lowest_latency_and_probes_the_others() {
+        let group = group(3, Strategy::Fastest);
+        for (i, ms) in [(0, 30), (1, 5), (2, 40)] {
+            group.members[i].latency.observe(Duration::from_millis(ms));
+        }
+        let counts = counts(&group, 64 * 10);
+        assert_eq!(counts[1], 63 * 10, "all but the probes go to the fastest");
+        assert_eq!(counts[0] + counts[2], 10);
+        assert!(
+            counts[0] > 0 && counts[2] > 0,
+            "every other upstream is probed: {counts:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn failover_takes_the_first_untried() {
+        let group = group(3, Strategy::Failover);
+        group.members[1].latency.observe(Duration::from_millis(1));
+        assert_eq!(counts(&group, 100), vec![100, 0, 0]);
+        assert_eq!(group.pick(&[true, false, false]), Some(1));
+        assert_eq!(group.pick(&[true, true, true]), None);
+    }
+
+    #[tokio::test]
+    async fn round_robin_takes_each_in_turn() {
+        let group = group(3, Strategy::RoundRobin);
+        assert_eq!(counts(&group, 300), vec![100, 100, 100]);
+    }
+
+    #[test]
+    fn latency_is_smoothed_and_auto_hedging_waits_for_its_high_end() {
+        let latency = Latency::default();
+        assert_eq!(latency.high(), None, "no estimate before the first answer");
+        latency.observe(Duration::from_millis(20));
+        for _ in 0..50 {
+            latency.observe(Duration::from_millis(10));
+        }
+        let srtt = latency.srtt();
+        assert!((10_000..10_500).contains(&srtt), "{srtt}");
+        let high = latency.high().unwrap();
+        assert!(
+            high >= HEDGE_FLOOR && high < Duration::from_millis(12),
+            "{high:?}"
+        );
+    }
+}
