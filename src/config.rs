@@ -88,6 +88,9 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     /// Most client TCP connections open at once; further clients wait in the kernel backlog.
     pub tcp_max_connections: usize,
+    /// Most client TCP connections open at once from one address, so one client (a slowloris)
+    /// cannot take every slot.
+    pub tcp_max_connections_per_client: usize,
     /// Most queries outstanding on one client TCP connection; reading pauses beyond it.
     pub tcp_max_queries: usize,
     /// An upstream TLS connection with no query outstanding is closed after this long.
@@ -245,6 +248,7 @@ impl Default for Config {
             upstreams: vec![cloudflare([1, 1, 1, 1]), cloudflare([1, 0, 0, 1])],
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_max_connections: 256,
+            tcp_max_connections_per_client: 32,
             tcp_max_queries: 64,
             upstream_idle_timeout: Duration::from_secs(30),
             upstream_connections: 2,
@@ -351,6 +355,10 @@ impl Loaded {
             (
                 "tcp_max_connections",
                 config.tcp_max_connections.to_string(),
+            ),
+            (
+                "tcp_max_connections_per_client",
+                config.tcp_max_connections_per_client.to_string(),
             ),
             ("tcp_max_queries", config.tcp_max_queries.to_string()),
             (
@@ -738,6 +746,7 @@ struct RawConfig {
     timeout: Option<RawDuration>,
     tcp_idle_timeout: Option<RawDuration>,
     tcp_max_connections: Option<usize>,
+    tcp_max_connections_per_client: Option<usize>,
     tcp_max_queries: Option<usize>,
     upstream_idle_timeout: Option<RawDuration>,
     upstream_connections: Option<usize>,
@@ -919,6 +928,9 @@ impl RawConfig {
         }
         if let Some(n) = self.tcp_max_connections {
             config.tcp_max_connections = in_range("tcp_max_connections", n)?;
+        }
+        if let Some(n) = self.tcp_max_connections_per_client {
+            config.tcp_max_connections_per_client = in_range("tcp_max_connections_per_client", n)?;
         }
         if let Some(n) = self.tcp_max_queries {
             config.tcp_max_queries = in_range("tcp_max_queries", n)?;

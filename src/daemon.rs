@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -108,7 +107,10 @@ pub async fn run(
     };
     let stats = Arc::new(Stats::default());
     let forwarder = Forwarder::new(&config, stats.clone())?;
-    let connections = Arc::new(Semaphore::new(config.tcp_max_connections));
+    let connections = Arc::new(tcp::Slots::new(
+        config.tcp_max_connections,
+        config.tcp_max_connections_per_client,
+    ));
     let (serve_udp, serve_tcp) = (config.udp, config.tcp);
     let context = Arc::new(Context {
         current: RwLock::new((Arc::new(config), Arc::new(forwarder))),
@@ -205,10 +207,11 @@ fn reload(sources: &Sources, context: &Context) {
                 || old.udp != config.udp
                 || old.tcp != config.tcp
                 || old.tcp_max_connections != config.tcp_max_connections
+                || old.tcp_max_connections_per_client != config.tcp_max_connections_per_client
                 || old.log_level != config.log_level
             {
                 warn!(
-                    "listen, udp, tcp, tcp_max_connections and log_level take effect at the next restart"
+                    "listen, udp, tcp, tcp_max_connections(_per_client) and log_level take effect at the next restart"
                 );
             }
             context.replace(config, forwarder);

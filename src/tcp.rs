@@ -3,8 +3,9 @@
 //! queries per connection. A connection that sends a bad length or garbage is closed; it
 //! shares nothing with other connections, so they carry on.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -24,19 +25,73 @@ use crate::stats::Stats;
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Serves one TCP listener until `shutdown`. `connections` caps open connections across all
-/// listeners; a permit is taken before accepting so excess clients wait in the backlog.
+/// Connection slots shared by every TCP listener: a total (beyond it, clients wait in the
+/// kernel's backlog) and a share per client address, so that one client holding connections
+/// open (a slowloris) cannot lock everyone else out; its connections also end after
+/// `tcp_idle_timeout` unless they complete messages.
+pub struct Slots {
+    total: Arc<Semaphore>,
+    per_client: usize,
+    clients: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's hold on its slots; released when dropped.
+pub struct Slot {
+    slots: Arc<Slots>,
+    client: IpAddr,
+    _total: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    pub fn new(total: usize, per_client: usize) -> Slots {
+        Slots {
+            total: Arc::new(Semaphore::new(total)),
+            per_client,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes `client`'s share for a connection holding `total`; `None` when it has no more.
+    fn take(self: &Arc<Self>, client: IpAddr, total: OwnedSemaphorePermit) -> Option<Slot> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let held = clients.entry(client).or_insert(0);
+        if *held >= self.per_client {
+            return None;
+        }
+        *held += 1;
+        Some(Slot {
+            slots: self.clone(),
+            client,
+            _total: total,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut clients = self.slots.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = clients.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                clients.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Serves one TCP listener until `shutdown`. A slot of `connections` is taken before
+/// accepting, so excess clients wait in the backlog.
 pub async fn serve(
     listener: TcpListener,
     context: Arc<Context>,
-    connections: Arc<Semaphore>,
+    connections: Arc<Slots>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
-            permit = connections.clone().acquire_owned() => match permit {
+            permit = connections.total.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
@@ -47,6 +102,11 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, client)) => {
+                let Some(slot) = connections.take(client.ip().to_canonical(), permit) else {
+                    debug!(%client, "TCP client holds its share of connections; closing");
+                    Stats::add(&context.stats.dropped);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 tracker.spawn(connection(
                     stream,
@@ -54,7 +114,7 @@ pub async fn serve(
                     context.clone(),
                     shutdown.clone(),
                     tracker.clone(),
-                    permit,
+                    slot,
                 ));
             }
             Err(error) => {
@@ -71,7 +131,7 @@ async fn connection(
     context: Arc<Context>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    _connection_permit: OwnedSemaphorePermit,
+    _slot: Slot,
 ) {
     let config = context.config();
     let stats = context.stats.clone();

@@ -20,6 +20,7 @@ mod privileged;
 mod rate_limit;
 mod real_clients;
 mod signals;
+mod slowloris;
 mod split_dns;
 mod strategy;
 mod truncation;
