@@ -3,15 +3,15 @@
 //! SERVFAIL within the query's time budget. This is the one place errors become DNS answers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::dns::{Query, Rcode};
-use crate::stats::Stats;
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::tls::TlsSetupError;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -20,36 +20,41 @@ pub struct Forwarder {
     upstreams: Vec<Upstream>,
     timeout: Duration,
     log_queries: bool,
-    stats: Arc<Stats>,
+    /// Queries inside [`Forwarder::answer`]; shared with the forwarders before and after a reload.
+    in_flight: Gauge,
 }
 
 impl Forwarder {
-    pub fn new(config: &Config, stats: Arc<Stats>) -> Result<Forwarder, TlsSetupError> {
+    /// Builds the upstreams, with handles to their series in `metrics` (which outlives us).
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Forwarder, TlsSetupError> {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|upstream| Upstream::new(upstream, config.upstream_idle_timeout))
+            .map(|upstream| {
+                Upstream::new(
+                    upstream,
+                    config.upstream_idle_timeout,
+                    metrics.upstream(upstream.address),
+                )
+            })
             .collect::<Result<_, _>>()?;
         Ok(Forwarder {
             upstreams,
             timeout: config.timeout,
             log_queries: config.log_queries,
-            stats,
+            in_flight: metrics.in_flight.clone(),
         })
     }
 
     /// The answer for `query`: from an upstream, or SERVFAIL once the time budget is spent or
     /// no upstream can be reached. Never fails and never waits past the budget.
     pub async fn answer(&self, query: &Query, client: SocketAddr) -> Vec<u8> {
+        let _in_flight = GaugeGuard::new(&self.in_flight);
         let started = Instant::now();
         let result = self.resolve(query, started + self.timeout).await;
         let (answer, upstream) = match result {
-            Ok((answer, upstream)) => {
-                Stats::add(&self.stats.answered);
-                (answer, Some(upstream))
-            }
+            Ok((answer, upstream)) => (answer, Some(upstream)),
             Err(error) => {
-                Stats::add(&self.stats.failed);
                 debug!(error_kind = error.kind(), "query failed: {error}");
                 (query.error_answer(Rcode::ServFail), None)
             }
@@ -83,14 +88,26 @@ impl Forwarder {
             };
             tried[index] = true;
             let upstream = &self.upstreams[index];
-            match upstream
+            let metrics = upstream.metrics();
+            metrics.query_sent();
+            let sent = Instant::now();
+            let outcome = match upstream
                 .query(frame.clone(), query.question(), deadline)
                 .await
             {
-                Ok(response) => match query.answer_from(&response) {
-                    Ok(answer) => return Ok((answer, upstream.address())),
-                    Err(_) => last_error = UpstreamError::Protocol,
-                },
+                Ok(response) => query
+                    .answer_from(&response)
+                    .map_err(|_| UpstreamError::Protocol),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = &outcome {
+                metrics.failed(error);
+            }
+            match outcome {
+                Ok(answer) => {
+                    metrics.answered(sent.elapsed());
+                    return Ok((answer, upstream.address()));
+                }
                 // The connection died under the query: once, try again on a fresh connection
                 // to the same upstream, or on the next one if this one is now down.
                 Err(UpstreamError::Closed) if !retried => {
@@ -117,6 +134,11 @@ impl Forwarder {
             .enumerate()
             .find(|(i, upstream)| !tried[*i] && upstream.is_available(now))
             .map(|(i, _)| i)
+    }
+
+    /// Whether at least one upstream is up (for the health check).
+    pub fn any_upstream_up(&self) -> bool {
+        self.upstreams.iter().any(Upstream::is_up)
     }
 
     /// Upstream states for the status line.

@@ -11,7 +11,9 @@
 //! - [`forwarder`]: a query to an answer: upstream choice, retry, SERVFAIL on failure.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
 //!   connection, and certificate validation.
-//! - [`daemon`], [`notify`], [`logging`], [`stats`]: lifecycle, systemd, logs, counters.
+//! - [`daemon`], [`notify`], [`logging`]: lifecycle, systemd, logs.
+//! - [`metrics`]: the counters (also behind the systemd status line) and the Prometheus
+//!   endpoint serving them with a health check.
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 
@@ -25,8 +27,8 @@ pub mod forwarder;
 pub mod framing;
 pub mod listeners;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
-pub mod stats;
 pub mod tcp;
 pub mod tls;
 pub mod udp;

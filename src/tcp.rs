@@ -19,7 +19,7 @@ use crate::access::{self, DenyAction};
 use crate::daemon::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::framing::{self, FrameReader};
-use crate::stats::Stats;
+use crate::metrics::GaugeGuard;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -73,12 +73,13 @@ async fn connection(
     tracker: TaskTracker,
     _connection_permit: OwnedSemaphorePermit,
 ) {
+    let metrics = context.metrics.clone();
+    let _open = GaugeGuard::new(&metrics.tcp_connections);
     let config = context.config();
-    let stats = context.stats.clone();
     let allowed = access::allows(&config.allow, client.ip());
     if !allowed && config.deny_action == DenyAction::Drop {
         debug!(%client, "TCP client not in allow; closing");
-        Stats::add(&stats.dropped);
+        metrics.tcp.dropped();
         return;
     }
     let (read, write) = stream.into_split();
@@ -115,31 +116,29 @@ async fn connection(
                 break;
             }
         };
-        Stats::add(&stats.tcp_queries);
         if message.len() < dns::HEADER_LEN {
             debug!(%client, len = message.len(), "bad TCP message length; closing");
-            Stats::add(&stats.dropped);
+            metrics.tcp.dropped();
             break;
         }
         match dns::parse_query(&message) {
             Err(Rejection::Drop) => {
                 debug!(%client, "TCP client sent a response; closing");
-                Stats::add(&stats.dropped);
+                metrics.tcp.dropped();
                 break;
             }
-            Err(Rejection::Answer(answer)) => {
-                Stats::add(&stats.rejected);
-                // After FORMERR the stream cannot be trusted to be in sync: answer and close.
-                let malformed = answer.get(3).is_some_and(|b| b & 0x0f == 1);
+            Err(Rejection::Answer(answer, rcode)) => {
+                metrics.tcp.answered(rcode.value());
                 if let Some(framed) = framing::frame(&answer) {
                     let _ = answers.send(framed).await;
                 }
-                if malformed {
+                // After FORMERR the stream cannot be trusted to be in sync: answer and close.
+                if rcode == Rcode::FormErr {
                     break;
                 }
             }
             Ok(query) if !allowed => {
-                Stats::add(&stats.rejected);
+                metrics.tcp.answered(Rcode::Refused.value());
                 if let Some(framed) = framing::frame(&query.error_answer(Rcode::Refused)) {
                     let _ = answers.send(framed).await;
                 }
@@ -147,10 +146,19 @@ async fn connection(
             Ok(query) => {
                 let forwarder = context.forwarder();
                 let answers = answers.clone();
+                let metrics = metrics.clone();
                 tracker.spawn(async move {
                     let answer = forwarder.answer(&query, client).await;
-                    let framed = framing::frame(&answer)
-                        .or_else(|| framing::frame(&query.error_answer(Rcode::ServFail)));
+                    let framed = match framing::frame(&answer) {
+                        Some(framed) => {
+                            metrics.tcp.answered(dns::header_rcode(&answer));
+                            Some(framed)
+                        }
+                        None => {
+                            metrics.tcp.answered(Rcode::ServFail.value());
+                            framing::frame(&query.error_answer(Rcode::ServFail))
+                        }
+                    };
                     if let Some(framed) = framed {
                         let _ = answers.send(framed).await;
                     }

@@ -6,7 +6,8 @@
 //! of the OPTIONS section of man/dns-proxy.8, and nothing else.
 //!
 //! Convention of the pages: an item's tag is the key in bold (`.B timeout`); the fields of an
-//! upstream are `upstream.<field>` (`.B upstream.ca_file`) and the table itself `[[upstream]]`.
+//! upstream are `upstream.<field>` (`.B upstream.ca_file`) and the table itself `[[upstream]]`;
+//! likewise the fields of a plain table such as `[metrics]` are `metrics.<field>`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ use crate::support::upstream::{ca_pem, issue_cert, open_temp_dir, spki_pin, writ
 const EX_CONFIG: i32 = 78;
 /// The array of tables that holds the upstreams; its fields are named `upstream.<field>`.
 const UPSTREAM: &str = "upstream";
+/// The plain tables, each with a body that is valid but for the key `zz_not_a_key`.
+const TABLES: [(&str, &str); 1] = [("metrics", "listen = \"127.0.0.1:9153\"\n")];
 
 fn man_page(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name);
@@ -27,7 +30,7 @@ fn man_page(name: &str) -> String {
 }
 
 /// The words of the tags of the `.TP`/`.TQ` items in section `section` of a man page, with
-/// roff escapes, font changes, quotes and the brackets of `[[table]]` removed.
+/// roff escapes, font changes, quotes and the brackets of `[table]` and `[[table]]` removed.
 fn documented(page: &str, section: &str) -> BTreeSet<String> {
     let heading = format!(".SH {section}");
     let mut lines = page
@@ -55,24 +58,27 @@ fn documented(page: &str, section: &str) -> BTreeSet<String> {
             .replace("\\fP", "")
             .replace('"', "");
         for word in text.split([' ', ',']).filter(|w| !w.is_empty()) {
-            let word = word.trim_start_matches("[[").trim_end_matches("]]");
+            let word = word.trim_start_matches('[').trim_end_matches(']');
             words.insert(word.to_string());
         }
     }
     words
 }
 
-/// Keys of a parsed configuration: top-level keys, and `table.field` for every field of an
-/// array of tables (as well as the table's own name).
+/// Keys of a parsed configuration: top-level keys, and `table.field` for every field of a
+/// table or of an array of tables (as well as the table's own name).
 fn keys_of(dict: &Dict) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for (key, value) in dict {
         keys.insert(key.clone());
-        if let Value::Array(_, items) = value {
-            for item in items {
-                if let Value::Dict(_, table) = item {
-                    keys.extend(table.keys().map(|field| format!("{key}.{field}")));
-                }
+        let tables = match value {
+            Value::Array(_, items) => items.iter().collect(),
+            table @ Value::Dict(..) => vec![table],
+            _ => Vec::new(),
+        };
+        for table in tables {
+            if let Value::Dict(_, table) = table {
+                keys.extend(table.keys().map(|field| format!("{key}.{field}")));
             }
         }
     }
@@ -87,18 +93,23 @@ fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// The keys in the TOML that `check-config` prints for a configuration with one upstream that
-/// sets every optional field (a real CA file, a real pin), so that none is left out.
+/// The keys in the TOML that `check-config` prints for a configuration with every table and
+/// one upstream that sets every optional field (a real CA file, a real pin), so that none is
+/// left out.
 async fn printed_keys() -> BTreeSet<String> {
     let dir = open_temp_dir();
     let ca = dir.path().join("ca.pem");
     write_file(&ca, ca_pem(), 0o644);
     let pin = spki_pin(&issue_cert("dns.test", false).spki_der);
     let path = dir.path().join("dns-proxy.toml");
-    let body = format!(
+    let mut body = String::new();
+    for (table, fields) in TABLES {
+        body.push_str(&format!("[{table}]\n{fields}"));
+    }
+    body.push_str(&format!(
         "[[upstream]]\naddress = \"127.0.0.1:8853\"\ntls_name = \"dns.test\"\nca_file = \"{}\"\npin_sha256 = [\"{pin}\"]\n",
         ca.display()
-    );
+    ));
     write_file(&path, &body, 0o644);
     let out = run_binary(
         &["check-config", "--config", path.to_str().expect("path")],
@@ -113,6 +124,12 @@ async fn printed_keys() -> BTreeSet<String> {
         assert!(
             keys.contains(&format!("{UPSTREAM}.{field}")),
             "check-config did not print {UPSTREAM}.{field}:\n{out}"
+        );
+    }
+    for (table, _) in TABLES {
+        assert!(
+            keys.iter().any(|key| key.starts_with(&format!("{table}."))),
+            "check-config did not print the [{table}] table:\n{out}"
         );
     }
     keys
@@ -145,10 +162,16 @@ async fn accepted_keys() -> BTreeSet<String> {
     let fields =
         valid_keys_listed("[[upstream]]\naddress = \"127.0.0.1\"\nzz_not_a_key = 1\n").await;
     keys.extend(fields.iter().map(|field| format!("{UPSTREAM}.{field}")));
-    assert!(
-        keys.contains(UPSTREAM),
-        "the binary no longer has `{UPSTREAM}` tables; update this test: {keys:?}"
-    );
+    for (table, body) in TABLES {
+        let fields = valid_keys_listed(&format!("[{table}]\n{body}zz_not_a_key = 1\n")).await;
+        keys.extend(fields.iter().map(|field| format!("{table}.{field}")));
+    }
+    for table in TABLES.map(|(table, _)| table).into_iter().chain([UPSTREAM]) {
+        assert!(
+            keys.contains(table),
+            "the binary no longer has `{table}` tables; update this test: {keys:?}"
+        );
+    }
     keys
 }
 
