@@ -117,6 +117,16 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Split DNS: zones with upstreams of their own, in configuration order.
     pub forward_zones: Vec<ForwardZone>,
+    /// The Prometheus endpoint; `None` (the default) serves none, unless systemd passes a
+    /// socket named `metrics`.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`).
+    pub listen: SocketAddr,
 }
 
 /// A `[[forward_zone]]`: names under `zones` go to `upstreams` instead of the default ones.
@@ -263,6 +273,7 @@ impl Default for Config {
             rate_limit_action: DenyAction::Drop,
             cache: CacheConfig::default(),
             forward_zones: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -403,6 +414,19 @@ impl Loaded {
         );
         for (key, value) in top {
             out.push_str(&format!("{key} = {value}  # {}\n", self.origin(key)));
+        }
+        match &config.metrics {
+            Some(metrics) => {
+                out.push_str(&format!("\n[metrics]  # {}\n", self.origin("metrics")));
+                out.push_str(&format!(
+                    "listen = {}\n",
+                    toml_string(&metrics.listen.to_string())
+                ));
+            }
+            None => out.push_str(
+                "\n# [metrics] not set: no metrics endpoint, unless systemd passes a socket \
+                 named \"metrics\"\n",
+            ),
         }
         for upstream in &config.upstreams {
             out.push_str(&format!("\n[[upstream]]  # {}\n", self.origin("upstream")));
@@ -767,6 +791,14 @@ struct RawConfig {
     cache_prefetch: Option<bool>,
     upstream: Option<Vec<RawUpstream>>,
     forward_zone: Option<Vec<RawForwardZone>>,
+    metrics: Option<RawMetrics>,
+}
+
+/// The `[metrics]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 /// One `[[forward_zone]]` as written.
@@ -870,6 +902,16 @@ impl RawConfig {
                         .map_err(|e| invalid("allow", format!("allow[{i}]"), e.to_string()))
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(metrics) = self.metrics {
+            let listen = metrics.listen.trim().parse::<SocketAddr>().map_err(|_| {
+                let reason = format!(
+                    "{:?} is not an IP:port address (e.g. \"127.0.0.1:9153\")",
+                    metrics.listen
+                );
+                invalid("metrics", "metrics.listen".to_string(), reason)
+            })?;
+            config.metrics = Some(MetricsConfig { listen });
         }
         if let Some(action) = self.deny_action {
             config.deny_action = DenyAction::parse(&action).ok_or_else(|| {
@@ -2092,6 +2134,78 @@ mod tests {
         assert_eq!(Config::from_toml_str(&text).unwrap(), loaded.config);
         let defaults = load_env(&[]).unwrap().describe();
         assert_eq!(Config::from_toml_str(&defaults).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn metrics_table() {
+        assert_eq!(Config::default().metrics, None);
+        for (text, expected) in [
+            ("127.0.0.1:9153", "127.0.0.1:9153"),
+            ("[::1]:9153", "[::1]:9153"),
+        ] {
+            let config = Config::from_toml_str(&format!("[metrics]\nlisten = \"{text}\"")).unwrap();
+            let listen = expected.parse().unwrap();
+            assert_eq!(config.metrics, Some(MetricsConfig { listen }));
+        }
+        assert_eq!(
+            toml_error("[metrics]\nlisten = \"localhost:9153\""),
+            r#"configuration string: key "metrics.listen": "localhost:9153" is not an IP:port address (e.g. "127.0.0.1:9153")"#
+        );
+        let message = toml_error("[metrics]\nlisten = \"127.0.0.1\"");
+        assert!(
+            message.contains(r#"key "metrics.listen": "127.0.0.1" is not an IP:port"#),
+            "{message}"
+        );
+        let message = toml_error("[metrics]\nlisten = 9153");
+        assert!(
+            message.contains(r#"key "metrics.listen": expected a string"#),
+            "{message}"
+        );
+        assert_eq!(
+            toml_error("[metrics]\nport = 9153"),
+            r#"configuration string: unknown key "metrics.port" (expected one of: listen)"#
+        );
+        let message = toml_error("[metrics]\n");
+        assert!(
+            message.contains(r#"key "metrics": missing field `listen`"#),
+            "{message}"
+        );
+        let message = toml_error("metrics = \"127.0.0.1:9153\"");
+        assert!(message.contains(r#"key "metrics": expected"#), "{message}");
+
+        let loaded = load_env(&[("DNS_PROXY_METRICS", r#"{listen="127.0.0.1:9153"}"#)]).unwrap();
+        assert!(loaded.config.metrics.is_some());
+        assert_eq!(
+            loaded.origin("metrics"),
+            "environment variable DNS_PROXY_METRICS"
+        );
+        let message = error_of(load_env(&[("DNS_PROXY_METRICS", r#"{listen="nowhere"}"#)]));
+        assert!(
+            message.starts_with(
+                r#"environment variable DNS_PROXY_METRICS: key "metrics.listen": "nowhere""#
+            ),
+            "{message}"
+        );
+        let (_dir, file) = setup(Some("[metrics]\nlisten = \"x\"\n"), &[]);
+        let message = error_of(load(&sources(&file, &[], Flags::default())));
+        assert!(
+            message.starts_with(&format!(r#"{}: key "metrics.listen": "x""#, file.display())),
+            "{message}"
+        );
+
+        // check-config prints the table with its source, and its output loads back.
+        let (_dir, file) = setup(Some("[metrics]\nlisten = \"127.0.0.1:9153\"\n"), &[]);
+        let loaded = load(&sources(&file, &[], Flags::default())).unwrap();
+        let text = loaded.describe();
+        let header = format!("[metrics]  # {}", file.display());
+        assert!(text.lines().any(|l| l == header), "{text}");
+        assert!(
+            text.lines().any(|l| l == r#"listen = "127.0.0.1:9153""#),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml_str(&text).unwrap(), loaded.config);
+        let text = load_env(&[]).unwrap().describe();
+        assert!(text.contains("# [metrics] not set"), "{text}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tracing::debug;
 
 use crate::dns;
 use crate::framing::FrameReader;
+use crate::metrics::{GaugeGuard, UpstreamMetrics};
 use crate::upstream::UpstreamError;
 
 /// Most bytes of queued queries written to the TLS stream in one go.
@@ -74,18 +75,22 @@ pub enum Handshake {
 impl Connection {
     /// Connects over TCP (no Nagle delay: queries are small and latency is the point), does the
     /// TLS handshake with certificate validation, and starts the reader and writer tasks.
+    /// `metrics` counts the handshake and the connection while it is open.
     pub async fn open(
         address: SocketAddr,
         name: ServerName<'static>,
         tls: Arc<ClientConfig>,
         idle_timeout: Duration,
         max_in_flight: usize,
+        metrics: &UpstreamMetrics,
     ) -> Result<(Connection, Handshake), UpstreamError> {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(|e| UpstreamError::Connect(Arc::new(e)))?;
         // Best effort: without it queries are only slower, never wrong.
         let _ = tcp.set_nodelay(true);
+        // Counted as failed unless completed, also when the caller's deadline cancels it.
+        let pending = metrics.handshake_started();
         let stream = TlsConnector::from(tls)
             .connect(name, tcp)
             .await
@@ -94,6 +99,9 @@ impl Connection {
             Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
             _ => Handshake::Full,
         };
+        pending.completed(handshake);
+        // Shared by the two tasks: the socket is closed once both have ended.
+        let open = Arc::new(metrics.connection_opened());
         let (read, write) = tokio::io::split(stream);
         let (frames, queue) = mpsc::channel(max_in_flight.max(1));
         let shared = Arc::new(Shared {
@@ -112,8 +120,9 @@ impl Connection {
             shared.clone(),
             idle_timeout,
             address,
+            open.clone(),
         ));
-        tokio::spawn(write_loop(write, queue, shared.clone()));
+        tokio::spawn(write_loop(write, queue, shared.clone(), open));
         Ok((Connection { frames, shared }, handshake))
     }
 
@@ -281,6 +290,7 @@ async fn read_loop(
     shared: Arc<Shared>,
     idle_timeout: Duration,
     address: SocketAddr,
+    _open: Arc<GaugeGuard>,
 ) {
     let reason = loop {
         let next = tokio::select! {
@@ -310,6 +320,7 @@ async fn write_loop<W: AsyncWrite>(
     mut write: WriteHalf<W>,
     mut queue: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
+    _open: Arc<GaugeGuard>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {

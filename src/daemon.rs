@@ -1,7 +1,8 @@
-//! The running daemon: starts a server task per socket, tells systemd it is ready, then waits
-//! for signals. SIGHUP reloads the configuration (a bad one is refused and the running one
-//! stays; sockets are never closed by a reload). SIGTERM and SIGINT stop accepting, let
-//! in-flight queries finish for a bounded time, and return.
+//! The running daemon: starts a server task per socket (DNS, and the metrics endpoint when
+//! there is one), tells systemd it is ready, then waits for signals. SIGHUP reloads the
+//! configuration (a bad one is refused and the running one stays; sockets are never closed by
+//! a reload). SIGTERM and SIGINT stop accepting, let in-flight queries finish for a bounded
+//! time, and return.
 
 use std::io;
 use std::sync::{Arc, RwLock};
@@ -15,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, Config, Sources};
 use crate::forwarder::Forwarder;
 use crate::listeners::{self, Inherited, ListenError};
-use crate::stats::Stats;
+use crate::metrics::{self, Metrics};
 use crate::tls::TlsSetupError;
 use crate::{notify, tcp, udp};
 
@@ -36,10 +37,11 @@ pub enum DaemonError {
 }
 
 /// What every server task shares: the configuration and forwarder in force (swapped whole on
-/// reload, so a query sees one consistent pair) and the counters.
+/// reload, so a query sees one consistent pair) and the metrics, which live here rather than
+/// in the forwarder so that a reload keeps them.
 pub struct Context {
     current: RwLock<(Arc<Config>, Arc<Forwarder>)>,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -70,7 +72,7 @@ impl Context {
     pub fn status(&self) -> String {
         format!(
             "{}; upstreams: {}",
-            self.stats.summary(),
+            self.metrics.summary(),
             self.forwarder().describe_upstreams()
         )
     }
@@ -88,7 +90,7 @@ pub async fn run(
              (dns-proxy.socket) or listen on a port above 1023"
         );
     }
-    let listeners = match inherited {
+    let (listeners, passed_metrics) = match inherited {
         Some(inherited) => {
             info!(
                 "socket activation: {} UDP and {} TCP sockets from systemd ({}); the listen setting is ignored",
@@ -97,16 +99,26 @@ pub async fn run(
                 inherited.names.join(", "),
             );
             for unusable in &inherited.unusable {
-                warn!(
-                    "socket activation: {unusable} is neither a TCP listener nor a UDP socket; not used"
-                );
+                warn!("socket activation: {unusable}; not used");
             }
-            inherited.listeners
+            (inherited.listeners, inherited.metrics)
         }
-        None => listeners::bind(&config)?,
+        None => (listeners::bind(&config)?, Vec::new()),
     };
-    let stats = Arc::new(Stats::default());
-    let forwarder = Forwarder::new(&config, stats.clone())?;
+    // A socket passed for metrics wins over [metrics] listen, as passed DNS sockets win over
+    // listen: whoever set up the socket unit decided where metrics are served.
+    let metrics_listeners = if !passed_metrics.is_empty() {
+        if config.metrics.is_some() {
+            info!("metrics: serving on the socket from systemd; [metrics] listen is ignored");
+        }
+        passed_metrics
+    } else if let Some(settings) = &config.metrics {
+        vec![listeners::bind_metrics(settings.listen)?]
+    } else {
+        Vec::new()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let forwarder = Forwarder::new(&config, &metrics)?;
     let connections = Arc::new(tcp::Slots::new(
         config.tcp_max_connections,
         config.tcp_max_connections_per_client,
@@ -114,7 +126,7 @@ pub async fn run(
     let (serve_udp, serve_tcp) = (config.udp, config.tcp);
     let context = Arc::new(Context {
         current: RwLock::new((Arc::new(config), Arc::new(forwarder))),
-        stats,
+        metrics,
     });
 
     let shutdown = CancellationToken::new();
@@ -153,6 +165,22 @@ pub async fn run(
             listener,
             context.clone(),
             connections.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    for listener in metrics_listeners {
+        match listener.local_addr() {
+            Ok(address) => info!("metrics: serving http://{address}/metrics and /healthz"),
+            Err(_) => info!("metrics: serving /metrics and /healthz"),
+        }
+        listener
+            .set_nonblocking(true)
+            .map_err(DaemonError::Socket)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(DaemonError::Socket)?;
+        tracker.spawn(metrics::serve(
+            listener,
+            context.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -196,7 +224,7 @@ fn reload(sources: &Sources, context: &Context) {
     let outcome = config::load(sources)
         .map_err(|e| e.to_string())
         .and_then(|loaded| {
-            Forwarder::new(&loaded.config, context.stats.clone())
+            Forwarder::new(&loaded.config, &context.metrics)
                 .map(|forwarder| (loaded.config, forwarder))
                 .map_err(|e| e.to_string())
         });
@@ -209,9 +237,10 @@ fn reload(sources: &Sources, context: &Context) {
                 || old.tcp_max_connections != config.tcp_max_connections
                 || old.tcp_max_connections_per_client != config.tcp_max_connections_per_client
                 || old.log_level != config.log_level
+                || old.metrics != config.metrics
             {
                 warn!(
-                    "listen, udp, tcp, tcp_max_connections(_per_client) and log_level take effect at the next restart"
+                    "listen, udp, tcp, tcp_max_connections(_per_client), log_level and [metrics] take effect at the next restart"
                 );
             }
             context.replace(config, forwarder);

@@ -53,7 +53,8 @@ pub enum Rcode {
 }
 
 impl Rcode {
-    fn value(self) -> u16 {
+    /// The 12-bit response code (extended RCODE included).
+    pub fn value(self) -> u16 {
         match self {
             Rcode::FormErr => 1,
             Rcode::ServFail => 2,
@@ -89,8 +90,9 @@ pub enum Rejection {
     /// Not worth an answer: too short to carry a header, or itself a response (answering a
     /// response would let two resolvers bounce packets off each other forever).
     Drop,
-    /// Answer the client with this message (FORMERR, NOTIMP, BADVERS or REFUSED).
-    Answer(Vec<u8>),
+    /// Answer the client with this message (FORMERR, NOTIMP, BADVERS or REFUSED), whose
+    /// response code is the second field.
+    Answer(Vec<u8>, Rcode),
 }
 
 /// An upstream response that cannot be delivered.
@@ -112,9 +114,12 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, Rejection> {
         return Err(Rejection::Drop);
     }
     if (packet[2] >> 3) & 0x0f != 0 {
-        return Err(Rejection::Answer(error_answer(packet, Rcode::NotImp, None)));
+        return Err(Rejection::Answer(
+            error_answer(packet, Rcode::NotImp, None),
+            Rcode::NotImp,
+        ));
     }
-    let formerr = || Rejection::Answer(error_answer(packet, Rcode::FormErr, None));
+    let formerr = || Rejection::Answer(error_answer(packet, Rcode::FormErr, None), Rcode::FormErr);
     let message = Message::from_vec(packet).map_err(|_| formerr())?;
     if message.metadata.message_type != MessageType::Query
         || message.metadata.op_code != OpCode::Query
@@ -132,11 +137,10 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, Rejection> {
                 payload: edns.max_payload(),
                 dnssec_ok: edns.flags().dnssec_ok,
             };
-            return Err(Rejection::Answer(error_answer(
-                packet,
+            return Err(Rejection::Answer(
+                error_answer(packet, Rcode::BadVers, Some(edns)),
                 Rcode::BadVers,
-                Some(edns),
-            )));
+            ));
         }
         Some(edns) => Some(Edns {
             payload: edns.max_payload(),
@@ -150,7 +154,10 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, Rejection> {
     };
     // Zone transfers need a multi-message stream a stub forwarder has no use for.
     if matches!(query.qtype(), TYPE_AXFR | TYPE_IXFR) {
-        return Err(Rejection::Answer(query.error_answer(Rcode::Refused)));
+        return Err(Rejection::Answer(
+            query.error_answer(Rcode::Refused),
+            Rcode::Refused,
+        ));
     }
     Ok(query)
 }
@@ -472,6 +479,16 @@ pub fn is_truncated(message: &[u8]) -> bool {
     message.get(2).is_some_and(|flags| flags & FLAG_TC != 0)
 }
 
+/// The response code in the header of an answer (0 when it is too short to have one).
+///
+/// Only the header's 4 bits: an extended RCODE lives in the OPT record. That is complete for
+/// answers from upstreams, which are sent EDNS version 0 and no cookie, the only causes of the
+/// extended codes a resolver returns (BADVERS, BADCOOKIE); our own BADVERS is known where it
+/// is made ([`Rejection::Answer`]).
+pub fn header_rcode(answer: &[u8]) -> u16 {
+    answer.get(3).map_or(0, |b| u16::from(b & 0x0f))
+}
+
 /// The id of a message, if it is long enough to have one.
 pub fn message_id(message: &[u8]) -> Option<u16> {
     read_u16(message, 0)
@@ -774,10 +791,11 @@ mod tests {
     fn other_opcodes_get_notimp_with_question() {
         let mut q = query(7, "example.com", 1, None);
         q[2] |= 2 << 3; // STATUS
-        let Err(Rejection::Answer(a)) = parse_query(&q) else {
-            panic!("expected an answer");
+        let Err(Rejection::Answer(a, Rcode::NotImp)) = parse_query(&q) else {
+            panic!("expected NOTIMP");
         };
         assert_eq!(rcode(&a), 4);
+        assert_eq!(header_rcode(&a), 4);
         assert_eq!(&a[..2], &[0, 7]);
         assert_eq!(a[2] & FLAG_QR, FLAG_QR);
         assert_eq!(read_u16(&a, 4), Some(1));
@@ -794,8 +812,8 @@ mod tests {
         two.extend_from_slice(&question);
         two[5] = 2;
         for packet in [none, two] {
-            let Err(Rejection::Answer(a)) = parse_query(&packet) else {
-                panic!("expected an answer");
+            let Err(Rejection::Answer(a, Rcode::FormErr)) = parse_query(&packet) else {
+                panic!("expected FORMERR");
             };
             assert_eq!(rcode(&a), 1);
         }
@@ -805,7 +823,7 @@ mod tests {
     fn header_with_broken_body_is_formerr() {
         let mut q = query(9, "example.com", 1, None);
         q.truncate(q.len() - 3);
-        let Err(Rejection::Answer(a)) = parse_query(&q) else {
+        let Err(Rejection::Answer(a, _)) = parse_query(&q) else {
             panic!("expected an answer");
         };
         assert_eq!(rcode(&a), 1);
@@ -818,7 +836,7 @@ mod tests {
         let mut q = query(1, "", 1, None);
         q.truncate(12);
         q.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
-        assert!(matches!(parse_query(&q), Err(Rejection::Answer(a)) if rcode(&a) == 1));
+        assert!(matches!(parse_query(&q), Err(Rejection::Answer(a, _)) if rcode(&a) == 1));
     }
 
     #[test]
@@ -826,9 +844,10 @@ mod tests {
         let mut q = query(3, "example.com", 1, Some((4096, false)));
         let version_at = q.len() - 5;
         q[version_at] = 1;
-        let Err(Rejection::Answer(a)) = parse_query(&q) else {
-            panic!("expected an answer");
+        let Err(Rejection::Answer(a, Rcode::BadVers)) = parse_query(&q) else {
+            panic!("expected BADVERS");
         };
+        assert_eq!(Rcode::BadVers.value(), 16);
         assert_eq!(rcode(&a), 0);
         assert_eq!(read_u16(&a, 10), Some(1));
         // Extended RCODE: upper 8 bits of 16 live in the OPT TTL's first byte.
@@ -838,7 +857,9 @@ mod tests {
     #[test]
     fn zone_transfers_are_refused() {
         let q = query(3, "example.com", TYPE_AXFR, None);
-        assert!(matches!(parse_query(&q), Err(Rejection::Answer(a)) if rcode(&a) == 5));
+        assert!(
+            matches!(parse_query(&q), Err(Rejection::Answer(a, Rcode::Refused)) if rcode(&a) == 5)
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -15,9 +17,9 @@ use crate::coalesce::{self, Coalescer, Role};
 use crate::config::{Config, ZoneUpstream};
 use crate::dns::{self, Query, Rcode, Response};
 use crate::group::{Group, Resolver};
+use crate::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::plain::PlainUpstream;
 use crate::ratelimit::RateLimiter;
-use crate::stats::Stats;
 use crate::tls::TlsSetupError;
 use crate::upstream::{Upstream, UpstreamError};
 use crate::zones::{Route, Router};
@@ -34,6 +36,14 @@ enum Source {
     Failed,
 }
 
+/// The series a forwarder counts in (clones of handles into the daemon's registry).
+struct Counts {
+    cache: CacheMetrics,
+    local: Counter,
+    hedged: Counter,
+    in_flight: Gauge,
+}
+
 pub struct Forwarder {
     /// The default upstreams.
     upstreams: Group,
@@ -42,7 +52,8 @@ pub struct Forwarder {
     router: Router,
     timeout: Duration,
     log_queries: bool,
-    stats: Arc<Stats>,
+    /// Handles to the series this forwarder counts; the registry outlives reloads.
+    counts: Counts,
     /// `None` when the cache is off.
     cache: Option<Cache>,
     in_flight: Coalescer<Resolved>,
@@ -51,12 +62,14 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(config: &Config, stats: Arc<Stats>) -> Result<Forwarder, TlsSetupError> {
+    /// Builds the upstreams, with handles to their series in `metrics` (which outlives us).
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Forwarder, TlsSetupError> {
         let tls = |upstream| {
             Upstream::new(
                 upstream,
                 config.upstream_idle_timeout,
                 config.upstream_connections,
+                metrics.upstream(upstream.address),
             )
             .map(|u| Resolver::Tls(Box::new(u)))
         };
@@ -70,9 +83,10 @@ impl Forwarder {
                     .iter()
                     .map(|upstream| match upstream {
                         ZoneUpstream::Tls(upstream) => tls(upstream),
-                        ZoneUpstream::Plain(address) => {
-                            Ok(Resolver::Plain(PlainUpstream::new(*address)))
-                        }
+                        ZoneUpstream::Plain(address) => Ok(Resolver::Plain(PlainUpstream::new(
+                            *address,
+                            metrics.upstream(*address),
+                        ))),
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map(group)
@@ -89,7 +103,12 @@ impl Forwarder {
             router: Router::new(&zone_names),
             timeout: config.timeout,
             log_queries: config.log_queries,
-            stats,
+            counts: Counts {
+                cache: metrics.cache.clone(),
+                local: metrics.local_answers.clone(),
+                hedged: metrics.hedged.clone(),
+                in_flight: metrics.in_flight.clone(),
+            },
             cache: config.cache.enabled.then(|| Cache::new(&config.cache)),
             in_flight: Coalescer::default(),
             limiter: (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit)),
@@ -107,6 +126,7 @@ impl Forwarder {
     /// once the time budget is spent or no upstream can be reached. Never fails and never
     /// waits past the budget.
     pub async fn answer(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Vec<u8> {
+        let _in_flight = GaugeGuard::new(&self.counts.in_flight);
         let started = Instant::now();
         let (answer, source) = self.find_answer(query, started).await;
         if self.log_queries {
@@ -135,21 +155,23 @@ impl Forwarder {
         if let Some(cache) = &self.cache {
             match cache.lookup(&key, query, started) {
                 Lookup::Hit { answer, prefetch } => {
-                    Stats::add(&self.stats.cache_hits);
+                    self.counts.cache.hits.inc();
                     if prefetch {
                         self.prefetch(query.clone(), key);
                     }
                     return (answer, Source::Cache);
                 }
+                // Counted as stale or as a miss once it is known whether it was served.
                 Lookup::Stale(entry) => stale = Some(entry),
-                Lookup::Miss => {}
+                Lookup::Miss => {
+                    self.counts.cache.misses.inc();
+                }
             }
-            Stats::add(&self.stats.cache_misses);
         }
         let route = match self.router.route(query) {
             Ok(route) => route,
             Err(answer) => {
-                Stats::add(&self.stats.local);
+                self.counts.local.inc();
                 return (answer, Source::Local);
             }
         };
@@ -158,7 +180,9 @@ impl Forwarder {
             Ok((response, upstream))
                 if response.rcode() != dns::RCODE_SERVFAIL || stale.is_none() =>
             {
-                Stats::add(&self.stats.answered);
+                if stale.is_some() {
+                    self.counts.cache.misses.inc();
+                }
                 return (query.answer(&response), Source::Upstream(upstream));
             }
             Ok(_) => "upstream answered SERVFAIL".to_string(),
@@ -169,10 +193,9 @@ impl Forwarder {
         };
         if let Some(entry) = stale {
             debug!("serving a stale answer: {failure}");
-            Stats::add(&self.stats.cache_stale);
+            self.counts.cache.stale.inc();
             return (Cache::stale_answer(&entry, query), Source::Stale);
         }
-        Stats::add(&self.stats.failed);
         (query.error_answer(Rcode::ServFail), Source::Failed)
     }
 
@@ -293,7 +316,7 @@ impl Forwarder {
             return (first.await, index);
         };
         tried[second] = true;
-        Stats::add(&self.stats.hedged);
+        self.counts.hedged.inc();
         let second_deadline = attempt_deadline(group, second, tried, deadline);
         let other = group.attempt(second, query, frame, second_deadline);
         tokio::pin!(other);
@@ -313,6 +336,11 @@ impl Forwarder {
                 return (Err(error.clone()), index);
             }
         }
+    }
+
+    /// Whether at least one default upstream is up (for the health check).
+    pub fn any_upstream_up(&self) -> bool {
+        self.upstreams.members.iter().any(|m| m.resolver.is_up())
     }
 
     /// Upstream states for the status line.

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::{Hedge, Strategy};
 use crate::dns::Query;
+use crate::metrics::UpstreamMetrics;
 use crate::plain::PlainUpstream;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -42,6 +43,21 @@ impl Resolver {
         match self {
             Resolver::Tls(upstream) => upstream.is_available(now),
             Resolver::Plain(_) => true,
+        }
+    }
+
+    /// For the health check: up, or not known to be down.
+    pub fn is_up(&self) -> bool {
+        match self {
+            Resolver::Tls(upstream) => upstream.is_up(),
+            Resolver::Plain(_) => true,
+        }
+    }
+
+    fn metrics(&self) -> &UpstreamMetrics {
+        match self {
+            Resolver::Tls(upstream) => upstream.metrics(),
+            Resolver::Plain(upstream) => upstream.metrics(),
         }
     }
 
@@ -167,6 +183,8 @@ impl Group {
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
         let member = &self.members[index];
+        let metrics = member.resolver.metrics();
+        metrics.query_sent();
         let started = Instant::now();
         let result = match &member.resolver {
             Resolver::Tls(upstream) => {
@@ -176,9 +194,14 @@ impl Group {
             }
             Resolver::Plain(upstream) => upstream.query(query, deadline).await,
         };
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(_) => metrics.answered(elapsed),
+            Err(error) => metrics.failed(error),
+        }
         // `Down` made no attempt: there is no time to learn from.
         if !matches!(result, Err(UpstreamError::Down)) {
-            member.latency.observe(started.elapsed());
+            member.latency.observe(elapsed);
         }
         result
     }
@@ -191,10 +214,9 @@ mod tests {
     fn group(n: usize, strategy: Strategy) -> Group {
         let resolvers = (0..n)
             .map(|i| {
-                Resolver::Plain(PlainUpstream::new(SocketAddr::from((
-                    [127, 0, 0, 1],
-                    5300 + i as u16,
-                ))))
+                let address = SocketAddr::from(([127, 0, 0, 1], 5300 + i as u16));
+                let metrics = crate::metrics::Metrics::new().upstream(address);
+                Resolver::Plain(PlainUpstream::new(address, metrics))
             })
             .collect();
         Group::new(resolvers, strategy, Hedge::Off)

@@ -14,7 +14,9 @@
 //! - [`zones`]: split DNS: which upstreams a name goes to, or its local answer.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
 //!   connection, and certificate validation; [`plain`]: a forward zone's plain-DNS resolver.
-//! - [`daemon`], [`notify`], [`logging`], [`stats`]: lifecycle, systemd, logs, counters.
+//! - [`daemon`], [`notify`], [`logging`]: lifecycle, systemd, logs.
+//! - [`metrics`]: the counters (also behind the systemd status line) and the Prometheus
+//!   endpoint serving them with a health check.
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 
@@ -31,10 +33,10 @@ pub mod framing;
 pub mod group;
 pub mod listeners;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod plain;
 pub mod ratelimit;
-pub mod stats;
 pub mod tcp;
 pub mod tls;
 pub mod udp;

@@ -1,6 +1,7 @@
 //! Where the client sockets come from, decided once at start: handed over by systemd (socket
 //! activation, `LISTEN_FDS`), or bound here from `listen`. The servers only ever see bound
-//! sockets, so they do not care which.
+//! sockets, so they do not care which. The same goes for the metrics endpoint's socket: passed
+//! under the name [`METRICS_FD_NAME`], or bound here from `[metrics] listen`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -8,6 +9,9 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+
+/// The `FileDescriptorName=` of a socket passed for the metrics endpoint.
+pub const METRICS_FD_NAME: &str = "metrics";
 
 /// Bound client sockets.
 #[derive(Debug, Default)]
@@ -20,9 +24,12 @@ pub struct Listeners {
 #[derive(Debug)]
 pub struct Inherited {
     pub listeners: Listeners,
+    /// TCP listeners passed under the name [`METRICS_FD_NAME`], for the metrics endpoint.
+    pub metrics: Vec<TcpListener>,
     /// `LISTEN_FDNAMES`, for the log.
     pub names: Vec<String>,
-    /// Descriptions of passed fds that are neither a TCP listener nor a UDP socket.
+    /// Descriptions of passed fds that are neither a TCP listener nor a UDP socket, or that are
+    /// named for metrics but are no TCP listener.
     pub unusable: Vec<String>,
 }
 
@@ -55,20 +62,30 @@ pub fn inherited() -> Option<Inherited> {
         .collect();
     let mut inherited = Inherited {
         listeners: Listeners::default(),
+        metrics: Vec::new(),
         names,
         unusable: Vec::new(),
     };
     for index in 0..fds.len() {
-        // The socket itself says what it is; names are free-form and only for humans.
-        if let Ok(Some(listener)) = fds.take_tcp_listener(index) {
+        // The socket itself says whether it is UDP or TCP; the name only matters for metrics,
+        // so DNS sockets may be named anything (the packaged unit calls them "dns").
+        let name = inherited.names.get(index).map_or("", String::as_str);
+        if name == METRICS_FD_NAME {
+            match fds.take_tcp_listener(index) {
+                Ok(Some(listener)) => inherited.metrics.push(listener),
+                _ => inherited
+                    .unusable
+                    .push(format!("fd {} ({name}) is not a TCP listener", index + 3)),
+            }
+        } else if let Ok(Some(listener)) = fds.take_tcp_listener(index) {
             inherited.listeners.tcp.push(listener);
         } else if let Ok(Some(socket)) = fds.take_udp_socket(index) {
             inherited.listeners.udp.push(socket);
         } else {
-            let name = inherited.names.get(index).map_or("", String::as_str);
-            inherited
-                .unusable
-                .push(format!("fd {} ({name})", index + 3));
+            inherited.unusable.push(format!(
+                "fd {} ({name}) is neither a TCP listener nor a UDP socket",
+                index + 3
+            ));
         }
     }
     Some(inherited)
@@ -99,6 +116,15 @@ pub fn bind(config: &Config) -> Result<Listeners, ListenError> {
         return Err(ListenError::Nothing);
     }
     Ok(listeners)
+}
+
+/// Binds the metrics endpoint's TCP listener.
+pub fn bind_metrics(address: SocketAddr) -> Result<TcpListener, ListenError> {
+    bind_tcp(address).map_err(|source| ListenError::Bind {
+        transport: "metrics TCP",
+        address,
+        source,
+    })
 }
 
 fn socket(address: SocketAddr, kind: Type, protocol: Protocol) -> io::Result<Socket> {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::dns::{self, Query};
 use crate::framing;
+use crate::metrics::UpstreamMetrics;
 use crate::upstream::UpstreamError;
 
 /// Largest UDP response we accept; we advertise 1232 but some servers send more.
@@ -26,18 +27,24 @@ const MAX_UDP_RESPONSE: usize = 4096;
 pub struct PlainUpstream {
     address: SocketAddr,
     random: SystemRandom,
+    metrics: UpstreamMetrics,
 }
 
 impl PlainUpstream {
-    pub fn new(address: SocketAddr) -> PlainUpstream {
+    pub fn new(address: SocketAddr, metrics: UpstreamMetrics) -> PlainUpstream {
         PlainUpstream {
             address,
             random: SystemRandom::new(),
+            metrics,
         }
     }
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
     }
 
     /// The response to `query`, at the latest at `deadline`.

@@ -20,7 +20,7 @@ use crate::access::{self, DenyAction};
 use crate::daemon::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::framing::{self, FrameReader};
-use crate::stats::Stats;
+use crate::metrics::GaugeGuard;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -104,7 +104,7 @@ pub async fn serve(
             Ok((stream, client)) => {
                 let Some(slot) = connections.take(client.ip().to_canonical(), permit) else {
                     debug!(%client, "TCP client holds its share of connections; closing");
-                    Stats::add(&context.stats.dropped);
+                    context.metrics.tcp.dropped();
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -133,12 +133,13 @@ async fn connection(
     tracker: TaskTracker,
     _slot: Slot,
 ) {
+    let metrics = context.metrics.clone();
+    let _open = GaugeGuard::new(&metrics.tcp_connections);
     let config = context.config();
-    let stats = context.stats.clone();
     let allowed = access::allows(&config.allow, client.ip());
     if !allowed && config.deny_action == DenyAction::Drop {
         debug!(%client, "TCP client not in allow; closing");
-        Stats::add(&stats.dropped);
+        metrics.tcp.dropped();
         return;
     }
     let (read, write) = stream.into_split();
@@ -175,18 +176,18 @@ async fn connection(
                 break;
             }
         };
-        Stats::add(&stats.tcp_queries);
         if message.len() < dns::HEADER_LEN {
             debug!(%client, len = message.len(), "bad TCP message length; closing");
-            Stats::add(&stats.dropped);
+            metrics.tcp.dropped();
             break;
         }
         let forwarder = context.forwarder();
         let limited = allowed && !forwarder.admit(client.ip());
         if limited {
-            Stats::add(&stats.rate_limited);
+            metrics.rate_limited.inc();
             // Over TCP a query cannot be ignored without stalling those behind it.
             if config.rate_limit_action == DenyAction::Drop {
+                metrics.tcp.dropped();
                 debug!(%client, "TCP client over the rate limit; closing");
                 break;
             }
@@ -194,32 +195,40 @@ async fn connection(
         match dns::parse_query(&message) {
             Err(Rejection::Drop) => {
                 debug!(%client, "TCP client sent a response; closing");
-                Stats::add(&stats.dropped);
+                metrics.tcp.dropped();
                 break;
             }
-            Err(Rejection::Answer(answer)) => {
-                Stats::add(&stats.rejected);
-                // After FORMERR the stream cannot be trusted to be in sync: answer and close.
-                let malformed = answer.get(3).is_some_and(|b| b & 0x0f == 1);
+            Err(Rejection::Answer(answer, rcode)) => {
+                metrics.tcp.answered(rcode.value());
                 if let Some(framed) = framing::frame(&answer) {
                     let _ = answers.send(framed).await;
                 }
-                if malformed {
+                // After FORMERR the stream cannot be trusted to be in sync: answer and close.
+                if rcode == Rcode::FormErr {
                     break;
                 }
             }
             Ok(query) if !allowed || limited => {
-                Stats::add(&stats.rejected);
+                metrics.tcp.answered(Rcode::Refused.value());
                 if let Some(framed) = framing::frame(&query.error_answer(Rcode::Refused)) {
                     let _ = answers.send(framed).await;
                 }
             }
             Ok(query) => {
                 let answers = answers.clone();
+                let metrics = metrics.clone();
                 tracker.spawn(async move {
                     let answer = forwarder.answer(&query, client).await;
-                    let framed = framing::frame(&answer)
-                        .or_else(|| framing::frame(&query.error_answer(Rcode::ServFail)));
+                    let framed = match framing::frame(&answer) {
+                        Some(framed) => {
+                            metrics.tcp.answered(dns::header_rcode(&answer));
+                            Some(framed)
+                        }
+                        None => {
+                            metrics.tcp.answered(Rcode::ServFail.value());
+                            framing::frame(&query.error_answer(Rcode::ServFail))
+                        }
+                    };
                     if let Some(framed) = framed {
                         let _ = answers.send(framed).await;
                     }

@@ -15,7 +15,6 @@ use tracing::debug;
 use crate::access::{self, DenyAction};
 use crate::daemon::Context;
 use crate::dns::{self, Rcode, Rejection};
-use crate::stats::Stats;
 
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
 /// client retries) rather than letting a flood grow memory without bound.
@@ -30,7 +29,7 @@ pub async fn serve(
 ) {
     let socket = Arc::new(socket);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let stats = context.stats.clone();
+    let metrics = context.metrics.clone();
     let mut buf = vec![0u8; 65_535];
     loop {
         let received = tokio::select! {
@@ -51,42 +50,44 @@ pub async fn serve(
                 continue;
             }
         };
-        Stats::add(&stats.udp_queries);
         let (config, forwarder) = context.current();
         let allowed = access::allows(&config.allow, client.ip());
         if !allowed && config.deny_action == DenyAction::Drop {
-            Stats::add(&stats.dropped);
+            metrics.udp.dropped();
             continue;
         }
         let limited = allowed && !forwarder.admit(client.ip());
         if limited {
-            Stats::add(&stats.rate_limited);
+            metrics.rate_limited.inc();
             if config.rate_limit_action == DenyAction::Drop {
+                metrics.udp.dropped();
                 continue;
             }
         }
         match dns::parse_query(&buf[..len]) {
-            Err(Rejection::Drop) => Stats::add(&stats.dropped),
-            Err(Rejection::Answer(answer)) => {
-                Stats::add(&stats.rejected);
+            Err(Rejection::Drop) => metrics.udp.dropped(),
+            Err(Rejection::Answer(answer, rcode)) => {
+                metrics.udp.answered(rcode.value());
                 let answer = dns::truncate_for_udp(answer, dns::PLAIN_UDP_LIMIT);
                 // Not worth waiting for: if the socket buffer is full the client retries.
                 let _ = socket.try_send_to(&answer, client);
             }
             Ok(query) if !allowed || limited => {
-                Stats::add(&stats.rejected);
+                metrics.udp.answered(Rcode::Refused.value());
                 let answer = query.error_answer(Rcode::Refused);
                 let answer = dns::truncate_for_udp(answer, query.udp_limit());
                 let _ = socket.try_send_to(&answer, client);
             }
             Ok(query) => {
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    Stats::add(&stats.dropped);
+                    metrics.udp.dropped();
                     continue;
                 };
                 let socket = socket.clone();
+                let metrics = metrics.clone();
                 tracker.spawn(async move {
                     let answer = forwarder.answer(&query, client).await;
+                    metrics.udp.answered(dns::header_rcode(&answer));
                     let answer = dns::truncate_for_udp(answer, query.udp_limit());
                     if let Err(error) = socket.send_to(&answer, client).await {
                         debug!(%client, "UDP send: {error}");

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::UpstreamConfig;
 use crate::connection::{Connection, Handshake};
+use crate::metrics::UpstreamMetrics;
 use crate::tls::{self, PinMismatch, TlsSetupError};
 
 /// Backoff after the first failure; doubles with each further failure.
@@ -77,34 +78,109 @@ impl UpstreamError {
         }
     }
 
-    /// A short stable name for logs (`ERROR_KIND=` in the journal).
+    /// A short stable name for logs (`ERROR_KIND=` in the journal) and metrics.
     pub fn kind(&self) -> &'static str {
+        self.error_kind().as_str()
+    }
+
+    pub fn error_kind(&self) -> UpstreamErrorKind {
         match self {
             UpstreamError::Connect(e) => match e.kind() {
-                io::ErrorKind::ConnectionRefused => "refused",
-                io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => "unreachable",
-                io::ErrorKind::PermissionDenied => "not_permitted",
-                _ => "connect",
+                io::ErrorKind::ConnectionRefused => UpstreamErrorKind::Refused,
+                io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+                    UpstreamErrorKind::Unreachable
+                }
+                io::ErrorKind::PermissionDenied => UpstreamErrorKind::NotPermitted,
+                _ => UpstreamErrorKind::Connect,
             },
             UpstreamError::Certificate(e) => match e {
                 CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => "certificate_name",
-                CertificateError::UnknownIssuer => "certificate_unknown_ca",
+                | CertificateError::NotValidForNameContext { .. } => {
+                    UpstreamErrorKind::CertificateName
+                }
+                CertificateError::UnknownIssuer => UpstreamErrorKind::CertificateUnknownCa,
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                    "certificate_expired"
+                    UpstreamErrorKind::CertificateExpired
                 }
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                    "certificate_not_yet_valid"
+                    UpstreamErrorKind::CertificateNotYetValid
                 }
-                CertificateError::Other(other) if other.0.is::<PinMismatch>() => "certificate_pin",
-                _ => "certificate",
+                CertificateError::Other(other) if other.0.is::<PinMismatch>() => {
+                    UpstreamErrorKind::CertificatePin
+                }
+                _ => UpstreamErrorKind::Certificate,
             },
-            UpstreamError::Handshake(_) | UpstreamError::HandshakeIo(_) => "tls",
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Closed => "closed",
-            UpstreamError::Busy => "busy",
-            UpstreamError::Protocol => "protocol",
-            UpstreamError::Down => "down",
+            UpstreamError::Handshake(_) | UpstreamError::HandshakeIo(_) => UpstreamErrorKind::Tls,
+            UpstreamError::Timeout => UpstreamErrorKind::Timeout,
+            UpstreamError::Closed => UpstreamErrorKind::Closed,
+            UpstreamError::Busy => UpstreamErrorKind::Busy,
+            UpstreamError::Protocol => UpstreamErrorKind::Protocol,
+            UpstreamError::Down => UpstreamErrorKind::Down,
+        }
+    }
+}
+
+/// The classes of [`UpstreamError`]: a closed set, so that metrics can create one counter per
+/// kind up front and count an error with an array index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Refused,
+    Unreachable,
+    NotPermitted,
+    Connect,
+    CertificateName,
+    CertificateUnknownCa,
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificatePin,
+    Certificate,
+    Tls,
+    Timeout,
+    Closed,
+    Busy,
+    Protocol,
+    Down,
+}
+
+impl UpstreamErrorKind {
+    /// Every kind, in declaration order (`ALL[kind as usize] == kind`).
+    pub const ALL: [UpstreamErrorKind; 16] = [
+        UpstreamErrorKind::Refused,
+        UpstreamErrorKind::Unreachable,
+        UpstreamErrorKind::NotPermitted,
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::CertificateName,
+        UpstreamErrorKind::CertificateUnknownCa,
+        UpstreamErrorKind::CertificateExpired,
+        UpstreamErrorKind::CertificateNotYetValid,
+        UpstreamErrorKind::CertificatePin,
+        UpstreamErrorKind::Certificate,
+        UpstreamErrorKind::Tls,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Closed,
+        UpstreamErrorKind::Busy,
+        UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::Down,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Refused => "refused",
+            UpstreamErrorKind::Unreachable => "unreachable",
+            UpstreamErrorKind::NotPermitted => "not_permitted",
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::CertificateName => "certificate_name",
+            UpstreamErrorKind::CertificateUnknownCa => "certificate_unknown_ca",
+            UpstreamErrorKind::CertificateExpired => "certificate_expired",
+            UpstreamErrorKind::CertificateNotYetValid => "certificate_not_yet_valid",
+            UpstreamErrorKind::CertificatePin => "certificate_pin",
+            UpstreamErrorKind::Certificate => "certificate",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Closed => "closed",
+            UpstreamErrorKind::Busy => "busy",
+            UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Down => "down",
         }
     }
 }
@@ -158,6 +234,8 @@ pub struct Upstream {
     /// Held while connecting, so concurrent queries share one attempt instead of racing.
     connecting: tokio::sync::Mutex<()>,
     health: Mutex<Health>,
+    /// Handles to this upstream's series, created once so a query only increments atomics.
+    metrics: UpstreamMetrics,
 }
 
 #[derive(Default)]
@@ -175,6 +253,7 @@ impl Upstream {
         config: &UpstreamConfig,
         idle_timeout: Duration,
         pool_size: usize,
+        metrics: UpstreamMetrics,
     ) -> Result<Upstream, TlsSetupError> {
         Ok(Upstream {
             address: config.address,
@@ -185,11 +264,21 @@ impl Upstream {
             pool_size: pool_size.max(1),
             connecting: tokio::sync::Mutex::new(()),
             health: Mutex::new(Health::default()),
+            metrics,
         })
     }
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
+    }
+
+    /// Up: no failure since the last successful connection (or none made yet).
+    pub fn is_up(&self) -> bool {
+        self.health().failures == 0
     }
 
     /// Whether a query may be sent here now: up, or down with its backoff over.
@@ -278,6 +367,7 @@ impl Upstream {
                 self.tls.clone(),
                 self.idle_timeout,
                 MAX_IN_FLIGHT,
+                &self.metrics,
             ),
         )
         .await;
@@ -371,5 +461,16 @@ mod tests {
             refused.to_string().starts_with("TCP connect failed"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn error_kinds_index_their_own_position() {
+        for (i, kind) in UpstreamErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?}");
+        }
+        let names: std::collections::BTreeSet<_> =
+            UpstreamErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), UpstreamErrorKind::ALL.len(), "duplicate names");
+        assert_eq!(UpstreamError::Timeout.kind(), "timeout");
     }
 }

@@ -14,6 +14,7 @@ mod idle_timeouts;
 mod listen;
 mod malformed;
 mod man_page;
+mod metrics;
 mod padding;
 mod pipelining;
 mod privileged;

@@ -8,7 +8,8 @@
 //! Convention of the pages: an item's tag is the key in bold (`.B timeout`); the fields of an
 //! upstream are `upstream.<field>` (`.B upstream.ca_file`) and the table itself `[[upstream]]`;
 //! likewise `forward_zone.zones` and `[[forward_zone.upstream]]`, whose fields are the same as
-//! an upstream's and documented once, as `upstream.<field>`.
+//! an upstream's and documented once, as `upstream.<field>`; and the fields of a plain table
+//! such as `[metrics]` are `metrics.<field>`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ const EX_CONFIG: i32 = 78;
 const UPSTREAM: &str = "upstream";
 /// The array of tables of split DNS; its upstreams have the fields of `upstream`.
 const FORWARD_ZONE: &str = "forward_zone";
+/// The plain tables, each with a body that is valid but for the key `zz_not_a_key`.
+const TABLES: [(&str, &str); 1] = [("metrics", "listen = \"127.0.0.1:9153\"\n")];
 
 fn man_page(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name);
@@ -31,7 +34,7 @@ fn man_page(name: &str) -> String {
 }
 
 /// The words of the tags of the `.TP`/`.TQ` items in section `section` of a man page, with
-/// roff escapes, font changes, quotes and the brackets of `[[table]]` removed.
+/// roff escapes, font changes, quotes and the brackets of `[table]` and `[[table]]` removed.
 fn documented(page: &str, section: &str) -> BTreeSet<String> {
     let heading = format!(".SH {section}");
     let mut lines = page
@@ -59,26 +62,29 @@ fn documented(page: &str, section: &str) -> BTreeSet<String> {
             .replace("\\fP", "")
             .replace('"', "");
         for word in text.split([' ', ',']).filter(|w| !w.is_empty()) {
-            let word = word.trim_start_matches("[[").trim_end_matches("]]");
+            let word = word.trim_start_matches('[').trim_end_matches(']');
             words.insert(word.to_string());
         }
     }
     words
 }
 
-/// Keys of a parsed configuration: top-level keys, and `table.field` for every field of an
-/// array of tables (as well as the table's own name), at any depth; a forward zone's upstream
-/// fields are counted as the upstream fields they are.
+/// Keys of a parsed configuration: top-level keys, and `table.field` for every field of a
+/// table or of an array of tables (as well as the table's own name), at any depth; a forward
+/// zone's upstream fields are counted as the upstream fields they are.
 fn keys_of(dict: &Dict) -> BTreeSet<String> {
     fn collect(prefix: &str, dict: &Dict, keys: &mut BTreeSet<String>) {
         for (key, value) in dict {
             let path = normalize(&format!("{prefix}{key}"));
             keys.insert(path.clone());
-            if let Value::Array(_, items) = value {
-                for item in items {
-                    if let Value::Dict(_, table) = item {
-                        collect(&format!("{path}."), table, keys);
-                    }
+            let tables = match value {
+                Value::Array(_, items) => items.iter().collect(),
+                table @ Value::Dict(..) => vec![table],
+                _ => Vec::new(),
+            };
+            for table in tables {
+                if let Value::Dict(_, table) = table {
+                    collect(&format!("{path}."), table, keys);
                 }
             }
         }
@@ -105,20 +111,25 @@ fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// The keys in the TOML that `check-config` prints for a configuration with one upstream that
-/// sets every optional field (a real CA file, a real pin), so that none is left out.
+/// The keys in the TOML that `check-config` prints for a configuration with every table and
+/// one upstream that sets every optional field (a real CA file, a real pin), so that none is
+/// left out.
 async fn printed_keys() -> BTreeSet<String> {
     let dir = open_temp_dir();
     let ca = dir.path().join("ca.pem");
     write_file(&ca, ca_pem(), 0o644);
     let pin = spki_pin(&issue_cert("dns.test", false).spki_der);
     let path = dir.path().join("dns-proxy.toml");
-    let body = format!(
+    let mut body = String::new();
+    for (table, fields) in TABLES {
+        body.push_str(&format!("[{table}]\n{fields}"));
+    }
+    body.push_str(&format!(
         "[[upstream]]\naddress = \"127.0.0.1:8853\"\ntls_name = \"dns.test\"\nca_file = \"{}\"\npin_sha256 = [\"{pin}\"]\n\
          [[forward_zone]]\nzones = [\"corp.example\"]\n\
          [[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nprotocol = \"udp\"\n",
         ca.display()
-    );
+    ));
     write_file(&path, &body, 0o644);
     let out = run_binary(
         &["check-config", "--config", path.to_str().expect("path")],
@@ -133,6 +144,12 @@ async fn printed_keys() -> BTreeSet<String> {
         assert!(
             keys.contains(&format!("{UPSTREAM}.{field}")),
             "check-config did not print {UPSTREAM}.{field}:\n{out}"
+        );
+    }
+    for (table, _) in TABLES {
+        assert!(
+            keys.iter().any(|key| key.starts_with(&format!("{table}."))),
+            "check-config did not print the [{table}] table:\n{out}"
         );
     }
     keys
@@ -180,10 +197,20 @@ async fn accepted_keys() -> BTreeSet<String> {
             .iter()
             .map(|field| normalize(&format!("{FORWARD_ZONE}.{UPSTREAM}.{field}"))),
     );
-    assert!(
-        keys.contains(UPSTREAM),
-        "the binary no longer has `{UPSTREAM}` tables; update this test: {keys:?}"
-    );
+    for (table, body) in TABLES {
+        let fields = valid_keys_listed(&format!("[{table}]\n{body}zz_not_a_key = 1\n")).await;
+        keys.extend(fields.iter().map(|field| format!("{table}.{field}")));
+    }
+    for table in TABLES
+        .map(|(table, _)| table)
+        .into_iter()
+        .chain([UPSTREAM, FORWARD_ZONE])
+    {
+        assert!(
+            keys.contains(table),
+            "the binary no longer has `{table}` tables; update this test: {keys:?}"
+        );
+    }
     keys
 }
 

@@ -3,7 +3,8 @@
 //! `LISTEN_PID` (set to the daemon's own pid through `sh -c 'LISTEN_PID=$$ exec …'`), a
 //! `NOTIFY_SOCKET` datagram socket whose messages are collected, a clean environment, and
 //! stderr captured into a searchable log. The child is killed when the [`Proxy`] is dropped.
-//! Also: starting without socket activation (`--listen`), and running `check-config`.
+//! Also: starting without socket activation (`--listen`), and running `check-config`. A TCP
+//! listener for the metrics endpoint can be passed too, named `metrics`, as fd 3.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
@@ -45,6 +46,8 @@ pub struct ProxyConfig {
     pub timeout: Option<String>,
     /// Further top-level lines, verbatim (e.g. `log_queries = true`).
     pub extra: Vec<String>,
+    /// `[metrics] listen`, when set.
+    pub metrics_listen: Option<String>,
     pub upstreams: Vec<UpstreamSpec>,
 }
 
@@ -85,6 +88,12 @@ impl ProxyConfig {
         self
     }
 
+    /// A `[metrics]` table with this `listen` address.
+    pub fn metrics(mut self, listen: &str) -> Self {
+        self.metrics_listen = Some(listen.to_string());
+        self
+    }
+
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
         if let Some(listen) = &self.listen {
@@ -96,6 +105,9 @@ impl ProxyConfig {
         }
         for line in &self.extra {
             writeln!(out, "{line}").unwrap();
+        }
+        if let Some(listen) = &self.metrics_listen {
+            writeln!(out, "\n[metrics]\nlisten = {}", toml_str(listen)).unwrap();
         }
         for up in &self.upstreams {
             writeln!(out, "\n[[upstream]]").unwrap();
@@ -226,12 +238,21 @@ pub struct ProxyBuilder {
     env: Vec<(String, String)>,
     uid_gid: Option<(u32, u32)>,
     program: PathBuf,
+    /// Passed as fd 3 named `metrics`, before the DNS sockets (socket activation only).
+    metrics_socket: Option<TcpListener>,
 }
 
 impl ProxyBuilder {
     /// Socket activation with these sockets instead of the default 127.0.0.1 + ::1 pair.
     pub fn activation_sockets(mut self, sockets: Vec<ActivationSockets>) -> Self {
         self.sockets = Sockets::Activated(sockets);
+        self
+    }
+
+    /// Also passes `listener` for the metrics endpoint: first (fd 3), named `metrics`, so
+    /// that the daemon must tell it from the DNS sockets by its name.
+    pub fn metrics_socket(mut self, listener: TcpListener) -> Self {
+        self.metrics_socket = Some(listener);
         self
     }
 
@@ -297,13 +318,24 @@ impl ProxyBuilder {
                     .arg(&self.program);
                 let mut mappings = Vec::new();
                 let mut names = Vec::new();
+                let mut first_dns_fd = 3;
+                if let Some(metrics) = &self.metrics_socket {
+                    metrics.set_nonblocking(true).unwrap();
+                    mappings.push(FdMapping {
+                        parent_fd: metrics.as_fd().try_clone_to_owned().unwrap(),
+                        child_fd: 3,
+                    });
+                    names.push("metrics");
+                    held.push(metrics.as_fd().try_clone_to_owned().unwrap());
+                    first_dns_fd = 4;
+                }
                 for (i, s) in sockets.iter().enumerate() {
                     // systemd creates its sockets with SOCK_NONBLOCK; the daemon inherits that.
                     s.udp.set_nonblocking(true).unwrap();
                     s.tcp.set_nonblocking(true).unwrap();
                     udp.push(s.udp.local_addr().unwrap());
                     tcp.push(s.tcp.local_addr().unwrap());
-                    let base = 3 + 2 * i as i32;
+                    let base = first_dns_fd + 2 * i as i32;
                     mappings.push(FdMapping {
                         parent_fd: s.udp.as_fd().try_clone_to_owned().unwrap(),
                         child_fd: base,
@@ -320,7 +352,7 @@ impl ProxyBuilder {
                 }
                 cmd.fd_mappings(mappings).expect("fd mappings");
                 cmd.env_clear();
-                cmd.env("LISTEN_FDS", (2 * sockets.len()).to_string());
+                cmd.env("LISTEN_FDS", names.len().to_string());
                 cmd.env("LISTEN_FDNAMES", names.join(":"));
             }
             Sockets::Listen(addrs) => {
@@ -457,6 +489,7 @@ impl Proxy {
             env: Vec::new(),
             uid_gid: None,
             program: PathBuf::from(BIN),
+            metrics_socket: None,
         }
     }
 
@@ -581,6 +614,17 @@ impl Proxy {
                 self.describe()
             ),
         }
+    }
+
+    /// The address of the metrics endpoint, from the line the daemon logs when it starts
+    /// serving it (so `[metrics] listen` may use port 0).
+    pub async fn metrics_address(&self) -> SocketAddr {
+        const MARK: &str = "metrics: serving http://";
+        let line = self.wait_for_log(MARK, START_TIMEOUT).await;
+        line.split_once(MARK)
+            .and_then(|(_, rest)| rest.split_once("/metrics"))
+            .and_then(|(address, _)| address.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     /// Sends a signal (name as for `kill -s`, e.g. "HUP", "TERM") to the daemon.

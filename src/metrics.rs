@@ -1,0 +1,1122 @@
+//! Prometheus metrics: the series (one registry, owned by the daemon, so counters survive a
+//! reload that replaces the forwarder) and a minimal HTTP/1.1 endpoint serving them
+//! (`GET /metrics`, text format 0.0.4) and a health check (`GET /healthz`).
+//!
+//! Counting is always on and costs one relaxed atomic operation per event: every labelled
+//! series is created up front (at start, or when a forwarder is built for its upstreams) and
+//! its handle kept, so the query path never looks up a label set or takes a lock. The
+//! `[metrics]` setting, or a socket systemd passes under the name `metrics`, only decides
+//! whether the endpoint is served.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::connection::Handshake;
+use crate::daemon::Context;
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
+
+/// Prefix of every series name.
+const PREFIX: &str = "dns_proxy";
+
+/// Label values of `rcode`: the codes a stub resolver sees, and `other` for the rest (the
+/// UPDATE and zone codes, which answers to plain queries do not carry).
+const RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other",
+];
+
+/// Label values of `outcome` for TLS handshakes, indexed as in [`UpstreamMetrics::handshakes`].
+const HANDSHAKE_OUTCOMES: [&str; 3] = ["full", "resumed", "failed"];
+
+/// Upper bounds of the upstream latency buckets, in nanoseconds: 0.1 ms (a resolver on the
+/// same host) to 5 s (beyond any sensible `timeout`).
+const LATENCY_BOUNDS_NANOS: [u64; 15] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+];
+
+/// Every series of the daemon.
+///
+/// There is no separate set of counters for the systemd `STATUS=` line: [`Metrics::summary`]
+/// reads these same atomics, so each event is counted once and the two views cannot disagree.
+pub struct Metrics {
+    registry: Registry,
+    /// Queries that came in over UDP.
+    pub udp: TransportMetrics,
+    /// Queries that came in over TCP.
+    pub tcp: TransportMetrics,
+    /// Queries being forwarded right now (inside [`crate::forwarder::Forwarder::answer`]).
+    pub in_flight: Gauge,
+    /// Client TCP connections open right now.
+    pub tcp_connections: Gauge,
+    pub cache: CacheMetrics,
+    /// Queries answered by a built-in local zone (localhost, private reverse zones).
+    pub local_answers: Counter,
+    /// Queries also sent to a second upstream because the first was slow (hedging).
+    pub hedged: Counter,
+    /// Client queries over the per-client rate limit.
+    pub rate_limited: Counter,
+    upstream_queries: Family<UpstreamLabels, Counter>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    upstream_latency: Family<UpstreamLabels, Latency>,
+    upstream_connections: Family<UpstreamLabels, Gauge>,
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+}
+
+#[derive(Clone)]
+/// Counters of the response cache. Every cache lookup increments exactly one of the three.
+/// The cache code increments them; where no cache runs they stay 0.
+pub struct CacheMetrics {
+    /// Lookups answered from a fresh cache entry.
+    pub hits: Counter,
+    /// Lookups that found no usable entry, so the query went upstream.
+    pub misses: Counter,
+    /// Lookups answered from an expired entry (serve-stale, RFC 8767).
+    pub stale: Counter,
+}
+
+/// The answers and drops of one client transport.
+pub struct TransportMetrics {
+    /// Indexed like [`RCODES`].
+    answers: [Counter; RCODES.len()],
+    dropped: Counter,
+}
+
+/// Handles to one upstream's series, created when a forwarder is built. Upstreams with the
+/// same address (in one configuration or across a reload) share their series.
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    queries: Counter,
+    /// Indexed by [`UpstreamErrorKind`].
+    errors: [Counter; UpstreamErrorKind::ALL.len()],
+    latency: Latency,
+    connections: Gauge,
+    /// Indexed like [`HANDSHAKE_OUTCOMES`].
+    handshakes: [Counter; HANDSHAKE_OUTCOMES.len()],
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    transport: &'static str,
+    rcode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    upstream: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    upstream: String,
+    outcome: &'static str,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register(
+            "build",
+            "Version of the running dns-proxy, in the version label; the value is always 1",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let answers = Family::<QueryLabels, Counter>::default();
+        registry.register(
+            "queries",
+            "Client queries answered, by transport (udp, tcp) and response code of the answer sent",
+            answers.clone(),
+        );
+        let dropped = Family::<TransportLabels, Counter>::default();
+        registry.register(
+            "queries_dropped",
+            "Client packets or connections given no answer: shorter than a DNS header, responses, \
+             over the in-flight limit, or from clients outside allow with deny_action drop",
+            dropped.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "queries_in_flight",
+            "Client queries being forwarded right now",
+            in_flight.clone(),
+        );
+        let tcp_connections = Gauge::default();
+        registry.register(
+            "client_tcp_connections",
+            "Client TCP connections open right now",
+            tcp_connections.clone(),
+        );
+        let upstream_queries = Family::default();
+        registry.register(
+            "upstream_queries",
+            "Queries sent to an upstream, including attempts that failed",
+            upstream_queries.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "upstream_errors",
+            "Queries to an upstream that got no usable answer, by kind of error",
+            upstream_errors.clone(),
+        );
+        let upstream_latency = Family::default();
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from handing a query to an upstream to its answer, including opening a \
+             connection when one was needed; answered queries only",
+            upstream_latency.clone(),
+        );
+        let upstream_connections = Family::default();
+        registry.register(
+            "upstream_connections",
+            "TLS connections to an upstream open right now",
+            upstream_connections.clone(),
+        );
+        let tls_handshakes = Family::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes with an upstream, by outcome: full, resumed (an earlier session) \
+             or failed (error, or the query's time ran out during it)",
+            tls_handshakes.clone(),
+        );
+        let cache = CacheMetrics {
+            hits: Counter::default(),
+            misses: Counter::default(),
+            stale: Counter::default(),
+        };
+        registry.register(
+            "cache_hits",
+            "Queries answered from a fresh cache entry",
+            cache.hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Cache lookups that found no usable entry, so the query went upstream",
+            cache.misses.clone(),
+        );
+        registry.register(
+            "cache_stale",
+            "Queries answered from an expired cache entry (serve-stale)",
+            cache.stale.clone(),
+        );
+        let local_answers = Counter::default();
+        registry.register(
+            "local_answers",
+            "Queries answered by a built-in local zone (localhost, private and special reverse \
+             zones) without asking any upstream",
+            local_answers.clone(),
+        );
+        let hedged = Counter::default();
+        registry.register(
+            "hedged_queries",
+            "Queries also sent to a second upstream because the first had not answered within \
+             the hedging delay",
+            hedged.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Client queries over the per-client rate limit (dropped or refused per \
+             rate_limit_action)",
+            rate_limited.clone(),
+        );
+        Metrics {
+            registry,
+            local_answers,
+            hedged,
+            rate_limited,
+            udp: TransportMetrics::new("udp", &answers, &dropped),
+            tcp: TransportMetrics::new("tcp", &answers, &dropped),
+            in_flight,
+            tcp_connections,
+            cache,
+            upstream_queries,
+            upstream_errors,
+            upstream_latency,
+            upstream_connections,
+            tls_handshakes,
+        }
+    }
+
+    /// The handles of the upstream at `address`, creating its series on first use.
+    pub fn upstream(&self, address: SocketAddr) -> UpstreamMetrics {
+        let upstream = address.to_string();
+        let labels = UpstreamLabels {
+            upstream: upstream.clone(),
+        };
+        UpstreamMetrics {
+            queries: self.upstream_queries.get_or_create_owned(&labels),
+            errors: UpstreamErrorKind::ALL.map(|kind| {
+                self.upstream_errors
+                    .get_or_create_owned(&UpstreamErrorLabels {
+                        upstream: upstream.clone(),
+                        kind: kind.as_str(),
+                    })
+            }),
+            latency: self.upstream_latency.get_or_create_owned(&labels),
+            connections: self.upstream_connections.get_or_create_owned(&labels),
+            handshakes: HANDSHAKE_OUTCOMES.map(|outcome| {
+                self.tls_handshakes.get_or_create_owned(&HandshakeLabels {
+                    upstream: upstream.clone(),
+                    outcome,
+                })
+            }),
+        }
+    }
+
+    /// Every series in the Prometheus text format, version 0.0.4.
+    pub fn render(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// One line for `STATUS=`: what has been served so far.
+    pub fn summary(&self) -> String {
+        let answered = |rcode: u16| {
+            let i = rcode_index(rcode);
+            self.udp.answers[i].get() + self.tcp.answers[i].get()
+        };
+        let (noerror, servfail, nxdomain) = (answered(0), answered(2), answered(3));
+        let answers = self.udp.answered_total() + self.tcp.answered_total();
+        let dropped = self.udp.dropped.get() + self.tcp.dropped.get();
+        let (udp, tcp) = (self.udp.total(), self.tcp.total());
+        format!(
+            "{} queries (udp {udp}, tcp {tcp}): {noerror} NOERROR, {nxdomain} NXDOMAIN, \
+             {servfail} SERVFAIL, {} other answers, {dropped} dropped; {} in flight",
+            udp + tcp,
+            answers - noerror - nxdomain - servfail,
+            self.in_flight.get(),
+        )
+    }
+}
+
+/// Index in [`RCODES`] of a response code (12 bits, extended RCODE included).
+fn rcode_index(rcode: u16) -> usize {
+    match rcode {
+        0..=5 => usize::from(rcode),
+        16 => 6,
+        _ => 7,
+    }
+}
+
+impl TransportMetrics {
+    fn new(
+        transport: &'static str,
+        answers: &Family<QueryLabels, Counter>,
+        dropped: &Family<TransportLabels, Counter>,
+    ) -> TransportMetrics {
+        TransportMetrics {
+            answers: RCODES
+                .map(|rcode| answers.get_or_create_owned(&QueryLabels { transport, rcode })),
+            dropped: dropped.get_or_create_owned(&TransportLabels { transport }),
+        }
+    }
+
+    /// An answer with this response code went to a client.
+    pub fn answered(&self, rcode: u16) {
+        self.answers[rcode_index(rcode)].inc();
+    }
+
+    /// A packet or connection got no answer.
+    pub fn dropped(&self) {
+        self.dropped.inc();
+    }
+
+    fn answered_total(&self) -> u64 {
+        self.answers.iter().map(Counter::get).sum()
+    }
+
+    /// Queries answered or dropped.
+    fn total(&self) -> u64 {
+        self.answered_total() + self.dropped.get()
+    }
+}
+
+impl UpstreamMetrics {
+    /// A query was handed to this upstream.
+    pub fn query_sent(&self) {
+        self.queries.inc();
+    }
+
+    /// A query got a usable answer `elapsed` after it was handed over.
+    pub fn answered(&self, elapsed: Duration) {
+        self.latency.observe(elapsed);
+    }
+
+    /// A query got no usable answer.
+    pub fn failed(&self, error: &UpstreamError) {
+        self.errors[error.error_kind() as usize].inc();
+    }
+
+    /// A TLS handshake starts: failed unless [`PendingHandshake::completed`] is called.
+    pub fn handshake_started(&self) -> PendingHandshake<'_> {
+        PendingHandshake {
+            handshakes: &self.handshakes,
+            done: false,
+        }
+    }
+
+    /// A connection is open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.connections)
+    }
+}
+
+/// A TLS handshake under way; counted as failed if dropped before it completed, which also
+/// covers a handshake abandoned when the query's time budget ran out.
+pub struct PendingHandshake<'a> {
+    handshakes: &'a [Counter; HANDSHAKE_OUTCOMES.len()],
+    done: bool,
+}
+
+impl PendingHandshake<'_> {
+    pub fn completed(mut self, handshake: Handshake) {
+        self.done = true;
+        let outcome = match handshake {
+            Handshake::Full => 0,
+            Handshake::Resumed => 1,
+        };
+        self.handshakes[outcome].inc();
+    }
+}
+
+impl Drop for PendingHandshake<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.handshakes[2].inc();
+        }
+    }
+}
+
+/// Keeps a gauge one higher for as long as it lives, however the code holding it ends.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A histogram of durations with fixed buckets (`LATENCY_BOUNDS_NANOS`). prometheus-client's
+/// own `Histogram` takes a mutex on every observation; this one is a few relaxed atomic adds.
+/// The count is the sum of the buckets, so a scrape always sees them agree.
+#[derive(Clone, Debug, Default)]
+pub struct Latency(Arc<LatencyCells>);
+
+#[derive(Debug, Default)]
+struct LatencyCells {
+    /// Observations per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NANOS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NANOS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(LATENCY_BOUNDS_NANOS.len());
+        self.0.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        let mut buckets = [(f64::INFINITY, 0u64); LATENCY_BOUNDS_NANOS.len() + 1];
+        for (i, (bound, count)) in buckets.iter_mut().enumerate() {
+            if let Some(&nanos) = LATENCY_BOUNDS_NANOS.get(i) {
+                *bound = nanos as f64 / 1e9;
+            }
+            *count = self.0.buckets[i].load(Ordering::Relaxed);
+        }
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP endpoint.
+
+/// Longest request head (request line and headers) read; a scrape request is ~100 bytes.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Time a client gets to send its request, and again to take the response.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client gets to close its side after the response, before we close anyway.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most metrics connections served at once; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Response status codes the endpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    BadRequest,
+    NotFound,
+    TooLarge,
+    Internal,
+    Unavailable,
+}
+
+impl Status {
+    fn line(self) -> &'static str {
+        match self {
+            Status::Ok => "200 OK",
+            Status::BadRequest => "400 Bad Request",
+            Status::NotFound => "404 Not Found",
+            Status::TooLarge => "431 Request Header Fields Too Large",
+            Status::Internal => "500 Internal Server Error",
+            Status::Unavailable => "503 Service Unavailable",
+        }
+    }
+}
+
+/// The parts of a request head that matter here.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The path, without query string.
+    pub path: &'a str,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    Health,
+    NotFound,
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` while the blank line that ends it
+/// has not arrived. Headers are not interpreted: nothing here depends on them, and the
+/// connection is closed after one response, so no body or second request is ever read.
+pub fn parse_request(buf: &[u8]) -> Result<Option<Request<'_>>, Status> {
+    // Empty lines before the request line are to be ignored (RFC 9112 §2.2).
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let buf = &buf[start..];
+    if head_length(buf).is_none() {
+        return Ok(None);
+    }
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line).map_err(|_| Status::BadRequest)?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Status::BadRequest);
+    };
+    if method.is_empty() || !method.bytes().all(is_token_byte) {
+        return Err(Status::BadRequest);
+    }
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(Status::BadRequest);
+    }
+    // Absolute form (`http://host/metrics`), which servers must accept, or origin form.
+    let path = match target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => target,
+    };
+    if !path.starts_with('/') && path != "*" {
+        return Err(Status::BadRequest);
+    }
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    Ok(Some(Request { method, path }))
+}
+
+/// Length of the head up to and including the blank line that ends it, if it is all there.
+fn head_length(buf: &[u8]) -> Option<usize> {
+    buf.iter().enumerate().find_map(|(i, &b)| {
+        if b != b'\n' {
+            return None;
+        }
+        let rest = &buf[i + 1..];
+        if rest.starts_with(b"\n") {
+            Some(i + 2)
+        } else if rest.starts_with(b"\r\n") {
+            Some(i + 3)
+        } else {
+            None
+        }
+    })
+}
+
+/// A `tchar` of RFC 9110 §5.6.2, the characters of a method name.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Anything but `GET` or `HEAD` of the two paths is not found.
+pub fn route(request: &Request<'_>) -> Route {
+    match (request.method, request.path) {
+        ("GET" | "HEAD", "/metrics") => Route::Metrics,
+        ("GET" | "HEAD", "/healthz") => Route::Health,
+        _ => Route::NotFound,
+    }
+}
+
+/// A complete response; the connection is closed after it.
+pub fn response(status: Status, content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        status.line(),
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// Serves the endpoint on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<Context>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let context = context.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    // A scrape is not worth delaying shutdown for.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = exchange(stream, IO_TIMEOUT, |request| respond(&context, request)) => {}
+                    }
+                    drop(permit);
+                });
+            }
+            Err(error) => {
+                debug!("metrics accept: {error}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// The response to a parsed request (or to a request that could not be parsed).
+fn respond(context: &Context, request: Result<Request<'_>, Status>) -> Vec<u8> {
+    let request = match request {
+        Ok(request) => request,
+        Err(status) => return response(status, TEXT, b"bad request", false),
+    };
+    let head_only = request.method == "HEAD";
+    match route(&request) {
+        Route::Metrics => match context.metrics.render() {
+            Ok(body) => response(
+                Status::Ok,
+                prometheus_text::CONTENT_TYPE,
+                body.as_bytes(),
+                head_only,
+            ),
+            Err(_) => response(Status::Internal, TEXT, b"cannot encode metrics", head_only),
+        },
+        Route::Health if context.forwarder().any_upstream_up() => {
+            response(Status::Ok, TEXT, b"ok", head_only)
+        }
+        Route::Health => response(Status::Unavailable, TEXT, b"no upstream is up", head_only),
+        Route::NotFound => response(Status::NotFound, TEXT, b"not found", head_only),
+    }
+}
+
+/// One request and its response on `stream`, each bounded by `timeout`; then the connection
+/// is closed. A client that sends nothing complete in time, or closes first, gets nothing.
+async fn exchange<S>(
+    mut stream: S,
+    timeout: Duration,
+    respond: impl FnOnce(Result<Request<'_>, Status>) -> Vec<u8>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(1024);
+    let complete = tokio::time::timeout(timeout, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match parse_request(&buf) {
+                Ok(Some(_)) | Err(_) => return true,
+                Ok(None) if buf.len() >= MAX_REQUEST => return true,
+                Ok(None) => {}
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    if complete != Ok(true) {
+        return;
+    }
+    let request = match parse_request(&buf) {
+        Ok(Some(request)) => Ok(request),
+        Ok(None) => Err(Status::TooLarge),
+        Err(status) => Err(status),
+    };
+    let reply = respond(request);
+    let written = tokio::time::timeout(timeout, async {
+        stream.write_all(&reply).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        // Closing with unread input would reset the connection and could destroy the response
+        // before the client reads it: wait briefly for the client to close its side.
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut sink = [0u8; 1024];
+            let mut left = MAX_REQUEST * 8;
+            while left > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Result<Option<Request<'_>>, Status> {
+        parse_request(text.as_bytes())
+    }
+
+    fn get(method: &'static str, path: &'static str) -> Option<Request<'static>> {
+        Some(Request { method, path })
+    }
+
+    #[test]
+    fn complete_requests() {
+        assert_eq!(
+            request("GET /metrics HTTP/1.1\r\nHost: localhost:9153\r\nAccept: */*\r\n\r\n"),
+            Ok(get("GET", "/metrics"))
+        );
+        assert_eq!(
+            request("GET /healthz HTTP/1.0\r\n\r\n"),
+            Ok(get("GET", "/healthz"))
+        );
+        // Bare LF line ends, and blank lines before the request line.
+        assert_eq!(
+            request("\r\n\nHEAD /metrics HTTP/1.1\nHost: x\n\n"),
+            Ok(get("HEAD", "/metrics"))
+        );
+        assert_eq!(
+            request("GET /metrics?name[]=x#frag HTTP/1.1\r\n\r\n"),
+            Ok(get("GET", "/metrics"))
+        );
+        assert_eq!(
+            request("GET http://127.0.0.1:9153/healthz?x HTTP/1.1\r\n\r\n"),
+            Ok(get("GET", "/healthz"))
+        );
+        assert_eq!(
+            request("GET http://127.0.0.1:9153 HTTP/1.1\r\n\r\n"),
+            Ok(get("GET", "/"))
+        );
+        assert_eq!(
+            request("OPTIONS * HTTP/1.1\r\n\r\n"),
+            Ok(get("OPTIONS", "*"))
+        );
+        // Whatever follows the head (a body, another request) is not looked at.
+        assert_eq!(
+            request("POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /"),
+            Ok(get("POST", "/metrics"))
+        );
+    }
+
+    #[test]
+    fn incomplete_requests() {
+        for text in [
+            "",
+            "\r\n",
+            "GET",
+            "GET /metrics HTTP/1.1",
+            "GET /metrics HTTP/1.1\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r",
+        ] {
+            assert_eq!(request(text), Ok(None), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_requests() {
+        for text in [
+            "GET /metrics\r\n\r\n",
+            "GET  /metrics HTTP/1.1\r\n\r\n",
+            "GET /metrics HTTP/1.1 extra\r\n\r\n",
+            "GET /metrics HTTP/2.0\r\n\r\n",
+            "GET /metrics http/1.1\r\n\r\n",
+            "GET metrics HTTP/1.1\r\n\r\n",
+            "G(T /metrics HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "\x16\x03\x01\x02\x00\x01\x00\x01\x7f\x03\x03\n\n",
+        ] {
+            assert_eq!(request(text), Err(Status::BadRequest), "{text:?}");
+        }
+        let mut binary = b"GET /\xff HTTP/1.1\r\n\r\n".to_vec();
+        assert_eq!(parse_request(&binary), Err(Status::BadRequest));
+        binary.clear();
+        assert_eq!(parse_request(&binary), Ok(None));
+    }
+
+    #[test]
+    fn routes() {
+        let route_of = |text: &str| match request(text) {
+            Ok(Some(request)) => route(&request),
+            other => panic!("{text:?}: {other:?}"),
+        };
+        assert_eq!(route_of("GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
+        assert_eq!(route_of("HEAD /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
+        assert_eq!(
+            route_of("GET /healthz?verbose HTTP/1.1\r\n\r\n"),
+            Route::Health
+        );
+        for text in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET /metrics/ HTTP/1.1\r\n\r\n",
+            "GET /Metrics HTTP/1.1\r\n\r\n",
+            "get /metrics HTTP/1.1\r\n\r\n",
+            "POST /metrics HTTP/1.1\r\n\r\n",
+            "DELETE /healthz HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(route_of(text), Route::NotFound, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn responses() {
+        let full = response(Status::Unavailable, TEXT, b"no upstream is up", false);
+        assert_eq!(
+            String::from_utf8(full).unwrap(),
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 17\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n\
+             no upstream is up"
+        );
+        let head = String::from_utf8(response(Status::Ok, TEXT, b"ok", true)).unwrap();
+        assert!(
+            head.ends_with(
+                "Content-Length: 2\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+            ),
+            "{head}"
+        );
+    }
+
+    /// Runs `exchange` on one end of a pipe, writes `sent` from the other end and returns
+    /// everything that comes back until the server closes.
+    async fn exchange_over_pipe(sent: &[u8], close_after_sending: bool) -> String {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(exchange(server, IO_TIMEOUT, |request| match request {
+            Ok(request) => response(Status::Ok, TEXT, request.path.as_bytes(), false),
+            Err(status) => response(status, TEXT, b"", false),
+        }));
+        let (mut read, mut write) = tokio::io::split(client);
+        write.write_all(sent).await.unwrap();
+        if close_after_sending {
+            write.shutdown().await.unwrap();
+        }
+        let mut received = Vec::new();
+        read.read_to_end(&mut received).await.unwrap();
+        drop(write);
+        server.await.unwrap();
+        String::from_utf8(received).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_request_one_response_then_close() {
+        let answer = exchange_over_pipe(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n/metrics"), "{answer}");
+        let answer =
+            exchange_over_pipe(b"GET /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n", false).await;
+        assert!(answer.ends_with("\r\n\r\n/x"), "{answer}");
+        let answer = exchange_over_pipe(b"BREW /pot HTCPCP/1.0\r\n\r\n", false).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn oversized_request_gets_431() {
+        let mut sent = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        while sent.len() <= MAX_REQUEST {
+            sent.extend_from_slice(b"X-Filler: 0123456789abcdef0123456789abcdef\r\n");
+        }
+        let answer = exchange_over_pipe(&sent, false).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_or_vanishing_clients_get_nothing() {
+        // Paused clock: the read timeout passes as soon as everything is idle.
+        let started = tokio::time::Instant::now();
+        let answer = exchange_over_pipe(b"GET /metrics HTTP/1.1\r\nHost", false).await;
+        assert_eq!(answer, "");
+        assert!(started.elapsed() >= IO_TIMEOUT);
+        let answer = exchange_over_pipe(b"GET /metrics HTTP/1.1\r\n", true).await;
+        assert_eq!(answer, "");
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn series_are_created_up_front_and_count() {
+        let metrics = Metrics::new();
+        let upstream = metrics.upstream("192.0.2.53:853".parse().unwrap());
+        metrics.udp.answered(0);
+        metrics.udp.answered(0);
+        metrics.udp.answered(16);
+        metrics.udp.answered(9);
+        metrics.tcp.answered(2);
+        metrics.tcp.dropped();
+        upstream.query_sent();
+        upstream.failed(&UpstreamError::Timeout);
+        upstream.answered(Duration::from_micros(300));
+        upstream.answered(Duration::from_secs(9));
+        upstream.handshake_started().completed(Handshake::Resumed);
+        drop(upstream.handshake_started());
+        let open = upstream.connection_opened();
+        let in_flight = GaugeGuard::new(&metrics.in_flight);
+        let text = metrics.render().unwrap();
+        let value = |series: &str| {
+            sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        };
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            value(&format!("dns_proxy_build_info{{version=\"{version}\"}}")),
+            1.0
+        );
+        assert_eq!(
+            value(r#"dns_proxy_queries_total{transport="udp",rcode="NOERROR"}"#),
+            2.0
+        );
+        assert_eq!(
+            value(r#"dns_proxy_queries_total{transport="udp",rcode="BADVERS"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(r#"dns_proxy_queries_total{transport="udp",rcode="other"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(r#"dns_proxy_queries_total{transport="tcp",rcode="SERVFAIL"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(r#"dns_proxy_queries_total{transport="tcp",rcode="NXDOMAIN"}"#),
+            0.0
+        );
+        assert_eq!(
+            value(r#"dns_proxy_queries_dropped_total{transport="tcp"}"#),
+            1.0
+        );
+        assert_eq!(value("dns_proxy_queries_in_flight"), 1.0);
+        assert_eq!(value("dns_proxy_client_tcp_connections"), 0.0);
+        let up = r#"upstream="192.0.2.53:853""#;
+        assert_eq!(
+            value(&format!("dns_proxy_upstream_queries_total{{{up}}}")),
+            1.0
+        );
+        assert_eq!(
+            value(&format!(
+                r#"dns_proxy_upstream_errors_total{{{up},kind="timeout"}}"#
+            )),
+            1.0
+        );
+        assert_eq!(
+            value(&format!(
+                r#"dns_proxy_upstream_errors_total{{{up},kind="refused"}}"#
+            )),
+            0.0
+        );
+        assert_eq!(
+            value(&format!(
+                r#"dns_proxy_upstream_latency_seconds_bucket{{{up},le="0.00025"}}"#
+            )),
+            0.0
+        );
+        assert_eq!(
+            value(&format!(
+                r#"dns_proxy_upstream_latency_seconds_bucket{{{up},le="0.0005"}}"#
+            )),
+            1.0
+        );
+        assert_eq!(
+            value(&format!(
+                r#"dns_proxy_upstream_latency_seconds_bucket{{{up},le="5"}}"#
+            )),
+            1.0
+        );
+        assert_eq!(
+            value(&format!(
+                r#"dns_proxy_upstream_latency_seconds_bucket{{{up},le="+Inf"}}"#
+            )),
+            2.0
+        );
+        assert_eq!(
+            value(&format!("dns_proxy_upstream_latency_seconds_count{{{up}}}")),
+            2.0
+        );
+        assert_eq!(
+            value(&format!("dns_proxy_upstream_latency_seconds_sum{{{up}}}")),
+            9.0003
+        );
+        assert_eq!(
+            value(&format!("dns_proxy_upstream_connections{{{up}}}")),
+            1.0
+        );
+        for (outcome, n) in [("full", 0.0), ("resumed", 1.0), ("failed", 1.0)] {
+            let series = format!(r#"dns_proxy_tls_handshakes_total{{{up},outcome="{outcome}"}}"#);
+            assert_eq!(value(&series), n, "{series}");
+        }
+        for cache in ["hits", "misses", "stale"] {
+            assert_eq!(value(&format!("dns_proxy_cache_{cache}_total")), 0.0);
+        }
+        assert!(
+            text.contains("# TYPE dns_proxy_queries_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE dns_proxy_upstream_latency_seconds histogram\n"));
+        assert!(
+            !text.contains("# EOF"),
+            "OpenMetrics, not the 0.0.4 format:\n{text}"
+        );
+        assert_eq!(
+            metrics.summary(),
+            "6 queries (udp 4, tcp 2): 2 NOERROR, 0 NXDOMAIN, 1 SERVFAIL, 2 other answers, \
+             1 dropped; 1 in flight"
+        );
+
+        // The same address again (a reload) shares the series; guards give back what they took.
+        drop((open, in_flight));
+        metrics
+            .upstream("192.0.2.53:853".parse().unwrap())
+            .query_sent();
+        let text = metrics.render().unwrap();
+        assert_eq!(
+            sample(&text, &format!("dns_proxy_upstream_queries_total{{{up}}}")),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, &format!("dns_proxy_upstream_connections{{{up}}}")),
+            Some(0.0)
+        );
+        assert_eq!(sample(&text, "dns_proxy_queries_in_flight"), Some(0.0));
+    }
+
+    #[test]
+    fn rcode_labels() {
+        for (rcode, label) in [
+            (0, "NOERROR"),
+            (1, "FORMERR"),
+            (2, "SERVFAIL"),
+            (3, "NXDOMAIN"),
+        ]
+        .into_iter()
+        .chain([(4, "NOTIMP"), (5, "REFUSED"), (16, "BADVERS")])
+        .chain([(6, "other"), (15, "other"), (23, "other"), (4095, "other")])
+        {
+            assert_eq!(RCODES[rcode_index(rcode)], label, "{rcode}");
+        }
+    }
+}
