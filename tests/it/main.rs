@@ -8,6 +8,7 @@ mod activation;
 mod certificates;
 mod check_config;
 mod connection_reuse;
+mod container;
 mod harness_selftest;
 mod idle_timeouts;
 mod listen;
