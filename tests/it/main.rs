@@ -9,6 +9,7 @@ mod cache;
 mod certificates;
 mod check_config;
 mod connection_reuse;
+mod container;
 mod harness_selftest;
 mod idle_timeouts;
 mod listen;
