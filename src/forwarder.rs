@@ -129,6 +129,35 @@ impl Forwarder {
         let _in_flight = GaugeGuard::new(&self.counts.in_flight);
         let started = Instant::now();
         let (answer, source) = self.find_answer(query, started).await;
+        self.log(query, client, &answer, source, started);
+        answer
+    }
+
+    /// The answer from a fresh cache entry, if there is one. The UDP receive loops answer
+    /// these in place: a hit needs no task, no lock and no wait.
+    pub fn answer_cached(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Option<Vec<u8>> {
+        let cache = self.cache.as_ref()?;
+        let started = Instant::now();
+        let key = Key::of(query);
+        let Lookup::Hit { answer, prefetch } = cache.lookup(&key, query, started) else {
+            return None;
+        };
+        self.counts.cache.hits.inc();
+        if prefetch {
+            self.prefetch(query.clone(), key);
+        }
+        self.log(query, client, &answer, Source::Cache, started);
+        Some(answer)
+    }
+
+    fn log(
+        &self,
+        query: &Query,
+        client: SocketAddr,
+        answer: &[u8],
+        source: Source,
+        started: Instant,
+    ) {
         if self.log_queries {
             let source = match source {
                 Source::Upstream(address) => address.to_string(),
@@ -146,7 +175,6 @@ impl Forwarder {
                 "query"
             );
         }
-        answer
     }
 
     async fn find_answer(self: &Arc<Self>, query: &Query, started: Instant) -> (Vec<u8>, Source) {

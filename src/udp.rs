@@ -16,19 +16,23 @@ use crate::access::{self, DenyAction};
 use crate::daemon::Context;
 use crate::dns::{self, Rcode, Rejection};
 
+/// A socket's receive loops, at most: more than one per core only adds contention.
+pub const MAX_RECEIVERS: usize = 4;
+
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
 /// client retries) rather than letting a flood grow memory without bound.
-const MAX_IN_FLIGHT: usize = 4096;
+pub const MAX_IN_FLIGHT: usize = 4096;
 
-/// Serves one UDP socket until `shutdown`.
+/// Serves a UDP socket until `shutdown`. Several of these run on each socket, one per core,
+/// so receiving, parsing and answering from the cache use every core; `in_flight` is the
+/// socket's, shared by them.
 pub async fn serve(
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
+    in_flight: Arc<Semaphore>,
     context: Arc<Context>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let socket = Arc::new(socket);
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let metrics = context.metrics.clone();
     let mut buf = vec![0u8; 65_535];
     loop {
@@ -79,6 +83,14 @@ pub async fn serve(
                 let _ = socket.try_send_to(&answer, client);
             }
             Ok(query) => {
+                if let Some(answer) = forwarder.answer_cached(&query, client) {
+                    metrics.udp.answered(dns::header_rcode(&answer));
+                    let answer = dns::truncate_for_udp(answer, query.udp_limit());
+                    if let Err(error) = socket.send_to(&answer, client).await {
+                        debug!(%client, "UDP send: {error}");
+                    }
+                    continue;
+                }
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
                     metrics.udp.dropped();
                     continue;
