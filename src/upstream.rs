@@ -1,7 +1,8 @@
 //! One upstream resolver: its TLS settings, its current connection (opened on demand, reused
 //! across queries, replaced when it dies), and its health. An upstream that cannot be reached
 //! is marked down with exponential backoff; while down, queries fail fast instead of each one
-//! paying for another connection attempt, and one attempt is made when the backoff ends.
+//! paying for another connection attempt, and one query tries again when the backoff ends
+//! while the others still skip it.
 //!
 //! State changes (down with the real cause, up again) are logged once each, not per query.
 
@@ -162,6 +163,19 @@ struct Health {
     retry_at: Option<Instant>,
     /// The cause of the last failure, for the status line and to log changes of cause.
     last_error: Option<UpstreamError>,
+    /// A query is trying the upstream again after its backoff. Other queries skip it
+    /// meanwhile: the try may hang until that query's deadline.
+    probing: bool,
+}
+
+/// The one query trying a down upstream again; the upstream is free for another try when it
+/// ends, however it ends.
+struct Probe<'a>(&'a Upstream);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.health().probing = false;
+    }
 }
 
 impl Upstream {
@@ -181,10 +195,25 @@ impl Upstream {
         self.address
     }
 
-    /// Whether a query may be sent here now: up, or down with its backoff over.
+    /// Whether a query may be sent here now: up, or down with its backoff over and no other
+    /// query trying it yet.
     pub fn is_available(&self, now: Instant) -> bool {
         let health = self.health();
-        health.failures == 0 || health.retry_at.is_none_or(|at| now >= at)
+        health.failures == 0 || (!health.probing && health.retry_at.is_none_or(|at| now >= at))
+    }
+
+    /// `Ok(None)` when the upstream is up; when it is down, the probe for the one query that
+    /// may try it now, or `Down` for the others.
+    fn probe(&self) -> Result<Option<Probe<'_>>, UpstreamError> {
+        let mut health = self.health();
+        if health.failures == 0 {
+            return Ok(None);
+        }
+        if health.probing || health.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err(UpstreamError::Down);
+        }
+        health.probing = true;
+        Ok(Some(Probe(self)))
     }
 
     /// Sends a framed query and waits, at most until `deadline`, for the response.
@@ -194,19 +223,53 @@ impl Upstream {
         question: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
+        let started = Instant::now();
+        // While down, only one query at a time waits on this upstream; the others go on to the
+        // next one (or fail fast) instead of waiting out a try that may hang.
+        let probe = self.probe()?;
         let connection = self.connection(deadline).await?;
         let responses_before = connection.responses();
         match tokio::time::timeout_at(deadline, connection.query(frame, question)).await {
-            Ok(result) => result,
+            Ok(Ok(response)) => {
+                // An answer, not a handshake, shows a down upstream works again: some accept
+                // TLS and then drop or ignore every query.
+                if probe.is_some() {
+                    self.record_success();
+                }
+                Ok(response)
+            }
+            // The connection died before answering anything: a failed attempt like a refused
+            // one, backed off, instead of a new connection for every query.
+            Ok(Err(UpstreamError::Closed)) if connection.responses() == 0 => {
+                self.connection_failed(&connection, UpstreamError::Closed, started);
+                Err(UpstreamError::Closed)
+            }
+            Ok(Err(error)) => Err(error),
             Err(_) => {
                 // Nothing at all came back while we waited: the connection is stalled or
                 // half-open. Drop it so the next query does not wait on it too.
                 if connection.responses() == responses_before {
                     connection.close();
-                    self.record_failure(UpstreamError::Timeout);
+                    self.connection_failed(&connection, UpstreamError::Timeout, started);
                 }
                 Err(UpstreamError::Timeout)
             }
+        }
+    }
+
+    /// Counts the failure of `connection` once, however many queries saw it fail: the first
+    /// to report it takes it out of use.
+    fn connection_failed(
+        &self,
+        connection: &Arc<Connection>,
+        error: UpstreamError,
+        since: Instant,
+    ) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            *current = None;
+            drop(current);
+            self.record_failure(error, since);
         }
     }
 
@@ -215,6 +278,7 @@ impl Upstream {
         if let Some(connection) = self.live_connection() {
             return Ok(connection);
         }
+        let failures = self.health().failures;
         let _connecting = tokio::time::timeout_at(deadline, self.connecting.lock())
             .await
             .map_err(|_| UpstreamError::Timeout)?;
@@ -222,9 +286,10 @@ impl Upstream {
             return Ok(connection);
         }
         // Another query's attempt may have just failed while this one waited for the lock.
-        if !self.is_available(Instant::now()) {
+        if self.health().failures > failures {
             return Err(UpstreamError::Down);
         }
+        let started = Instant::now();
         let opened = tokio::time::timeout_at(
             deadline,
             Connection::open(
@@ -241,15 +306,15 @@ impl Upstream {
                 debug!(upstream = %self.address, resumed = handshake == Handshake::Resumed, "upstream connection opened");
                 let connection = Arc::new(connection);
                 *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
-                self.record_success();
+                // Up only once it answers (see `query`).
                 Ok(connection)
             }
             Ok(Err(error)) => {
-                self.record_failure(error.clone());
+                self.record_failure(error.clone(), started);
                 Err(error)
             }
             Err(_) => {
-                self.record_failure(UpstreamError::Timeout);
+                self.record_failure(UpstreamError::Timeout, started);
                 Err(UpstreamError::Timeout)
             }
         }
@@ -272,7 +337,12 @@ impl Upstream {
         *health = Health::default();
     }
 
-    fn record_failure(&self, error: UpstreamError) {
+    /// Counts a failed try that began at `since`. The backoff runs from there, not from now: a
+    /// try that hung until its deadline has waited already, and an upstream that recovered
+    /// during it is to be tried again within `BACKOFF_MAX` of recovering. Still, at least
+    /// `BACKOFF_FIRST` passes after any failure, so queries asked one after the other do not
+    /// each wait on an upstream that hangs.
+    fn record_failure(&self, error: UpstreamError, since: Instant) {
         let mut health = self.health();
         let changed = health.failures == 0
             || health
@@ -284,7 +354,7 @@ impl Upstream {
         let backoff = BACKOFF_FIRST
             .saturating_mul(1 << doublings)
             .min(BACKOFF_MAX);
-        health.retry_at = Some(Instant::now() + backoff);
+        health.retry_at = Some((since + backoff).max(Instant::now() + BACKOFF_FIRST));
         if changed {
             warn!(
                 upstream = %self.address,
