@@ -44,8 +44,10 @@ struct Shared {
     state: Mutex<State>,
     /// Cancelled when the connection is closing, for whatever reason.
     closed: CancellationToken,
-    /// Responses read so far: a query that times out while this did not move shows the
-    /// connection is stalled (half-open), not merely that one name is slow.
+    /// Responses handed to a waiting query so far: a query that times out while this did not
+    /// move shows the connection is stalled (half-open), not merely that one name is slow.
+    /// Responses to no outstanding query do not count: an upstream answering only with wrong
+    /// ids is as useless as a silent one.
     responses: AtomicU64,
     max_in_flight: usize,
 }
@@ -164,7 +166,7 @@ impl Connection {
         self.shared.lock().waiters.len()
     }
 
-    /// Responses received so far (see [`Shared::responses`]).
+    /// Responses delivered so far (see [`Shared::responses`]).
     pub fn responses(&self) -> u64 {
         self.shared.responses.load(Ordering::Relaxed)
     }
@@ -225,7 +227,6 @@ impl Shared {
     /// A response to a waiting id but for another question means the stream cannot be trusted:
     /// an error, and the caller closes the connection.
     fn deliver(&self, response: Vec<u8>) -> Result<(), UpstreamError> {
-        self.responses.fetch_add(1, Ordering::Relaxed);
         let id = dns::message_id(&response).ok_or(UpstreamError::Protocol)?;
         let mut state = self.lock();
         let Some(waiter) = state.waiters.get(&id) else {
@@ -236,6 +237,7 @@ impl Shared {
             return Err(UpstreamError::Protocol);
         }
         if let Some(waiter) = state.waiters.remove(&id) {
+            self.responses.fetch_add(1, Ordering::Relaxed);
             // The query may have given up just now; nothing to do then.
             let _ = waiter.reply.send(response);
         }

@@ -246,6 +246,19 @@ struct Health {
     retry_at: Option<Instant>,
     /// The cause of the last failure, for the status line and to log changes of cause.
     last_error: Option<UpstreamError>,
+    /// A query is trying the upstream again after its backoff. Other queries skip it
+    /// meanwhile: the try may hang until that query's deadline.
+    probing: bool,
+}
+
+/// The one query trying a down upstream again; the upstream is free for another try when it
+/// ends, however it ends.
+struct Probe<'a>(&'a Upstream);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.health().probing = false;
+    }
 }
 
 impl Upstream {
@@ -281,10 +294,25 @@ impl Upstream {
         self.health().failures == 0
     }
 
-    /// Whether a query may be sent here now: up, or down with its backoff over.
+    /// Whether a query may be sent here now: up, or down with its backoff over and no other
+    /// query trying it yet.
     pub fn is_available(&self, now: Instant) -> bool {
         let health = self.health();
-        health.failures == 0 || health.retry_at.is_none_or(|at| now >= at)
+        health.failures == 0 || (!health.probing && health.retry_at.is_none_or(|at| now >= at))
+    }
+
+    /// `Ok(None)` when the upstream is up; when it is down, the probe for the one query that
+    /// may try it now, or `Down` for the others.
+    fn probe(&self) -> Result<Option<Probe<'_>>, UpstreamError> {
+        let mut health = self.health();
+        if health.failures == 0 {
+            return Ok(None);
+        }
+        if health.probing || health.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err(UpstreamError::Down);
+        }
+        health.probing = true;
+        Ok(Some(Probe(self)))
     }
 
     /// Sends a framed query and waits, at most until `deadline`, for the response.
@@ -294,25 +322,61 @@ impl Upstream {
         question: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
+        let started = Instant::now();
+        // While down, only one query at a time waits on this upstream; the others go on to the
+        // next one (or fail fast) instead of waiting out a try that may hang.
+        let probe = self.probe()?;
         let connection = self.connection(deadline).await?;
         let responses_before = connection.responses();
         match tokio::time::timeout_at(deadline, connection.query(frame, question)).await {
-            Ok(result) => result,
+            Ok(Ok(response)) => {
+                // An answer, not a handshake, shows a down upstream works again: some accept
+                // TLS and then drop or ignore every query.
+                if probe.is_some() {
+                    self.record_success();
+                }
+                Ok(response)
+            }
+            // The connection died before answering anything: a failed attempt like a refused
+            // one, backed off, instead of a new connection for every query.
+            Ok(Err(UpstreamError::Closed)) if connection.responses() == 0 => {
+                self.connection_failed(&connection, UpstreamError::Closed, started);
+                Err(UpstreamError::Closed)
+            }
+            Ok(Err(error)) => Err(error),
             Err(_) => {
                 // Nothing at all came back while we waited: the connection is stalled or
                 // half-open. Drop it so the next query does not wait on it too.
                 if connection.responses() == responses_before {
                     connection.close();
-                    self.record_failure(UpstreamError::Timeout);
+                    self.connection_failed(&connection, UpstreamError::Timeout, started);
                 }
                 Err(UpstreamError::Timeout)
             }
         }
     }
 
+    /// Counts the failure of `connection` once, however many queries saw it fail: the first
+    /// to report it takes it out of the pool.
+    fn connection_failed(
+        &self,
+        connection: &Arc<Connection>,
+        error: UpstreamError,
+        since: Instant,
+    ) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let before = pool.len();
+        pool.retain(|c| !Arc::ptr_eq(c, connection));
+        if pool.len() < before {
+            drop(pool);
+            self.record_failure(error, since);
+        }
+    }
+
     /// The least busy live connection; opens one if there is none, or another if all are
     /// busy and the pool has room.
     async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, UpstreamError> {
+        let failures = self.health().failures;
         let (least_busy, open) = self.least_busy();
         let _connecting = match least_busy {
             Some(connection) if open >= self.pool_size || connection.outstanding() < BUSY => {
@@ -342,19 +406,14 @@ impl Upstream {
             });
         }
         // Another query's attempt may have just failed while this one waited for the lock.
-        if !self.is_available(Instant::now()) {
+        if self.health().failures > failures {
             return Err(UpstreamError::Down);
         }
-        match self.open(deadline).await {
-            Ok(connection) => {
-                self.record_success();
-                Ok(connection)
-            }
-            Err(error) => {
-                self.record_failure(error.clone());
-                Err(error)
-            }
-        }
+        let started = Instant::now();
+        // Up only once it answers (see `query`).
+        self.open(deadline).await.inspect_err(|error| {
+            self.record_failure(error.clone(), started);
+        })
     }
 
     /// Opens a connection and adds it to the pool.
@@ -405,7 +464,12 @@ impl Upstream {
         *health = Health::default();
     }
 
-    fn record_failure(&self, error: UpstreamError) {
+    /// Counts a failed try that began at `since`. The backoff runs from there, not from now: a
+    /// try that hung until its deadline has waited already, and an upstream that recovered
+    /// during it is to be tried again within `BACKOFF_MAX` of recovering. Still, at least
+    /// `BACKOFF_FIRST` passes after any failure, so queries asked one after the other do not
+    /// each wait on an upstream that hangs.
+    fn record_failure(&self, error: UpstreamError, since: Instant) {
         let mut health = self.health();
         let changed = health.failures == 0
             || health
@@ -417,7 +481,7 @@ impl Upstream {
         let backoff = BACKOFF_FIRST
             .saturating_mul(1 << doublings)
             .min(BACKOFF_MAX);
-        health.retry_at = Some(Instant::now() + backoff);
+        health.retry_at = Some((since + backoff).max(Instant::now() + BACKOFF_FIRST));
         if changed {
             warn!(
                 upstream = %self.address,

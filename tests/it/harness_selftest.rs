@@ -1,6 +1,8 @@
 //! Checks of the harness itself, without the daemon: the fake DoT upstream answers over TLS
 //! (in-process rustls client, and `kdig +tls` when installed), pipelines out of order, serves the
-//! big TXT answer, switches misbehaviour modes, counts, and stops/restarts on the same port.
+//! big TXT answer, switches misbehaviour modes, counts, and stops/restarts on the same port; its
+//! fault modes, certificates and half-open connections behave as the fault matrix needs, and it
+//! sees plain text and UDP when they come.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::support::client::{a_records, encode, make_query, txt_records};
-use crate::support::upstream::{BIG_TXT_RECORDS, FakeUpstream, Mode, ca_pem};
+use crate::support::upstream::{BIG_TXT_RECORDS, CertKind, FakeUpstream, Mode, ca_pem};
 use crate::support::{require_tool, within};
 
 const T: Duration = Duration::from_secs(5);
@@ -178,4 +180,140 @@ async fn fake_upstream_answers_kdig() {
     );
     assert_eq!(up.handshakes(), 1);
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// The TLS handshake with `up` as the proxy would do it: the error when it fails, or gets no
+/// further for 300 ms.
+async fn try_dot_connect(up: &FakeUpstream) -> Result<TlsStream<TcpStream>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let der =
+        rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem().as_bytes()).expect("ca pem");
+    roots.add(der).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = within(T, "connect", TcpStream::connect(up.addr()))
+        .await
+        .unwrap();
+    let handshake = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("dns.test").unwrap(), tcp);
+    match tokio::time::timeout(Duration::from_millis(300), handshake).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no handshake within 300 ms".to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_upstream_fault_modes() {
+    let up = FakeUpstream::start().await;
+    let q = make_query("a.example.", RecordType::A, None, false);
+
+    // Half a frame, then a TCP reset.
+    up.set_mode(Mode::ResetMidResponse);
+    let mut tls = dot_connect(&up).await;
+    send(&mut tls, &q).await;
+    let mut buf = Vec::new();
+    let err = within(T, "reset", tls.read_to_end(&mut buf))
+        .await
+        .expect_err("a reset, not a clean end");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(
+        buf.len() < 2 + 29,
+        "a whole answer came before the reset: {buf:02x?}"
+    );
+
+    // A length prefix 100 bytes beyond the answer, then a clean close.
+    up.set_mode(Mode::LengthOverrun);
+    let mut tls = dot_connect(&up).await;
+    send(&mut tls, &q).await;
+    let mut buf = Vec::new();
+    within(T, "close", tls.read_to_end(&mut buf)).await.unwrap();
+    let claimed = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+    assert_eq!(claimed, buf.len() - 2 + 100);
+
+    // An answer cut short, framed as cut.
+    up.set_mode(Mode::Truncated);
+    let mut tls = dot_connect(&up).await;
+    send(&mut tls, &q).await;
+    let body = recv(&mut tls).await;
+    assert!(Message::from_vec(&body).is_err(), "the cut answer parses");
+    assert_eq!(body[..2], encode(&q)[..2], "the id is kept");
+
+    // Two answers per connection, then close_notify.
+    up.set_mode(Mode::CloseAfter(2));
+    let mut tls = dot_connect(&up).await;
+    for _ in 0..2 {
+        send(&mut tls, &q).await;
+        assert_eq!(
+            a_records(&Message::from_vec(&recv(&mut tls).await).unwrap()),
+            vec![up.answer()]
+        );
+    }
+    let mut b = [0u8; 1];
+    assert_eq!(within(T, "close", tls.read(&mut b)).await.unwrap(), 0);
+
+    // Handshakes that never happen or are not TLS.
+    up.set_mode(Mode::NoTls);
+    assert_eq!(
+        try_dot_connect(&up).await.err().as_deref(),
+        Some("no handshake within 300 ms")
+    );
+    up.set_mode(Mode::HttpInsteadOfTls);
+    let err = try_dot_connect(&up).await.expect_err("HTTP is not TLS");
+    assert!(err.contains("corrupt") || err.contains("invalid"), "{err}");
+
+    // Half-open: connections open now go silent, new ones answer.
+    up.set_mode(Mode::Normal);
+    let mut old = dot_connect(&up).await;
+    up.freeze_connections();
+    send(&mut old, &q).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), old.read(&mut b))
+            .await
+            .is_err(),
+        "a frozen connection answered or closed"
+    );
+    let mut new = dot_connect(&up).await;
+    send(&mut new, &q).await;
+    assert_eq!(
+        a_records(&Message::from_vec(&recv(&mut new).await).unwrap()),
+        vec![up.answer()]
+    );
+
+    // Certificates.
+    for (kind, cause) in [
+        (CertKind::WrongName, "not valid for name"),
+        (CertKind::UnknownCa, "UnknownIssuer"),
+        (CertKind::Expired, "expired"),
+        (CertKind::NotYetValid, "not valid yet"),
+    ] {
+        up.set_cert(kind);
+        let err = try_dot_connect(&up).await.expect_err("a bad certificate");
+        assert!(err.contains(cause), "{kind:?}: {err}");
+    }
+    up.set_cert(CertKind::Valid);
+    try_dot_connect(&up).await.expect("a valid certificate");
+
+    // What must never reach an upstream is seen: plain DNS over TCP, and UDP.
+    assert!(up.not_tls().is_empty());
+    let hellos = up.client_hellos();
+    assert!(hellos >= 10, "{hellos} ClientHellos seen");
+    let mut plain = TcpStream::connect(up.addr()).await.unwrap();
+    let body = encode(&q);
+    let mut frame = (body.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    plain.write_all(&frame).await.unwrap();
+    up.wait_until("plain text seen", |u| !u.not_tls().is_empty(), T)
+        .await;
+    assert_eq!(up.not_tls(), vec![frame[..2].to_vec()]);
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(&body, up.addr()).await.unwrap();
+    up.wait_until("a datagram seen", |u| u.udp_datagrams() == 1, T)
+        .await;
+    assert_eq!(up.client_hellos(), hellos);
 }

@@ -5,9 +5,14 @@
 //! answers each one concurrently, so answers go out as they complete (out of order). Behaviour:
 //! an A query gets one A record (the instance's address, TTL 60); TXT for `big.*` gets ~3 KB of
 //! TXT records; `slow-<ms>.*` answers after that many milliseconds; misbehaviour is switched at
-//! runtime with [`Mode`]. Counters and the raw bytes of the last query are exposed for checks.
+//! runtime with [`Mode`], the certificate with [`FakeUpstream::set_cert`], and the connections
+//! open now can be made half-open with [`FakeUpstream::freeze_connections`]. Counters and the raw
+//! bytes of the last query are exposed for checks, and so is what must never happen: a connection
+//! whose first bytes are not a TLS ClientHello, or a UDP datagram to the upstream's port (a UDP
+//! socket is bound on the same port for the life of the instance to see one).
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,7 +29,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -54,6 +59,33 @@ pub enum Mode {
     WrongQuestion,
     /// Answer with random bytes behind a valid length prefix (unparseable, query id kept).
     Garbage,
+    /// New connections: accept TCP, read what comes, never start TLS.
+    NoTls,
+    /// New connections: answer the ClientHello with a plain-text HTTP error (not TLS at all).
+    HttpInsteadOfTls,
+    /// Write the first half of the answer's frame, then reset the connection (RST).
+    ResetMidResponse,
+    /// A length prefix 100 bytes larger than the answer that follows, then close.
+    LengthOverrun,
+    /// The answer cut short by 3 bytes (the length prefix matches the cut message).
+    Truncated,
+    /// Each connection answers this many queries, then closes (TLS close_notify, FIN).
+    CloseAfter(usize),
+}
+
+/// Which certificate a fake upstream serves (see [`FakeUpstream::set_cert`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertKind {
+    /// For "dns.test", issued by the test CA, valid now.
+    Valid,
+    /// For "other.test".
+    WrongName,
+    /// For "dns.test", issued by a CA the proxy is not told to trust.
+    UnknownCa,
+    /// Valid 2000–2001 only.
+    Expired,
+    /// Valid from 2090 on.
+    NotYetValid,
 }
 
 /// The test CA: one per test run.
@@ -64,24 +96,32 @@ struct TestCa {
 
 fn test_ca() -> &'static TestCa {
     static CA: OnceLock<TestCa> = OnceLock::new();
-    CA.get_or_init(|| {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "dns-proxy integration test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("ca key");
-        let cert = params.self_signed(&key).expect("ca cert");
-        TestCa {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    })
+    CA.get_or_init(|| make_ca("dns-proxy integration test CA"))
+}
+
+/// A CA no proxy in the tests trusts.
+fn untrusted_ca() -> &'static TestCa {
+    static CA: OnceLock<TestCa> = OnceLock::new();
+    CA.get_or_init(|| make_ca("dns-proxy untrusted test CA"))
+}
+
+fn make_ca(common_name: &str) -> TestCa {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().expect("ca key");
+    let cert = params.self_signed(&key).expect("ca cert");
+    TestCa {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
 }
 
 /// PEM of the test CA certificate.
@@ -101,6 +141,17 @@ pub struct IssuedCert {
 
 /// Issues a server certificate for `name` (a DNS name); `expired` makes it valid 2000–2001 only.
 pub fn issue_cert(name: &str, expired: bool) -> IssuedCert {
+    let kind = if expired {
+        CertKind::Expired
+    } else {
+        CertKind::Valid
+    };
+    issue_cert_of_kind(name, kind)
+}
+
+/// Issues a server certificate for `name`, with the flaw `kind` names (its `WrongName` is
+/// ignored: the caller picks the name).
+pub fn issue_cert_of_kind(name: &str, kind: CertKind) -> IssuedCert {
     let mut params = CertificateParams::new(vec![name.to_string()]).expect("cert params");
     params.distinguished_name.push(DnType::CommonName, name);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -109,14 +160,23 @@ pub fn issue_cert(name: &str, expired: bool) -> IssuedCert {
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.use_authority_key_identifier_extension = true;
-    if expired {
-        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    match kind {
+        CertKind::Expired => {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        CertKind::NotYetValid => {
+            params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        }
+        CertKind::Valid | CertKind::WrongName | CertKind::UnknownCa => {}
     }
+    let ca = match kind {
+        CertKind::UnknownCa => untrusted_ca(),
+        _ => test_ca(),
+    };
     let key = KeyPair::generate().expect("server key");
-    let cert = params
-        .signed_by(&key, &test_ca().issuer)
-        .expect("server cert");
+    let cert = params.signed_by(&key, &ca.issuer).expect("server cert");
     IssuedCert {
         cert_pem: cert.pem(),
         cert_der: cert.der().clone(),
@@ -160,6 +220,8 @@ pub struct UpstreamOptions {
     pub cert_name: String,
     /// Serve a certificate that expired in 2001.
     pub expired: bool,
+    /// Serve a certificate valid only from 2090 on.
+    pub not_yet_valid: bool,
     /// Port on 127.0.0.1; 0 for an ephemeral one.
     pub port: u16,
 }
@@ -170,6 +232,7 @@ impl Default for UpstreamOptions {
             answer: DEFAULT_ANSWER,
             cert_name: DEFAULT_TLS_NAME.to_string(),
             expired: false,
+            not_yet_valid: false,
             port: 0,
         }
     }
@@ -184,6 +247,16 @@ struct Shared {
     resumed: AtomicUsize,
     queries: AtomicUsize,
     open_connections: AtomicUsize,
+    /// Connections whose first bytes were a TLS handshake record (0x16 0x03).
+    client_hellos: AtomicUsize,
+    /// First bytes of connections that did not start with a TLS handshake record.
+    not_tls: Mutex<Vec<Vec<u8>>>,
+    /// UDP datagrams received on the upstream's port.
+    udp_datagrams: AtomicUsize,
+    /// Connections with a serial below this are half-open: they read but never answer.
+    frozen_below: AtomicUsize,
+    /// Serves new connections; replaced by [`FakeUpstream::set_cert`].
+    acceptor: Mutex<TlsAcceptor>,
     last_query: Mutex<Option<Vec<u8>>>,
     /// Bumped on every counter change, for waiting without polling.
     events: watch::Sender<u64>,
@@ -192,6 +265,10 @@ struct Shared {
 impl Shared {
     fn bump(&self) {
         self.events.send_modify(|v| *v += 1);
+    }
+
+    fn mode(&self) -> Mode {
+        *self.mode.lock().unwrap()
     }
 }
 
@@ -202,8 +279,8 @@ pub struct FakeUpstream {
     dir: TempDir,
     ca_file: PathBuf,
     cert: IssuedCert,
-    acceptor: TlsAcceptor,
     server: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    udp_watch: JoinHandle<()>,
 }
 
 impl FakeUpstream {
@@ -222,19 +299,13 @@ impl FakeUpstream {
     }
 
     pub async fn start_with(opts: UpstreamOptions) -> Self {
-        let cert = issue_cert(&opts.cert_name, opts.expired);
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .expect("protocol versions")
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![cert.cert_der.clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_der.clone())),
-                )
-                .expect("server config");
-        config.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let kind = match (opts.expired, opts.not_yet_valid) {
+            (true, _) => CertKind::Expired,
+            (_, true) => CertKind::NotYetValid,
+            _ => CertKind::Valid,
+        };
+        let cert = issue_cert_of_kind(&opts.cert_name, kind);
+        let acceptor = acceptor_for(&cert);
 
         let dir = open_temp_dir();
         let ca_file = dir.path().join("ca.pem");
@@ -249,21 +320,37 @@ impl FakeUpstream {
             resumed: AtomicUsize::new(0),
             queries: AtomicUsize::new(0),
             open_connections: AtomicUsize::new(0),
+            client_hellos: AtomicUsize::new(0),
+            not_tls: Mutex::new(Vec::new()),
+            udp_datagrams: AtomicUsize::new(0),
+            frozen_below: AtomicUsize::new(0),
+            acceptor: Mutex::new(acceptor),
             last_query: Mutex::new(None),
             events,
         });
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, opts.port)))
-            .await
-            .expect("bind fake upstream");
+        // The UDP port of the same number must be ours too, to see any datagram sent to it.
+        let mut attempt = 0;
+        let (listener, udp) = loop {
+            let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, opts.port)))
+                .await
+                .expect("bind fake upstream");
+            let addr = listener.local_addr().expect("local addr");
+            match UdpSocket::bind(addr).await {
+                Ok(udp) => break (listener, udp),
+                Err(_) if opts.port == 0 && attempt < 50 => attempt += 1,
+                Err(e) => panic!("bind UDP on the fake upstream's address {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().expect("local addr");
+        let udp_watch = tokio::spawn(count_datagrams(udp, shared.clone()));
         let mut upstream = FakeUpstream {
             shared,
             addr,
             dir,
             ca_file,
             cert,
-            acceptor,
             server: None,
+            udp_watch,
         };
         upstream.serve(listener);
         upstream
@@ -271,12 +358,7 @@ impl FakeUpstream {
 
     fn serve(&mut self, listener: TcpListener) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(
-            listener,
-            self.acceptor.clone(),
-            self.shared.clone(),
-            stop_rx,
-        ));
+        let task = tokio::spawn(accept_loop(listener, self.shared.clone(), stop_rx));
         self.server = Some((stop_tx, task));
     }
 
@@ -317,6 +399,40 @@ impl FakeUpstream {
 
     pub fn set_mode(&self, mode: Mode) {
         *self.shared.mode.lock().unwrap() = mode;
+    }
+
+    /// Serves a certificate of `kind` on new connections (for "dns.test", or "other.test" for
+    /// `WrongName`). Each certificate comes with a new session ticket key, so no client resumes
+    /// a session past the new certificate.
+    pub fn set_cert(&self, kind: CertKind) {
+        let name = match kind {
+            CertKind::WrongName => "other.test",
+            _ => DEFAULT_TLS_NAME,
+        };
+        let cert = issue_cert_of_kind(name, kind);
+        *self.shared.acceptor.lock().unwrap() = acceptor_for(&cert);
+    }
+
+    /// Makes every connection open now half-open: it still reads queries but never answers
+    /// again, and never closes. New connections are served normally.
+    pub fn freeze_connections(&self) {
+        let accepted = self.shared.connections.load(Ordering::SeqCst);
+        self.shared.frozen_below.store(accepted, Ordering::SeqCst);
+    }
+
+    /// Connections that started with a TLS handshake record, as every connection must.
+    pub fn client_hellos(&self) -> usize {
+        self.shared.client_hellos.load(Ordering::SeqCst)
+    }
+
+    /// The first bytes of every connection that did not start with a TLS handshake record.
+    pub fn not_tls(&self) -> Vec<Vec<u8>> {
+        self.shared.not_tls.lock().unwrap().clone()
+    }
+
+    /// UDP datagrams received on the upstream's port (DNS over TLS never sends any).
+    pub fn udp_datagrams(&self) -> usize {
+        self.shared.udp_datagrams.load(Ordering::SeqCst)
     }
 
     /// TCP connections accepted so far.
@@ -417,24 +533,45 @@ impl Drop for FakeUpstream {
             stop.send_replace(true);
             task.abort();
         }
+        self.udp_watch.abort();
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
+fn acceptor_for(cert: &IssuedCert) -> TlsAcceptor {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert_der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_der.clone())),
+            )
+            .expect("server config");
+    config.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
+    TlsAcceptor::from(Arc::new(config))
+}
+
+async fn count_datagrams(udp: UdpSocket, shared: Arc<Shared>) {
+    let mut buf = [0u8; 2048];
+    while udp.recv_from(&mut buf).await.is_ok() {
+        shared.udp_datagrams.fetch_add(1, Ordering::SeqCst);
+        shared.bump();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
-                shared.connections.fetch_add(1, Ordering::SeqCst);
+                // The mode when the connection came decides how its handshake goes.
+                let mode = shared.mode();
+                let serial = shared.connections.fetch_add(1, Ordering::SeqCst);
                 shared.bump();
-                conns.spawn(connection(tcp, acceptor.clone(), shared.clone()));
+                conns.spawn(connection(tcp, serial, mode, shared.clone()));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -453,10 +590,71 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+/// What a connection's writer sends.
+enum Out {
+    /// A DNS message, framed.
+    Frame(Vec<u8>),
+    /// Bytes as they are, inside TLS.
+    Raw(Vec<u8>),
+    /// TLS close_notify, then close.
+    Close,
+    /// Close with a TCP reset (SO_LINGER 0).
+    Reset,
+}
+
+/// The first two bytes a client sent; `None` if it sent fewer before closing or for 2 s.
+async fn first_bytes(tcp: &TcpStream) -> Option<Vec<u8>> {
+    let peek = async {
+        let mut buf = [0u8; 2];
+        loop {
+            match tcp.peek(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(2) => return Some(buf.to_vec()),
+                // One byte so far: the rest is on its way.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), peek)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Reads and discards until the peer closes.
+async fn drain(mut tcp: TcpStream) {
+    let mut buf = [0u8; 4096];
+    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+async fn connection(tcp: TcpStream, serial: usize, mode: Mode, shared: Arc<Shared>) {
     shared.open_connections.fetch_add(1, Ordering::SeqCst);
     let _guard = OpenGuard(shared.clone());
     tcp.set_nodelay(true).ok();
+    // Every connection must open with a TLS handshake record (content type 22, version 3.x).
+    if let Some(first) = first_bytes(&tcp).await {
+        if first == [0x16, 0x03] {
+            shared.client_hellos.fetch_add(1, Ordering::SeqCst);
+        } else {
+            shared.not_tls.lock().unwrap().push(first);
+        }
+        shared.bump();
+    }
+    match mode {
+        Mode::NoTls => return drain(tcp).await,
+        Mode::HttpInsteadOfTls => {
+            let mut tcp = tcp;
+            let reply = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+            if tcp.write_all(reply).await.is_ok() {
+                drain(tcp).await;
+            }
+            return;
+        }
+        _ => {}
+    }
+    // A second handle on the socket, to reset it in `ResetMidResponse` mode.
+    let socket: Option<OwnedFd> = tcp.as_fd().try_clone_to_owned().ok();
+    let acceptor = shared.acceptor.lock().unwrap().clone();
     let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         _ => return,
@@ -468,12 +666,32 @@ async fn connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) 
     shared.bump();
 
     let (mut rd, mut wr) = tokio::io::split(tls);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+    let frozen = {
+        let shared = shared.clone();
+        move || serial < shared.frozen_below.load(Ordering::SeqCst)
+    };
     let writer = async move {
-        while let Some(body) = rx.recv().await {
-            let mut frame = (body.len() as u16).to_be_bytes().to_vec();
-            frame.extend_from_slice(&body);
-            if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
+        while let Some(out) = rx.recv().await {
+            let bytes = match out {
+                Out::Frame(body) => {
+                    let mut frame = (body.len() as u16).to_be_bytes().to_vec();
+                    frame.extend_from_slice(&body);
+                    frame
+                }
+                Out::Raw(bytes) => bytes,
+                Out::Close => {
+                    let _ = wr.shutdown().await;
+                    break;
+                }
+                Out::Reset => {
+                    if let Some(socket) = &socket {
+                        let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+                    }
+                    break;
+                }
+            };
+            if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
                 break;
             }
         }
@@ -481,6 +699,7 @@ async fn connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) 
     };
     let reader = async move {
         let mut handlers = JoinSet::new();
+        let mut received = 0;
         loop {
             let mut len = [0u8; 2];
             if rd.read_exact(&mut len).await.is_err() {
@@ -490,27 +709,58 @@ async fn connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) 
             if rd.read_exact(&mut query).await.is_err() {
                 break;
             }
-            let mode = *shared.mode.lock().unwrap();
+            let mode = shared.mode();
             *shared.last_query.lock().unwrap() = Some(query.clone());
             shared.queries.fetch_add(1, Ordering::SeqCst);
             shared.bump();
+            received += 1;
+            if frozen() {
+                continue;
+            }
             match mode {
                 Mode::Stall => continue,
                 Mode::CloseOnQuery => {
                     handlers.shutdown().await;
                     return;
                 }
+                Mode::ResetMidResponse | Mode::LengthOverrun => {
+                    handlers.shutdown().await;
+                    let Some(resp) = respond(&query, Mode::Normal, shared.answer).await else {
+                        return;
+                    };
+                    let mut frame = (resp.len() as u16).to_be_bytes().to_vec();
+                    frame.extend_from_slice(&resp);
+                    if mode == Mode::ResetMidResponse {
+                        frame.truncate(frame.len() / 2);
+                        let _ = tx.send(Out::Raw(frame));
+                        let _ = tx.send(Out::Reset);
+                    } else {
+                        frame[..2].copy_from_slice(&(resp.len() as u16 + 100).to_be_bytes());
+                        let _ = tx.send(Out::Raw(frame));
+                        let _ = tx.send(Out::Close);
+                    }
+                    return;
+                }
                 _ => {}
             }
-            let tx = tx.clone();
+            let answers = tx.clone();
             let answer = shared.answer;
+            let frozen = frozen.clone();
             handlers.spawn(async move {
                 if let Some(resp) = respond(&query, mode, answer).await {
-                    let _ = tx.send(resp);
+                    // A connection frozen meanwhile answers nothing more.
+                    if !frozen() {
+                        let _ = answers.send(Out::Frame(resp));
+                    }
                 }
             });
             // Reap finished handlers so the set does not grow without bound.
             while handlers.try_join_next().is_some() {}
+            if matches!(mode, Mode::CloseAfter(n) if received >= n) {
+                while handlers.join_next().await.is_some() {}
+                let _ = tx.send(Out::Close);
+                return;
+            }
         }
         // End of input: let the answers still being prepared go out.
         while handlers.join_next().await.is_some() {}
@@ -579,5 +829,9 @@ async fn respond(query: &[u8], mode: Mode, answer: Ipv4Addr) -> Option<Vec<u8>> 
     if mode == Mode::WrongId {
         resp.metadata.id = id.wrapping_add(1);
     }
-    resp.to_vec().ok()
+    let mut bytes = resp.to_vec().ok()?;
+    if mode == Mode::Truncated {
+        bytes.truncate(bytes.len() - 3);
+    }
+    Some(bytes)
 }
