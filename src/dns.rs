@@ -418,7 +418,8 @@ fn question_end(message: &[u8]) -> Option<usize> {
             return None;
         }
         pos += 1 + len;
-        if pos - HEADER_LEN > 255 {
+        // At most 255 bytes with the root label still to come (RFC 1035 §3.1).
+        if pos - HEADER_LEN > 254 {
             return None;
         }
     }
@@ -598,6 +599,29 @@ mod tests {
         assert_eq!(rcode(&a), 1);
         assert_eq!(&a[..2], &[0, 9]);
         assert_eq!(a.len(), HEADER_LEN);
+    }
+
+    #[test]
+    fn formerr_does_not_echo_a_256_byte_name() {
+        // Labels of 63, 63, 63 and `last` bytes, then the root label.
+        let name = |last: usize| {
+            let labels = [
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(last),
+            ];
+            query(4, &labels.join("."), 1, None)
+        };
+        // 256 bytes: one too many.
+        let Err(Rejection::Answer(a)) = parse_query(&name(62)) else {
+            panic!("expected an answer");
+        };
+        assert_eq!(rcode(&a), 1);
+        assert_eq!(a.len(), HEADER_LEN, "no question echoed");
+        assert!(Message::from_vec(&a).is_ok());
+        // 255 bytes is the longest name, and is read.
+        assert_eq!(parse_query(&name(61)).map(|q| q.question().len()), Ok(259));
     }
 
     #[test]
