@@ -376,13 +376,11 @@ impl Layout {
             return Err(WireError::QuestionCount);
         }
         let question_end = question_end(message).ok_or(WireError::Malformed)?;
-        let records = [6, 8, 10]
-            .iter()
-            .map(|&at| usize::from(read_u16(message, at).unwrap_or(0)))
-            .sum::<usize>();
+        let [answers, authorities, additionals] =
+            [6, 8, 10].map(|at| usize::from(read_u16(message, at).unwrap_or(0)));
         let mut pos = question_end;
         let mut last_opt = None;
-        for _ in 0..records {
+        for i in 0..answers + authorities + additionals {
             let start = pos;
             pos = skip_name(message, pos).ok_or(WireError::Malformed)?;
             let rtype = read_u16(message, pos).ok_or(WireError::Malformed)?;
@@ -391,7 +389,11 @@ impl Layout {
             if pos > message.len() {
                 return Err(WireError::Malformed);
             }
-            last_opt = (rtype == TYPE_OPT && message[start] == 0).then_some(start..pos);
+            // Only an OPT counted in ARCOUNT is one (RFC 6891 §6.1.1): removing one from another
+            // section would leave its count wrong.
+            let additional = i >= answers + authorities;
+            last_opt =
+                (additional && rtype == TYPE_OPT && message[start] == 0).then_some(start..pos);
         }
         if pos != message.len() {
             return Err(WireError::Malformed);
@@ -776,6 +778,20 @@ mod tests {
         let mut trailing = good.clone();
         trailing.push(0);
         assert_eq!(q.answer_from(&trailing), Err(WireError::Malformed));
+    }
+
+    #[test]
+    fn opt_record_outside_additional_section_is_not_removed() {
+        // An upstream that puts an OPT record last in the authority section: dropping it for a
+        // client without EDNS used to leave NSCOUNT=1 over no record, a malformed answer.
+        let q = parse_query(&query(5, "example.com", 1, None)).unwrap();
+        let mut upstream = response(&query(1, "example.com", 1, None), 0, Some(&[]));
+        upstream[8..12].copy_from_slice(&[0, 1, 0, 0]);
+        let answer = q.answer_from(&upstream).unwrap();
+        assert_eq!(answer[2..], upstream[2..]);
+        assert!(q.answer_from(&answer).is_ok());
+        let edns = parse_query(&query(5, "example.com", 1, Some((1232, false)))).unwrap();
+        assert_eq!(edns.answer_from(&upstream).unwrap()[2..], upstream[2..]);
     }
 
     #[test]
