@@ -504,14 +504,14 @@ pub enum ConfigError {
         reason: String,
     },
     /// A key that does not exist, most likely misspelled.
-    #[error("{origin}: unknown key \"{key}\" (expected one of: {expected})")]
+    #[error("{origin}: unknown key {key:?} (expected one of: {expected})")]
     UnknownKey {
         origin: String,
         key: String,
         expected: String,
     },
     /// A key whose value is wrong.
-    #[error("{origin}: key \"{key}\": {reason}")]
+    #[error("{origin}: key {key:?}: {reason}")]
     Invalid {
         origin: String,
         key: String,
@@ -1940,6 +1940,21 @@ mod tests {
                 "{}: unknown key \"timout\" (expected one of: listen, udp, tcp, timeout,",
                 file.display()
             )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_with_newline_is_one_line() {
+        // A quoted key may hold any character; printed raw it split the error over two lines.
+        let message = toml_error("\"a\\nb\" = 1\n[[upstream]]\naddress = \"9.9.9.9\"\n");
+        assert!(
+            message.starts_with(r#"configuration string: unknown key "a\nb" (expected"#),
+            "{message}"
+        );
+        let message = toml_error("[[upstream]]\naddress = \"9.9.9.9\"\n\"x\\ty\" = 1\n");
+        assert!(
+            message.contains(r#"unknown key "upstream[0].x\ty""#),
             "{message}"
         );
     }

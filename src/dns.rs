@@ -601,13 +601,11 @@ impl Layout {
             return Err(WireError::QuestionCount);
         }
         let question_end = question_end(message).ok_or(WireError::Malformed)?;
-        let records = [6, 8, 10]
-            .iter()
-            .map(|&at| usize::from(read_u16(message, at).unwrap_or(0)))
-            .sum::<usize>();
+        let [answers, authorities, additionals] =
+            [6, 8, 10].map(|at| usize::from(read_u16(message, at).unwrap_or(0)));
         let mut pos = question_end;
         let mut last_opt = None;
-        for _ in 0..records {
+        for i in 0..answers + authorities + additionals {
             let start = pos;
             pos = skip_name(message, pos).ok_or(WireError::Malformed)?;
             let rtype = read_u16(message, pos).ok_or(WireError::Malformed)?;
@@ -616,7 +614,11 @@ impl Layout {
             if pos > message.len() {
                 return Err(WireError::Malformed);
             }
-            last_opt = (rtype == TYPE_OPT && message[start] == 0).then_some(start..pos);
+            // Only an OPT counted in ARCOUNT is one (RFC 6891 §6.1.1): removing one from another
+            // section would leave its count wrong.
+            let additional = i >= answers + authorities;
+            last_opt =
+                (additional && rtype == TYPE_OPT && message[start] == 0).then_some(start..pos);
         }
         if pos != message.len() {
             return Err(WireError::Malformed);
@@ -643,7 +645,8 @@ fn question_end(message: &[u8]) -> Option<usize> {
             return None;
         }
         pos += 1 + len;
-        if pos - HEADER_LEN > 255 {
+        // At most 255 bytes with the root label still to come (RFC 1035 §3.1).
+        if pos - HEADER_LEN > 254 {
             return None;
         }
     }
@@ -832,6 +835,29 @@ mod tests {
     }
 
     #[test]
+    fn formerr_does_not_echo_a_256_byte_name() {
+        // Labels of 63, 63, 63 and `last` bytes, then the root label.
+        let name = |last: usize| {
+            let labels = [
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(last),
+            ];
+            query(4, &labels.join("."), 1, None)
+        };
+        // 256 bytes: one too many.
+        let Err(Rejection::Answer(a)) = parse_query(&name(62)) else {
+            panic!("expected an answer");
+        };
+        assert_eq!(rcode(&a), 1);
+        assert_eq!(a.len(), HEADER_LEN, "no question echoed");
+        assert!(Message::from_vec(&a).is_ok());
+        // 255 bytes is the longest name, and is read.
+        assert_eq!(parse_query(&name(61)).map(|q| q.question().len()), Ok(259));
+    }
+
+    #[test]
     fn compressed_first_question_is_formerr() {
         let mut q = query(1, "", 1, None);
         q.truncate(12);
@@ -986,6 +1012,20 @@ mod tests {
         let mut trailing = good.clone();
         trailing.push(0);
         assert_eq!(q.answer_from(&trailing), Err(WireError::Malformed));
+    }
+
+    #[test]
+    fn opt_record_outside_additional_section_is_not_removed() {
+        // An upstream that puts an OPT record last in the authority section: dropping it for a
+        // client without EDNS used to leave NSCOUNT=1 over no record, a malformed answer.
+        let q = parse_query(&query(5, "example.com", 1, None)).unwrap();
+        let mut upstream = response(&query(1, "example.com", 1, None), 0, Some(&[]));
+        upstream[8..12].copy_from_slice(&[0, 1, 0, 0]);
+        let answer = q.answer_from(&upstream).unwrap();
+        assert_eq!(answer[2..], upstream[2..]);
+        assert!(q.answer_from(&answer).is_ok());
+        let edns = parse_query(&query(5, "example.com", 1, Some((1232, false)))).unwrap();
+        assert_eq!(edns.answer_from(&upstream).unwrap()[2..], upstream[2..]);
     }
 
     #[test]
