@@ -847,7 +847,7 @@ mod tests {
             query(4, &labels.join("."), 1, None)
         };
         // 256 bytes: one too many.
-        let Err(Rejection::Answer(a)) = parse_query(&name(62)) else {
+        let Err(Rejection::Answer(a, _)) = parse_query(&name(62)) else {
             panic!("expected an answer");
         };
         assert_eq!(rcode(&a), 1);
