@@ -136,8 +136,16 @@ fn socket(address: SocketAddr, kind: Type, protocol: Protocol) -> io::Result<Soc
     Ok(socket)
 }
 
+/// Receive buffer asked for on UDP sockets bound here (the kernel caps it at
+/// `net.core.rmem_max`): the default ~200 KiB holds about 250 queries, so a pause of a few
+/// hundred milliseconds at a thousand queries a second loses some before they are read.
+/// `dns-proxy.socket` asks for the same with `ReceiveBuffer=`.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
 fn bind_udp(address: SocketAddr) -> io::Result<UdpSocket> {
     let socket = socket(address, Type::DGRAM, Protocol::UDP)?;
+    // Best effort: a smaller buffer only means more loss under a stall.
+    let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
     socket.bind(&address.into())?;
     Ok(socket.into())
 }
