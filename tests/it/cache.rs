@@ -224,3 +224,37 @@ async fn with_the_cache_off_every_question_goes_upstream() {
     }
     assert_eq!(up.queries(), 5);
 }
+
+/// Cache hits arriving together are received and answered in batches: every one of many
+/// clients sending at once gets its own answer, with its own id, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_cache_hits_from_many_clients_is_answered_each_to_its_sender() {
+    let (up, proxy) = upstream_and_proxy_with(|c| c).await;
+    let name = "burst.example.com.";
+    assert_a(
+        &udp_query(proxy.udp4(), name, RecordType::A, None, false).await,
+        up.answer(),
+    );
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(UdpClient::new(proxy.udp4()).await);
+    }
+    let mut queries = Vec::new();
+    for client in &clients {
+        let query = make_query(name, RecordType::A, None, false);
+        client.send(&query).await;
+        queries.push(query);
+    }
+    for (client, query) in clients.iter().zip(&queries) {
+        let (answer, _) = client.recv().await;
+        assert_eq!(
+            answer.metadata.id, query.metadata.id,
+            "answer to another client"
+        );
+        assert_a(&answer, up.answer());
+        if let Some(extra) = client.recv_raw(Duration::from_millis(20)).await {
+            panic!("a second datagram for one query: {extra:02x?}");
+        }
+    }
+    assert_eq!(up.queries(), 1, "a cache hit went upstream");
+}

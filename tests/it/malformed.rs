@@ -1,4 +1,5 @@
-//! Malformed client input. UDP: fewer than 12 bytes or QR=1 is dropped silently; an unparseable
+//! Malformed client input. UDP: fewer than 12 bytes, QR=1 or more than 4096 bytes (no query is
+//! that large) is dropped silently; an unparseable
 //! body gets FORMERR, an opcode other than QUERY NOTIMP, a question count other than 1 FORMERR,
 //! all with the client's id. TCP: a frame shorter than a header closes that connection only; other
 //! clients are unaffected. Random datagrams and random TCP streams (fixed seed) do not disturb the
@@ -132,6 +133,23 @@ async fn udp_message_with_qr_set_is_dropped() {
     resp.add_query(make_query("qr.example.", RecordType::A, None, false).queries[0].clone());
     assert_udp_dropped(&proxy, &up, &encode(&resp), "well-formed response").await;
     assert_eq!(up.queries(), 2, "a QR=1 message was forwarded upstream");
+    proxy.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagram_larger_than_any_query_is_dropped() {
+    let (up, proxy) = upstream_and_proxy().await;
+    // A valid query padded past 4096 bytes with trailing garbage.
+    let mut bytes = query_bytes("huge.example.", 0x3333);
+    bytes.resize(4097, 0xab);
+    assert_udp_dropped(&proxy, &up, &bytes, "4097-byte datagram").await;
+    bytes.resize(65_000, 0xab);
+    assert_udp_dropped(&proxy, &up, &bytes, "65000-byte datagram").await;
+    assert_eq!(
+        up.queries(),
+        2,
+        "an oversized datagram was forwarded upstream"
+    );
     proxy.assert_running();
 }
 
