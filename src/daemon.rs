@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -145,24 +144,17 @@ pub async fn run(
             listeners.tcp.len()
         );
     }
-    let receivers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(udp::MAX_RECEIVERS);
     for socket in listeners.udp.into_iter().filter(|_| serve_udp) {
         addresses.push(describe("udp", socket.local_addr()));
         socket.set_nonblocking(true).map_err(DaemonError::Socket)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(DaemonError::Socket)?;
         let socket = Arc::new(socket);
-        let in_flight = Arc::new(Semaphore::new(udp::MAX_IN_FLIGHT));
-        for _ in 0..receivers {
-            tracker.spawn(udp::serve(
-                socket.clone(),
-                in_flight.clone(),
-                context.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
+        tracker.spawn(udp::serve(
+            socket,
+            context.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     }
     for listener in listeners.tcp.into_iter().filter(|_| serve_tcp) {
         addresses.push(describe("tcp", listener.local_addr()));
