@@ -4,15 +4,14 @@ bench/run is loaded as a module (`R`) for its helpers: certificates, the upstrea
 configuration, dnsperf's output, /proc readings, process handling, installation and build.
 What is added here: the outer phase (root, packages, build, private namespaces with a time
 limit), the inner wrapper (PID 1, signals, cleanup), an upstream that can be killed and
-restarted, and dns-proxy started with a config file and a notify socket whose STATUS= lines
-(the daemon's own counters) are read while it runs.
+restarted, and dns-proxy started with a config file, a notify socket (READY=1) and its metrics
+endpoint, from which the daemon's own counters are read while it runs.
 """
 
 import importlib.machinery
 import importlib.util
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -22,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 
 def _load_run():
@@ -174,15 +174,40 @@ class Upstream:
         self.p = None
 
 
-STATUS_RE = re.compile(
-    r"(?P<queries>\d+) queries \(udp (?P<udp>\d+), tcp (?P<tcp>\d+)\): (?P<cache>\d+) from cache, "
-    r"(?P<answered>\d+) answered by upstream, (?P<local>\d+) local, (?P<stale>\d+) stale, "
-    r"(?P<failed>\d+) failed, (?P<rejected>\d+) rejected, (?P<rate_limited>\d+) rate-limited, "
-    r"(?P<dropped>\d+) dropped")
+METRICS_PORT = 9153
+
+
+def parse_metrics(text):
+    """The counters the abuse report uses, from dns-proxy's Prometheus text: queries over UDP,
+    answers from upstreams, cache hits, SERVFAIL answers, rate-limited and dropped queries."""
+    c = {"udp": 0, "answered": 0, "cache": 0, "failed": 0, "rate_limited": 0, "dropped": 0}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        name = series.split("{", 1)[0]
+        try:
+            v = int(float(value))
+        except ValueError:
+            continue
+        udp = 'transport="udp"' in series
+        if name == "dns_proxy_queries_total":
+            c["udp"] += v if udp else 0
+            c["failed"] += v if 'rcode="SERVFAIL"' in series else 0
+        elif name == "dns_proxy_queries_dropped_total":
+            c["udp"] += v if udp else 0
+            c["dropped"] += v
+        elif name == "dns_proxy_upstream_queries_total":
+            c["answered"] += v
+        elif name == "dns_proxy_cache_hits_total":
+            c["cache"] += v
+        elif name == "dns_proxy_rate_limited_total":
+            c["rate_limited"] += v
+    return c
 
 
 class Proxy:
-    """dns-proxy with a config file, a notify socket (READY=1, STATUS= every 5 s) and a log."""
+    """dns-proxy with a config file, a notify socket (READY=1), a metrics endpoint and a log."""
 
     def __init__(self, procs, d, name="dns-proxy", extra=None):
         self.procs, self.d, self.name = procs, d, name
@@ -193,15 +218,14 @@ class Proxy:
         for k, v in (extra or {}).items():
             lines.append(f"{k} = {json.dumps(v)}")
         lines += ["", "[[upstream]]", f'address = "127.0.0.1:{R.UPSTREAM_DOT}"',
-                  f'tls_name = "{R.TLS_NAME}"', f'ca_file = "{d}/ca.pem"']
+                  f'tls_name = "{R.TLS_NAME}"', f'ca_file = "{d}/ca.pem"',
+                  "", "[metrics]", f'listen = "127.0.0.1:{METRICS_PORT}"']
         self.config_text = "\n".join(lines) + "\n"
         with open(self.conf, "w") as f:
             f.write(self.config_text)
         self.p = None
         self.ready_queries = 0   # queries start() sent to check it answers
-        self.status = None       # last STATUS= counters (dict), with "t" (monotonic)
-        self.status_line = None
-        self.status_ev = threading.Condition()
+        self.status_line = None  # the last STATUS= line
         self._sock = None
 
     def start(self):
@@ -248,20 +272,15 @@ class Proxy:
                 if line == "READY=1":
                     ready.set()
                 elif line.startswith("STATUS="):
-                    m = STATUS_RE.search(line)
-                    with self.status_ev:
-                        self.status_line = line[7:]
-                        if m:
-                            self.status = {k: int(v) for k, v in m.groupdict().items()}
-                            self.status["t"] = time.monotonic()
-                        self.status_ev.notify_all()
+                    self.status_line = line[7:]
 
-    def next_status(self, timeout=7.0):
-        """The next STATUS= counters after now (the daemon sends them every 5 s)."""
-        t = time.monotonic()
-        with self.status_ev:
-            self.status_ev.wait_for(lambda: self.status and self.status["t"] > t, timeout)
-            return dict(self.status) if self.status else None
+    def counters(self):
+        """The daemon's counters now, from its metrics endpoint; None if it cannot be read."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=3) as r:
+                return parse_metrics(r.read().decode(errors="replace"))
+        except OSError:
+            return None
 
     def alive(self):
         return self.p is not None and self.p.poll() is None
