@@ -148,9 +148,8 @@ pub async fn run(
         addresses.push(describe("udp", socket.local_addr()));
         socket.set_nonblocking(true).map_err(DaemonError::Socket)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(DaemonError::Socket)?;
-        let socket = Arc::new(socket);
         tracker.spawn(udp::serve(
-            socket,
+            Arc::new(socket),
             context.clone(),
             shutdown.clone(),
             tracker.clone(),
@@ -158,12 +157,8 @@ pub async fn run(
     }
     for listener in listeners.tcp.into_iter().filter(|_| serve_tcp) {
         addresses.push(describe("tcp", listener.local_addr()));
-        listener
-            .set_nonblocking(true)
-            .map_err(DaemonError::Socket)?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(DaemonError::Socket)?;
         tracker.spawn(tcp::serve(
-            listener,
+            tokio_listener(listener)?,
             context.clone(),
             connections.clone(),
             shutdown.clone(),
@@ -175,12 +170,8 @@ pub async fn run(
             Ok(address) => info!("metrics: serving http://{address}/metrics and /healthz"),
             Err(_) => info!("metrics: serving /metrics and /healthz"),
         }
-        listener
-            .set_nonblocking(true)
-            .map_err(DaemonError::Socket)?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(DaemonError::Socket)?;
         tracker.spawn(metrics::serve(
-            listener,
+            tokio_listener(listener)?,
             context.clone(),
             shutdown.clone(),
             tracker.clone(),
@@ -262,4 +253,12 @@ fn describe(transport: &str, address: io::Result<std::net::SocketAddr>) -> Strin
         Ok(address) => format!("{transport} {address}"),
         Err(_) => format!("{transport} (unknown address)"),
     }
+}
+
+/// A listening socket handed to tokio, which needs it non-blocking.
+fn tokio_listener(listener: std::net::TcpListener) -> Result<tokio::net::TcpListener, DaemonError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(DaemonError::Socket)?;
+    tokio::net::TcpListener::from_std(listener).map_err(DaemonError::Socket)
 }

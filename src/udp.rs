@@ -35,9 +35,12 @@ const BATCH: usize = 32;
 /// even with EDNS options and padding, is far smaller.
 const SLOT: usize = 4096;
 
-/// One received datagram: its length in its slot, and its sender.
+/// One received datagram: where it lies in the slots, and its sender.
 struct Datagram {
+    slot: usize,
     len: usize,
+    /// Longer than its slot: cut short by the kernel.
+    truncated: bool,
     client: SocketAddr,
 }
 
@@ -75,9 +78,9 @@ pub async fn serve(
         }
         // One look at the current config per batch: a reload applies from the next one.
         let (config, forwarder) = context.current();
-        for (datagram, slot) in received.drain(..).zip(slots.chunks(SLOT)) {
+        for datagram in received.drain(..) {
             let client = datagram.client;
-            if datagram.len > SLOT {
+            if datagram.truncated {
                 metrics.udp.dropped();
                 continue;
             }
@@ -94,7 +97,7 @@ pub async fn serve(
                     continue;
                 }
             }
-            match dns::parse_query(&slot[..datagram.len]) {
+            match dns::parse_query(&slots[datagram.slot * SLOT..][..datagram.len]) {
                 Err(Rejection::Drop) => metrics.udp.dropped(),
                 Err(Rejection::Answer(answer, rcode)) => {
                     metrics.udp.answered(rcode.value());
@@ -134,7 +137,8 @@ pub async fn serve(
     }
 }
 
-/// Receives what is waiting, up to one datagram per slot, without blocking.
+/// Receives what is waiting, up to one datagram per slot, without blocking. The headers are
+/// made per call: they hold raw pointers, so they cannot live across an await in a task.
 fn recv_batch(fd: RawFd, slots: &mut [u8], received: &mut Vec<Datagram>) -> io::Result<()> {
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut buffers: Vec<[IoSliceMut; 1]> = slots
@@ -148,16 +152,15 @@ fn recv_batch(fd: RawFd, slots: &mut [u8], received: &mut Vec<Datagram>) -> io::
         MsgFlags::MSG_DONTWAIT,
         None,
     )?;
-    for message in messages {
-        // A datagram cut short reports its full length; the caller drops it.
-        let len = if message.flags.contains(MsgFlags::MSG_TRUNC) {
-            SLOT + 1
-        } else {
-            message.bytes
-        };
+    for (slot, message) in messages.enumerate() {
         // A receive from a UDP socket always has an IPv4 or IPv6 sender.
         if let Some(client) = message.address.as_ref().and_then(socket_addr) {
-            received.push(Datagram { len, client });
+            received.push(Datagram {
+                slot,
+                len: message.bytes.min(SLOT),
+                truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
+                client,
+            });
         }
     }
     Ok(())

@@ -21,18 +21,21 @@ use crate::support::{require_tool, within};
 
 const T: Duration = Duration::from_secs(5);
 
-async fn dot_connect(up: &FakeUpstream) -> TlsStream<TcpStream> {
+/// A TLS client trusting the test CA, as the proxy's would.
+fn client_config() -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     let der =
         rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem().as_bytes()).expect("ca pem");
     roots.add(der).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+async fn dot_connect(up: &FakeUpstream) -> TlsStream<TcpStream> {
+    let config = client_config();
     let tcp = within(T, "connect", TcpStream::connect(up.addr()))
         .await
         .unwrap();
@@ -185,17 +188,7 @@ async fn fake_upstream_answers_kdig() {
 /// The TLS handshake with `up` as the proxy would do it: the error when it fails, or gets no
 /// further for 300 ms.
 async fn try_dot_connect(up: &FakeUpstream) -> Result<TlsStream<TcpStream>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let der =
-        rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem().as_bytes()).expect("ca pem");
-    roots.add(der).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = client_config();
     let tcp = within(T, "connect", TcpStream::connect(up.addr()))
         .await
         .unwrap();
