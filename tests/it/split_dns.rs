@@ -27,13 +27,22 @@ struct PlainServer {
     tcp_queries: Arc<AtomicUsize>,
 }
 
-impl PlainServer {
-    async fn start() -> PlainServer {
+/// A UDP socket and a TCP listener on one free loopback port. The port the kernel picks for
+/// UDP may be in use over TCP (by another test's connection), so a few ports are tried.
+async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener, SocketAddr) {
+    for _ in 0..20 {
         let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
         let addr = udp.local_addr().expect("addr");
-        let tcp = TcpListener::bind(addr)
-            .await
-            .expect("bind tcp on the same port");
+        if let Ok(tcp) = TcpListener::bind(addr).await {
+            return (udp, tcp, addr);
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP in 20 tries");
+}
+
+impl PlainServer {
+    async fn start() -> PlainServer {
+        let (udp, tcp, addr) = bind_udp_and_tcp().await;
         let udp_queries = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
         let counter = udp_queries.clone();
