@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::support::client::{a_records, assert_a, tcp_query, txt_records, udp_query};
+use crate::support::proxy::ActivationSockets;
 use crate::support::upstream_and_proxy_with;
 
 const INTERNAL: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 9);
@@ -27,22 +28,20 @@ struct PlainServer {
     tcp_queries: Arc<AtomicUsize>,
 }
 
-/// A UDP socket and a TCP listener on one free loopback port. The port the kernel picks for
-/// UDP may be in use over TCP (by another test's connection), so a few ports are tried.
-async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener, SocketAddr) {
-    for _ in 0..20 {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
-        let addr = udp.local_addr().expect("addr");
-        if let Ok(tcp) = TcpListener::bind(addr).await {
-            return (udp, tcp, addr);
-        }
-    }
-    panic!("no loopback port free for both UDP and TCP in 20 tries");
+/// A UDP socket and a TCP listener on one free loopback port, for tokio.
+fn bind_udp_and_tcp() -> (UdpSocket, TcpListener, SocketAddr) {
+    let sockets = ActivationSockets::bind(Ipv4Addr::LOCALHOST.into());
+    let addr = sockets.addr();
+    sockets.udp.set_nonblocking(true).expect("non-blocking udp");
+    sockets.tcp.set_nonblocking(true).expect("non-blocking tcp");
+    let udp = UdpSocket::from_std(sockets.udp).expect("udp for tokio");
+    let tcp = TcpListener::from_std(sockets.tcp).expect("tcp for tokio");
+    (udp, tcp, addr)
 }
 
 impl PlainServer {
     async fn start() -> PlainServer {
-        let (udp, tcp, addr) = bind_udp_and_tcp().await;
+        let (udp, tcp, addr) = bind_udp_and_tcp();
         let udp_queries = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
         let counter = udp_queries.clone();
