@@ -213,10 +213,6 @@ pub async fn serve(
         match accepted {
             Ok((stream, client)) => {
                 let (slot, evicted) = connections.admit(client.ip().to_canonical());
-                if let Some(evicted) = evicted {
-                    debug!(%client, %evicted, "TCP slots full; closed the connection idle or stalled longest");
-                    context.metrics.tcp.dropped();
-                }
                 let _ = stream.set_nodelay(true);
                 tracker.spawn(connection(
                     stream,
@@ -226,6 +222,14 @@ pub async fn serve(
                     tracker.clone(),
                     slot,
                 ));
+                if let Some(evicted) = evicted {
+                    debug!(%client, %evicted, "TCP slots full; closed the connection idle or stalled longest");
+                    context.metrics.tcp.dropped();
+                    // Under a burst of connections, let the ones accepted read what they were
+                    // sent before more are let in: a client's query already waiting in its
+                    // socket must not lose its slot to newer stalled connections unread.
+                    tokio::task::yield_now().await;
+                }
             }
             Err(error) => {
                 debug!("TCP accept: {error}");
