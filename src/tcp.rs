@@ -30,7 +30,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a new connection may take to complete its first message (at most
 /// `tcp_idle_timeout`). A client that connects has its query ready, usually the retry of a
 /// truncated UDP answer; a connection still silent after this is a stalled one holding a slot.
-pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connection slots shared by every TCP listener: a total, and a share per client address.
 ///
