@@ -115,11 +115,16 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, Rejection> {
     }
     if (packet[2] >> 3) & 0x0f != 0 {
         return Err(Rejection::Answer(
-            error_answer(packet, Rcode::NotImp, None),
+            error_answer(packet, Rcode::NotImp, sent_opt(packet)),
             Rcode::NotImp,
         ));
     }
-    let formerr = || Rejection::Answer(error_answer(packet, Rcode::FormErr, None), Rcode::FormErr);
+    let formerr = || {
+        Rejection::Answer(
+            error_answer(packet, Rcode::FormErr, sent_opt(packet)),
+            Rcode::FormErr,
+        )
+    };
     let message = Message::from_vec(packet).map_err(|_| formerr())?;
     if message.metadata.message_type != MessageType::Query
         || message.metadata.op_code != OpCode::Query
@@ -522,6 +527,31 @@ pub fn truncate_for_udp(answer: Vec<u8>, limit: usize) -> Vec<u8> {
         short.extend_from_slice(&[0, 0]);
     }
     short
+}
+
+/// The OPT record of a client packet that may be malformed, read as far as the packet allows:
+/// the first record of type OPT in the additional section, whatever its owner name or options,
+/// once the records before it can be walked. A client that sent OPT gets OPT back even with
+/// FORMERR (RFC 6891 §7), so that it can tell a format error from a server without EDNS.
+fn sent_opt(packet: &[u8]) -> Option<Edns> {
+    let [questions, answers, authorities, additionals] =
+        [4, 6, 8, 10].map(|at| usize::from(read_u16(packet, at).unwrap_or(0)));
+    let mut pos = HEADER_LEN;
+    for _ in 0..questions {
+        pos = skip_name(packet, pos)? + 4;
+    }
+    for i in 0..answers + authorities + additionals {
+        pos = skip_name(packet, pos)?;
+        let rtype = read_u16(packet, pos)?;
+        if rtype == TYPE_OPT && i >= answers + authorities {
+            return Some(Edns {
+                payload: read_u16(packet, pos + 2)?,
+                dnssec_ok: read_u16(packet, pos + 6)? & EDNS_DO != 0,
+            });
+        }
+        pos += 10 + usize::from(read_u16(packet, pos + 8)?);
+    }
+    None
 }
 
 /// An answer with `rcode` to the packet `request`: its id, opcode, RD and CD bits, and its
@@ -1066,6 +1096,147 @@ mod tests {
         assert!(parsed.metadata.recursion_desired);
         assert!(parsed.edns.unwrap().flags().dnssec_ok);
         assert_eq!(parsed.queries.len(), 1);
+    }
+
+    /// `packet` with an OPT record appended to the additional section: `owner` as its name,
+    /// DO set, and `options` as its RDATA with this RDLENGTH.
+    fn with_opt(mut packet: Vec<u8>, owner: &[u8], options: &[u8], rdlength: u16) -> Vec<u8> {
+        let arcount = read_u16(&packet, 10).unwrap() + 1;
+        packet[10..12].copy_from_slice(&arcount.to_be_bytes());
+        packet.extend_from_slice(owner);
+        packet.extend_from_slice(&TYPE_OPT.to_be_bytes());
+        packet.extend_from_slice(&[0x04, 0xd0, 0, 0, 0x80, 0]);
+        packet.extend_from_slice(&rdlength.to_be_bytes());
+        packet.extend_from_slice(options);
+        packet
+    }
+
+    /// Whether `answer` carries an OPT record, and with the DO bit, as hickory reads it.
+    fn answer_opt(answer: &[u8]) -> Option<bool> {
+        let parsed = Message::from_vec(answer).expect("hickory reads our answers");
+        parsed.edns.map(|edns| edns.flags().dnssec_ok)
+    }
+
+    /// Malformed queries that carry OPT, each rejected with `rcode`.
+    fn malformed_with_opt() -> Vec<(&'static str, Vec<u8>, Rcode)> {
+        let plain = query(5, "example.com", 1, None);
+        let mut no_question = plain[..HEADER_LEN].to_vec();
+        no_question[5] = 0;
+        let mut two_questions = plain.clone();
+        two_questions.extend_from_slice(&plain[HEADER_LEN..]);
+        two_questions[5] = 2;
+        let mut status = plain.clone();
+        status[2] |= 2 << 3;
+        let mut broken_name = plain.clone();
+        broken_name[HEADER_LEN] = 0x40;
+        vec![
+            (
+                "no question",
+                with_opt(no_question, &[0], &[], 0),
+                Rcode::FormErr,
+            ),
+            (
+                "two questions",
+                with_opt(two_questions, &[0], &[], 0),
+                Rcode::FormErr,
+            ),
+            (
+                "an option running past the end of the message",
+                with_opt(plain.clone(), &[0], &[0, 10, 0, 8, 1, 2, 3, 4], 12),
+                Rcode::FormErr,
+            ),
+            (
+                "OPT owned by another name than the root",
+                with_opt(plain.clone(), &[0xc0, 12], &[], 0),
+                Rcode::FormErr,
+            ),
+            (
+                "OPT cut short after its TTL",
+                with_opt(plain.clone(), &[0], &[], 0)[..plain.len() + 9].to_vec(),
+                Rcode::FormErr,
+            ),
+            (
+                "an unreadable question name",
+                with_opt(broken_name, &[0], &[], 0),
+                Rcode::FormErr,
+            ),
+            (
+                "opcode STATUS",
+                with_opt(status, &[0], &[], 0),
+                Rcode::NotImp,
+            ),
+        ]
+    }
+
+    #[test]
+    fn rejections_carry_opt_when_the_query_did() {
+        for (what, packet, expected) in malformed_with_opt() {
+            let Err(Rejection::Answer(answer, rcode)) = parse_query(&packet) else {
+                panic!("{what}: expected an answer");
+            };
+            assert_eq!(rcode, expected, "{what}");
+            assert_eq!(header_rcode(&answer), expected.value(), "{what}");
+            if what == "an unreadable question name" {
+                // Nothing after a name that cannot be walked can be found.
+                assert_eq!(answer_opt(&answer), None, "{what}");
+                continue;
+            }
+            assert_eq!(answer_opt(&answer), Some(true), "{what}: OPT with DO");
+        }
+    }
+
+    #[test]
+    fn rejections_carry_no_opt_when_the_query_did_not() {
+        for (what, packet, _) in malformed_with_opt() {
+            // The same packets with their OPT record's type changed to TXT.
+            let mut packet = packet;
+            let arcount = read_u16(&packet, 10).unwrap();
+            let Some(at) = packet.windows(2).rposition(|w| w == TYPE_OPT.to_be_bytes()) else {
+                continue;
+            };
+            packet[at..at + 2].copy_from_slice(&16u16.to_be_bytes());
+            assert_eq!(read_u16(&packet, 10), Some(arcount));
+            let Err(Rejection::Answer(answer, _)) = parse_query(&packet) else {
+                panic!("{what}: expected an answer");
+            };
+            assert_eq!(answer_opt(&answer), None, "{what}");
+        }
+        // OPT in the answer section is no OPT record (RFC 6891 §6.1.1).
+        let mut packet = with_opt(query(5, "example.com", 1, None), &[0], &[], 0);
+        packet[7] = 1;
+        packet[11] = 0;
+        let Err(Rejection::Answer(answer, Rcode::FormErr)) = parse_query(&packet) else {
+            panic!("expected FORMERR");
+        };
+        assert_eq!(answer_opt(&answer), None);
+    }
+
+    #[test]
+    fn every_local_answer_carries_opt_when_the_query_did() {
+        let q = parse_query(&query(6, "example.com", 1, Some((1232, true)))).unwrap();
+        let plain = parse_query(&query(6, "example.com", 1, None)).unwrap();
+        for rcode in [
+            Rcode::FormErr,
+            Rcode::ServFail,
+            Rcode::NotImp,
+            Rcode::Refused,
+            Rcode::BadVers,
+        ] {
+            assert_eq!(answer_opt(&q.error_answer(rcode)), Some(true), "{rcode:?}");
+            assert_eq!(answer_opt(&plain.error_answer(rcode)), None, "{rcode:?}");
+        }
+        let axfr = query(6, "example.com", TYPE_AXFR, Some((1232, true)));
+        let Err(Rejection::Answer(answer, Rcode::Refused)) = parse_query(&axfr) else {
+            panic!("expected REFUSED");
+        };
+        assert_eq!(answer_opt(&answer), Some(true));
+        let mut badvers = query(6, "example.com", 1, Some((1232, true)));
+        let version = badvers.len() - 5;
+        badvers[version] = 1;
+        let Err(Rejection::Answer(answer, Rcode::BadVers)) = parse_query(&badvers) else {
+            panic!("expected BADVERS");
+        };
+        assert_eq!(answer_opt(&answer), Some(true));
     }
 
     #[test]

@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -25,62 +27,177 @@ use crate::metrics::GaugeGuard;
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Connection slots shared by every TCP listener: a total (beyond it, clients wait in the
-/// kernel's backlog) and a share per client address, so that one client holding connections
-/// open (a slowloris) cannot lock everyone else out; its connections also end after
-/// `tcp_idle_timeout` unless they complete messages.
+/// How long a new connection may take to complete its first message (at most
+/// `tcp_idle_timeout`). A client that connects has its query ready, usually the retry of a
+/// truncated UDP answer; a connection still silent after this is a stalled one holding a slot.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connection slots shared by every TCP listener: a total, and a share per client address.
+///
+/// A new connection is always served (RFC 7766 §6.2.3). When its address has used its share,
+/// one of that address's connections makes room, so no address can push out the others';
+/// when only the total is full, one of all. The one closed is the connection idle or stalled
+/// longest: no query outstanding, oldest last completed message (or opening). A connection
+/// with queries outstanding is closed only when every candidate has some.
 pub struct Slots {
-    total: Arc<Semaphore>,
+    total: usize,
     per_client: usize,
-    clients: Mutex<HashMap<IpAddr, usize>>,
+    /// Zero of the `progress` clocks.
+    epoch: Instant,
+    table: Mutex<Table>,
 }
 
-/// A connection's hold on its slots; released when dropped.
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    open: HashMap<u64, Open>,
+    /// Connections per client address.
+    clients: HashMap<IpAddr, usize>,
+}
+
+/// An open connection, as the table sees it.
+struct Open {
+    client: IpAddr,
+    activity: Arc<Activity>,
+    /// Cancelled to close the connection to make room for a new one.
+    close: CancellationToken,
+}
+
+/// What a connection reports, read when a victim is chosen.
+#[derive(Default)]
+struct Activity {
+    /// Queries read and not answered yet.
+    outstanding: AtomicUsize,
+    /// When it last completed a message, or opened: milliseconds since the table's epoch.
+    progress: AtomicU64,
+}
+
+/// A connection's hold on its slot; released when dropped.
 pub struct Slot {
     slots: Arc<Slots>,
-    client: IpAddr,
-    _total: OwnedSemaphorePermit,
+    id: u64,
+    activity: Arc<Activity>,
+    close: CancellationToken,
+}
+
+/// A query of a connection not answered yet; counted until dropped.
+struct Outstanding(Arc<Activity>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Slots {
     pub fn new(total: usize, per_client: usize) -> Slots {
         Slots {
-            total: Arc::new(Semaphore::new(total)),
+            total,
             per_client,
-            clients: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            table: Mutex::new(Table::default()),
         }
     }
 
-    /// Takes `client`'s share for a connection holding `total`; `None` when it has no more.
-    fn take(self: &Arc<Self>, client: IpAddr, total: OwnedSemaphorePermit) -> Option<Slot> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let held = clients.entry(client).or_insert(0);
-        if *held >= self.per_client {
-            return None;
-        }
-        *held += 1;
-        Some(Slot {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A slot for a new connection from `client`, and the address of the connection closed
+    /// to make room for it, if one was.
+    fn admit(self: &Arc<Self>, client: IpAddr) -> (Slot, Option<IpAddr>) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let held = table.clients.get(&client).copied().unwrap_or(0);
+        let evicted = if held >= self.per_client {
+            table.evict(Some(client))
+        } else if table.open.len() >= self.total {
+            table.evict(None)
+        } else {
+            None
+        };
+        let id = table.next_id;
+        table.next_id += 1;
+        let activity = Arc::new(Activity {
+            outstanding: AtomicUsize::new(0),
+            progress: AtomicU64::new(self.now()),
+        });
+        let close = CancellationToken::new();
+        table.open.insert(
+            id,
+            Open {
+                client,
+                activity: activity.clone(),
+                close: close.clone(),
+            },
+        );
+        *table.clients.entry(client).or_insert(0) += 1;
+        let slot = Slot {
             slots: self.clone(),
-            client,
-            _total: total,
-        })
+            id,
+            activity,
+            close,
+        };
+        (slot, evicted)
+    }
+}
+
+impl Table {
+    /// Closes the connection idle or stalled longest, among `client`'s or among all; returns
+    /// its address.
+    fn evict(&mut self, client: Option<IpAddr>) -> Option<IpAddr> {
+        let (&id, _) = self
+            .open
+            .iter()
+            .filter(|(_, open)| client.is_none_or(|client| open.client == client))
+            .min_by_key(|&(&id, open)| {
+                (
+                    open.activity.outstanding.load(Ordering::Relaxed) > 0,
+                    open.activity.progress.load(Ordering::Relaxed),
+                    id,
+                )
+            })?;
+        let open = self.remove(id)?;
+        open.close.cancel();
+        Some(open.client)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Open> {
+        let open = self.open.remove(&id)?;
+        if let Some(held) = self.clients.get_mut(&open.client) {
+            *held -= 1;
+            if *held == 0 {
+                self.clients.remove(&open.client);
+            }
+        }
+        Some(open)
+    }
+}
+
+impl Slot {
+    /// The connection completed a message: it is not stalled.
+    fn completed_message(&self) {
+        self.activity
+            .progress
+            .store(self.slots.now(), Ordering::Relaxed);
+    }
+
+    /// Counts a query as outstanding until the guard is dropped.
+    fn query(&self) -> Outstanding {
+        self.activity.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(self.activity.clone())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut clients = self.slots.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = clients.get_mut(&self.client) {
-            *held -= 1;
-            if *held == 0 {
-                clients.remove(&self.client);
-            }
-        }
+        // Already gone when the connection was closed to make room.
+        let mut table = self.slots.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.remove(self.id);
     }
 }
 
-/// Serves one TCP listener until `shutdown`. A slot of `connections` is taken before
-/// accepting, so excess clients wait in the backlog.
+/// Serves one TCP listener until `shutdown`. Every connection accepted is served; when the
+/// slots are full another connection makes room (see [`Slots`]).
 pub async fn serve(
     listener: TcpListener,
     context: Arc<Context>,
@@ -89,24 +206,13 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = connections.total.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, client)) => {
-                let Some(slot) = connections.take(client.ip().to_canonical(), permit) else {
-                    debug!(%client, "TCP client holds its share of connections; closing");
-                    context.metrics.tcp.dropped();
-                    continue;
-                };
+                let (slot, evicted) = connections.admit(client.ip().to_canonical());
                 let _ = stream.set_nodelay(true);
                 tracker.spawn(connection(
                     stream,
@@ -116,6 +222,14 @@ pub async fn serve(
                     tracker.clone(),
                     slot,
                 ));
+                if let Some(evicted) = evicted {
+                    debug!(%client, %evicted, "TCP slots full; closed the connection idle or stalled longest");
+                    context.metrics.tcp.dropped();
+                    // Under a burst of connections, let the ones accepted read what they were
+                    // sent before more are let in: a client's query already waiting in its
+                    // socket must not lose its slot to newer stalled connections unread.
+                    tokio::task::yield_now().await;
+                }
             }
             Err(error) => {
                 debug!("TCP accept: {error}");
@@ -131,7 +245,7 @@ async fn connection(
     context: Arc<Context>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    _slot: Slot,
+    slot: Slot,
 ) {
     let metrics = context.metrics.clone();
     let _open = GaugeGuard::new(&metrics.tcp_connections);
@@ -147,29 +261,45 @@ async fn connection(
     let (answers, queue) = mpsc::channel(config.tcp_max_queries);
     let writer = tokio::spawn(write_answers(write, queue, config.tcp_idle_timeout));
     let outstanding = Arc::new(Semaphore::new(config.tcp_max_queries));
+    let first_message = FIRST_MESSAGE_TIMEOUT.min(config.tcp_idle_timeout);
+    let mut completed = false;
     loop {
         // At the cap, stop reading until an answer goes out: backpressure, not buffering.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = slot.close.cancelled() => break,
             permit = outstanding.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
         };
+        let wait = if completed {
+            config.tcp_idle_timeout
+        } else {
+            first_message
+        };
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = tokio::time::timeout(config.tcp_idle_timeout, frames.next()) => next,
+            _ = slot.close.cancelled() => {
+                debug!(%client, "closing TCP connection to make room for a new one");
+                break;
+            }
+            next = tokio::time::timeout(wait, frames.next()) => next,
         };
         let message = match next {
             Err(_idle) => {
                 // Idle only counts when no answer is still owed to the client.
                 if outstanding.available_permits() + 1 == config.tcp_max_queries {
-                    debug!(%client, "closing idle TCP connection");
+                    debug!(%client, completed, "closing idle TCP connection");
                     break;
                 }
                 continue;
             }
-            Ok(Ok(Some(message))) => message,
+            Ok(Ok(Some(message))) => {
+                completed = true;
+                slot.completed_message();
+                message
+            }
             Ok(Ok(None)) => break,
             Ok(Err(error)) => {
                 debug!(%client, "TCP read: {error}");
@@ -217,6 +347,7 @@ async fn connection(
             Ok(query) => {
                 let answers = answers.clone();
                 let metrics = metrics.clone();
+                let pending = slot.query();
                 tracker.spawn(async move {
                     let answer = forwarder.answer(&query, client).await;
                     let framed = match framing::frame(&answer) {
@@ -232,6 +363,7 @@ async fn connection(
                     if let Some(framed) = framed {
                         let _ = answers.send(framed).await;
                     }
+                    drop(pending);
                     drop(permit);
                 });
             }
@@ -257,4 +389,117 @@ async fn write_answers(
         }
     }
     let _ = write.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    fn admit(slots: &Arc<Slots>, client: IpAddr) -> (Slot, Option<IpAddr>) {
+        slots.admit(client)
+    }
+
+    fn held(slots: &Slots) -> (usize, HashMap<IpAddr, usize>) {
+        let table = slots.table.lock().unwrap();
+        (table.open.len(), table.clients.clone())
+    }
+
+    async fn later() {
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_taken_without_closing_anything_until_full() {
+        let slots = Arc::new(Slots::new(3, 2));
+        let (a1, none1) = admit(&slots, A);
+        let (_a2, none2) = admit(&slots, A);
+        let (_b1, none3) = admit(&slots, B);
+        assert_eq!((none1, none2, none3), (None, None, None));
+        assert!(!a1.close.is_cancelled());
+        assert_eq!(held(&slots).0, 3);
+        drop(a1);
+        assert_eq!(held(&slots), (2, HashMap::from([(A, 1), (B, 1)])));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_connection_stalled_longest_makes_room_and_busy_ones_stay() {
+        let slots = Arc::new(Slots::new(100, 3));
+        let (busy, _) = admit(&slots, A);
+        let _pending = busy.query();
+        later().await;
+        let (stalled, _) = admit(&slots, A);
+        later().await;
+        let (idle, _) = admit(&slots, A);
+        later().await;
+        idle.completed_message();
+        later().await;
+        // Full share: the stalled one goes (no query outstanding, no message since it opened),
+        // not the older one with a query outstanding.
+        let (newest, evicted) = admit(&slots, A);
+        assert_eq!(evicted, Some(A));
+        assert!(stalled.close.is_cancelled());
+        assert!(!busy.close.is_cancelled() && !idle.close.is_cancelled());
+        // Next the idle one, though it opened after the busy one.
+        later().await;
+        let (_last, evicted) = admit(&slots, A);
+        assert_eq!(evicted, Some(A));
+        assert!(idle.close.is_cancelled());
+        assert!(!busy.close.is_cancelled() && !newest.close.is_cancelled());
+        // The closed ones dropping their slots later changes no count.
+        drop((stalled, idle));
+        assert_eq!(held(&slots), (3, HashMap::from([(A, 3)])));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_is_closed_only_when_all_are_busy() {
+        let slots = Arc::new(Slots::new(100, 2));
+        let (first, _) = admit(&slots, A);
+        let _one = first.query();
+        later().await;
+        let (second, _) = admit(&slots, A);
+        let _two = second.query();
+        let (_third, evicted) = admit(&slots, A);
+        assert_eq!(evicted, Some(A));
+        assert!(first.close.is_cancelled(), "the oldest of the busy ones");
+        assert!(!second.close.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_at_its_share_closes_its_own_connections_only() {
+        let slots = Arc::new(Slots::new(100, 2));
+        let (other, _) = admit(&slots, B);
+        later().await;
+        let (a1, _) = admit(&slots, A);
+        let _pending = a1.query();
+        let (a2, _) = admit(&slots, A);
+        let _pending2 = a2.query();
+        let (_a3, evicted) = admit(&slots, A);
+        assert_eq!(evicted, Some(A));
+        assert!(
+            !other.close.is_cancelled(),
+            "B's idle connection is not A's to take"
+        );
+        assert!(a1.close.is_cancelled());
+        assert_eq!(held(&slots), (3, HashMap::from([(A, 2), (B, 1)])));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_total_closes_the_connection_idle_longest_of_any_address() {
+        let slots = Arc::new(Slots::new(3, 3));
+        let (a1, _) = admit(&slots, A);
+        later().await;
+        let (b1, _) = admit(&slots, B);
+        later().await;
+        let (a2, _) = admit(&slots, A);
+        later().await;
+        a1.completed_message();
+        let (_b2, evicted) = admit(&slots, B);
+        assert_eq!(evicted, Some(B));
+        assert!(b1.close.is_cancelled());
+        assert!(!a1.close.is_cancelled() && !a2.close.is_cancelled());
+        assert_eq!(held(&slots), (3, HashMap::from([(A, 2), (B, 1)])));
+    }
 }

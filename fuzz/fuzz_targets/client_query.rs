@@ -1,7 +1,8 @@
 //! A client packet, arbitrary bytes, through `parse_query` and every answer the daemon can
 //! send for it: the rejection answers, each error answer, the upstream query, an answer built
 //! from a response synthesized from the same bytes, the same response stored in and served
-//! from the cache, and UDP truncation of each.
+//! from the cache, and UDP truncation of each. Every answer made here carries OPT exactly when
+//! the packet did (RFC 6891 §7), malformed or not, as far as the packet can be read.
 #![no_main]
 
 use dns_proxy::dns::{
@@ -14,6 +15,8 @@ use dns_proxy::cache::{Cache, Key, Lookup};
 use dns_proxy::config::CacheConfig;
 use dns_proxy::dns::Response;
 use hickory_proto::op::{Message, MessageType};
+use hickory_proto::rr::Name;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use tokio::time::Instant;
 use libfuzzer_sys::fuzz_target;
 
@@ -88,6 +91,9 @@ fn cache_paths(query: &Query, response: &[u8]) {
 /// What a valid query exposes agrees with the packet it was read from.
 fn check_query(packet: &[u8], query: &Query) {
     assert_eq!(query.id().to_be_bytes(), packet[..2]);
+    if let Some(opt) = carried_opt(packet) {
+        assert_eq!(opt.is_some(), query.edns().is_some(), "OPT seen as sent");
+    }
     let question = query.question();
     // A name of 1 to 255 bytes (RFC 1035 §3.1), type and class.
     assert!((5..=259).contains(&question.len()));
@@ -116,6 +122,14 @@ fn check_error_answer(packet: &[u8], answer: &[u8], from: Option<(&Query, Rcode)
     }
     let parsed = Message::from_vec(answer).expect("hickory reads our error answers");
     assert_eq!(parsed.metadata.message_type, MessageType::Response);
+    match carried_opt(packet) {
+        Some(Some(dnssec_ok)) => {
+            let edns = parsed.edns.as_ref().expect("a query with OPT gets OPT back");
+            assert_eq!(edns.flags().dnssec_ok, dnssec_ok, "the query's DO bit");
+        }
+        Some(None) => assert!(parsed.edns.is_none(), "a query without OPT gets none"),
+        None => {}
+    }
     let Some((query, rcode)) = from else {
         return;
     };
@@ -138,6 +152,35 @@ fn check_error_answer(packet: &[u8], answer: &[u8], from: Option<(&Query, Rcode)
     if let (Some(theirs), Some(ours)) = (&parsed.edns, query.edns()) {
         assert_eq!(theirs.flags().dnssec_ok, ours.dnssec_ok);
     }
+}
+
+/// Whether `packet` carries an OPT record, read with hickory's decoder, apart from the crate's
+/// own walk: `Some(Some(do_bit))` for the first record of type OPT in the additional section,
+/// whatever its owner and options; `Some(None)` when every record was read and none is one;
+/// `None` when the packet breaks off before either is known.
+fn carried_opt(packet: &[u8]) -> Option<Option<bool>> {
+    let mut decoder = BinDecoder::new(packet);
+    let mut header = [0usize; 6];
+    for field in &mut header {
+        *field = usize::from(decoder.read_u16().ok()?.unverified());
+    }
+    let [_, _, questions, answers, authorities, additionals] = header;
+    for _ in 0..questions {
+        Name::read(&mut decoder).ok()?;
+        decoder.read_slice(4).ok()?;
+    }
+    for i in 0..answers + authorities + additionals {
+        Name::read(&mut decoder).ok()?;
+        let rtype = decoder.read_u16().ok()?.unverified();
+        decoder.read_u16().ok()?;
+        let ttl = decoder.read_u32().ok()?.unverified();
+        if rtype == 41 && i >= answers + authorities {
+            return Some(Some(ttl & 0x8000 != 0));
+        }
+        let length = decoder.read_u16().ok()?.unverified();
+        decoder.read_slice(usize::from(length)).ok()?;
+    }
+    Some(None)
 }
 
 /// The query sent upstream: framed, padded, id left zero, the client's question and flags, and

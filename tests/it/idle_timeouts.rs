@@ -1,7 +1,8 @@
 //! Idle timeouts: a client TCP connection with nothing outstanding is closed after
 //! `tcp_idle_timeout`, one with a query outstanding is kept until answered; an upstream TLS
 //! connection idle for `upstream_idle_timeout` is closed (not while a query is outstanding) and
-//! the next query opens a new one.
+//! the next query opens a new one. A connection that has not completed its first message is
+//! closed sooner, after 2 s.
 
 use std::time::{Duration, Instant};
 
@@ -79,4 +80,21 @@ async fn idle_upstream_connection_is_closed_after_upstream_idle_timeout() {
     )
     .await;
     assert_a(&resp, up.answer());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_without_a_first_message_is_closed_well_before_tcp_idle_timeout() {
+    // tcp_idle_timeout stays at its default of 10 s; the first message has 2 s.
+    let (_up, proxy) = upstream_and_proxy_with(|c| c).await;
+    let mut conn = TcpClient::connect(proxy.tcp4()).await;
+    conn.write_raw(&[0]).await;
+    let start = Instant::now();
+    conn.wait_closed(Duration::from_secs(6))
+        .await
+        .expect("a connection stalled before its first message is closed");
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "closed after {elapsed:?}, before its first-message deadline of 2 s"
+    );
 }
