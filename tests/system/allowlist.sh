@@ -54,9 +54,11 @@ protocol = "udp"'
 
 # The unit's list as a sorted, space-separated set (systemd keeps no order).
 allow_list() { in_ct systemctl show -p IPAddressAllow --value dns-proxy.service | tr ' ' '\n' | sort | xargs; }
-# What `check-config` says the list is, sorted the same way.
+# What `check-config` says the list is, sorted the same way. In a clean environment: this
+# shell's DNS_PROXY_* variables (DNS_PROXY_TESTBED_CACHE) would be configuration keys.
 allow_list_checked() {
-    in_ct dns-proxy check-config 2>/dev/null | sed -n 's/^# IPAddressAllow=//p' | tr ' ' '\n' | sort | xargs
+    in_ct env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin dns-proxy check-config |
+        sed -n 's/^# IPAddressAllow=//p' | tr ' ' '\n' | sort | xargs
 }
 allow_set() { printf '%s\n' "$@" | sort | xargs; }
 
