@@ -15,7 +15,7 @@ use std::process::{Command, ExitStatus};
 use crate::access::Network;
 use crate::config::{Config, ZoneUpstream};
 
-/// The addresses the daemon may exchange packets with under `config`, most general first:
+/// The addresses the daemon may exchange packets with under `config`, in this order:
 ///
 /// - loopback, when the daemon binds a listener there itself (`listen`, `[metrics] listen`):
 ///   127.0.0.0/8 for an IPv4 one, ::1 for an IPv6 one, both for a wildcard;
@@ -64,9 +64,10 @@ pub fn ip_allow(config: &Config) -> Vec<Network> {
     list
 }
 
-/// The addresses of the sockets the daemon binds itself, canonical (IPv4-mapped as IPv4).
-/// `listen` counts even though socket activation ignores it: the list is computed before
-/// the daemon starts, when nobody knows yet whether systemd will pass sockets.
+/// The addresses of every socket the daemon binds itself, canonical (IPv4-mapped as IPv4):
+/// any listener it gains belongs here. `listen` counts even though socket activation ignores
+/// it: the list is computed before the daemon starts, when nobody knows yet whether systemd
+/// will pass sockets.
 fn own_listeners(config: &Config) -> Vec<IpAddr> {
     config
         .listen
