@@ -175,7 +175,26 @@ else
     fail "allow-list 3 broken config: reload status $reload_status, list '$(allow_list)', want '$want', state $(in_ct systemctl is-active dns-proxy.service)"
 fi
 
-# allow-list 4: a forward zone to the plain resolver C, outside the list, at reload.
+# allow-list 4: a configuration naming A whose ca_file only root can see (ProtectHome= hides
+# /root from the daemon) fails the reload too, although the privileged step could read it.
+in_ct cp /etc/dns-proxy-test-ca.pem /root/test-ca.pem
+allow_config 198.18.0.1 | sed 's|/etc/dns-proxy-test-ca.pem|/root/test-ca.pem|' |
+    in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+reload_status=0
+in_ct systemctl reload dns-proxy.service 2>/dev/null || reload_status=$?
+ok=1
+((reload_status != 0)) || ok=0
+[[ $(allow_list) == "$want" ]] || ok=0
+expect_answer "$allow_answer_b" @127.0.0.1 || ok=0
+expect_reach 198.18.0.1 853 blocked || ok=0
+if ((ok)); then
+    pass "allow-list 4 config the daemon cannot read (ca_file in /root) at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, B still answers"
+else
+    fail "allow-list 4 ca_file in /root: reload status $reload_status, list '$(allow_list)', want '$want'"
+    in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+fi
+
+# allow-list 5: a forward zone to the plain resolver C, outside the list, at reload.
 allow_config 198.18.0.2 '' "$allow_zone_c" | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
 in_ct systemctl reload dns-proxy.service
 want=$(allow_set 127.0.0.0/8 ::1/128 198.18.0.2/32 198.18.0.3/32)
@@ -187,13 +206,13 @@ expect_answer "$allow_answer_b" @127.0.0.1 || ok=0
 expect_reach 198.18.0.3 53 reachable || ok=0
 expect_reach 198.18.0.1 853 blocked || ok=0
 if ((ok)); then
-    pass "allow-list 4 forward zone to plain resolver C at reload: probe.corp.test answered by C ($got_c), IPAddressAllow=$(allow_list); A still blocked"
+    pass "allow-list 5 forward zone to plain resolver C at reload: probe.corp.test answered by C ($got_c), IPAddressAllow=$(allow_list); A still blocked"
 else
-    fail "allow-list 4 forward zone: probe.corp.test '$got_c', list '$(allow_list)', want '$want'"
+    fail "allow-list 5 forward zone: probe.corp.test '$got_c', list '$(allow_list)', want '$want'"
     in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
 fi
 
-# allow-list 5: a broken configuration moving the zone to A fails the reload; C stays.
+# allow-list 6: a broken configuration moving the zone to A fails the reload; C stays.
 allow_config 198.18.0.2 'timeout = "soon"' "${allow_zone_c/198.18.0.3/198.18.0.1}" |
     in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
 reload_status=0
@@ -205,8 +224,8 @@ got_c=$(in_ct dig +short +tries=1 +timeout=2 +tcp @127.0.0.1 probe.corp.test A 2
 [[ $got_c == "$allow_answer_c" ]] || ok=0
 expect_reach 198.18.0.1 853 blocked || ok=0
 if ((ok)); then
-    pass "allow-list 5 broken forward-zone config at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, C still answers probe.corp.test"
+    pass "allow-list 6 broken forward-zone config at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, C still answers probe.corp.test"
 else
-    fail "allow-list 5 broken forward-zone config: reload status $reload_status, list '$(allow_list)', want '$want', probe.corp.test '$got_c'"
+    fail "allow-list 6 broken forward-zone config: reload status $reload_status, list '$(allow_list)', want '$want', probe.corp.test '$got_c'"
 fi
 stop_container
