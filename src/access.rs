@@ -2,7 +2,7 @@
 //! address by mistake does not turn the host into an open resolver.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// An IP network: an address and how many of its leading bits a client must share.
@@ -22,18 +22,32 @@ pub enum NetworkError {
 }
 
 impl Network {
+    /// 127.0.0.0/8.
+    pub const LOOPBACK_V4: Network = Network {
+        addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+        prefix: 8,
+    };
+    /// ::1/128.
+    pub const LOOPBACK_V6: Network = Network {
+        addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        prefix: 128,
+    };
+
     /// Loopback, IPv4 and IPv6: the default `allow`.
     pub fn loopback() -> Vec<Network> {
-        vec![
-            Network {
-                addr: IpAddr::from([127, 0, 0, 0]),
-                prefix: 8,
-            },
-            Network {
-                addr: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-                prefix: 128,
-            },
-        ]
+        vec![Network::LOOPBACK_V4, Network::LOOPBACK_V6]
+    }
+
+    /// One address alone (/32 or /128). An IPv4-mapped IPv6 address is the IPv4 address it is.
+    pub fn host(ip: IpAddr) -> Network {
+        let addr = ip.to_canonical();
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Network { addr, prefix }
+    }
+
+    /// Whether every address of `other` lies in this network.
+    pub fn covers(&self, other: &Network) -> bool {
+        other.prefix >= self.prefix && self.contains(other.addr)
     }
 
     /// Whether `ip` lies in this network. An IPv4 client seen on a dual-stack socket as
@@ -168,6 +182,25 @@ mod tests {
         assert!(allows(&loopback, ip("::1")));
         assert!(!allows(&loopback, ip("192.168.1.1")));
         assert!(!allows(&loopback, ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn host_and_covers() {
+        assert_eq!(Network::host(ip("192.0.2.1")).to_string(), "192.0.2.1/32");
+        assert_eq!(
+            Network::host(ip("::ffff:192.0.2.1")).to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(
+            Network::host(ip("2001:db8::1")).to_string(),
+            "2001:db8::1/128"
+        );
+        assert!(net("10.0.0.0/8").covers(&net("10.1.0.0/16")));
+        assert!(net("10.0.0.0/8").covers(&net("10.0.0.0/8")));
+        assert!(!net("10.1.0.0/16").covers(&net("10.0.0.0/8")));
+        assert!(!net("10.0.0.0/8").covers(&net("11.0.0.0/16")));
+        assert!(net("0.0.0.0/0").covers(&net("203.0.113.9")));
+        assert!(!net("0.0.0.0/0").covers(&net("::1")));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The command line: what to do (run, check-config) and the few settings that must be known
+//! The command line: what to do (run, check-config, apply-ip-allow) and the few settings that must be known
 //! before the configuration is read (where it is, where logs go).
 
 use std::ffi::OsString;
@@ -10,13 +10,17 @@ use crate::config::Flags;
 use crate::logging::{LogFormat, LogTarget};
 
 pub const USAGE: &str = "\
-Usage: dns-proxy [check-config] [OPTIONS]
+Usage: dns-proxy [check-config | apply-ip-allow UNIT] [OPTIONS]
 
 Forwards the DNS queries of this host to upstream resolvers over DNS-over-TLS.
 
 Commands:
   (none)          run the daemon
-  check-config    validate the configuration and print it, with where each value came from
+  check-config    validate the configuration and print it, with where each value came from,
+                  and the IP allow list it needs under systemd
+  apply-ip-allow UNIT
+                  validate the configuration, then set UNIT's IPAddressAllow= to that list
+                  (the packaged unit runs it as root at each start and reload)
 
 Options:
   -c, --config FILE        configuration file (default: /etc/dns-proxy/dns-proxy.toml);
@@ -37,6 +41,7 @@ See dns-proxy(8) and dns-proxy.toml(5).
 pub enum Command {
     Run,
     CheckConfig,
+    ApplyIpAllow,
     Help,
     Version,
 }
@@ -46,6 +51,8 @@ pub struct Args {
     pub command: Command,
     /// `--config`: replaces the default file, which then must exist.
     pub config: Option<PathBuf>,
+    /// The systemd unit whose allow list `apply-ip-allow` sets.
+    pub unit: Option<String>,
     pub flags: Flags,
     pub log_target: LogTarget,
     pub log_format: LogFormat,
@@ -57,6 +64,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
     let mut parsed = Args {
         command: Command::Run,
         config: None,
+        unit: None,
         flags: Flags::default(),
         log_target: LogTarget::Auto,
         log_format: LogFormat::Text,
@@ -86,8 +94,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             Value(value) if value == "check-config" && parsed.command == Command::Run => {
                 parsed.command = Command::CheckConfig;
             }
+            Value(value) if value == "apply-ip-allow" && parsed.command == Command::Run => {
+                parsed.command = Command::ApplyIpAllow;
+            }
+            Value(value) if parsed.command == Command::ApplyIpAllow && parsed.unit.is_none() => {
+                parsed.unit = Some(value.string()?);
+            }
             _ => return Err(arg.unexpected()),
         }
+    }
+    if parsed.command == Command::ApplyIpAllow && parsed.unit.is_none() {
+        return Err("apply-ip-allow needs the name of the unit, e.g. dns-proxy.service".into());
     }
     Ok(parsed)
 }
@@ -136,6 +153,17 @@ mod tests {
         assert_eq!(args.flags.log_level.as_deref(), Some("debug"));
         assert_eq!(args.log_target, LogTarget::Journal);
         assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn apply_ip_allow_takes_a_unit() {
+        let args = parse_str(&["apply-ip-allow", "dns-proxy.service", "-c", "/x.toml"]).unwrap();
+        assert_eq!(args.command, Command::ApplyIpAllow);
+        assert_eq!(args.unit.as_deref(), Some("dns-proxy.service"));
+        assert_eq!(args.config, Some(PathBuf::from("/x.toml")));
+        assert!(parse_str(&["apply-ip-allow"]).is_err());
+        assert!(parse_str(&["apply-ip-allow", "a.service", "b.service"]).is_err());
+        assert!(parse_str(&["check-config", "dns-proxy.service"]).is_err());
     }
 
     #[test]

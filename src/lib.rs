@@ -14,7 +14,8 @@
 //! - [`zones`]: split DNS: which upstreams a name goes to, or its local answer.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
 //!   connection, and certificate validation; [`plain`]: a forward zone's plain-DNS resolver.
-//! - [`daemon`], [`notify`], [`logging`]: lifecycle, systemd, logs.
+//! - [`daemon`], [`notify`], [`logging`]: lifecycle, systemd, logs; [`sandbox`]: the
+//!   service's IP allow list, computed from the configuration.
 //! - [`metrics`]: the counters (also behind the systemd status line) and the Prometheus
 //!   endpoint serving them with a health check.
 //!
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod notify;
 pub mod plain;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod tcp;
 pub mod tls;
 pub mod udp;

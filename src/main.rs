@@ -5,9 +5,10 @@
 use std::process::ExitCode;
 
 use dns_proxy::cli::{self, Command};
-use dns_proxy::config::{self, Sources};
+use dns_proxy::config::{self, Config, Sources, ZoneUpstream};
 use dns_proxy::daemon::{self, DaemonError};
-use dns_proxy::{listeners, logging, tls};
+use dns_proxy::tls::TlsSetupError;
+use dns_proxy::{listeners, logging, sandbox, tls};
 
 /// Size-class slabs keep the cache's long-lived entries apart from each query's short-lived
 /// buffers; glibc's heap interleaved them and held about three times `cache_size` once full.
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
             println!("dns-proxy {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Command::Run | Command::CheckConfig => {}
+        Command::Run | Command::CheckConfig | Command::ApplyIpAllow => {}
     }
     let sources = Sources::from_process(args.config.clone(), args.flags.clone());
     let loaded = match config::load(&sources) {
@@ -46,15 +47,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if args.command == Command::CheckConfig {
-        // The same TLS setup the daemon does, so a CA file rustls cannot use fails here too.
-        for upstream in &loaded.config.upstreams {
-            if let Err(error) = tls::client_config(upstream) {
-                eprintln!("dns-proxy: {error}");
-                return ExitCode::from(EX_CONFIG);
-            }
+    if matches!(args.command, Command::CheckConfig | Command::ApplyIpAllow) {
+        if let Err(error) = check_tls(&loaded.config) {
+            eprintln!("dns-proxy: {error}");
+            return ExitCode::from(EX_CONFIG);
         }
-        print!("{}", loaded.describe());
+        let allow = sandbox::directive_value(&sandbox::ip_allow(&loaded.config));
+        match args.unit {
+            Some(unit) => apply_ip_allow(&unit, &loaded.config),
+            None => print!(
+                "{}\n# The IP allow list under the packaged service (set at each start and \
+                 reload; nothing else is reachable):\n# IPAddressAllow={allow}\n",
+                loaded.describe()
+            ),
+        }
         return ExitCode::SUCCESS;
     }
     if let Err(error) = logging::init(args.log_target, args.log_format, &loaded.config.log_level) {
@@ -83,5 +89,35 @@ fn main() -> ExitCode {
             tracing::error!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The same TLS setup the daemon does for every upstream, so that a CA file rustls cannot use
+/// fails `check-config` and a reload too.
+fn check_tls(config: &Config) -> Result<(), TlsSetupError> {
+    let zones = config.forward_zones.iter().flat_map(|zone| &zone.upstreams);
+    let zone_tls = zones.filter_map(|upstream| match upstream {
+        ZoneUpstream::Tls(upstream) => Some(upstream),
+        ZoneUpstream::Plain(_) => None,
+    });
+    for upstream in config.upstreams.iter().chain(zone_tls) {
+        tls::client_config(upstream)?;
+    }
+    Ok(())
+}
+
+/// Puts the allow list of a valid configuration in force. When systemd refuses it, the unit's
+/// own list stays and the service still starts or reloads: a warning says so.
+fn apply_ip_allow(unit: &str, config: &Config) {
+    let list = sandbox::ip_allow(config);
+    match sandbox::apply(unit, &list) {
+        Ok(()) => println!(
+            "dns-proxy: {unit}: IPAddressAllow={}",
+            sandbox::directive_value(&list)
+        ),
+        Err(error) => eprintln!(
+            "dns-proxy: warning: {error}; the unit's own IPAddressAllow= stays in force \
+             (see \"The IP allow list\" in dns-proxy(8))"
+        ),
     }
 }

@@ -186,12 +186,13 @@ impl UpstreamErrorKind {
 }
 
 /// EPERM on connect means the kernel refused the packet before it left: under the packaged
-/// unit that is its `IPAddressAllow=` list, which names only the default upstreams.
+/// unit that is its `IPAddressAllow=` list, set from the configuration unless systemd could
+/// not set it.
 fn describe_connect_error(error: &io::Error) -> String {
     if error.kind() == io::ErrorKind::PermissionDenied {
         format!(
             "TCP connect not permitted ({error}): a firewall or the unit's IP allow list blocks \
-             this address; add it with `systemctl edit dns-proxy.service` (IPAddressAllow=)"
+             this address (`dns-proxy check-config` prints the list the configuration needs)"
         )
     } else {
         format!("TCP connect failed: {error}")
@@ -516,7 +517,7 @@ mod tests {
     fn blocked_connect_names_the_allow_list() {
         let blocked = UpstreamError::Connect(Arc::new(io::Error::from_raw_os_error(1)));
         assert_eq!(blocked.kind(), "not_permitted");
-        assert!(blocked.to_string().contains("IPAddressAllow="), "{blocked}");
+        assert!(blocked.to_string().contains("IP allow list"), "{blocked}");
 
         let refused =
             UpstreamError::Connect(Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused)));

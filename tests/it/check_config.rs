@@ -2,6 +2,8 @@
 //! environment variable, command line), and that output is itself a valid config; any config
 //! error (misspelled key, bad environment value) exits 78 with one stderr line naming the source;
 //! the daemon refuses to start on a bad config the same way; `--help` and `--version` work.
+//! It also prints the IP allow list, and `apply-ip-allow` hands that list to `systemctl
+//! set-property` (a recording stand-in on PATH here; tests/system/allowlist.sh uses systemd's).
 
 use std::path::{Path, PathBuf};
 
@@ -291,5 +293,98 @@ async fn unusable_ca_certificate_exits_78_naming_the_file() {
     assert!(
         out.stderr.contains(ca.to_str().unwrap()),
         "CA file not named:\n{out}"
+    );
+}
+
+/// A `systemctl` stand-in in a temp dir that records its arguments, one per line, in `args`
+/// and exits with `status` after printing `message` on stderr. Returns the dir and a PATH
+/// that finds it first.
+fn recording_systemctl(status: u8, message: &str) -> (tempfile::TempDir, String) {
+    let dir = open_temp_dir();
+    let args = dir.path().join("args");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >'{}'\necho '{message}' >&2\nexit {status}\n",
+        args.display()
+    );
+    write_file(&dir.path().join("systemctl"), &script, 0o755);
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (dir, path)
+}
+
+/// Listening on a wildcard: loopback plus the `allow` networks; the loopback upstream is
+/// inside 127.0.0.0/8; the forward zone's plain resolver is added.
+const ALLOW_TOP: &str = r#"listen = ["0.0.0.0:5300"]
+allow = ["192.168.7.0/24"]
+[[forward_zone]]
+zones = ["corp.test"]
+[[forward_zone.upstream]]
+address = "10.0.0.2"
+protocol = "udp""#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_prints_the_ip_allow_list_last() {
+    let (_dir, path) = config_file(ALLOW_TOP);
+    let out = check_config(&path, &[], &[]).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("# IPAddressAllow=127.0.0.0/8 192.168.7.0/24 10.0.0.2/32"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_ip_allow_replaces_the_units_list() {
+    let (_dir, path) = config_file(ALLOW_TOP);
+    let (stub, search) = recording_systemctl(0, "");
+    let config = path.to_str().unwrap();
+    let args = ["apply-ip-allow", "dns-proxy.service", "--config", config];
+    let out = run_binary(&args, &[("PATH", &search)]).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    let called = std::fs::read_to_string(stub.path().join("args")).unwrap();
+    assert_eq!(
+        called.lines().collect::<Vec<_>>(),
+        [
+            "set-property",
+            "--runtime",
+            "dns-proxy.service",
+            "IPAddressAllow=",
+            "IPAddressAllow=127.0.0.0/8 192.168.7.0/24 10.0.0.2/32",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_ip_allow_bad_config_exits_78_and_sets_nothing() {
+    let (_dir, path) = config_file("timeout = \"soon\"");
+    let (stub, search) = recording_systemctl(0, "");
+    let config = path.to_str().unwrap();
+    let args = ["apply-ip-allow", "dns-proxy.service", "--config", config];
+    let out = run_binary(&args, &[("PATH", &search)]).await;
+    assert_eq!(out.code(), Some(EX_CONFIG), "{out}");
+    assert!(out.stderr.contains("timeout"), "{out}");
+    assert!(
+        !stub.path().join("args").exists(),
+        "systemctl was called:\n{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_ip_allow_refused_by_systemd_warns_and_lets_the_service_start() {
+    let (_dir, path) = config_file("");
+    let (_stub, search) = recording_systemctl(1, "Unknown assignment: IPAddressAllow=");
+    let config = path.to_str().unwrap();
+    let args = ["apply-ip-allow", "dns-proxy.service", "--config", config];
+    let out = run_binary(&args, &[("PATH", &search)]).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(
+        out.stderr.contains("warning")
+            && out.stderr.contains("Unknown assignment")
+            && out.stderr.contains("own IPAddressAllow= stays in force"),
+        "{out}"
     );
 }

@@ -277,7 +277,10 @@ async fn help_options() -> BTreeSet<String> {
             continue;
         }
         let words = line.split_whitespace().map(|w| w.trim_end_matches(','));
+        // A line indented deeper continues the description above it.
+        let continued = line.starts_with("   ");
         match section {
+            "Commands:" if continued => {}
             "Commands:" => options.extend(
                 words
                     .take(1)

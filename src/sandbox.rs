@@ -1,0 +1,254 @@
+//! The IP allow list of the packaged service (`IPAddressAllow=`): the addresses the
+//! configuration needs the daemon to exchange packets with, computed from a [`Config`] alone,
+//! and putting it in force on the systemd unit.
+//!
+//! `dns-proxy apply-ip-allow UNIT` runs as the unit's privileged `ExecStartPre=+` and
+//! `ExecReload=+` step: it validates the configuration, then replaces the unit's list with
+//! `systemctl set-property --runtime` (which lasts until the next boot). The unit's own
+//! `IPAddressDeny=any` stays, so anything not on the list is dropped by the kernel.
+//! `check-config` prints the same list. Nothing here opens a socket.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, ExitStatus};
+
+use crate::access::Network;
+use crate::config::{Config, ZoneUpstream};
+
+/// The addresses the daemon may exchange packets with under `config`, in this order:
+///
+/// - loopback, when the daemon binds a listener there itself (`listen`, `[metrics] listen`):
+///   127.0.0.0/8 for an IPv4 one, ::1 for an IPv6 one, both for a wildcard;
+/// - the networks of `allow`, when one of those listeners is beyond loopback: its clients;
+/// - every upstream address, default and forward zones.
+///
+/// An entry inside another one is left out. The sockets systemd passes (port 53 of
+/// `dns-proxy.socket`) belong to the socket unit and are not filtered by the service's list.
+pub fn ip_allow(config: &Config) -> Vec<Network> {
+    let listeners = own_listeners(config);
+    let mut wanted = Vec::new();
+    // `[::]` also takes IPv4 on a dual-stack socket.
+    if listeners
+        .iter()
+        .any(|ip| (ip.is_ipv4() && ip.is_loopback()) || ip.is_unspecified())
+    {
+        wanted.push(Network::LOOPBACK_V4);
+    }
+    if listeners
+        .iter()
+        .any(|ip| ip.is_ipv6() && (ip.is_loopback() || ip.is_unspecified()))
+    {
+        wanted.push(Network::LOOPBACK_V6);
+    }
+    if listeners.iter().any(|ip| !ip.is_loopback()) {
+        wanted.extend(config.allow.iter().copied());
+    }
+    let zones = config.forward_zones.iter().flat_map(|zone| &zone.upstreams);
+    let upstreams = config
+        .upstreams
+        .iter()
+        .map(|upstream| upstream.address)
+        .chain(zones.map(|upstream| match upstream {
+            ZoneUpstream::Tls(upstream) => upstream.address,
+            ZoneUpstream::Plain(address) => *address,
+        }));
+    wanted.extend(upstreams.map(|address| Network::host(address.ip())));
+
+    let mut list: Vec<Network> = Vec::new();
+    for network in wanted {
+        if !list.iter().any(|kept| kept.covers(&network)) {
+            list.retain(|kept| !network.covers(kept));
+            list.push(network);
+        }
+    }
+    list
+}
+
+/// The addresses of every socket the daemon binds itself, canonical (IPv4-mapped as IPv4):
+/// any listener it gains belongs here. `listen` counts even though socket activation ignores
+/// it: the list is computed before the daemon starts, when nobody knows yet whether systemd
+/// will pass sockets.
+fn own_listeners(config: &Config) -> Vec<IpAddr> {
+    config
+        .listen
+        .iter()
+        .chain(config.metrics.iter().map(|metrics| &metrics.listen))
+        .map(|address: &SocketAddr| address.ip().to_canonical())
+        .collect()
+}
+
+/// The list as systemd's `IPAddressAllow=` takes it: networks separated by spaces.
+pub fn directive_value(list: &[Network]) -> String {
+    let items: Vec<String> = list.iter().map(Network::to_string).collect();
+    items.join(" ")
+}
+
+/// Why the list could not be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// `systemctl` could not be run (not installed, not in `PATH`).
+    #[error("cannot run systemctl: {0}")]
+    Spawn(#[source] io::Error),
+    /// systemd refused the property: too old, unknown unit, no D-Bus, not root.
+    #[error(
+        "`systemctl set-property --runtime {unit} IPAddressAllow=…` failed ({status}): {stderr}"
+    )]
+    Refused {
+        unit: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+}
+
+/// Replaces `unit`'s `IPAddressAllow=` with `list` until the next boot. The empty assignment
+/// first drops the unit file's list; systemd applies both in one call, so the service never
+/// sees a list in between.
+pub fn apply(unit: &str, list: &[Network]) -> Result<(), ApplyError> {
+    let output = Command::new("systemctl")
+        .args(["set-property", "--runtime", unit, "IPAddressAllow="])
+        .arg(format!("IPAddressAllow={}", directive_value(list)))
+        .output()
+        .map_err(ApplyError::Spawn)?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(ApplyError::Refused {
+            unit: unit.to_string(),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(toml: &str) -> String {
+        let config = Config::from_toml_str(toml).unwrap();
+        directive_value(&ip_allow(&config))
+    }
+
+    #[test]
+    fn default_configuration_is_loopback_and_cloudflare() {
+        // The same as the unit file's own list, which applies where the step cannot run.
+        assert_eq!(list(""), "127.0.0.0/8 ::1/128 1.1.1.1/32 1.0.0.1/32");
+    }
+
+    #[test]
+    fn upstreams_replace_the_defaults() {
+        let toml = r#"
+            [[upstream]]
+            address = "9.9.9.9"
+            tls_name = "dns.quad9.net"
+            [[upstream]]
+            address = "[2620:fe::fe]:853"
+            tls_name = "dns.quad9.net"
+        "#;
+        assert_eq!(list(toml), "127.0.0.0/8 ::1/128 9.9.9.9/32 2620:fe::fe/128");
+    }
+
+    #[test]
+    fn forward_zone_resolvers_are_added_plain_and_tls() {
+        let toml = r#"
+            [[upstream]]
+            address = "9.9.9.9"
+            [[forward_zone]]
+            zones = ["corp.example"]
+            [[forward_zone.upstream]]
+            address = "10.0.0.2"
+            protocol = "udp"
+            [[forward_zone.upstream]]
+            address = "10.0.0.3:8853"
+            tls_name = "resolver.corp.example"
+            [[forward_zone]]
+            zones = ["cluster.local"]
+            [[forward_zone.upstream]]
+            address = "10.96.0.10"
+            protocol = "udp"
+        "#;
+        assert_eq!(
+            list(toml),
+            "127.0.0.0/8 ::1/128 9.9.9.9/32 10.0.0.2/32 10.0.0.3/32 10.96.0.10/32"
+        );
+    }
+
+    #[test]
+    fn loopback_upstream_and_duplicates_are_listed_once() {
+        let toml = r#"
+            [[upstream]]
+            address = "127.0.0.2:853"
+            [[upstream]]
+            address = "9.9.9.9"
+            [[forward_zone]]
+            zones = ["corp.example"]
+            [[forward_zone.upstream]]
+            address = "9.9.9.9:53"
+            protocol = "udp"
+        "#;
+        assert_eq!(list(toml), "127.0.0.0/8 ::1/128 9.9.9.9/32");
+    }
+
+    #[test]
+    fn allow_networks_only_when_listening_beyond_loopback() {
+        let on_loopback = r#"
+            allow = ["127.0.0.0/8", "192.168.1.0/24"]
+            [[upstream]]
+            address = "9.9.9.9"
+        "#;
+        assert_eq!(list(on_loopback), "127.0.0.0/8 ::1/128 9.9.9.9/32");
+
+        let on_lan = r#"
+            listen = ["192.168.1.5:53"]
+            allow = ["192.168.1.0/24", "fd00::/8"]
+            [[upstream]]
+            address = "192.168.1.1"
+        "#;
+        // The upstream lies inside an allowed network; no loopback listener, no loopback.
+        assert_eq!(list(on_lan), "192.168.1.0/24 fd00::/8");
+
+        let wildcard = r#"
+            listen = ["0.0.0.0:53"]
+            allow = ["10.0.0.0/8"]
+            [[upstream]]
+            address = "9.9.9.9"
+        "#;
+        assert_eq!(list(wildcard), "127.0.0.0/8 10.0.0.0/8 9.9.9.9/32");
+
+        let dual_stack = r#"
+            listen = ["[::]:53"]
+            allow = ["0.0.0.0/0", "::/0"]
+            [[upstream]]
+            address = "9.9.9.9"
+        "#;
+        assert_eq!(list(dual_stack), "0.0.0.0/0 ::/0");
+    }
+
+    #[test]
+    fn metrics_endpoint_counts_as_a_listener() {
+        let metrics_on_lan = r#"
+            listen = ["127.0.0.1:5300"]
+            allow = ["127.0.0.0/8", "10.1.0.0/16"]
+            [[upstream]]
+            address = "9.9.9.9"
+            [metrics]
+            listen = "10.1.2.3:9153"
+        "#;
+        assert_eq!(list(metrics_on_lan), "127.0.0.0/8 10.1.0.0/16 9.9.9.9/32");
+    }
+
+    #[test]
+    fn ipv4_mapped_listener_is_ipv4() {
+        let toml = r#"
+            listen = ["[::ffff:127.0.0.1]:5300"]
+            [[upstream]]
+            address = "9.9.9.9"
+        "#;
+        assert_eq!(list(toml), "127.0.0.0/8 9.9.9.9/32");
+    }
+}
