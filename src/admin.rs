@@ -211,9 +211,9 @@ fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp
     response
 }
 
-/// Closing with unread input would reset the connection and could destroy the response before
-/// the client reads it: reads what the client still sends until it closes its side, bounded in
-/// time and bytes.
+/// Closing with unread input sends a reset, which may make the client's TCP discard the end of
+/// the response (RFC 9112 §9.6): so, as there, half-close and read what the client still sends
+/// until it closes its side, bounded in time and bytes.
 async fn linger(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
     let _ = tokio::time::timeout(LINGER, async {
@@ -397,8 +397,10 @@ mod tests {
     #[tokio::test]
     async fn a_slow_client_is_closed_after_the_header_timeout_while_others_are_served() {
         let header_timeout = Duration::from_secs(2);
+        // Only the header timeout can close it within the test's bound.
         let server = start(Limits {
             header_timeout,
+            connection_timeout: Duration::from_secs(60),
             ..Limits::default()
         })
         .await;
