@@ -159,15 +159,22 @@ impl Admin {
             }
         };
         match tokio::time::timeout(self.limits.connection_timeout, exchange).await {
-            // hyper has sent the response (its own 400 or 431 for a bad request) and shut
-            // down our side; the client may still be sending.
             Ok(Some(served)) => {
-                if let Err(error) = served {
-                    debug!("metrics connection: {error}");
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = linger(&mut stream) => {}
+                // A response went out, ours or hyper's 400 or 431 for a bad request, unless
+                // the head timed out or the client left; only then may the client still be
+                // sending.
+                let answered = match served {
+                    Ok(()) => true,
+                    Err(error) => {
+                        debug!("metrics connection: {error}");
+                        error.is_parse()
+                    }
+                };
+                if answered {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = linger(&mut stream) => {}
+                    }
                 }
             }
             Ok(None) => debug!("metrics connection: closed by shutdown"),
