@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::dns;
+use crate::error::Handshake;
 use crate::framing::FrameReader;
 use crate::metrics::{GaugeGuard, UpstreamMetrics};
 use crate::upstream::UpstreamError;
@@ -65,13 +66,6 @@ struct Waiter {
     ticket: u64,
     question: Box<[u8]>,
     reply: oneshot::Sender<Vec<u8>>,
-}
-
-/// Whether a new connection resumed an earlier TLS session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handshake {
-    Full,
-    Resumed,
 }
 
 impl Connection {

@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::admin::Admin;
 use crate::config::{self, Config, Sources};
 use crate::forwarder::Forwarder;
 use crate::listeners::{self, Inherited, ListenError};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::tls::TlsSetupError;
 use crate::{notify, tcp, udp};
 
@@ -170,9 +171,8 @@ pub async fn run(
             Ok(address) => info!("metrics: serving http://{address}/metrics and /healthz"),
             Err(_) => info!("metrics: serving /metrics and /healthz"),
         }
-        tracker.spawn(metrics::serve(
+        tracker.spawn(admin_endpoint(&context).serve(
             tokio_listener(listener)?,
-            context.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -253,6 +253,19 @@ fn describe(transport: &str, address: io::Result<std::net::SocketAddr>) -> Strin
         Ok(address) => format!("{transport} {address}"),
         Err(_) => format!("{transport} (unknown address)"),
     }
+}
+
+/// The admin endpoint, serving this daemon's metrics and its health: healthy while an
+/// upstream of the forwarder in force is up.
+fn admin_endpoint(context: &Arc<Context>) -> Arc<Admin> {
+    let (metrics, health) = (context.metrics.clone(), context.clone());
+    Arc::new(Admin::new(
+        move || metrics.render(),
+        move || match health.forwarder().any_upstream_up() {
+            true => Ok(()),
+            false => Err("no upstream is up"),
+        },
+    ))
 }
 
 /// A listening socket handed to tokio, which needs it non-blocking.

@@ -197,7 +197,7 @@ impl Group {
         let elapsed = started.elapsed();
         match &result {
             Ok(_) => metrics.answered(elapsed),
-            Err(error) => metrics.failed(error),
+            Err(error) => metrics.failed(error.error_kind()),
         }
         // `Down` made no attempt: there is no time to learn from.
         if !matches!(result, Err(UpstreamError::Down)) {

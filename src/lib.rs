@@ -16,12 +16,14 @@
 //!   connection, and certificate validation; [`plain`]: a forward zone's plain-DNS resolver.
 //! - [`daemon`], [`notify`], [`logging`]: lifecycle, systemd, logs; [`sandbox`]: the
 //!   service's IP allow list, computed from the configuration.
-//! - [`metrics`]: the counters (also behind the systemd status line) and the Prometheus
-//!   endpoint serving them with a health check.
+//! - [`metrics`]: the counters (also behind the systemd status line) and their Prometheus
+//!   rendering; [`admin`]: the HTTP endpoint serving them and a health check (hyper).
+//! - [`error`]: the kinds of upstream outcomes that both the upstream code and the metrics use.
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 
 pub mod access;
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod coalesce;
@@ -29,6 +31,7 @@ pub mod config;
 pub mod connection;
 pub mod daemon;
 pub mod dns;
+pub mod error;
 pub mod forwarder;
 pub mod framing;
 pub mod group;

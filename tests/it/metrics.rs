@@ -2,7 +2,9 @@
 //! (UDP and TCP answers, a FORMERR, a SERVFAIL from a stalled upstream, a dropped packet) gives
 //! exactly those counts; `/healthz` is 200 while an upstream is up and 503 while the only one
 //! is down; counters survive a reload; a socket passed by systemd under the name `metrics`
-//! serves the endpoint while the DNS sockets keep working; every series is in the manual.
+//! serves the endpoint while the DNS sockets keep working; every series is in the manual; a
+//! client that never finishes its request is dropped after the header timeout while others
+//! are served, and an oversized request head gets 431.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -375,6 +377,48 @@ async fn anything_else_is_not_found_and_bad_requests_are_refused() {
     let mut half = TcpStream::connect(address).await.expect("connect");
     half.write_all(b"GET /metr").await.expect("write");
     drop(half);
+    assert_eq!(get(address, "/healthz").await.status, 200);
+    proxy.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_dropped_after_5_seconds_and_oversized_requests_get_431() {
+    let up = FakeUpstream::start().await;
+    let proxy = Proxy::start(&config(&up)).await;
+    let address = proxy.metrics_address().await;
+    let started = std::time::Instant::now();
+    let mut slow = TcpStream::connect(address).await.expect("connect");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost")
+        .await
+        .expect("write");
+
+    // Scrapes go on while it holds its connection.
+    scrape(address).await;
+    let mut probe = [0u8; 64];
+    match slow.try_read(&mut probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("slow connection not open while a scrape was served: {other:?}"),
+    }
+    // Over 100 header lines, although under 8 KiB.
+    let many = format!("GET /metrics HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(200));
+    assert_eq!(http(address, &many).await.status, 431);
+
+    // The header-read timeout (5 s) closes it without an answer.
+    let mut received = Vec::new();
+    within(Duration::from_secs(15), "slow client closed", async {
+        slow.read_to_end(&mut received).await.expect("read");
+    })
+    .await;
+    assert!(
+        received.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(get(address, "/healthz").await.status, 200);
     proxy.assert_running();
 }
