@@ -57,6 +57,9 @@ pub(crate) trait Keys {
     fn names(out: &mut Vec<&'static str>);
     /// Each key's name and one-line doc.
     fn docs(out: &mut Vec<(&'static str, String)>);
+    /// Whether `key` is one of these keys (`None` if not) and, if so, whether the value the
+    /// layers give it has the type it needs, without checking it further.
+    fn parses(key: &str, figment: &Figment) -> Option<Result<(), ConfigError>>;
     /// Replaces each key's value by the one the layers set, if any, checked.
     fn load(&mut self, figment: &Figment) -> Result<(), ConfigError>;
     /// Each key's name and TOML value (`None` for tables).
@@ -68,6 +71,7 @@ pub(crate) trait Entry {
     type Value;
     fn names(name: &'static str, out: &mut Vec<&'static str>);
     fn docs(name: &'static str, doc: &[&str], out: &mut Vec<(&'static str, String)>);
+    fn parses(name: &str, key: &str, figment: &Figment) -> Option<Result<(), ConfigError>>;
     fn load(value: &mut Self::Value, name: &str, figment: &Figment) -> Result<(), ConfigError>;
     fn render(
         value: &Self::Value,
@@ -85,6 +89,10 @@ impl<K: Key> Entry for K {
 
     fn docs(name: &'static str, doc: &[&str], out: &mut Vec<(&'static str, String)>) {
         out.push((name, doc.join(" ").trim().to_string()));
+    }
+
+    fn parses(name: &str, key: &str, figment: &Figment) -> Option<Result<(), ConfigError>> {
+        (name == key).then(|| extract::<K::Raw>(figment, name).map(drop))
     }
 
     fn load(value: &mut K::Value, name: &str, figment: &Figment) -> Result<(), ConfigError> {
@@ -118,6 +126,10 @@ impl<S: Keys> Entry for Section<S> {
 
     fn docs(_: &'static str, _: &[&str], out: &mut Vec<(&'static str, String)>) {
         S::docs(out);
+    }
+
+    fn parses(_: &str, key: &str, figment: &Figment) -> Option<Result<(), ConfigError>> {
+        S::parses(key, figment)
     }
 
     fn load(value: &mut S, _: &str, figment: &Figment) -> Result<(), ConfigError> {
@@ -183,6 +195,23 @@ macro_rules! keys {
                         out,
                     );
                 )*
+            }
+
+            fn parses(
+                key: &str,
+                figment: &figment::Figment,
+            ) -> Option<Result<(), $crate::config::ConfigError>> {
+                $(
+                    let parsed = <keys!(@kind $ty $(as $kind)?) as $crate::config::declare::Entry>::parses(
+                        keys!(@key $field $($key)?),
+                        key,
+                        figment,
+                    );
+                    if parsed.is_some() {
+                        return parsed;
+                    }
+                )*
+                None
             }
 
             fn load(&mut self, figment: &figment::Figment) -> Result<(), $crate::config::ConfigError> {

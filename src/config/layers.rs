@@ -315,20 +315,18 @@ pub(crate) fn extract<T: DeserializeOwned>(
         })
 }
 
-/// The first key of the merged layers that is not among `known`, with the layer that set it.
-pub(crate) fn unknown_key(figment: &Figment, known: &[&str]) -> Result<(), ConfigError> {
+/// The top-level keys the layers set, in order, each with the name of the layer that set it.
+pub(crate) fn keys_set(figment: &Figment) -> Result<Vec<(String, String)>, ConfigError> {
     let data = figment.data()?;
-    let Some(dict) = data.get(&Profile::Default) else {
-        return Ok(());
-    };
-    match dict.iter().find(|(key, _)| !known.contains(&key.as_str())) {
-        None => Ok(()),
-        Some((key, value)) => Err(ConfigError::UnknownKey {
-            origin: figment
-                .get_metadata(value.tag())
-                .map_or_else(|| "configuration".to_string(), |m| m.name.to_string()),
-            key: key.clone(),
-            expected: known.join(", "),
-        }),
-    }
+    let keys = data.get(&Profile::Default).map(|dict| {
+        dict.iter()
+            .map(|(key, value)| {
+                let origin = figment
+                    .get_metadata(value.tag())
+                    .map_or_else(|| "configuration".to_string(), |m| m.name.to_string());
+                (key.clone(), origin)
+            })
+            .collect()
+    });
+    Ok(keys.unwrap_or_default())
 }

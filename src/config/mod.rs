@@ -13,11 +13,12 @@
 //! - `render.rs`: `check-config`'s output.
 //!
 //! The defaults are the declared ones, not a layer: a key that no layer sets keeps its default,
-//! and its source is reported as "default". Loading refuses unknown keys, then reads each
-//! declared key that a layer sets: figment extracts its value as written (wrong types and
-//! malformed durations fail with the source and key figment attaches), then the key's kind
-//! checks it (addresses, names, certificates, pins, ranges), naming the source found with
-//! `Figment::find_metadata`. Last come the few rules that tie keys together.
+//! and its source is reported as "default". Loading has two phases, as a serde struct with
+//! `deny_unknown_fields` and then a validation would: figment extracts each key's value as
+//! written, refusing unknown keys, wrong types and malformed durations with the source and key
+//! figment attaches; then each key's kind checks its value (addresses, names, certificates,
+//! pins, ranges), naming the source found with `Figment::find_metadata`; last come the few
+//! rules that tie keys together.
 
 use std::io;
 use std::path::PathBuf;
@@ -37,9 +38,7 @@ mod units;
 use declare::Keys as _;
 pub use keys::{CacheConfig, Config};
 pub use layers::{DEFAULT_CONFIG_FILE, Flags, Sources};
-use layers::{
-    Layer, env_layers, file_layers, flag_layers, key_path, origin, toml_layer, unknown_key,
-};
+use layers::{Layer, env_layers, file_layers, flag_layers, key_path, keys_set, origin, toml_layer};
 pub use types::{ForwardZone, Hedge, MetricsConfig, Strategy, UpstreamConfig, ZoneUpstream};
 
 impl Config {
@@ -146,9 +145,23 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
 /// Merges `layers`, each overriding the ones before, over the defaults, and validates.
 fn resolve(layers: Vec<Layer>) -> Result<Loaded, ConfigError> {
     let figment = layers.into_iter().fold(Figment::new(), Figment::merge);
-    let mut names = Vec::new();
-    Config::names(&mut names);
-    unknown_key(&figment, &names)?;
+    // First what serde would refuse, in the same order: an unknown key or a value of the wrong
+    // type, the first in key order; then each key's own checks, in declaration order.
+    for (key, origin) in keys_set(&figment)? {
+        match Config::parses(&key, &figment) {
+            Some(parsed) => parsed?,
+            None => {
+                let mut names = Vec::new();
+                Config::names(&mut names);
+                let expected = names.join(", ");
+                return Err(ConfigError::UnknownKey {
+                    origin,
+                    key,
+                    expected,
+                });
+            }
+        }
+    }
     let mut config = Config::default();
     config.load(&figment)?;
     keys::check_together(&config, &figment)?;
