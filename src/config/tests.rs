@@ -884,3 +884,24 @@ fn toml_strings_are_escaped() {
     assert_eq!(toml_duration(Duration::from_secs(120)), "\"2m\"");
     assert_eq!(toml_duration(Duration::from_secs(90)), "\"90s\"");
 }
+
+#[test]
+fn every_declared_key_has_a_doc_and_a_man_page_item() {
+    let page = include_str!("../../man/dns-proxy.toml.5");
+    let items: Vec<&str> = page
+        .lines()
+        .filter_map(|line| line.strip_prefix(".B "))
+        .map(|tag| tag.trim_start_matches('[').trim_end_matches(']'))
+        .collect();
+    let docs = Config::key_docs();
+    let mut names = Vec::new();
+    <Config as declare::Keys>::names(&mut names);
+    assert_eq!(docs.iter().map(|(key, _)| *key).collect::<Vec<_>>(), names);
+    for (key, doc) in docs {
+        assert!(!doc.is_empty(), "{key} is declared without a doc");
+        assert!(
+            items.contains(&key),
+            "man/dns-proxy.toml.5 has no `.B {key}` item for the declared key {key}"
+        );
+    }
+}
