@@ -1,4 +1,4 @@
-//! How a key is declared: the [`keys!`](crate::config::keys) macro turns one line per key (doc,
+//! How a key is declared: the `keys!` macro turns one line per key (doc,
 //! field, type, validating kind, default) into the struct, its `Default`, its loading with
 //! figment's provenance in errors, the list of valid keys and the `check-config` rendering.
 //!
