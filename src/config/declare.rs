@@ -66,8 +66,10 @@ pub(crate) trait Keys {
     fn render(&self, out: &mut Vec<(&'static str, Option<String>)>);
 }
 
-/// One field of a struct of keys: a key of some kind, or a [`Section`] of keys.
+/// One field of a struct of keys: a key of some kind, or a [`Section`] of keys. `name` is the
+/// key's name in the file; a section ignores its own and answers for its keys.
 pub(crate) trait Entry {
+    /// The field's type.
     type Value;
     fn names(name: &'static str, out: &mut Vec<&'static str>);
     fn docs(name: &'static str, doc: &[&str], out: &mut Vec<(&'static str, String)>);
@@ -88,7 +90,8 @@ impl<K: Key> Entry for K {
     }
 
     fn docs(name: &'static str, doc: &[&str], out: &mut Vec<(&'static str, String)>) {
-        out.push((name, doc.join(" ").trim().to_string()));
+        let lines: Vec<&str> = doc.iter().map(|line| line.trim()).collect();
+        out.push((name, lines.join(" ")));
     }
 
     fn parses(name: &str, key: &str, figment: &Figment) -> Option<Result<(), ConfigError>> {

@@ -898,7 +898,10 @@ fn every_declared_key_has_a_doc_and_a_man_page_item() {
     <Config as declare::Keys>::names(&mut names);
     assert_eq!(docs.iter().map(|(key, _)| *key).collect::<Vec<_>>(), names);
     for (key, doc) in docs {
-        assert!(!doc.is_empty(), "{key} is declared without a doc");
+        assert!(
+            !doc.is_empty() && !doc.contains("  "),
+            "{key} is declared without a one-line doc: {doc:?}"
+        );
         assert!(
             items.contains(&key),
             "man/dns-proxy.toml.5 has no `.B {key}` item for the declared key {key}"
