@@ -1,0 +1,141 @@
+//! Every configuration key, declared once: its field, type, kind (what it accepts, in
+//! `types.rs`), default and one-line doc. Loading, the checks, the list of valid keys in
+//! errors and `check-config`'s output follow from these declarations; the man page documents
+//! each key (`tests/it/man_page.rs` holds it to this list).
+//!
+//! Keys are listed in the order `check-config` prints them. The few rules that tie keys
+//! together are in [`check_together`].
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use figment::Figment;
+
+use super::ConfigError;
+use super::declare::{Section, keys};
+use super::layers::origin;
+use super::types::{
+    Between, CacheSize, ForwardZone, ForwardZones, Hedge, LogLevel, Metrics, MetricsConfig,
+    Networks, Positive, SocketAddrs, Strategy, Ttl, UpstreamConfig, Upstreams,
+};
+use super::units::toml_duration;
+use crate::access::{DenyAction, Network};
+
+keys! {
+    /// The validated configuration the daemon runs with.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Config {
+        /// Addresses bound for UDP and TCP when systemd passes no sockets.
+        pub listen: Vec<SocketAddr> as SocketAddrs = vec![
+            SocketAddr::from(([127, 0, 0, 1], 5300)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, 5300)),
+        ];
+        /// Serve clients over UDP.
+        pub udp: bool = true;
+        /// Serve clients over TCP.
+        pub tcp: bool = true;
+        /// Budget for one query, from receipt to the answer, across retries and upstreams.
+        pub timeout: Duration as Positive = Duration::from_millis(2000);
+        /// A client TCP connection with nothing outstanding is closed after this long.
+        pub tcp_idle_timeout: Duration as Positive = Duration::from_secs(10);
+        /// Most client TCP connections open at once; further clients wait in the kernel backlog.
+        pub tcp_max_connections: usize as Between<1, 65_535> = 256;
+        /// Most client TCP connections open at once from one address, so one client (a
+        /// slowloris) cannot take every slot.
+        pub tcp_max_connections_per_client: usize as Between<1, 65_535> = 32;
+        /// Most queries outstanding on one client TCP connection; reading pauses beyond it.
+        pub tcp_max_queries: usize as Between<1, 65_535> = 64;
+        /// An upstream TLS connection with no query outstanding is closed after this long.
+        pub upstream_idle_timeout: Duration as Positive = Duration::from_secs(30);
+        /// Most TLS connections open to one upstream at once.
+        pub upstream_connections: usize as Between<1, 16> = 2;
+        /// How a query picks among the available upstreams.
+        pub strategy: Strategy = Strategy::Fastest;
+        /// When a query is also sent to a second upstream.
+        pub hedge: Hedge = Hedge::Off;
+        /// Log one line per query at info level (off by default for privacy).
+        pub log_queries: bool = false;
+        /// Default log level: error, warn, info, debug or trace.
+        pub log_level: String as LogLevel = "info".to_string();
+        /// Clients that may use the resolver. Never empty.
+        pub allow: Vec<Network> as Networks = Network::loopback();
+        /// What clients outside `allow` get.
+        pub deny_action: DenyAction = DenyAction::Refuse;
+        /// Queries per second allowed per client address (IPv6: per /64); 0 is no limit.
+        pub rate_limit: u32 = 0;
+        /// What a client over `rate_limit` gets. Dropped by default: answering a flood would
+        /// reflect it at whoever the sources are spoofed as.
+        pub rate_limit_action: DenyAction = DenyAction::Drop;
+        /// The answer cache (the `cache*` keys).
+        pub cache: CacheConfig as Section<CacheConfig> = CacheConfig::default();
+        /// Upstream DoT resolvers, in order of preference. Never empty.
+        #[key = "upstream"]
+        pub upstreams: Vec<UpstreamConfig> as Upstreams = vec![
+            UpstreamConfig::cloudflare([1, 1, 1, 1]),
+            UpstreamConfig::cloudflare([1, 0, 0, 1]),
+        ];
+        /// Split DNS: zones with upstreams of their own, in configuration order.
+        #[key = "forward_zone"]
+        pub forward_zones: Vec<ForwardZone> as ForwardZones = Vec::new();
+        /// The Prometheus endpoint; `None` (the default) serves none, unless systemd passes a
+        /// socket named `metrics`.
+        pub metrics: Option<MetricsConfig> as Metrics = None;
+    }
+}
+
+keys! {
+    /// The answer cache's settings (`cache*` keys).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CacheConfig {
+        /// Off: every query goes upstream.
+        #[key = "cache"]
+        pub enabled: bool = true;
+        /// Most bytes the cache holds, entries' bookkeeping included.
+        #[key = "cache_size"]
+        pub size: usize as CacheSize = 32 << 20;
+        /// TTLs below this are raised to it.
+        #[key = "cache_min_ttl"]
+        pub min_ttl: Duration as Ttl = Duration::ZERO;
+        /// TTLs above this are lowered to it.
+        #[key = "cache_max_ttl"]
+        pub max_ttl: Duration as Ttl = Duration::from_secs(86_400);
+        /// Longest a negative answer (NXDOMAIN, NODATA) is kept.
+        #[key = "cache_negative_ttl"]
+        pub negative_ttl: Duration as Ttl = Duration::from_secs(3600);
+        /// How long after expiry an answer may still be served when every upstream fails; zero
+        /// turns serve-stale off.
+        #[key = "cache_serve_stale"]
+        pub serve_stale: Duration as Ttl = Duration::from_secs(86_400);
+        /// Refresh entries still in use shortly before they expire.
+        #[key = "cache_prefetch"]
+        pub prefetch: bool = true;
+    }
+}
+
+/// The rules that involve more than one key, checked once each key is valid on its own.
+pub(super) fn check_together(config: &Config, figment: &Figment) -> Result<(), ConfigError> {
+    let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        origin: origin(figment, key),
+        key: key.to_string(),
+        reason,
+    };
+    if !config.udp && !config.tcp {
+        let reason = "udp and tcp are both off: nothing would be served".to_string();
+        return Err(invalid("udp", reason));
+    }
+    let cache = &config.cache;
+    for (key, ceiling) in [
+        ("cache_max_ttl", cache.max_ttl),
+        ("cache_negative_ttl", cache.negative_ttl),
+    ] {
+        if ceiling < cache.min_ttl {
+            let reason = format!(
+                "{} is below cache_min_ttl ({})",
+                toml_duration(ceiling),
+                toml_duration(cache.min_ttl)
+            );
+            return Err(invalid(key, reason));
+        }
+    }
+    Ok(())
+}

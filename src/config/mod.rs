@@ -1,0 +1,169 @@
+//! Configuration: the layered sources (built-in defaults, the TOML file, its drop-in directory,
+//! `DNS_PROXY_*` environment variables, command-line flags), merged with figment, then checked
+//! into a [`Config`] whose fields cannot be wrong. Nothing here opens sockets; the only I/O is
+//! reading the TOML files and each upstream's `ca_file`.
+//!
+//! # Layout
+//! - `keys.rs`: every key, declared once (field, type, kind, default, doc); the only file to
+//!   edit to add a key, with its man-page item in `man/dns-proxy.toml.5`.
+//! - `declare.rs`: the `keys!` macro and what a declaration turns into.
+//! - `types.rs`: the kinds of key, each checking what it accepts; the tables' types.
+//! - `units.rs`: durations and sizes as written, and TOML text for values.
+//! - `layers.rs`: the sources, each a figment provider named after where its values came from.
+//! - `render.rs`: `check-config`'s output.
+//!
+//! The defaults are the declared ones, not a layer: a key that no layer sets keeps its default,
+//! and its source is reported as "default". Loading has two phases, as a serde struct with
+//! `deny_unknown_fields` and then a validation would: figment extracts each key's value as
+//! written, refusing unknown keys, wrong types and malformed durations with the source and key
+//! figment attaches; then each key's kind checks its value (addresses, names, certificates,
+//! pins, ranges), naming the source found with `Figment::find_metadata`; last come the few
+//! rules that tie keys together.
+
+use std::io;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::error::Kind;
+
+mod declare;
+mod keys;
+mod layers;
+mod render;
+#[cfg(test)]
+mod tests;
+mod types;
+mod units;
+
+use declare::Keys as _;
+pub use keys::{CacheConfig, Config};
+pub use layers::{DEFAULT_CONFIG_FILE, Flags, Sources};
+use layers::{Layer, env_layers, file_layers, flag_layers, key_path, keys_set, origin, toml_layer};
+pub use types::{ForwardZone, Hedge, MetricsConfig, Strategy, UpstreamConfig, ZoneUpstream};
+
+impl Config {
+    /// The defaults overridden by one TOML document, without files, environment or flags: a
+    /// way for tests to build a configuration exactly as a user would write it.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        let layer = toml_layer("configuration string", toml)?;
+        Ok(resolve(vec![layer])?.config)
+    }
+
+    /// Every key's name and one-line doc, in declaration order.
+    pub fn key_docs() -> Vec<(&'static str, String)> {
+        let mut docs = Vec::new();
+        Config::docs(&mut docs);
+        docs
+    }
+}
+
+/// A loaded configuration and where each of its values came from.
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// The merged layers, kept to look up the source of each key for [`Loaded::describe`].
+    figment: Figment,
+}
+
+impl Loaded {
+    fn origin(&self, key: &str) -> String {
+        origin(&self.figment, key)
+    }
+}
+
+/// A configuration that cannot be used. Displayed as one line naming the source (file,
+/// environment variable or flag), the key and the reason, because it is what an administrator
+/// sees from `check-config`, at start and in the log on a refused reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A configuration file or the drop-in directory could not be read.
+    #[error("{}: cannot read: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    /// A TOML file is not valid TOML.
+    #[error("{origin}: line {line}, column {column}: {reason}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    /// A key that does not exist, most likely misspelled.
+    #[error("{origin}: unknown key {key:?} (expected one of: {expected})")]
+    UnknownKey {
+        origin: String,
+        key: String,
+        expected: String,
+    },
+    /// A key whose value is wrong.
+    #[error("{origin}: key {key:?}: {reason}")]
+    Invalid {
+        origin: String,
+        key: String,
+        reason: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    /// Keeps only the first error: our providers never fail, so a figment error comes from
+    /// extraction, which stops at the first bad value.
+    fn from(error: figment::Error) -> ConfigError {
+        let origin = error
+            .metadata
+            .as_ref()
+            .map_or_else(|| "configuration".to_string(), |m| m.name.to_string());
+        let key = key_path(&error.path);
+        match error.kind {
+            Kind::UnknownField(_, expected) => ConfigError::UnknownKey {
+                origin,
+                key,
+                expected: expected.join(", "),
+            },
+            Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+                ConfigError::Invalid {
+                    origin,
+                    key,
+                    reason: format!("expected {expected}, found {actual}"),
+                }
+            }
+            kind => ConfigError::Invalid {
+                origin,
+                key,
+                reason: kind.to_string(),
+            },
+        }
+    }
+}
+
+/// Reads every source, merges them in order of precedence and validates the result.
+pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
+    let mut layers = file_layers(&sources.file, sources.file_required)?;
+    layers.extend(env_layers(&sources.env)?);
+    layers.extend(flag_layers(&sources.flags));
+    resolve(layers)
+}
+
+/// Merges `layers`, each overriding the ones before, over the defaults, and validates.
+fn resolve(layers: Vec<Layer>) -> Result<Loaded, ConfigError> {
+    let figment = layers.into_iter().fold(Figment::new(), Figment::merge);
+    // First what serde would refuse, in the same order: an unknown key or a value of the wrong
+    // type, the first in key order; then each key's own checks, in declaration order.
+    for (key, origin) in keys_set(&figment)? {
+        match Config::parses(&key, &figment) {
+            Some(parsed) => parsed?,
+            None => {
+                let mut names = Vec::new();
+                Config::names(&mut names);
+                let expected = names.join(", ");
+                return Err(ConfigError::UnknownKey {
+                    origin,
+                    key,
+                    expected,
+                });
+            }
+        }
+    }
+    let mut config = Config::default();
+    config.load(&figment)?;
+    keys::check_together(&config, &figment)?;
+    Ok(Loaded { config, figment })
+}

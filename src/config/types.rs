@@ -1,0 +1,609 @@
+//! The kinds of key ([`Key`]): what each accepts and why it refuses the rest, so that a
+//! checked `Config` cannot hold a wrong value. Also the types of the tables (`[[upstream]]`,
+//! `[[forward_zone]]`, `[metrics]`), which are read and checked here as one key each.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::Deserialize;
+
+use super::declare::{Key, Reason};
+use super::units::{
+    RawDuration, RawSize, parse_duration, toml_duration, toml_list, toml_size, toml_string,
+};
+use crate::access::{DenyAction, Network};
+use crate::zones::ZoneName;
+
+/// DoT port (RFC 7858), used when an upstream address has none.
+pub(crate) const DOT_PORT: u16 = 853;
+/// Plain DNS port, for forward-zone upstreams with `protocol = "udp"`.
+const DNS_PORT: u16 = 53;
+
+impl Key for bool {
+    type Raw = bool;
+    type Value = bool;
+
+    fn check(raw: bool) -> Result<bool, Reason> {
+        Ok(raw)
+    }
+
+    fn toml(value: &bool) -> Option<String> {
+        Some(value.to_string())
+    }
+}
+
+impl Key for u32 {
+    type Raw = u32;
+    type Value = u32;
+
+    fn check(raw: u32) -> Result<u32, Reason> {
+        Ok(raw)
+    }
+
+    fn toml(value: &u32) -> Option<String> {
+        Some(value.to_string())
+    }
+}
+
+/// A count from `MIN` to `MAX`: these size semaphores and queues, so no value may exhaust
+/// memory or panic.
+pub(crate) enum Between<const MIN: usize, const MAX: usize> {}
+
+impl<const MIN: usize, const MAX: usize> Key for Between<MIN, MAX> {
+    type Raw = usize;
+    type Value = usize;
+
+    fn check(raw: usize) -> Result<usize, Reason> {
+        if (MIN..=MAX).contains(&raw) {
+            Ok(raw)
+        } else {
+            Err(Reason::new(format!("must be between {MIN} and {MAX}")))
+        }
+    }
+
+    fn toml(value: &usize) -> Option<String> {
+        Some(value.to_string())
+    }
+}
+
+/// A duration greater than zero.
+pub(crate) enum Positive {}
+
+impl Key for Positive {
+    type Raw = RawDuration;
+    type Value = Duration;
+
+    fn check(raw: RawDuration) -> Result<Duration, Reason> {
+        match raw.0 {
+            zero if zero.is_zero() => Err(Reason::new("must be greater than 0")),
+            duration => Ok(duration),
+        }
+    }
+
+    fn toml(value: &Duration) -> Option<String> {
+        Some(toml_duration(*value))
+    }
+}
+
+/// A TTL-like duration: whole seconds, which keep countdowns exact, that fit the 32 bits of a
+/// DNS TTL.
+pub(crate) enum Ttl {}
+
+/// Largest [`Ttl`].
+const MAX_TTL: Duration = Duration::from_secs(u32::MAX as u64);
+
+impl Key for Ttl {
+    type Raw = RawDuration;
+    type Value = Duration;
+
+    fn check(raw: RawDuration) -> Result<Duration, Reason> {
+        match raw.0 {
+            ttl if ttl.subsec_nanos() != 0 || ttl > MAX_TTL => {
+                Err(Reason::new("must be whole seconds, at most 68 years"))
+            }
+            ttl => Ok(ttl),
+        }
+    }
+
+    fn toml(value: &Duration) -> Option<String> {
+        Some(toml_duration(*value))
+    }
+}
+
+/// The cache's size in bytes: at least enough for some answers, at most what a host can spare.
+pub(crate) enum CacheSize {}
+
+const MIN_CACHE_SIZE: usize = 64 << 10;
+const MAX_CACHE_SIZE: usize = 64 << 30;
+
+impl Key for CacheSize {
+    type Raw = RawSize;
+    type Value = usize;
+
+    fn check(raw: RawSize) -> Result<usize, Reason> {
+        if (MIN_CACHE_SIZE..=MAX_CACHE_SIZE).contains(&raw.0) {
+            Ok(raw.0)
+        } else {
+            Err(Reason::new(format!(
+                "must be between {} and {} (set cache = false to turn the cache off)",
+                toml_size(MIN_CACHE_SIZE),
+                toml_size(MAX_CACHE_SIZE)
+            )))
+        }
+    }
+
+    fn toml(value: &usize) -> Option<String> {
+        Some(toml_size(*value))
+    }
+}
+
+/// Addresses to bind, each `IP:port`.
+pub(crate) enum SocketAddrs {}
+
+impl Key for SocketAddrs {
+    type Raw = Vec<String>;
+    type Value = Vec<SocketAddr>;
+
+    fn check(raw: Vec<String>) -> Result<Vec<SocketAddr>, Reason> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.trim().parse::<SocketAddr>().map_err(|_| {
+                    Reason::at(
+                        format!("[{i}]"),
+                        format!(
+                            "{text:?} is not an IP:port address (e.g. \"127.0.0.1:5300\" or \"[::1]:5300\")"
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn toml(value: &Vec<SocketAddr>) -> Option<String> {
+        Some(toml_list(value))
+    }
+}
+
+/// Client networks; at least one, so that the resolver is not refused to everyone by mistake.
+pub(crate) enum Networks {}
+
+impl Key for Networks {
+    type Raw = Vec<String>;
+    type Value = Vec<Network>;
+
+    fn check(raw: Vec<String>) -> Result<Vec<Network>, Reason> {
+        if raw.is_empty() {
+            return Err(Reason::new(
+                "must list at least one network (loopback: \"127.0.0.0/8\", \"::1\")",
+            ));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.parse::<Network>()
+                    .map_err(|e| Reason::at(format!("[{i}]"), e.to_string()))
+            })
+            .collect()
+    }
+
+    fn toml(value: &Vec<Network>) -> Option<String> {
+        Some(toml_list(value))
+    }
+}
+
+/// A log level name.
+pub(crate) enum LogLevel {}
+
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl Key for LogLevel {
+    type Raw = String;
+    type Value = String;
+
+    fn check(level: String) -> Result<String, Reason> {
+        if LOG_LEVELS.contains(&level.as_str()) {
+            Ok(level)
+        } else {
+            Err(Reason::new(format!(
+                "{level:?} is not a log level (expected one of: {})",
+                LOG_LEVELS.join(", ")
+            )))
+        }
+    }
+
+    fn toml(value: &String) -> Option<String> {
+        Some(toml_string(value))
+    }
+}
+
+impl Key for DenyAction {
+    type Raw = String;
+    type Value = DenyAction;
+
+    fn check(action: String) -> Result<DenyAction, Reason> {
+        DenyAction::parse(&action)
+            .ok_or_else(|| Reason::new(format!("{action:?} is not one of: refuse, drop")))
+    }
+
+    fn toml(value: &DenyAction) -> Option<String> {
+        Some(toml_string(value.as_str()))
+    }
+}
+
+/// How a query picks among the available upstreams (`strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The lowest smoothed latency, with an occasional probe of the others.
+    Fastest,
+    /// The first in configuration order.
+    Failover,
+    /// Each in turn.
+    RoundRobin,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Fastest => "fastest",
+            Strategy::Failover => "failover",
+            Strategy::RoundRobin => "round-robin",
+        }
+    }
+}
+
+impl Key for Strategy {
+    type Raw = String;
+    type Value = Strategy;
+
+    fn check(text: String) -> Result<Strategy, Reason> {
+        [Strategy::Fastest, Strategy::Failover, Strategy::RoundRobin]
+            .into_iter()
+            .find(|s| s.as_str() == text.trim())
+            .ok_or_else(|| {
+                Reason::new(format!(
+                    "{text:?} is not one of: fastest, failover, round-robin"
+                ))
+            })
+    }
+
+    fn toml(value: &Strategy) -> Option<String> {
+        Some(toml_string(value.as_str()))
+    }
+}
+
+/// Hedging (`hedge`): when no answer has come after a delay, the query is also sent to the
+/// next upstream and the first answer wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hedge {
+    Off,
+    /// After the upstream's usual latency plus four deviations (about its 95th percentile).
+    Auto,
+    After(Duration),
+}
+
+impl Key for Hedge {
+    type Raw = String;
+    type Value = Hedge;
+
+    fn check(hedge: String) -> Result<Hedge, Reason> {
+        match hedge.trim() {
+            "off" => Ok(Hedge::Off),
+            "auto" => Ok(Hedge::Auto),
+            text => match parse_duration(text) {
+                Some(delay) if !delay.is_zero() => Ok(Hedge::After(delay)),
+                _ => Err(Reason::new(format!(
+                    "{hedge:?} is not \"off\", \"auto\" or a duration like \"50ms\""
+                ))),
+            },
+        }
+    }
+
+    fn toml(value: &Hedge) -> Option<String> {
+        Some(match value {
+            Hedge::Off => toml_string("off"),
+            Hedge::Auto => toml_string("auto"),
+            Hedge::After(delay) => toml_duration(*delay),
+        })
+    }
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`).
+    pub listen: SocketAddr,
+}
+
+/// The `[metrics]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    listen: String,
+}
+
+/// The optional `[metrics]` table.
+pub(crate) enum Metrics {}
+
+impl Key for Metrics {
+    type Raw = RawMetrics;
+    type Value = Option<MetricsConfig>;
+
+    fn check(raw: RawMetrics) -> Result<Option<MetricsConfig>, Reason> {
+        let listen = raw.listen.trim().parse::<SocketAddr>().map_err(|_| {
+            let reason = format!(
+                "{:?} is not an IP:port address (e.g. \"127.0.0.1:9153\")",
+                raw.listen
+            );
+            Reason::at(".listen", reason)
+        })?;
+        Ok(Some(MetricsConfig { listen }))
+    }
+
+    fn toml(_: &Option<MetricsConfig>) -> Option<String> {
+        None
+    }
+}
+
+/// One upstream DoT resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// IP address and port (853 when the config gives none).
+    pub address: SocketAddr,
+    /// Name checked in the certificate and sent as SNI; the IP address itself when not configured.
+    pub tls_name: ServerName<'static>,
+    /// Where `ca_roots` came from, for messages.
+    pub ca_file: Option<PathBuf>,
+    /// Certificates of a private CA: when present, the only roots trusted for this upstream.
+    pub ca_roots: Option<Vec<CertificateDer<'static>>>,
+    /// SHA-256 digests of acceptable SubjectPublicKeyInfo (RFC 7858 §4.2), checked on top of
+    /// certificate validation. Empty: no pinning.
+    pub pin_sha256: Vec<[u8; 32]>,
+}
+
+impl UpstreamConfig {
+    /// Cloudflare's resolver at `ip`: the default upstreams.
+    pub(crate) fn cloudflare(ip: [u8; 4]) -> UpstreamConfig {
+        // The name always parses (a test checks it); falling back to the IP address instead of
+        // panicking still yields a working upstream, as Cloudflare's certificate has IP SANs.
+        UpstreamConfig {
+            address: SocketAddr::from((ip, DOT_PORT)),
+            tls_name: ServerName::try_from("cloudflare-dns.com")
+                .map_or_else(|_| ServerName::from(IpAddr::from(ip)), |n| n.to_owned()),
+            ca_file: None,
+            ca_roots: None,
+            pin_sha256: Vec::new(),
+        }
+    }
+}
+
+/// A `[[forward_zone]]`: names under `zones` go to `upstreams` instead of the default ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardZone {
+    /// Never empty.
+    pub zones: Vec<ZoneName>,
+    /// In order of preference. Never empty.
+    pub upstreams: Vec<ZoneUpstream>,
+}
+
+/// An upstream of a forward zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneUpstream {
+    /// DNS over TLS, as the default upstreams.
+    Tls(UpstreamConfig),
+    /// Plain DNS over UDP, retried over TCP when truncated: only ever used when a forward zone
+    /// says `protocol = "udp"`, for a resolver inside the network.
+    Plain(SocketAddr),
+}
+
+/// The default upstreams: at least one, each DNS over TLS.
+pub(crate) enum Upstreams {}
+
+impl Key for Upstreams {
+    type Raw = Vec<RawUpstream>;
+    type Value = Vec<UpstreamConfig>;
+
+    fn check(raw: Vec<RawUpstream>) -> Result<Vec<UpstreamConfig>, Reason> {
+        if raw.is_empty() {
+            return Err(Reason::new("must list at least one resolver"));
+        }
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, raw)| match raw.validate() {
+                Ok(ZoneUpstream::Tls(upstream)) => Ok(upstream),
+                Ok(ZoneUpstream::Plain(_)) => Err(Reason::at(
+                    format!("[{i}].protocol"),
+                    "the default upstreams are always DNS over TLS; plain DNS is only for \
+                     a [[forward_zone]] upstream inside your network",
+                )),
+                Err((field, reason)) => Err(Reason::at(format!("[{i}].{field}"), reason)),
+            })
+            .collect()
+    }
+
+    fn toml(_: &Vec<UpstreamConfig>) -> Option<String> {
+        None
+    }
+}
+
+/// Split DNS: the `[[forward_zone]]` tables.
+pub(crate) enum ForwardZones {}
+
+impl Key for ForwardZones {
+    type Raw = Vec<RawForwardZone>;
+    type Value = Vec<ForwardZone>;
+
+    fn check(raw: Vec<RawForwardZone>) -> Result<Vec<ForwardZone>, Reason> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                raw.validate()
+                    .map_err(|(field, reason)| Reason::at(format!("[{i}].{field}"), reason))
+            })
+            .collect()
+    }
+
+    fn toml(_: &Vec<ForwardZone>) -> Option<String> {
+        None
+    }
+}
+
+/// One `[[forward_zone]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawForwardZone {
+    zones: Vec<String>,
+    upstream: Vec<RawUpstream>,
+}
+
+/// One `[[upstream]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    address: String,
+    protocol: Option<String>,
+    tls_name: Option<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pin_sha256: Vec<String>,
+}
+
+impl RawForwardZone {
+    /// Checks one `[[forward_zone]]`; an error is the offending field and the reason.
+    fn validate(self) -> Result<ForwardZone, (String, String)> {
+        if self.zones.is_empty() {
+            return Err((
+                "zones".to_string(),
+                "must list at least one zone".to_string(),
+            ));
+        }
+        if self.upstream.is_empty() {
+            let reason = "must list at least one resolver".to_string();
+            return Err(("upstream".to_string(), reason));
+        }
+        let zones = self
+            .zones
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                ZoneName::parse(text).map_err(|e| (format!("zones[{i}]"), format!("{text:?} {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let upstreams = self
+            .upstream
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                raw.validate()
+                    .map_err(|(field, reason)| (format!("upstream[{i}].{field}"), reason))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ForwardZone { zones, upstreams })
+    }
+}
+
+impl RawUpstream {
+    /// Checks one upstream; an error is the offending field (with index, for pins) and the
+    /// reason. Reads `ca_file` now, so an unreadable file stops loading instead of failing
+    /// every later connection.
+    fn validate(self) -> Result<ZoneUpstream, (String, String)> {
+        let plain = match self.protocol.as_deref().map(str::trim) {
+            None | Some("tls") => false,
+            Some("udp") => true,
+            Some(other) => {
+                let reason = format!("{other:?} is not one of: tls, udp");
+                return Err(("protocol".to_string(), reason));
+            }
+        };
+        let port = if plain { DNS_PORT } else { DOT_PORT };
+        let address = parse_upstream_address(&self.address, port).ok_or_else(|| {
+            let reason = format!(
+                "{:?} must be an IP address (e.g. \"9.9.9.9\" or \"9.9.9.9:{port}\")",
+                self.address
+            );
+            ("address".to_string(), reason)
+        })?;
+        if plain {
+            let tls_only = [
+                ("tls_name", self.tls_name.is_some()),
+                ("ca_file", self.ca_file.is_some()),
+                ("pin_sha256", !self.pin_sha256.is_empty()),
+            ];
+            if let Some((field, _)) = tls_only.iter().find(|(_, set)| *set) {
+                let reason = "applies only to protocol \"tls\"".to_string();
+                return Err((field.to_string(), reason));
+            }
+            return Ok(ZoneUpstream::Plain(address));
+        }
+        let tls_name = match self.tls_name {
+            // Without a name the certificate must hold the IP address (an IP SAN).
+            None => ServerName::from(address.ip()),
+            Some(name) => ServerName::try_from(name.clone()).map_err(|_| {
+                let reason = format!("{name:?} is not a valid DNS name or IP address");
+                ("tls_name".to_string(), reason)
+            })?,
+        };
+        let ca_roots = match &self.ca_file {
+            Some(path) => Some(read_ca_file(path).map_err(|r| ("ca_file".to_string(), r))?),
+            None => None,
+        };
+        let pin_sha256 = self
+            .pin_sha256
+            .iter()
+            .enumerate()
+            .map(|(i, pin)| decode_pin(pin).map_err(|r| (format!("pin_sha256[{i}]"), r)))
+            .collect::<Result<_, _>>()?;
+        Ok(ZoneUpstream::Tls(UpstreamConfig {
+            address,
+            tls_name,
+            ca_file: self.ca_file,
+            ca_roots,
+            pin_sha256,
+        }))
+    }
+}
+
+/// `IP`, `IP:port`, `[v6]:port`, bare `v6` or `[v6]`; the port defaults to `port` and must
+/// not be 0. Host names are refused: resolving them would need the DNS this daemon provides.
+fn parse_upstream_address(text: &str, port: u16) -> Option<SocketAddr> {
+    let text = text.trim();
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    let address = text
+        .parse::<SocketAddr>()
+        .ok()
+        .or_else(|| Some(SocketAddr::new(unbracketed.parse().ok()?, port)))?;
+    (address.port() != 0).then_some(address)
+}
+
+/// All certificates of a PEM file; none at all is an error, since trusting no root would make
+/// every connection fail.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| format!("cannot read certificates from {}: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{} contains no PEM certificate", path.display()));
+    }
+    Ok(certificates)
+}
+
+/// Standard base64 of a SHA-256 digest (as `openssl ... | base64` prints it).
+fn decode_pin(pin: &str) -> Result<[u8; 32], String> {
+    let bytes = STANDARD
+        .decode(pin.trim())
+        .map_err(|error| format!("{pin:?} is not valid base64: {error}"))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "{pin:?} decodes to {} bytes, a SHA-256 digest has 32",
+            bytes.len()
+        )
+    })
+}
