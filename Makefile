@@ -4,6 +4,7 @@
 #   make rpm           target/pkg/dns-proxy-<version>-1.<arch>.rpm, checked by rpmlint
 #   make system-test   both packages installed and run under a real systemd (nspawn)
 #
+# Both also build from an unpacked release tarball (`git archive`; git must be installed).
 # Builds are offline once `cargo fetch` has filled the cargo cache. Both packages ship
 # a binary linked against glibc 2.28 by cargo-zigbuild (`pip install cargo-zigbuild ziglang`).
 
@@ -20,7 +21,7 @@ deb:
 	@command -v cargo-zigbuild >/dev/null || { echo "make deb: cargo-zigbuild is missing: pip install cargo-zigbuild ziglang" >&2; exit 1; }
 	cargo fetch --locked
 	rm -rf $(DEB_TREE) && mkdir -p $(DEB_TREE) $(PKG)
-	packaging/source-files | xargs -0 cp -p --parents -t $(DEB_TREE)
+	set -o pipefail; packaging/source-files | xargs -0 -r cp -p --parents -t $(DEB_TREE)
 	if [ "$(DEB_VERSION)" != "$(VERSION)" ]; then \
 	    { printf 'dns-proxy (%s) unstable; urgency=medium\n\n  * Rebuild.\n\n -- %s  %s\n\n' \
 	        "$(DEB_VERSION)" "dns-proxy developers <dev@dns-proxy.invalid>" "$$(date -R)"; \
