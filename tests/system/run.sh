@@ -24,8 +24,8 @@
 # The trees are built once per release and kept as compressed tarballs in
 # $DNS_PROXY_TESTBED_CACHE (default /var/cache/dns-proxy-testbed); only a missing one is
 # downloaded. A sub-test is a function that gets the suite as $1 and runs commands in the
-# booted container with in_ct; add one to full_tree_tests or minimal_tree_tests, or give it
-# containers of its own with in_container (which takes extra systemd-nspawn options).
+# booted container with in_ct (pass/fail print its results); list it, with any extra
+# systemd-nspawn options, in full_tree_tests or minimal_tree_tests at the end.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -530,6 +530,8 @@ rpm_checks() {
 }
 
 # --- the releases ---------------------------------------------------------------------------
+# Each entry: a sub-test function, then any extra systemd-nspawn options its container needs
+# (e.g. "name --system-call-filter=bpf --capability=CAP_BPF,CAP_NET_ADMIN").
 full_tree_tests=(package_checks)
 minimal_tree_tests=(default_config_checks)
 # The .rpm goes into one release's tree: it checks files and scriptlets, not the release.
@@ -541,10 +543,12 @@ if [[ -n $given_deb ]]; then
 fi
 for suite in "${suites[@]}"; do
     for test in "${full_tree_tests[@]}"; do
-        in_container "$suite" full "$test"
+        read -ra words <<<"$test"
+        in_container "$suite" full "${words[0]}" "${words[@]:1}"
     done
     for test in "${minimal_tree_tests[@]}"; do
-        in_container "$suite" minimal "$test"
+        read -ra words <<<"$test"
+        in_container "$suite" minimal "${words[0]}" "${words[@]:1}"
     done
     [[ $suite != "$rpm_suite" ]] || rpm_checks "$suite"
     rm -rf "${work:?}/$suite-full" "${work:?}/$suite-minimal"
