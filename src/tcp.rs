@@ -156,9 +156,12 @@ async fn connection(
                 Err(_) => break,
             },
         };
+        // Read first: a query the client already sent is answered even when shutdown has
+        // begun (a restart), instead of the connection closing on it.
         let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            biased;
             next = tokio::time::timeout(config.tcp_idle_timeout, frames.next()) => next,
+            _ = shutdown.cancelled() => break,
         };
         let message = match next {
             Err(_idle) => {
