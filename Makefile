@@ -28,7 +28,11 @@ deb:
 	      cat $(DEB_TREE)/debian/changelog; } > $(DEB_TREE)/changelog.new; \
 	    mv $(DEB_TREE)/changelog.new $(DEB_TREE)/debian/changelog; \
 	fi
-	cd $(DEB_TREE) && CARGO_TARGET_DIR=$(CURDIR)/target/deb/cargo dpkg-buildpackage -us -uc -b
+# SOURCE_DATE_EPOCH from the source's own changelog, also for a rebuild with another
+# DEB_VERSION: dpkg-buildpackage would take it from the new entry, and the build scripts of
+# ring and mimalloc rerun (recompiling dns-proxy) whenever it changes.
+	cd $(DEB_TREE) && SOURCE_DATE_EPOCH=$$(dpkg-parsechangelog -l $(CURDIR)/debian/changelog -S Timestamp) \
+	    CARGO_TARGET_DIR=$(CURDIR)/target/deb/cargo dpkg-buildpackage -us -uc -b
 	mv target/deb/dns-proxy_$(DEB_VERSION)_*.deb $(PKG)/
 	lintian --fail-on error,warning $(PKG)/dns-proxy_$(DEB_VERSION)_*.deb
 
