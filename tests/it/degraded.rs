@@ -55,8 +55,10 @@ async fn assert_local_only(proxy: &Proxy, up: &FakeUpstream) {
     assert_eq!(up.queries(), 0, "a degraded daemon asked the upstream");
 }
 
-/// Log lines that report the degraded start.
-fn degraded_lines(proxy: &Proxy) -> Vec<String> {
+/// Log lines that report the degraded start, once the first has arrived (stderr is read
+/// apart from the notify socket, so it may trail READY=1).
+async fn degraded_lines(proxy: &Proxy) -> Vec<String> {
+    proxy.wait_for_log("degraded:", T).await;
     proxy
         .log_lines()
         .into_iter()
@@ -77,7 +79,7 @@ async fn broken_config_at_activated_start_serves_local_zones_until_a_reload_fixe
         status.starts_with("degraded") && status.contains("timeout"),
         "STATUS does not say what is wrong: {status:?}"
     );
-    let lines = degraded_lines(&proxy);
+    let lines = degraded_lines(&proxy).await;
     assert_eq!(lines.len(), 1, "one log line expected: {lines:?}");
     assert!(lines[0].contains("timeout"), "{lines:?}");
     assert_local_only(&proxy, &up).await;
@@ -122,7 +124,12 @@ async fn empty_trust_store_at_activated_start_serves_local_zones_and_says_why() 
         status.starts_with("degraded") && status.contains("No CA certificates"),
         "STATUS does not say what is wrong: {status:?}"
     );
-    assert_eq!(degraded_lines(&proxy).len(), 1, "{:?}", proxy.log_lines());
+    assert_eq!(
+        degraded_lines(&proxy).await.len(),
+        1,
+        "{:?}",
+        proxy.log_lines()
+    );
     assert_local_only(&proxy, &up).await;
 
     // Fixed (here: the upstream's own CA configured); a reload is all it takes.
