@@ -4,6 +4,7 @@
 #   make rpm           target/pkg/dns-proxy-<version>-1.<arch>.rpm, checked by rpmlint
 #   make system-test   both packages installed and run under a real systemd (nspawn)
 #
+# Both also build from an unpacked release tarball (`git archive`; git must be installed).
 # Builds are offline once `cargo fetch` has filled the cargo cache. Both packages ship
 # a binary linked against glibc 2.28 by cargo-zigbuild (`pip install cargo-zigbuild ziglang`).
 
@@ -20,14 +21,18 @@ deb:
 	@command -v cargo-zigbuild >/dev/null || { echo "make deb: cargo-zigbuild is missing: pip install cargo-zigbuild ziglang" >&2; exit 1; }
 	cargo fetch --locked
 	rm -rf $(DEB_TREE) && mkdir -p $(DEB_TREE) $(PKG)
-	packaging/source-files | xargs -0 cp -p --parents -t $(DEB_TREE)
+	set -o pipefail; packaging/source-files | xargs -0 -r cp -p --parents -t $(DEB_TREE)
 	if [ "$(DEB_VERSION)" != "$(VERSION)" ]; then \
 	    { printf 'dns-proxy (%s) unstable; urgency=medium\n\n  * Rebuild.\n\n -- %s  %s\n\n' \
 	        "$(DEB_VERSION)" "dns-proxy developers <dev@dns-proxy.invalid>" "$$(date -R)"; \
 	      cat $(DEB_TREE)/debian/changelog; } > $(DEB_TREE)/changelog.new; \
 	    mv $(DEB_TREE)/changelog.new $(DEB_TREE)/debian/changelog; \
 	fi
-	cd $(DEB_TREE) && CARGO_TARGET_DIR=$(CURDIR)/target/deb/cargo dpkg-buildpackage -us -uc -b
+# SOURCE_DATE_EPOCH from the source's own changelog, also for a rebuild with another
+# DEB_VERSION: dpkg-buildpackage would take it from the new entry, and the build scripts of
+# ring and mimalloc rerun (recompiling dns-proxy) whenever it changes.
+	cd $(DEB_TREE) && SOURCE_DATE_EPOCH=$$(dpkg-parsechangelog -l $(CURDIR)/debian/changelog -S Timestamp) \
+	    CARGO_TARGET_DIR=$(CURDIR)/target/deb/cargo dpkg-buildpackage -us -uc -b
 	mv target/deb/dns-proxy_$(DEB_VERSION)_*.deb $(PKG)/
 	lintian --fail-on error,warning $(PKG)/dns-proxy_$(DEB_VERSION)_*.deb
 

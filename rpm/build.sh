@@ -2,7 +2,8 @@
 # Builds the dns-proxy RPM from the working tree (`make rpm`; works from any directory):
 #   target/pkg/dns-proxy-<version>-<release>.<arch>.rpm
 # Makes Source0 (the project's files: tracked ones plus new, not ignored ones, as they are in the
-# working tree, so uncommitted edits are included and target/ is not) and Source1 (`cargo vendor`,
+# working tree, so uncommitted edits are included and target/ is not; in a release tarball,
+# every file not ignored: packaging/source-files) and Source1 (`cargo vendor`,
 # offline when the registry cache has every crate), runs `rpmbuild --with zigbuild` (glibc 2.28
 # symbol versions; needs `pip install cargo-zigbuild ziglang`), checks the binary's glibc
 # requirement and runs rpmlint when it is installed: any complaint beyond the signature, Packager
@@ -13,7 +14,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 spec=rpm/dns-proxy.spec
 
-for tool in git cargo rpmbuild rpm2cpio cpio objdump xz flock; do
+for tool in cargo rpmbuild rpm2cpio cpio objdump xz flock; do
     command -v "$tool" >/dev/null || { echo "rpm/build.sh: $tool is not installed" >&2; exit 1; }
 done
 cargo zigbuild --help >/dev/null 2>&1 ||

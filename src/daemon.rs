@@ -2,7 +2,8 @@
 //! there is one), tells systemd it is ready, then waits for signals. SIGHUP reloads the
 //! configuration (a bad one is refused and the running one stays; sockets are never closed by
 //! a reload). SIGTERM and SIGINT stop accepting, let in-flight queries finish for a bounded
-//! time, and return.
+//! time, and return. Under socket activation a configuration or trust store it cannot use at
+//! start leaves it degraded (local zones only) instead of stopping it; see [`run`].
 
 use std::io;
 use std::sync::{Arc, RwLock};
@@ -42,6 +43,8 @@ pub enum DaemonError {
 /// in the forwarder so that a reload keeps them.
 pub struct Context {
     current: RwLock<(Arc<Config>, Arc<Forwarder>)>,
+    /// Why the daemon is degraded (serving local zones only), until a reload fixes it.
+    problem: RwLock<Option<String>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -69,22 +72,49 @@ impl Context {
             (Arc::new(config), Arc::new(forwarder));
     }
 
-    /// The systemd STATUS line: traffic so far and upstream health.
+    fn problem(&self) -> Option<String> {
+        self.problem
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_problem(&self, problem: Option<String>) {
+        *self.problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// The systemd STATUS line: traffic so far and upstream health, or why only the local
+    /// zones are served.
     pub fn status(&self) -> String {
-        format!(
-            "{}; upstreams: {}",
-            self.metrics.summary(),
-            self.forwarder().describe_upstreams()
-        )
+        match self.problem() {
+            Some(problem) => format!(
+                "degraded, local zones only (fix it, then reload): {problem}; {}",
+                self.metrics.summary()
+            ),
+            None => format!(
+                "{}; upstreams: {}",
+                self.metrics.summary(),
+                self.forwarder().describe_upstreams()
+            ),
+        }
     }
 }
 
 /// Runs until SIGTERM or SIGINT. `inherited` holds the sockets systemd passed, if any.
+///
+/// `problem` is a configuration error found at start, `config` then being the defaults. With
+/// sockets from systemd, such a problem or a trust store that cannot be used does not stop the
+/// daemon: it serves the built-in local zones, answers SERVFAIL for every other name and says
+/// why (log, STATUS) until a reload finds it fixed. Clients already wait on those sockets, and
+/// exiting would get the service restarted into the same failure until systemd gives up on
+/// the socket too, leaving the host with no DNS at all.
 pub async fn run(
     sources: Sources,
     config: Config,
+    problem: Option<String>,
     inherited: Option<Inherited>,
 ) -> Result<(), DaemonError> {
+    let activated = inherited.is_some();
     if rustix::process::geteuid().is_root() {
         warn!(
             "running as root: dns-proxy needs no privilege; let systemd pass port 53 \
@@ -119,7 +149,22 @@ pub async fn run(
         Vec::new()
     };
     let metrics = Arc::new(Metrics::new());
-    let forwarder = Forwarder::new(&config, &metrics)?;
+    let (forwarder, problem) = match problem {
+        Some(problem) => (Forwarder::local_only(&config, &metrics), Some(problem)),
+        None => match Forwarder::new(&config, &metrics) {
+            Ok(forwarder) => (forwarder, None),
+            Err(error) if activated => (
+                Forwarder::local_only(&config, &metrics),
+                Some(error.to_string()),
+            ),
+            Err(error) => return Err(error.into()),
+        },
+    };
+    if let Some(problem) = &problem {
+        error!(
+            "degraded: {problem}; answering local zones only, SERVFAIL for other names, until a reload or restart finds this fixed"
+        );
+    }
     let connections = Arc::new(tcp::Slots::new(
         config.tcp_max_connections,
         config.tcp_max_connections_per_client,
@@ -127,6 +172,7 @@ pub async fn run(
     let (serve_udp, serve_tcp) = (config.udp, config.tcp);
     let context = Arc::new(Context {
         current: RwLock::new((Arc::new(config), Arc::new(forwarder))),
+        problem: RwLock::new(problem),
         metrics,
     });
 
@@ -181,11 +227,14 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
-    info!(
-        "ready: serving {}; upstreams {}",
-        addresses.join(", "),
-        context.forwarder().describe_upstreams()
-    );
+    match context.problem() {
+        Some(_) => info!("ready: serving {} (local zones only)", addresses.join(", ")),
+        None => info!(
+            "ready: serving {}; upstreams {}",
+            addresses.join(", "),
+            context.forwarder().describe_upstreams()
+        ),
+    }
     notify::ready(&context.status());
     tracker.spawn(notify::heartbeat(context.clone(), shutdown.clone()));
 
@@ -236,10 +285,20 @@ fn reload(sources: &Sources, context: &Context) {
                 );
             }
             context.replace(config, forwarder);
+            let recovered = if context.problem().is_some() {
+                "; no longer degraded"
+            } else {
+                ""
+            };
+            context.set_problem(None);
             info!(
-                "configuration reloaded; upstreams {}",
+                "configuration reloaded{recovered}; upstreams {}",
                 context.forwarder().describe_upstreams()
             );
+        }
+        Err(error) if context.problem().is_some() => {
+            error!("reload: still degraded, local zones only: {error}");
+            context.set_problem(Some(error));
         }
         Err(error) => {
             error!("reload refused, the running configuration stays in force: {error}");

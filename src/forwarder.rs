@@ -97,10 +97,34 @@ impl Forwarder {
             .iter()
             .map(|z| z.zones.clone())
             .collect();
-        Ok(Forwarder {
+        Ok(Forwarder::assemble(
+            config,
+            metrics,
             upstreams,
             zones,
-            router: Router::new(&zone_names),
+            Router::new(&zone_names),
+        ))
+    }
+
+    /// A forwarder with no upstream at all: the built-in local zones are answered, every other
+    /// name gets SERVFAIL at once. What the daemon serves while it is degraded (a configuration
+    /// or trust store it could not use at start).
+    pub fn local_only(config: &Config, metrics: &Metrics) -> Forwarder {
+        let upstreams = Group::new(Vec::new(), config.strategy, config.hedge);
+        Forwarder::assemble(config, metrics, upstreams, Vec::new(), Router::new(&[]))
+    }
+
+    fn assemble(
+        config: &Config,
+        metrics: &Metrics,
+        upstreams: Group,
+        zones: Vec<Group>,
+        router: Router,
+    ) -> Forwarder {
+        Forwarder {
+            upstreams,
+            zones,
+            router,
             timeout: config.timeout,
             log_queries: config.log_queries,
             counts: Counts {
@@ -112,7 +136,7 @@ impl Forwarder {
             cache: config.cache.enabled.then(|| Cache::new(&config.cache)),
             in_flight: Coalescer::default(),
             limiter: (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit)),
-        })
+        }
     }
 
     /// Whether a query from `client` is within the per-client rate limit (always, when off).

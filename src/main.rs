@@ -40,14 +40,16 @@ fn main() -> ExitCode {
         Command::Run | Command::CheckConfig | Command::ApplyIpAllow => {}
     }
     let sources = Sources::from_process(args.config.clone(), args.flags.clone());
-    let loaded = match config::load(&sources) {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!("dns-proxy: {error}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
+    let loaded = config::load(&sources);
     if matches!(args.command, Command::CheckConfig | Command::ApplyIpAllow) {
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                eprintln!("dns-proxy: {error}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        };
+        // The same TLS setup the daemon does, so a CA file rustls cannot use fails here too.
         if let Err(error) = check_tls(&loaded.config) {
             eprintln!("dns-proxy: {error}");
             return ExitCode::from(EX_CONFIG);
@@ -63,12 +65,22 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = logging::init(args.log_target, args.log_format, &loaded.config.log_level) {
+    // Before the runtime starts any thread: this edits the environment.
+    let inherited = listeners::inherited();
+    let (config, problem) = match loaded {
+        Ok(loaded) => (loaded.config, None),
+        // Clients already queue on the sockets systemd passed: serve the local zones and say
+        // what is wrong, rather than exit and leave them unanswered (dns-proxy(8)).
+        Err(error) if inherited.is_some() => (Config::default(), Some(error.to_string())),
+        Err(error) => {
+            eprintln!("dns-proxy: {error}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if let Err(error) = logging::init(args.log_target, args.log_format, &config.log_level) {
         eprintln!("dns-proxy: {error}");
         return ExitCode::from(EX_CONFIG);
     }
-    // Before the runtime starts any thread: this edits the environment.
-    let inherited = listeners::inherited();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,7 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(sources, loaded.config, inherited)) {
+    match runtime.block_on(daemon::run(sources, config, problem, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ DaemonError::Tls(_)) => {
             tracing::error!("{error}");

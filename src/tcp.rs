@@ -278,13 +278,16 @@ async fn connection(
         } else {
             first_message
         };
+        // Read first: a query the client already sent is answered even when shutdown has
+        // begun (a restart), instead of the connection closing on it.
         let next = tokio::select! {
+            biased;
+            next = tokio::time::timeout(wait, frames.next()) => next,
             _ = shutdown.cancelled() => break,
             _ = slot.close.cancelled() => {
                 debug!(%client, "closing TCP connection to make room for a new one");
                 break;
             }
-            next = tokio::time::timeout(wait, frames.next()) => next,
         };
         let message = match next {
             Err(_idle) => {

@@ -1,9 +1,9 @@
 # System test of the service's IP allow list: it follows the configuration at start and at
 # every reload, with no unit edit, and nothing else is reachable from the service.
 #
-# Sourced by tests/system/run.sh once its checks are done; uses its helpers (unpack, boot,
-# in_ct, stop_container, pass, fail), its test CA and certificate in $work/in, and the .deb.
-# The container boots with bpf() allowed: without it systemd inside nspawn silently runs the
+# Sourced by tests/system/run.sh, which runs allowlist_checks in a booted full tree of each
+# release; uses its helpers (in_ct, pass, fail), its test CA and certificate in $work/in, and
+# the .deb. The container boots with bpf() allowed: without it systemd inside nspawn silently runs the
 # service unfiltered, and this test would prove nothing. Extra addresses (198.18.0.0/15, the
 # benchmarking range) live on a veth pair with both ends in the container's own namespace:
 #   A 198.18.0.1:853  DoT upstream answering probe.test with 192.0.2.11
@@ -101,131 +101,130 @@ expect_reach() {
     return 1
 }
 
-unpack "$work/allowtree"
-boot "$work/allowtree" --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN
-in_ct ip link add al0 type veth peer name al1
-in_ct ip addr add 198.18.0.1/32 dev al0
-in_ct ip addr add 198.18.0.3/32 dev al0
-in_ct ip addr add 198.18.0.2/32 dev al1
-in_ct ip link set al0 up
-in_ct ip link set al1 up
-in_ct cp /srv/in/test-upstream@.service /etc/systemd/system/
-in_ct cp /srv/in/ca.pem /etc/dns-proxy-test-ca.pem
-in_ct systemctl daemon-reload
-in_ct systemctl start test-upstream@a.service test-upstream@b.service test-upstream@c.service
-in_ct apt-get install -y -q "/srv/in/dns-proxy_${version}_$arch.deb" >"$work/apt.log" 2>&1 ||
-    { cat "$work/apt.log"; die "apt install failed"; }
-for _ in $(seq 50); do
-    reach_from_outside 198.18.0.1 853 && reach_from_outside 198.18.0.2 853 &&
-        reach_from_outside 198.18.0.3 53 && break
-    sleep 0.1
-done
+allowlist_checks() { # suite
+    in_ct ip link add al0 type veth peer name al1
+    in_ct ip addr add 198.18.0.1/32 dev al0
+    in_ct ip addr add 198.18.0.3/32 dev al0
+    in_ct ip addr add 198.18.0.2/32 dev al1
+    in_ct ip link set al0 up
+    in_ct ip link set al1 up
+    in_ct cp /srv/in/test-upstream@.service /etc/systemd/system/
+    in_ct cp /srv/in/ca.pem /etc/dns-proxy-test-ca.pem
+    in_ct systemctl daemon-reload
+    in_ct systemctl start test-upstream@a.service test-upstream@b.service test-upstream@c.service
+    in_ct apt-get install -y -q "/srv/in/dns-proxy_${version}_$arch.deb" >"$work/apt.log" 2>&1 ||
+        { cat "$work/apt.log"; die "apt install failed"; }
+    for _ in $(seq 50); do
+        reach_from_outside 198.18.0.1 853 && reach_from_outside 198.18.0.2 853 &&
+            reach_from_outside 198.18.0.3 53 && break
+        sleep 0.1
+    done
 
-# allow-list 1: at start the list is the configuration's (A is in no unit file), check-config
-# prints the same list, and from inside the service B and C are blocked while reachable from
-# outside it: the filter is real.
-allow_config 198.18.0.1 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-in_ct systemctl restart dns-proxy.service
-want=$(allow_set 127.0.0.0/8 ::1/128 198.18.0.1/32)
-ok=1
-expect_answer "$allow_answer_a" @127.0.0.1 || ok=0
-[[ $(allow_list) == "$want" && $(allow_list_checked) == "$want" ]] || ok=0
-expect_reach 198.18.0.1 853 reachable || ok=0
-expect_reach 198.18.0.2 853 blocked || ok=0
-expect_reach 198.18.0.3 53 blocked || ok=0
-if ((ok)); then
-    pass "allow-list 1 start: IPAddressAllow=$(allow_list) (as check-config prints), answered by A; from the service's cgroup A connects, B and C are blocked (both reachable from outside it)"
-else
-    fail "allow-list 1 start: list '$(allow_list)', check-config '$(allow_list_checked)', want '$want'"
-    in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
-fi
+    # allow-list 1: at start the list is the configuration's (A is in no unit file), check-config
+    # prints the same list, and from inside the service B and C are blocked while reachable from
+    # outside it: the filter is real.
+    allow_config 198.18.0.1 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    in_ct systemctl restart dns-proxy.service
+    want=$(allow_set 127.0.0.0/8 ::1/128 198.18.0.1/32)
+    ok=1
+    expect_answer "$allow_answer_a" @127.0.0.1 || ok=0
+    [[ $(allow_list) == "$want" && $(allow_list_checked) == "$want" ]] || ok=0
+    expect_reach 198.18.0.1 853 reachable || ok=0
+    expect_reach 198.18.0.2 853 blocked || ok=0
+    expect_reach 198.18.0.3 53 blocked || ok=0
+    if ((ok)); then
+        pass "allow-list 1 start: IPAddressAllow=$(allow_list) (as check-config prints), answered by A; from the service's cgroup A connects, B and C are blocked (both reachable from outside it)"
+    else
+        fail "allow-list 1 start: list '$(allow_list)', check-config '$(allow_list_checked)', want '$want'"
+        in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+    fi
 
-# allow-list 2: reload onto B, an address outside the running list: answered by B with no unit
-# edit; A, no longer configured, is now blocked.
-allow_config 198.18.0.2 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-in_ct systemctl reload dns-proxy.service
-want=$(allow_set 127.0.0.0/8 ::1/128 198.18.0.2/32)
-ok=1
-expect_answer "$allow_answer_b" @127.0.0.1 || ok=0
-[[ $(allow_list) == "$want" ]] || ok=0
-expect_reach 198.18.0.2 853 reachable || ok=0
-expect_reach 198.18.0.1 853 blocked || ok=0
-# The only drop-in is the one systemctl set-property wrote under /run.
-unit_edits=$(in_ct systemctl show -p DropInPaths --value dns-proxy.service)
-[[ $unit_edits == /run/systemd/system.control/dns-proxy.service.d/50-IPAddressAllow.conf ]] || ok=0
-if ((ok)); then
-    pass "allow-list 2 reload to upstream B: answered by B, IPAddressAllow=$(allow_list), no unit file or drop-in but set-property's; A is now blocked from the service"
-else
-    fail "allow-list 2 reload to B: list '$(allow_list)', want '$want'; drop-ins: '$unit_edits'"
-    in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
-fi
+    # allow-list 2: reload onto B, an address outside the running list: answered by B with no unit
+    # edit; A, no longer configured, is now blocked.
+    allow_config 198.18.0.2 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    in_ct systemctl reload dns-proxy.service
+    want=$(allow_set 127.0.0.0/8 ::1/128 198.18.0.2/32)
+    ok=1
+    expect_answer "$allow_answer_b" @127.0.0.1 || ok=0
+    [[ $(allow_list) == "$want" ]] || ok=0
+    expect_reach 198.18.0.2 853 reachable || ok=0
+    expect_reach 198.18.0.1 853 blocked || ok=0
+    # The only drop-in is the one systemctl set-property wrote under /run.
+    unit_edits=$(in_ct systemctl show -p DropInPaths --value dns-proxy.service)
+    [[ $unit_edits == /run/systemd/system.control/dns-proxy.service.d/50-IPAddressAllow.conf ]] || ok=0
+    if ((ok)); then
+        pass "allow-list 2 reload to upstream B: answered by B, IPAddressAllow=$(allow_list), no unit file or drop-in but set-property's; A is now blocked from the service"
+    else
+        fail "allow-list 2 reload to B: list '$(allow_list)', want '$want'; drop-ins: '$unit_edits'"
+        in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+    fi
 
-# allow-list 3: a broken configuration naming A again fails the reload; B's list and answers stay.
-allow_config 198.18.0.1 'timeout = "soon"' | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-reload_status=0
-in_ct systemctl reload dns-proxy.service 2>/dev/null || reload_status=$?
-ok=1
-((reload_status != 0)) || ok=0
-[[ $(allow_list) == "$want" && $(in_ct systemctl is-active dns-proxy.service) == active ]] || ok=0
-expect_answer "$allow_answer_b" @127.0.0.1 +tcp || ok=0
-expect_reach 198.18.0.1 853 blocked || ok=0
-if ((ok)); then
-    pass "allow-list 3 broken config at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, B still answers, A still blocked"
-else
-    fail "allow-list 3 broken config: reload status $reload_status, list '$(allow_list)', want '$want', state $(in_ct systemctl is-active dns-proxy.service)"
-fi
+    # allow-list 3: a broken configuration naming A again fails the reload; B's list and answers stay.
+    allow_config 198.18.0.1 'timeout = "soon"' | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    reload_status=0
+    in_ct systemctl reload dns-proxy.service 2>/dev/null || reload_status=$?
+    ok=1
+    ((reload_status != 0)) || ok=0
+    [[ $(allow_list) == "$want" && $(in_ct systemctl is-active dns-proxy.service) == active ]] || ok=0
+    expect_answer "$allow_answer_b" @127.0.0.1 +tcp || ok=0
+    expect_reach 198.18.0.1 853 blocked || ok=0
+    if ((ok)); then
+        pass "allow-list 3 broken config at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, B still answers, A still blocked"
+    else
+        fail "allow-list 3 broken config: reload status $reload_status, list '$(allow_list)', want '$want', state $(in_ct systemctl is-active dns-proxy.service)"
+    fi
 
-# allow-list 4: a configuration naming A whose ca_file only root can see (ProtectHome= hides
-# /root from the daemon) fails the reload too, although the privileged step could read it.
-in_ct cp /etc/dns-proxy-test-ca.pem /root/test-ca.pem
-allow_config 198.18.0.1 | sed 's|/etc/dns-proxy-test-ca.pem|/root/test-ca.pem|' |
-    in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-reload_status=0
-in_ct systemctl reload dns-proxy.service 2>/dev/null || reload_status=$?
-ok=1
-((reload_status != 0)) || ok=0
-[[ $(allow_list) == "$want" ]] || ok=0
-expect_answer "$allow_answer_b" @127.0.0.1 || ok=0
-expect_reach 198.18.0.1 853 blocked || ok=0
-if ((ok)); then
-    pass "allow-list 4 config the daemon cannot read (ca_file in /root) at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, B still answers"
-else
-    fail "allow-list 4 ca_file in /root: reload status $reload_status, list '$(allow_list)', want '$want'"
-    in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
-fi
+    # allow-list 4: a configuration naming A whose ca_file only root can see (ProtectHome= hides
+    # /root from the daemon) fails the reload too, although the privileged step could read it.
+    in_ct cp /etc/dns-proxy-test-ca.pem /root/test-ca.pem
+    allow_config 198.18.0.1 | sed 's|/etc/dns-proxy-test-ca.pem|/root/test-ca.pem|' |
+        in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    reload_status=0
+    in_ct systemctl reload dns-proxy.service 2>/dev/null || reload_status=$?
+    ok=1
+    ((reload_status != 0)) || ok=0
+    [[ $(allow_list) == "$want" ]] || ok=0
+    expect_answer "$allow_answer_b" @127.0.0.1 || ok=0
+    expect_reach 198.18.0.1 853 blocked || ok=0
+    if ((ok)); then
+        pass "allow-list 4 config the daemon cannot read (ca_file in /root) at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, B still answers"
+    else
+        fail "allow-list 4 ca_file in /root: reload status $reload_status, list '$(allow_list)', want '$want'"
+        in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+    fi
 
-# allow-list 5: a forward zone to the plain resolver C, outside the list, at reload.
-allow_config 198.18.0.2 '' "$allow_zone_c" | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-in_ct systemctl reload dns-proxy.service
-want=$(allow_set 127.0.0.0/8 ::1/128 198.18.0.2/32 198.18.0.3/32)
-ok=1
-got_c=$(in_ct dig +short +tries=1 +timeout=2 @127.0.0.1 probe.corp.test A 2>/dev/null | head -n 1 || true)
-[[ $got_c == "$allow_answer_c" ]] || ok=0
-expect_answer "$allow_answer_b" @127.0.0.1 || ok=0
-[[ $(allow_list) == "$want" && $(allow_list_checked) == "$want" ]] || ok=0
-expect_reach 198.18.0.3 53 reachable || ok=0
-expect_reach 198.18.0.1 853 blocked || ok=0
-if ((ok)); then
-    pass "allow-list 5 forward zone to plain resolver C at reload: probe.corp.test answered by C ($got_c), IPAddressAllow=$(allow_list); A still blocked"
-else
-    fail "allow-list 5 forward zone: probe.corp.test '$got_c', list '$(allow_list)', want '$want'"
-    in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
-fi
+    # allow-list 5: a forward zone to the plain resolver C, outside the list, at reload.
+    allow_config 198.18.0.2 '' "$allow_zone_c" | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    in_ct systemctl reload dns-proxy.service
+    want=$(allow_set 127.0.0.0/8 ::1/128 198.18.0.2/32 198.18.0.3/32)
+    ok=1
+    got_c=$(in_ct dig +short +tries=1 +timeout=2 @127.0.0.1 probe.corp.test A 2>/dev/null | head -n 1 || true)
+    [[ $got_c == "$allow_answer_c" ]] || ok=0
+    expect_answer "$allow_answer_b" @127.0.0.1 || ok=0
+    [[ $(allow_list) == "$want" && $(allow_list_checked) == "$want" ]] || ok=0
+    expect_reach 198.18.0.3 53 reachable || ok=0
+    expect_reach 198.18.0.1 853 blocked || ok=0
+    if ((ok)); then
+        pass "allow-list 5 forward zone to plain resolver C at reload: probe.corp.test answered by C ($got_c), IPAddressAllow=$(allow_list); A still blocked"
+    else
+        fail "allow-list 5 forward zone: probe.corp.test '$got_c', list '$(allow_list)', want '$want'"
+        in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+    fi
 
-# allow-list 6: a broken configuration moving the zone to A fails the reload; C stays.
-allow_config 198.18.0.2 'timeout = "soon"' "${allow_zone_c/198.18.0.3/198.18.0.1}" |
-    in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-reload_status=0
-in_ct systemctl reload dns-proxy.service 2>/dev/null || reload_status=$?
-ok=1
-((reload_status != 0)) || ok=0
-[[ $(allow_list) == "$want" ]] || ok=0
-got_c=$(in_ct dig +short +tries=1 +timeout=2 +tcp @127.0.0.1 probe.corp.test A 2>/dev/null | head -n 1 || true)
-[[ $got_c == "$allow_answer_c" ]] || ok=0
-expect_reach 198.18.0.1 853 blocked || ok=0
-if ((ok)); then
-    pass "allow-list 6 broken forward-zone config at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, C still answers probe.corp.test"
-else
-    fail "allow-list 6 broken forward-zone config: reload status $reload_status, list '$(allow_list)', want '$want', probe.corp.test '$got_c'"
-fi
-stop_container
+    # allow-list 6: a broken configuration moving the zone to A fails the reload; C stays.
+    allow_config 198.18.0.2 'timeout = "soon"' "${allow_zone_c/198.18.0.3/198.18.0.1}" |
+        in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    reload_status=0
+    in_ct systemctl reload dns-proxy.service 2>/dev/null || reload_status=$?
+    ok=1
+    ((reload_status != 0)) || ok=0
+    [[ $(allow_list) == "$want" ]] || ok=0
+    got_c=$(in_ct dig +short +tries=1 +timeout=2 +tcp @127.0.0.1 probe.corp.test A 2>/dev/null | head -n 1 || true)
+    [[ $got_c == "$allow_answer_c" ]] || ok=0
+    expect_reach 198.18.0.1 853 blocked || ok=0
+    if ((ok)); then
+        pass "allow-list 6 broken forward-zone config at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, C still answers probe.corp.test"
+    else
+        fail "allow-list 6 broken forward-zone config: reload status $reload_status, list '$(allow_list)', want '$want', probe.corp.test '$got_c'"
+    fi
+}

@@ -1,24 +1,54 @@
 #!/usr/bin/env bash
 # System test: the .deb and the .rpm installed and run under a real systemd.
 #
-# Boots a debootstrapped Debian 12 with systemd-nspawn (private network: the container has
-# only its own loopback), installs the package the way a user does, and checks the seven
-# points below against a DoT upstream (unbound with a private CA) inside the container.
+# For each Debian release (default: 11 bullseye, 12 bookworm, 13 trixie) it boots debootstrapped
+# trees with systemd-nspawn (private network: each container has only its own loopback) and
+# runs the sub-tests below in them:
+#
+#   package_checks         the whole package test on a tree with unbound and ca-certificates:
+#                          install, dig over UDP/TCP v4/v6 through DoT to a private-CA upstream,
+#                          sandbox, reload, restart and upgrade without losing a query, purge
+#   default_config_checks  a minimal tree (debootstrap minbase: no ca-certificates, no test
+#                          upstream): the package installed as it comes, offline, must answer
+#                          localhost and SERVFAIL other names; then an emptied trust store and a
+#                          broken configuration found at start must keep it serving local zones,
+#                          say why in one line, and clear on reload once fixed
+#
+# then installs the .rpm with `rpm --root` into the Debian 12 tree and boots it (rpm_checks).
 # Prints one line per check and exits non-zero if any fails. Run it as root:
 #
-#   make system-test            (or tests/system/run.sh)
+#   make system-test                 (or tests/system/run.sh [SUITE...])
+#   tests/system/run.sh --deb FILE [SUITE...]
+#                                    only default_config_checks, with a given .deb, no build
 #
-# The base tree is cached in $DNS_PROXY_TESTBED_CACHE (default /var/cache/dns-proxy-testbed).
+# The trees are built once per release and kept as compressed tarballs in
+# $DNS_PROXY_TESTBED_CACHE (default /var/cache/dns-proxy-testbed); only a missing one is
+# downloaded. A sub-test is a function that gets the suite as $1 and runs commands in the
+# booted container with in_ct (pass/fail print its results); list it, with any extra
+# systemd-nspawn options, in full_tree_tests or minimal_tree_tests at the end.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cache=${DNS_PROXY_TESTBED_CACHE:-/var/cache/dns-proxy-testbed}
-# What the container needs: systemd itself, dig and ss for the checks, unbound as the upstream.
-include=systemd,systemd-sysv,dbus,iproute2,bind9-dnsutils,unbound,ca-certificates
+given_deb=
+if [[ ${1:-} == --deb ]]; then
+    given_deb=$(realpath "${2:?--deb needs a file}")
+    shift 2
+fi
+suites=("$@")
+((${#suites[@]})) || suites=(bullseye bookworm trixie)
+# Every tree: systemd itself, dig and ss for the checks. The full tree adds the test upstream
+# (unbound) and ca-certificates.
+base_include=systemd,systemd-sysv,dbus,iproute2,bind9-dnsutils
+full_extra="unbound ca-certificates"
+# Part of the cached tarballs' names: changing what goes into a tree makes new ones.
+tree_key=$(printf '%s\n' "$base_include" "$full_extra" offline-ca-certificates | sha256sum | cut -c1-12)
 answer_one=192.0.2.1 # what upstream 1 answers for probe.test
 answer_two=192.0.2.2 # what upstream 2 answers
 
 skip() {
+    # On CI a system test that cannot run is a failure, not a skip.
+    [[ -z ${CI:-} ]] || die "$*"
     echo "system test: SKIPPED: $*"
     exit 0
 }
@@ -46,36 +76,78 @@ fail() {
     printf 'FAIL  %s\n' "$*"
     failed=1
 }
+started=$SECONDS
+took() { echo "system test: $* ($((SECONDS - started)) s so far)"; }
 
 # --- packages -------------------------------------------------------------------------------
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n 1)
 newer=$version+systest
 arch=$(dpkg --print-architecture)
-make -s -C "$repo" deb >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; die "make deb failed"; }
-make -s -C "$repo" deb DEB_VERSION="$newer" >>"$work/build.log" 2>&1 ||
-    { tail -40 "$work/build.log"; die "make deb DEB_VERSION=$newer failed"; }
-make -s -C "$repo" rpm >>"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; die "make rpm failed"; }
 mkdir -p "$work/in"
-cp "$repo/target/pkg/dns-proxy_${version}_$arch.deb" "$repo/target/pkg/dns-proxy_${newer}_$arch.deb" "$work/in/"
-rpm_file=$(ls -t "$repo"/target/pkg/dns-proxy-"$version"-*.rpm | head -n 1)
-cp "$rpm_file" "$work/in/dns-proxy.rpm"
+deb=dns-proxy_${version}_$arch.deb
+if [[ -n $given_deb ]]; then
+    cp "$given_deb" "$work/in/$deb"
+else
+    make -s -C "$repo" deb >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; die "make deb failed"; }
+    make -s -C "$repo" deb DEB_VERSION="$newer" >>"$work/build.log" 2>&1 ||
+        { tail -40 "$work/build.log"; die "make deb DEB_VERSION=$newer failed"; }
+    make -s -C "$repo" rpm >>"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; die "make rpm failed"; }
+    cp "$repo/target/pkg/$deb" "$repo/target/pkg/dns-proxy_${newer}_$arch.deb" "$work/in/"
+    rpm_file=$(ls -t "$repo"/target/pkg/dns-proxy-"$version"-*.rpm | head -n 1)
+    cp "$rpm_file" "$work/in/dns-proxy.rpm"
+    took "packages built"
+fi
 
-# --- base tree ------------------------------------------------------------------------------
+# --- trees ----------------------------------------------------------------------------------
 mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
 mirror=${mirror:-http://deb.debian.org/debian}
-tarball=$cache/bookworm-$(echo "$include" | sha256sum | cut -c1-12).tar.zst
-if [[ ! -s $tarball ]]; then
-    echo "system test: building the Debian 12 tree (once; cached in $tarball)"
-    mkdir -p "$cache"
-    debootstrap --variant=minbase --include="$include" bookworm "$work/base" "$mirror" \
-        >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log"; skip "debootstrap failed"; }
-    # The packaged unbound would take port 53 at boot; the test starts its own instances.
-    ln -sf /dev/null "$work/base/etc/systemd/system/unbound.service"
-    ln -sf /dev/null "$work/base/etc/systemd/system/unbound-resolvconf.service"
-    tar --zstd -C "$work/base" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
-    rm -rf "$work/base"
+tarball() { echo "$cache/$1-$2-$tree_key.tar.zst"; } # suite, minimal|full
+
+# Debootstraps the minimal tree of SUITE and, from it, the full one; writes both tarballs.
+build_trees() {
+    local suite=$1 tree=$work/build-$1 log=$work/build-$1.log
+    # With the host's network (no --private-network), for apt only; not booted.
+    local -a apt_in_tree=(systemd-nspawn -q --register=no --keep-unit -D "$tree" --pipe)
+    {
+        debootstrap --variant=minbase --include="$base_include" "$suite" "$tree" "$mirror" &&
+            # apt's package lists, and the .debs of ca-certificates and its dependencies in
+            # apt's cache but not installed: offline, apt then installs the package's
+            # dependencies from there as it would download them on a real host.
+            "${apt_in_tree[@]}" sh -c 'apt-get update -q && apt-get install -y -q --download-only ca-certificates' &&
+            tar --zstd -C "$tree" -cf "$(tarball "$suite" minimal).tmp" . &&
+            # shellcheck disable=SC2086 # a list of package names
+            "${apt_in_tree[@]}" apt-get install -y -q $full_extra &&
+            # The packaged unbound would take port 53 at boot; the test starts its own.
+            ln -sf /dev/null "$tree/etc/systemd/system/unbound.service" &&
+            ln -sf /dev/null "$tree/etc/systemd/system/unbound-resolvconf.service" &&
+            tar --zstd -C "$tree" -cf "$(tarball "$suite" full).tmp" . &&
+            mv "$(tarball "$suite" minimal).tmp" "$(tarball "$suite" minimal)" &&
+            mv "$(tarball "$suite" full).tmp" "$(tarball "$suite" full)"
+    } >"$log" 2>&1
+    local status=$?
+    rm -rf "$tree"
+    return "$status"
+}
+
+mkdir -p "$cache"
+missing=()
+for suite in "${suites[@]}"; do
+    [[ -s $(tarball "$suite" minimal) && -s $(tarball "$suite" full) ]] || missing+=("$suite")
+done
+if ((${#missing[@]})); then
+    echo "system test: building the trees of ${missing[*]} (once; cached in $cache)"
+    # In parallel: mostly downloads and unpacking.
+    builders=()
+    for suite in "${missing[@]}"; do
+        build_trees "$suite" &
+        builders+=($!)
+    done
+    for i in "${!missing[@]}"; do
+        wait "${builders[$i]}" ||
+            { tail -20 "$work/build-${missing[$i]}.log"; skip "building the ${missing[$i]} tree failed"; }
+    done
+    took "trees built"
 fi
-unpack() { mkdir -p "$1" && tar --zstd -C "$1" -xf "$tarball"; }
 
 # --- the test upstreams: unbound serving DoT with a private CA ------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=dns-proxy-test-ca \
@@ -120,8 +192,10 @@ config() { # upstream number, then extra lines
 # --- the container --------------------------------------------------------------------------
 leader=
 boot() { # tree directory, then extra systemd-nspawn options
-    setsid systemd-nspawn -q -D "$1" -b --register=no --keep-unit --private-network \
-        --console=pipe --bind-ro="$work/in:/srv/in" "${@:2}" </dev/null >"$work/nspawn.log" 2>&1 &
+    local tree=$1
+    shift
+    setsid systemd-nspawn -q -D "$tree" -b --register=no --keep-unit --private-network \
+        --console=pipe --bind-ro="$work/in:/srv/in" "$@" </dev/null >"$work/nspawn.log" 2>&1 &
     nspawn_pid=$!
     leader=
     for _ in $(seq 100); do
@@ -150,6 +224,40 @@ stop_container() {
     wait "$nspawn_pid" 2>/dev/null || true
     nspawn_pid=
 }
+# Unpacks the SUITE's minimal or full tree once per run; prints its directory.
+tree() { # suite, minimal|full
+    local dir=$work/$1-$2
+    if [[ ! -d $dir ]]; then
+        mkdir -p "$dir.tmp" && tar --zstd -C "$dir.tmp" -xf "$(tarball "$1" "$2")" && mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
+}
+# Boots a throw-away copy of the SUITE's minimal or full tree, runs the sub-test FUNCTION with
+# the suite as its argument, and powers the container off.
+in_container() { # suite, minimal|full, function, then extra systemd-nspawn options
+    local suite=$1 kind=$2 function=$3 dir
+    shift 3
+    dir=$(tree "$suite" "$kind")
+    boot "$dir" --ephemeral "$@"
+    # In a subshell, so that a command that fails unexpectedly (set -e) ends this sub-test
+    # as a failure, and the next ones still run. 100: some check failed (and said so).
+    local status before=$failed
+    failed=0
+    set +e
+    (
+        set -e
+        "$function" "$suite"
+        exit $((failed ? 100 : 0))
+    )
+    status=$?
+    set -e
+    failed=$before
+    if ((status)); then
+        failed=1
+        ((status == 100)) || echo "FAIL  $suite $function stopped at a failing command (status $status)"
+    fi
+    stop_container
+}
 start_upstreams() {
     in_ct cp /srv/in/test-upstream@.service /etc/systemd/system/
     in_ct cp /srv/in/ca.pem /etc/dns-proxy-test-ca.pem
@@ -171,79 +279,128 @@ expect_answer() {
     return 1
 }
 main_pid() { in_ct systemctl show -p MainPID --value dns-proxy.service; }
+# The "Status:" text systemd shows for the service.
+status_text() { in_ct systemctl show -p StatusText --value dns-proxy.service; }
 
-# --- checks 1 to 6: the .deb ----------------------------------------------------------------
-unpack "$work/tree"
-boot "$work/tree"
-start_upstreams
+# --- sub-test: the whole package test (checks 1 to 6) ---------------------------------------
+package_checks() {
+    local suite=$1
+    start_upstreams
 
-# 1. apt install: the socket is enabled and active, and PID 1 owns port 53.
-in_ct apt-get install -y -q "/srv/in/dns-proxy_${version}_$arch.deb" >"$work/apt.log" 2>&1 ||
-    { cat "$work/apt.log"; die "apt install failed"; }
-listeners=$(in_ct ss -H -lnup; in_ct ss -H -lntp)
-verify=$(in_ct systemd-analyze verify --man=no dns-proxy.socket dns-proxy.service 2>&1 || echo "exit status $?")
-if [[ -z $verify && $(in_ct systemctl is-enabled dns-proxy.socket) == enabled &&
-    $(in_ct systemctl is-active dns-proxy.socket) == active ]] &&
-    grep -q '127.0.0.1:53 .*"systemd",pid=1,' <<<"$listeners" &&
-    grep -q '\[::1\]:53 .*"systemd",pid=1,' <<<"$listeners" &&
-    [[ $(grep -c ':53 .*"systemd",pid=1,' <<<"$listeners") == 4 ]]; then
-    pass "1 apt install: dns-proxy.socket enabled and active; PID 1 holds 127.0.0.1:53 and [::1]:53 (UDP+TCP); systemd-analyze verify clean"
-else
-    fail "1 apt install: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket); verify: '$verify'; listeners:"
-    echo "$listeners"
-fi
-
-# 2. Configured for the private-CA upstream: answers over UDP and TCP, IPv4 and IPv6.
-config 1 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-in_ct systemctl enable --now dns-proxy.socket >/dev/null 2>&1
-in_ct systemctl restart dns-proxy.service
-ok=1
-for server in @127.0.0.1 @::1; do
-    for transport in +notcp +tcp; do
-        expect_answer "$answer_one" "$server" "$transport" || ok=0
-    done
-done
-if ((ok)); then
-    pass "2 dig over UDP and TCP, IPv4 and IPv6: answered through DoT to the private-CA upstream"
-else
-    fail "2 dig through dns-proxy"
-    in_ct journalctl -u dns-proxy.service -n 30 --no-pager
-fi
-
-# 3. Unprivileged: a dynamic uid, no capabilities, and the STATUS line.
-pid=$(main_pid)
-uid=$(in_ct awk '/^Uid:/ {print $2}' "/proc/$pid/status")
-capeff=$(in_ct awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
-status=$(in_ct systemctl status --no-pager dns-proxy.service 2>&1 || true)
-if [[ $uid != 0 && $capeff == 0000000000000000 ]] && grep -q 'Status: "' <<<"$status"; then
-    pass "3 service runs as uid $uid with CapEff $capeff; $(grep -o 'Status: ".*"' <<<"$status")"
-else
-    fail "3 service uid '$uid' CapEff '$capeff'; status:"
-    echo "$status"
-fi
-
-# 4. Reload applies a new upstream; a broken config on reload keeps the running one.
-config 2 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-in_ct systemctl reload dns-proxy.service
-if expect_answer "$answer_two" @127.0.0.1; then
-    config 1 'timeout = "soon"' | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-    in_ct systemctl reload dns-proxy.service || true
-    sleep 0.5
-    refused=$(in_ct journalctl -u dns-proxy.service --no-pager -o cat | grep -m1 'timeout' || true)
-    if expect_answer "$answer_two" @127.0.0.1 &&
-        [[ $(in_ct systemctl is-active dns-proxy.service) == active && -n $refused ]]; then
-        pass "4 reload switched to upstream 2; a broken config was refused and upstream 2 kept serving ($refused)"
+    # 1. apt install: the socket is enabled and active, and PID 1 owns port 53.
+    in_ct apt-get install -y -q "/srv/in/$deb" >"$work/apt.log" 2>&1 ||
+        { cat "$work/apt.log"; fail "$suite 1 apt install"; return; }
+    local listeners verify
+    listeners=$(in_ct ss -H -lnup; in_ct ss -H -lntp)
+    verify=$(in_ct systemd-analyze verify --man=no dns-proxy.socket dns-proxy.service 2>&1 || echo "exit status $?")
+    if [[ -z $verify && $(in_ct systemctl is-enabled dns-proxy.socket) == enabled &&
+        $(in_ct systemctl is-active dns-proxy.socket) == active ]] &&
+        grep -q '127.0.0.1:53 .*"systemd",pid=1,' <<<"$listeners" &&
+        grep -q '\[::1\]:53 .*"systemd",pid=1,' <<<"$listeners" &&
+        [[ $(grep -c ':53 .*"systemd",pid=1,' <<<"$listeners") == 4 ]]; then
+        pass "$suite 1 apt install: dns-proxy.socket enabled and active; PID 1 holds 127.0.0.1:53 and [::1]:53 (UDP+TCP); systemd-analyze verify clean"
     else
-        fail "4 a broken config on reload: state $(in_ct systemctl is-active dns-proxy.service), log '$refused'"
+        fail "$suite 1 apt install: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket); verify: '$verify'; listeners:"
+        echo "$listeners"
     fi
-else
-    fail "4 reload did not switch to upstream 2"
-fi
-config 1 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
-in_ct systemctl reload dns-proxy.service
-expect_answer "$answer_one" @127.0.0.1 || true
 
-# 5. No query lost across a restart: systemd keeps the sockets, so queries wait in them.
+    # 2. Configured for the private-CA upstream: answers over UDP and TCP, IPv4 and IPv6.
+    config 1 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    in_ct systemctl enable --now dns-proxy.socket >/dev/null 2>&1
+    in_ct systemctl restart dns-proxy.service
+    local ok=1 server transport
+    for server in @127.0.0.1 @::1; do
+        for transport in +notcp +tcp; do
+            expect_answer "$answer_one" "$server" "$transport" || ok=0
+        done
+    done
+    if ((ok)); then
+        pass "$suite 2 dig over UDP and TCP, IPv4 and IPv6: answered through DoT to the private-CA upstream"
+    else
+        fail "$suite 2 dig through dns-proxy"
+        in_ct journalctl -u dns-proxy.service -n 30 --no-pager
+    fi
+
+    # 3. Unprivileged: a dynamic uid, no capabilities, and the STATUS line.
+    local pid uid capeff status
+    pid=$(main_pid)
+    uid=$(in_ct awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+    capeff=$(in_ct awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
+    status=$(status_text)
+    if [[ $uid != 0 && $capeff == 0000000000000000 && -n $status ]]; then
+        pass "$suite 3 service runs as uid $uid with CapEff $capeff; Status: \"$status\""
+    else
+        fail "$suite 3 service uid '$uid' CapEff '$capeff'; status: '$status'"
+    fi
+
+    # 4. Reload applies a new upstream; a broken config on reload keeps the running one.
+    config 2 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    in_ct systemctl reload dns-proxy.service
+    if expect_answer "$answer_two" @127.0.0.1; then
+        config 1 'timeout = "soon"' | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+        in_ct systemctl reload dns-proxy.service || true
+        sleep 0.5
+        local refused
+        refused=$(in_ct journalctl -u dns-proxy.service --no-pager -o cat | grep -m1 'timeout' || true)
+        if expect_answer "$answer_two" @127.0.0.1 &&
+            [[ $(in_ct systemctl is-active dns-proxy.service) == active && -n $refused ]]; then
+            pass "$suite 4 reload switched to upstream 2; a broken config was refused and upstream 2 kept serving ($refused)"
+        else
+            fail "$suite 4 a broken config on reload: state $(in_ct systemctl is-active dns-proxy.service), log '$refused'"
+        fi
+    else
+        fail "$suite 4 reload did not switch to upstream 2"
+    fi
+    config 1 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
+    in_ct systemctl reload dns-proxy.service
+    expect_answer "$answer_one" @127.0.0.1 || true
+
+    # 5. No query lost across a restart: systemd keeps the sockets, so queries wait in them.
+    local queries=300 old_pid new_pid udp tcp udp_client tcp_client
+    in_ct bash -c "stream +notcp $queries" >"$work/udp.count" &
+    udp_client=$!
+    in_ct bash -c "stream +tcp $queries" >"$work/tcp.count" &
+    tcp_client=$!
+    sleep 1
+    old_pid=$(main_pid)
+    in_ct systemctl restart dns-proxy.service
+    new_pid=$(main_pid)
+    wait "$udp_client" "$tcp_client" || true
+    udp=$(cat "$work/udp.count")
+    tcp=$(cat "$work/tcp.count")
+    if [[ $old_pid != "$new_pid" && $udp == "$queries" && $tcp == "$queries" ]]; then
+        pass "$suite 5 restart (pid $old_pid -> $new_pid) during a steady stream: UDP $udp/$queries, TCP $tcp/$queries answered, 0 lost"
+    else
+        fail "$suite 5 restart (pid $old_pid -> $new_pid): UDP $udp/$queries, TCP $tcp/$queries answered"
+    fi
+
+    # 6. Upgrade keeps the edited conffile and restarts the service without losing a query;
+    #    purge removes everything.
+    local before after client during upgraded kept leftovers port53
+    before=$(main_pid)
+    in_ct bash -c "stream +notcp $queries" >"$work/upgrade.count" &
+    client=$!
+    sleep 0.5
+    in_ct apt-get install -y -q "/srv/in/dns-proxy_${newer}_$arch.deb" >"$work/apt.log" 2>&1 ||
+        { cat "$work/apt.log"; fail "$suite 6 apt upgrade"; return; }
+    after=$(main_pid)
+    wait "$client" || true
+    during=$(cat "$work/upgrade.count")
+    upgraded=$(in_ct dpkg-query -W -f='${Version}' dns-proxy)
+    kept=$(in_ct grep -c 'edited by the system test' /etc/dns-proxy/dns-proxy.toml || true)
+    ok=1
+    [[ $upgraded == "$newer" && $kept == 1 && $after != 0 && $before != "$after" && $during == "$queries" ]] || ok=0
+    expect_answer "$answer_one" @127.0.0.1 || ok=0
+    in_ct apt-get purge -y -q dns-proxy >"$work/apt.log" 2>&1 ||
+        { cat "$work/apt.log"; fail "$suite 6 apt purge"; return; }
+    leftovers=$(in_ct find /etc /lib/systemd /usr/lib/systemd /usr/bin -name 'dns-proxy*' -not -name dns-proxy-test-ca.pem 2>/dev/null || true)
+    port53=$(in_ct ss -H -lnu 'sport = :53'; in_ct ss -H -lnt 'sport = :53')
+    if ((ok)) && [[ -z $leftovers && -z $port53 ]]; then
+        pass "$suite 6 upgrade to $upgraded kept the edited conffile and restarted the service (pid $before -> $after), $during/$queries queries answered meanwhile; purge left no files and freed port 53"
+    else
+        fail "$suite 6 upgrade: version '$upgraded', conffile kept '$kept', pid $before -> $after, $during/$queries answered; purge leftovers: '$leftovers'; port 53: '$port53'"
+    fi
+}
 stream() { # transport flag, count
     local answered=0
     for _ in $(seq "$2"); do
@@ -255,71 +412,154 @@ stream() { # transport flag, count
 }
 export -f stream
 export answer_one
-queries=300
-in_ct bash -c "stream +notcp $queries" >"$work/udp.count" &
-udp_client=$!
-in_ct bash -c "stream +tcp $queries" >"$work/tcp.count" &
-tcp_client=$!
-sleep 1
-old_pid=$(main_pid)
-in_ct systemctl restart dns-proxy.service
-new_pid=$(main_pid)
-wait "$udp_client" "$tcp_client" || true
-udp=$(cat "$work/udp.count")
-tcp=$(cat "$work/tcp.count")
-if [[ $old_pid != "$new_pid" && $udp == "$queries" && $tcp == "$queries" ]]; then
-    pass "5 restart (pid $old_pid -> $new_pid) during a steady stream: UDP $udp/$queries, TCP $tcp/$queries answered, 0 lost"
-else
-    fail "5 restart (pid $old_pid -> $new_pid): UDP $udp/$queries, TCP $tcp/$queries answered"
-fi
 
-# 6. Upgrade keeps the edited conffile and restarts the service without losing a query;
-#    purge removes everything.
-before=$(main_pid)
-in_ct bash -c "stream +notcp $queries" >"$work/upgrade.count" &
-client=$!
-sleep 0.5
-in_ct apt-get install -y -q "/srv/in/dns-proxy_${newer}_$arch.deb" >"$work/apt.log" 2>&1 ||
-    { cat "$work/apt.log"; die "apt upgrade failed"; }
-after=$(main_pid)
-wait "$client" || true
-during=$(cat "$work/upgrade.count")
-upgraded=$(in_ct dpkg-query -W -f='${Version}' dns-proxy)
-kept=$(in_ct grep -c 'edited by the system test' /etc/dns-proxy/dns-proxy.toml || true)
-ok=1
-[[ $upgraded == "$newer" && $kept == 1 && $after != 0 && $before != "$after" && $during == "$queries" ]] || ok=0
-expect_answer "$answer_one" @127.0.0.1 || ok=0
-in_ct apt-get purge -y -q dns-proxy >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; die "apt purge failed"; }
-leftovers=$(in_ct find /etc /lib/systemd /usr/lib/systemd /usr/bin -name 'dns-proxy*' -not -name dns-proxy-test-ca.pem 2>/dev/null || true)
-port53=$(in_ct ss -H -lnu 'sport = :53'; in_ct ss -H -lnt 'sport = :53')
-if ((ok)) && [[ -z $leftovers && -z $port53 ]]; then
-    pass "6 upgrade to $upgraded kept the edited conffile and restarted the service (pid $before -> $after), $during/$queries queries answered meanwhile; purge left no files and freed port 53"
-else
-    fail "6 upgrade: version '$upgraded', conffile kept '$kept', pid $before -> $after, $during/$queries answered; purge leftovers: '$leftovers'; port 53: '$port53'"
-fi
-stop_container
+# --- sub-test: the package's own defaults on a minimal tree ---------------------------------
+# What the resolver must give with no upstream reachable: localhost from the built-in zone, and
+# SERVFAIL for a name it would forward, well within dig's 5 s (the default budget is 2 s).
+# Prints what is wrong, nothing when both hold.
+local_zones_wrong() {
+    local v4 v6 outside
+    v4=$(in_ct dig +short +tries=1 +timeout=5 @127.0.0.1 localhost A 2>&1 || true)
+    v6=$(in_ct dig +short +tries=1 +timeout=5 +tcp @::1 localhost AAAA 2>&1 || true)
+    outside=$(in_ct dig +tries=1 +timeout=5 @127.0.0.1 example.com A 2>&1 | grep -o 'status: [A-Z]*' || true)
+    [[ $v4 == 127.0.0.1 ]] || echo "localhost A over UDP: '$v4'"
+    [[ $v6 == ::1 ]] || echo "localhost AAAA over TCP/IPv6: '$v6'"
+    [[ $outside == 'status: SERVFAIL' ]] || echo "example.com: '${outside:-no answer}' instead of SERVFAIL"
+}
+units_wrong() {
+    local service socket
+    service=$(in_ct systemctl is-active dns-proxy.service || true)
+    socket=$(in_ct systemctl is-active dns-proxy.socket || true)
+    [[ $service == active && $socket == active ]] || echo "service $service, socket $socket"
+}
+# Journal lines of the service since CURSOR that match PATTERN.
+journal_since() { # cursor, pattern
+    in_ct journalctl -u dns-proxy.service --no-pager -o cat --after-cursor="$1" | grep -E -- "$2" || true
+}
+journal_cursor() { in_ct journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'; }
 
-# --- check 7: the .rpm, installed with rpm --root into a copy of the tree -------------------
-unpack "$work/rpmtree"
-rpm --root "$work/rpmtree" --dbpath /var/lib/rpm --nodeps -i "$work/in/dns-proxy.rpm" >"$work/rpm.log" 2>&1 ||
-    { cat "$work/rpm.log"; die "rpm install failed"; }
-config 1 >"$work/rpmtree/etc/dns-proxy/dns-proxy.toml"
-boot "$work/rpmtree"
-start_upstreams
-if [[ $(in_ct systemctl is-enabled dns-proxy.socket) == enabled &&
-    $(in_ct systemctl is-active dns-proxy.socket) == active ]] &&
-    expect_answer "$answer_one" @127.0.0.1 && expect_answer "$answer_one" @::1 +tcp; then
-    pass "7 rpm --root install: %post enabled dns-proxy.socket; after boot it is active and answers"
-else
-    fail "7 rpm: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket)"
-    cat "$work/rpm.log"
-fi
-stop_container
+default_config_checks() {
+    local suite=$1 wrong cursor status lines
 
-source "$repo/tests/system/allowlist.sh" # the IP allow list, in a container of its own
+    # D. Installed as a new user would, offline: apt takes ca-certificates from its cache.
+    if ! in_ct apt-get install -y -q "/srv/in/$deb" >"$work/apt.log" 2>&1; then
+        fail "$suite D apt install on a minimal tree (offline):"
+        tail -n 5 "$work/apt.log"
+        return
+    fi
+    # The first query starts the service (socket activation).
+    wrong=$(local_zones_wrong; units_wrong)
+    if [[ -n $(in_ct dpkg -V dns-proxy || true) ]]; then
+        wrong+=" configuration changed: $(in_ct dpkg -V dns-proxy || true)"
+    fi
+    if [[ -z $wrong ]]; then
+        pass "$suite D minimal tree, package defaults, no network: localhost answered, example.com SERVFAIL, service and socket active; Status: \"$(status_text)\""
+    else
+        fail "$suite D minimal tree, package defaults: $wrong"
+        in_ct journalctl -u dns-proxy.service -u dns-proxy.socket -n 20 --no-pager
+    fi
+
+    # T. The trust store is empty at start (a slimmed image, a broken ca-certificates): the
+    #    service starts all the same, answers local zones, says why in one line, and a reload
+    #    once the store is back puts the upstreams in force.
+    in_ct sh -c 'rm -rf /etc/ssl/certs/*'
+    cursor=$(journal_cursor)
+    in_ct systemctl restart dns-proxy.service || true
+    wrong=$(local_zones_wrong; units_wrong)
+    status=$(status_text)
+    lines=$(journal_since "$cursor" 'CA certificates')
+    if [[ -z $wrong && $status == *"No CA certificates"* && $(grep -c . <<<"$lines") == 1 ]]; then
+        pass "$suite T empty trust store at start: service and socket active, local zones answered, SERVFAIL for the rest; journal: \"$lines\""
+    else
+        fail "$suite T empty trust store at start: ${wrong:-}; Status: '$status'; journal: '$lines'"
+        in_ct journalctl -u dns-proxy.service -u dns-proxy.socket -n 20 --no-pager
+    fi
+    in_ct update-ca-certificates --fresh >/dev/null 2>&1 || echo "      update-ca-certificates failed"
+    in_ct systemctl reload dns-proxy.service || true
+    status=$(status_text)
+    wrong=$(local_zones_wrong; units_wrong)
+    if [[ -z $wrong && -n $status && $status != *degraded* ]]; then
+        pass "$suite T after update-ca-certificates and a reload: Status: \"$status\""
+    else
+        fail "$suite T trust store restored and reloaded: ${wrong:-}; Status: '$status'"
+    fi
+
+    # C. A broken configuration at start: the same, and fixing the file and reloading is all
+    #    it takes.
+    echo 'timeout = "soon"' | in_ct tee /etc/dns-proxy/dns-proxy.d/broken.toml >/dev/null
+    cursor=$(journal_cursor)
+    in_ct systemctl restart dns-proxy.service || true
+    wrong=$(local_zones_wrong; units_wrong)
+    status=$(status_text)
+    lines=$(journal_since "$cursor" 'broken.toml')
+    if [[ -z $wrong && $status == *broken.toml* && $(grep -c . <<<"$lines") == 1 ]]; then
+        pass "$suite C broken configuration at start: service and socket active, local zones answered; journal: \"$lines\""
+    else
+        fail "$suite C broken configuration at start: ${wrong:-}; Status: '$status'; journal: '$lines'"
+        in_ct journalctl -u dns-proxy.service -u dns-proxy.socket -n 20 --no-pager
+    fi
+    in_ct rm /etc/dns-proxy/dns-proxy.d/broken.toml
+    in_ct systemctl reload dns-proxy.service || true
+    status=$(status_text)
+    if [[ $(units_wrong) == "" && -n $status && $status != *degraded* ]]; then
+        pass "$suite C configuration fixed and reloaded: Status: \"$status\""
+    else
+        fail "$suite C configuration fixed and reloaded: $(units_wrong); Status: '$status'"
+    fi
+}
+
+# --- sub-test: the .rpm, installed with rpm --root into a copy of the tree ------------------
+rpm_checks() {
+    local suite=$1 rpmtree=$work/rpmtree
+    cp -a "$(tree "$suite" full)" "$rpmtree"
+    rpm --root "$rpmtree" --dbpath /var/lib/rpm --nodeps -i "$work/in/dns-proxy.rpm" >"$work/rpm.log" 2>&1 ||
+        { cat "$work/rpm.log"; fail "$suite 7 rpm install"; return; }
+    config 1 >"$rpmtree/etc/dns-proxy/dns-proxy.toml"
+    boot "$rpmtree"
+    start_upstreams
+    if [[ $(in_ct systemctl is-enabled dns-proxy.socket) == enabled &&
+        $(in_ct systemctl is-active dns-proxy.socket) == active ]] &&
+        expect_answer "$answer_one" @127.0.0.1 && expect_answer "$answer_one" @::1 +tcp; then
+        pass "$suite 7 rpm --root install: %post enabled dns-proxy.socket; after boot it is active and answers"
+    else
+        fail "$suite 7 rpm: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket)"
+        cat "$work/rpm.log"
+    fi
+    stop_container
+    rm -rf "$rpmtree"
+}
+
+# --- the releases ---------------------------------------------------------------------------
+# Each entry: a sub-test function, then any extra systemd-nspawn options its container needs
+# (e.g. "name --system-call-filter=bpf --capability=CAP_BPF,CAP_NET_ADMIN").
+# The IP allow list needs a systemd that really filters: nspawn lets it load BPF programs.
+source "$repo/tests/system/allowlist.sh"
+full_tree_tests=(package_checks
+    "allowlist_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN")
+minimal_tree_tests=(default_config_checks)
+# The .rpm goes into one release's tree: it checks files and scriptlets, not the release.
+rpm_suite=bookworm
+[[ " ${suites[*]} " == *" $rpm_suite "* ]] || rpm_suite=${suites[0]}
+if [[ -n $given_deb ]]; then
+    full_tree_tests=()
+    rpm_suite=
+fi
+for suite in "${suites[@]}"; do
+    for test in "${full_tree_tests[@]}"; do
+        read -ra words <<<"$test"
+        in_container "$suite" full "${words[0]}" "${words[@]:1}"
+    done
+    for test in "${minimal_tree_tests[@]}"; do
+        read -ra words <<<"$test"
+        in_container "$suite" minimal "${words[0]}" "${words[@]:1}"
+    done
+    [[ $suite != "$rpm_suite" ]] || rpm_checks "$suite"
+    rm -rf "${work:?}/$suite-full" "${work:?}/$suite-minimal"
+    took "$suite done"
+done
 
 if ((failed)); then
     echo "system test: FAILED"
     exit 1
 fi
-echo "system test: all checks passed"
+echo "system test: all checks passed on ${suites[*]}"
