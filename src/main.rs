@@ -42,18 +42,30 @@ fn main() -> ExitCode {
     let sources = Sources::from_process(args.config.clone(), args.flags.clone());
     let loaded = config::load(&sources);
     if matches!(args.command, Command::CheckConfig | Command::ApplyIpAllow) {
-        let loaded = match loaded {
-            Ok(loaded) => loaded,
-            Err(error) => {
+        // The same TLS setup the daemon does, so a CA file rustls cannot use fails here too.
+        let checked = match loaded {
+            Ok(loaded) => match check_tls(&loaded.config) {
+                Ok(()) => Ok(loaded),
+                Err(error) => Err(error.to_string()),
+            },
+            Err(error) => Err(error.to_string()),
+        };
+        let loaded = match (checked, &args.unit) {
+            (Ok(loaded), _) => loaded,
+            (Err(error), None) => {
                 eprintln!("dns-proxy: {error}");
                 return ExitCode::from(EX_CONFIG);
             }
+            // The daemon (at start) or check-config (at reload) reports the problem itself:
+            // the journal carries it once.
+            (Err(_), Some(unit)) => {
+                eprintln!(
+                    "dns-proxy: {unit}: IPAddressAllow= left as it was: the configuration is \
+                     refused (dns-proxy check-config says why)"
+                );
+                return ExitCode::from(EX_CONFIG);
+            }
         };
-        // The same TLS setup the daemon does, so a CA file rustls cannot use fails here too.
-        if let Err(error) = check_tls(&loaded.config) {
-            eprintln!("dns-proxy: {error}");
-            return ExitCode::from(EX_CONFIG);
-        }
         let allow = sandbox::directive_value(&sandbox::ip_allow(&loaded.config));
         match args.unit {
             Some(unit) => apply_ip_allow(&unit, &loaded.config),

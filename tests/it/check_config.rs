@@ -366,7 +366,10 @@ async fn apply_ip_allow_bad_config_exits_78_and_sets_nothing() {
     let args = ["apply-ip-allow", "dns-proxy.service", "--config", config];
     let out = run_binary(&args, &[("PATH", &search)]).await;
     assert_eq!(out.code(), Some(EX_CONFIG), "{out}");
-    assert!(out.stderr.contains("timeout"), "{out}");
+    // The daemon or check-config logs the reason; this step only says it changed nothing, so
+    // the journal carries the problem once.
+    assert!(out.stderr.contains("left as it was"), "{out}");
+    assert!(!out.stderr.contains("timeout"), "{out}");
     assert!(
         !stub.path().join("args").exists(),
         "systemctl was called:\n{out}"
