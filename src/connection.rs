@@ -8,14 +8,17 @@
 //! timeout. Choosing, opening and replacing connections is `upstream.rs`'s job.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
@@ -75,8 +78,9 @@ pub enum Handshake {
 }
 
 impl Connection {
-    /// Connects over TCP (no Nagle delay: queries are small and latency is the point), does the
-    /// TLS handshake with certificate validation, and starts the reader and writer tasks.
+    /// Connects over TCP (no Nagle delay: queries are small and latency is the point; every
+    /// segment acknowledged at once, see [`QuickAck`]), does the TLS handshake with certificate
+    /// validation, and starts the reader and writer tasks.
     /// `metrics` counts the handshake and the connection while it is open.
     pub async fn open(
         address: SocketAddr,
@@ -94,7 +98,7 @@ impl Connection {
         // Counted as failed unless completed, also when the caller's deadline cancels it.
         let pending = metrics.handshake_started();
         let stream = TlsConnector::from(tls)
-            .connect(name, tcp)
+            .connect(name, QuickAck(tcp))
             .await
             .map_err(UpstreamError::from_handshake)?;
         let handshake = match stream.get_ref().1.handshake_kind() {
@@ -288,7 +292,7 @@ impl Drop for Registration<'_> {
 }
 
 async fn read_loop(
-    mut frames: FrameReader<tokio::io::ReadHalf<TlsStream<TcpStream>>>,
+    mut frames: FrameReader<tokio::io::ReadHalf<TlsStream<QuickAck>>>,
     shared: Arc<Shared>,
     idle_timeout: Duration,
     address: SocketAddr,
@@ -356,6 +360,62 @@ async fn write_loop<W: AsyncWrite>(
     shared.close();
     // Tell the upstream we are done (TLS close_notify), but do not wait on it for long.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, write.shutdown()).await;
+}
+
+/// The upstream's TCP stream, acknowledging each segment as soon as it is read.
+///
+/// A server that leaves Nagle's algorithm on (unbound before 1.22.1, for one) holds back a
+/// small write while an earlier small one is unacknowledged, and Linux delays our ACK (40 ms
+/// and more) until that timer or our next write: the server's last handshake flight, and then
+/// every answer, would wait for the next query. TCP_QUICKACK sends the pending ACK now and
+/// leaves the delayed-ACK mode, but the kernel drops back into it by itself, so it is set
+/// again after every read that returned data, from the handshake on.
+pub(crate) struct QuickAck(TcpStream);
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            // Best effort: without it answers are only later, never wrong.
+            let _ = rustix::net::sockopt::set_tcp_quickack(&self.0, true);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// A starting id that differs between connections, so ids in captures are not all 0, 1, 2…
