@@ -17,6 +17,7 @@ mod listen;
 mod malformed;
 mod man_page;
 mod metrics;
+mod nagle_upstream;
 mod padding;
 mod pipelining;
 mod privileged;
