@@ -3,22 +3,30 @@
 //! system call moves many datagrams. Invalid packets and cache hits are answered within the
 //! batch; every other query gets a task of its own, so a slow upstream never holds up the
 //! next packet.
+//!
+//! On a wildcard socket (`0.0.0.0`, `[::]`) every answer leaves from the address its query
+//! arrived at (IP_PKTINFO / IPV6_PKTINFO): the kernel would otherwise pick the source by route,
+//! and a client that connected its socket drops an answer from any other address. A socket
+//! bound to one address needs none of this and pays nothing for it.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
-use rustix::net::addr::SocketAddrArg;
-use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
+use nix::cmsg_space;
+use nix::libc;
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
+    sendmmsg, setsockopt, sockopt,
+};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::access::{self, DenyAction};
 use crate::daemon::Context;
@@ -35,13 +43,29 @@ const BATCH: usize = 32;
 /// even with EDNS options and padding, is far smaller.
 const SLOT: usize = 4096;
 
-/// One received datagram: where it lies in the slots, and its sender.
+/// One received datagram: where it lies in the slots, its sender and where it was sent to.
 struct Datagram {
     slot: usize,
     len: usize,
     /// Longer than its slot: cut short by the kernel.
     truncated: bool,
     client: SocketAddr,
+    local: Option<Local>,
+}
+
+/// The local address a query on a wildcard socket arrived at, which its answer leaves from.
+/// IPv6 keeps the interface too: a link-local address means nothing without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Local {
+    V4(Ipv4Addr),
+    V6(Ipv6Addr, u32),
+}
+
+/// An answer on its way to `client`; `local: None` sends it from the socket's own address.
+struct Reply {
+    answer: Vec<u8>,
+    client: SocketAddr,
+    local: Option<Local>,
 }
 
 /// Serves a UDP socket until `shutdown`: one loop per socket. Batching already drains a busy
@@ -57,13 +81,14 @@ pub async fn serve(
     let metrics = context.metrics.clone();
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let fd = socket.as_raw_fd();
+    let pktinfo = ask_destination(&socket);
     let mut slots = vec![0u8; BATCH * SLOT];
     let mut received: Vec<Datagram> = Vec::with_capacity(BATCH);
-    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
+    let mut replies: Vec<Reply> = Vec::with_capacity(BATCH);
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = socket.async_io(Interest::READABLE, || recv_batch(fd, &mut slots, &mut received)) => result,
+            result = socket.async_io(Interest::READABLE, || recv_batch(fd, pktinfo, &mut slots, &mut received)) => result,
         };
         if let Err(error) = result {
             // ICMP errors from earlier answers surface here; they concern that client only.
@@ -79,7 +104,7 @@ pub async fn serve(
         // One look at the current config per batch: a reload applies from the next one.
         let (config, forwarder) = context.current();
         for datagram in received.drain(..) {
-            let client = datagram.client;
+            let (client, local) = (datagram.client, datagram.local);
             if datagram.truncated {
                 metrics.udp.dropped();
                 continue;
@@ -101,17 +126,32 @@ pub async fn serve(
                 Err(Rejection::Drop) => metrics.udp.dropped(),
                 Err(Rejection::Answer(answer, rcode)) => {
                     metrics.udp.answered(rcode.value());
-                    replies.push((dns::truncate_for_udp(answer, dns::PLAIN_UDP_LIMIT), client));
+                    let answer = dns::truncate_for_udp(answer, dns::PLAIN_UDP_LIMIT);
+                    replies.push(Reply {
+                        answer,
+                        client,
+                        local,
+                    });
                 }
                 Ok(query) if !allowed || limited => {
                     metrics.udp.answered(Rcode::Refused.value());
                     let answer = query.error_answer(Rcode::Refused);
-                    replies.push((dns::truncate_for_udp(answer, query.udp_limit()), client));
+                    let answer = dns::truncate_for_udp(answer, query.udp_limit());
+                    replies.push(Reply {
+                        answer,
+                        client,
+                        local,
+                    });
                 }
                 Ok(query) => {
                     if let Some(answer) = forwarder.answer_cached(&query, client) {
                         metrics.udp.answered(dns::header_rcode(&answer));
-                        replies.push((dns::truncate_for_udp(answer, query.udp_limit()), client));
+                        let answer = dns::truncate_for_udp(answer, query.udp_limit());
+                        replies.push(Reply {
+                            answer,
+                            client,
+                            local,
+                        });
                         continue;
                     }
                     let Ok(permit) = in_flight.clone().try_acquire_owned() else {
@@ -125,22 +165,57 @@ pub async fn serve(
                         let answer = forwarder.answer(&query, client).await;
                         metrics.udp.answered(dns::header_rcode(&answer));
                         let answer = dns::truncate_for_udp(answer, query.udp_limit());
-                        if let Err(error) = socket.send_to(&answer, client).await {
-                            debug!(%client, "UDP send: {error}");
-                        }
+                        let mut reply = [Reply {
+                            answer,
+                            client,
+                            local,
+                        }];
+                        send_all(&socket, &mut reply).await;
                         drop(permit);
                     });
                 }
             }
         }
         send_all(&socket, &mut replies).await;
+        replies.clear();
+    }
+}
+
+/// Asks the kernel for the destination of each datagram when `socket` is bound to a wildcard
+/// address; returns whether it will say. Without it answers still go out, from the address the
+/// kernel picks, so a refusal is logged and not fatal.
+fn ask_destination(socket: &UdpSocket) -> bool {
+    let Ok(address) = socket.local_addr() else {
+        return false;
+    };
+    if !address.ip().is_unspecified() {
+        return false;
+    }
+    let result = match address {
+        SocketAddr::V4(_) => setsockopt(socket, sockopt::Ipv4PacketInfo, &true),
+        // A dual-stack `[::]` socket reports IPv4 destinations this way too, IPv4-mapped.
+        SocketAddr::V6(_) => setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true),
+    };
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            warn!(%address, "cannot learn the destination of UDP queries, answers leave from the address the kernel picks: {error}");
+            false
+        }
     }
 }
 
 /// Receives what is waiting, up to one datagram per slot, without blocking. The headers are
 /// made per call: they hold raw pointers, so they cannot live across an await in a task.
-fn recv_batch(fd: RawFd, slots: &mut [u8], received: &mut Vec<Datagram>) -> io::Result<()> {
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+fn recv_batch(
+    fd: RawFd,
+    pktinfo: bool,
+    slots: &mut [u8],
+    received: &mut Vec<Datagram>,
+) -> io::Result<()> {
+    // Room for the larger of the two; a dual-stack socket gets IPV6_PKTINFO for both families.
+    let control = pktinfo.then(|| cmsg_space!(libc::in6_pktinfo));
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, control);
     let mut buffers: Vec<[IoSliceMut; 1]> = slots
         .chunks_mut(SLOT)
         .map(|slot| [IoSliceMut::new(slot)])
@@ -155,11 +230,18 @@ fn recv_batch(fd: RawFd, slots: &mut [u8], received: &mut Vec<Datagram>) -> io::
     for (slot, message) in messages.enumerate() {
         // A receive from a UDP socket always has an IPv4 or IPv6 sender.
         if let Some(client) = message.address.as_ref().and_then(socket_addr) {
+            // Without the control message (none asked for, or cut short) the answer leaves
+            // from the address the kernel picks, as it would have anyway.
+            let local = message
+                .cmsgs()
+                .ok()
+                .and_then(|mut cmsgs| cmsgs.find_map(destination));
             received.push(Datagram {
                 slot,
                 len: message.bytes.min(SLOT),
                 truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
                 client,
+                local,
             });
         }
     }
@@ -168,43 +250,100 @@ fn recv_batch(fd: RawFd, slots: &mut [u8], received: &mut Vec<Datagram>) -> io::
 
 /// Sends every reply, waiting for room in the socket buffer; a reply the kernel refuses
 /// (e.g. an address it cannot route) is skipped, as the client would retry anyway.
-async fn send_all(socket: &UdpSocket, replies: &mut Vec<(Vec<u8>, SocketAddr)>) {
+async fn send_all(socket: &UdpSocket, replies: &mut [Reply]) {
+    // One sendmmsg carries one source address for all its messages: group by it.
+    replies.sort_by_key(|reply| reply.local);
+    let fd = socket.as_raw_fd();
     let mut sent = 0;
     while sent < replies.len() {
         match socket
-            .async_io(Interest::WRITABLE, || send_batch(socket, &replies[sent..]))
+            .async_io(Interest::WRITABLE, || send_batch(fd, &replies[sent..]))
             .await
         {
             Ok(count) => sent += count,
             Err(error) => {
-                debug!(client = %replies[sent].1, "UDP send: {error}");
+                debug!(client = %replies[sent].client, "UDP send: {error}");
                 sent += 1;
             }
         }
     }
-    replies.clear();
 }
 
-/// Sends up to a batch of `replies` without blocking; returns how many went out (at least one).
-fn send_batch(socket: &UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize> {
-    let replies = &replies[..replies.len().min(BATCH)];
-    let addresses: Vec<SocketAddrAny> = replies.iter().map(|(_, client)| client.as_any()).collect();
+/// Sends, without blocking, the leading replies that leave from the same address (a batch at
+/// most); returns how many went out (at least one).
+fn send_batch(fd: RawFd, replies: &[Reply]) -> io::Result<usize> {
+    let local = replies.first().and_then(|reply| reply.local);
+    let count = replies
+        .iter()
+        .take(BATCH)
+        .take_while(|reply| reply.local == local)
+        .count();
+    let replies = &replies[..count];
+    let addresses: Vec<Option<SockaddrStorage>> = replies
+        .iter()
+        .map(|reply| Some(SockaddrStorage::from(reply.client)))
+        .collect();
     let buffers: Vec<[IoSlice; 1]> = replies
         .iter()
-        .map(|(answer, _)| [IoSlice::new(answer)])
+        .map(|reply| [IoSlice::new(&reply.answer)])
         .collect();
-    let mut controls: Vec<SendAncillaryBuffer> = replies
-        .iter()
-        .map(|_| SendAncillaryBuffer::default())
-        .collect();
-    let mut messages: Vec<MMsgHdr> = addresses
-        .iter()
-        .zip(&buffers)
-        .zip(controls.iter_mut())
-        .map(|((address, buffer), control)| MMsgHdr::new_with_addr(address, buffer, control))
-        .collect();
-    let sent = sendmmsg(socket, &mut messages, SendFlags::DONTWAIT)?;
+    let v4;
+    let v6;
+    let (control, space) = match local {
+        None => (None, None),
+        Some(Local::V4(address)) => {
+            v4 = libc::in_pktinfo {
+                // The kernel picks the interface by route; only the source address matters.
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(address.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            (
+                Some(ControlMessage::Ipv4PacketInfo(&v4)),
+                Some(cmsg_space!(libc::in_pktinfo)),
+            )
+        }
+        Some(Local::V6(address, interface)) => {
+            v6 = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: address.octets(),
+                },
+                ipi6_ifindex: interface,
+            };
+            (
+                Some(ControlMessage::Ipv6PacketInfo(&v6)),
+                Some(cmsg_space!(libc::in6_pktinfo)),
+            )
+        }
+    };
+    // Each message's control buffer is exactly one message's space: the kernel reads all of it.
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(count, space);
+    let sent = sendmmsg(
+        fd,
+        &mut headers,
+        &buffers,
+        &addresses,
+        control.as_slice(),
+        MsgFlags::MSG_DONTWAIT,
+    )?
+    .count();
     Ok(sent.max(1))
+}
+
+/// The destination a control message reports, if it is one that does.
+fn destination(message: ControlMessageOwned) -> Option<Local> {
+    match message {
+        ControlMessageOwned::Ipv4PacketInfo(info) => Some(Local::V4(Ipv4Addr::from(
+            info.ipi_spec_dst.s_addr.to_ne_bytes(),
+        ))),
+        ControlMessageOwned::Ipv6PacketInfo(info) => Some(Local::V6(
+            Ipv6Addr::from(info.ipi6_addr.s6_addr),
+            info.ipi6_ifindex,
+        )),
+        _ => None,
+    }
 }
 
 fn socket_addr(address: &SockaddrStorage) -> Option<SocketAddr> {

@@ -5,6 +5,7 @@ mod support;
 
 mod access_control;
 mod activation;
+mod answer_source;
 mod cache;
 mod certificates;
 mod check_config;

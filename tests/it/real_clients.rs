@@ -19,7 +19,7 @@ use crate::support::upstream::{DEFAULT_TLS_NAME, ca_pem, issue_cert, open_temp_d
 use crate::support::{require_tool, upstream_and_proxy, within};
 
 /// Runs `dig @server -p port name A +time=2 +tries=1 [extra]`; returns its stdout (exit 0 required).
-async fn dig(server: SocketAddr, name: &str, extra: &[&str]) -> String {
+pub(crate) async fn dig(server: SocketAddr, name: &str, extra: &[&str]) -> String {
     let out = within(
         Duration::from_secs(10),
         "dig",
@@ -48,7 +48,7 @@ async fn dig(server: SocketAddr, name: &str, extra: &[&str]) -> String {
     stdout
 }
 
-fn assert_dig_answer(output: &str, name: &str, addr: &str) {
+pub(crate) fn assert_dig_answer(output: &str, name: &str, addr: &str) {
     assert!(output.contains("status: NOERROR"), "not NOERROR:\n{output}");
     let answered = output.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
