@@ -382,7 +382,7 @@ impl AsyncRead for QuickAck {
         let result = Pin::new(&mut self.0).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             // Best effort: without it answers are only later, never wrong.
-            let _ = rustix::net::sockopt::set_tcp_quickack(&self.0, true);
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
         }
         result
     }
