@@ -58,6 +58,8 @@ const SEED_ALIASES: [(&str, &str); 3] = [
 
 /// Largest `upstream_connections`.
 const MAX_UPSTREAM_CONNECTIONS: usize = 16;
+/// Largest `threads`.
+const MAX_THREADS: usize = 256;
 /// Bounds of `cache_size`.
 const MIN_CACHE_SIZE: usize = 64 << 10;
 const MAX_CACHE_SIZE: usize = 64 << 30;
@@ -97,6 +99,8 @@ pub struct Config {
     pub upstream_idle_timeout: Duration,
     /// Most TLS connections open to one upstream at once.
     pub upstream_connections: usize,
+    /// Threads that run queries; 0 for one per CPU.
+    pub threads: usize,
     /// How a query picks among the available upstreams.
     pub strategy: Strategy,
     /// When a query is also sent to a second upstream.
@@ -262,6 +266,7 @@ impl Default for Config {
             tcp_max_queries: 64,
             upstream_idle_timeout: Duration::from_secs(30),
             upstream_connections: 2,
+            threads: 1,
             strategy: Strategy::Fastest,
             hedge: Hedge::Off,
             log_queries: false,
@@ -380,6 +385,7 @@ impl Loaded {
                 "upstream_connections",
                 config.upstream_connections.to_string(),
             ),
+            ("threads", config.threads.to_string()),
             ("strategy", toml_string(config.strategy.as_str())),
             (
                 "hedge",
@@ -774,6 +780,7 @@ struct RawConfig {
     tcp_max_queries: Option<usize>,
     upstream_idle_timeout: Option<RawDuration>,
     upstream_connections: Option<usize>,
+    threads: Option<usize>,
     strategy: Option<String>,
     hedge: Option<String>,
     log_queries: Option<bool>,
@@ -929,6 +936,13 @@ impl RawConfig {
                 ));
             }
             config.upstream_connections = n;
+        }
+        if let Some(n) = self.threads {
+            if n > MAX_THREADS {
+                let reason = format!("must be between 0 (one per CPU) and {MAX_THREADS}");
+                return Err(invalid("threads", "threads".to_string(), reason));
+            }
+            config.threads = n;
         }
         if let Some(strategy) = self.strategy {
             config.strategy = Strategy::parse(&strategy).ok_or_else(|| {
@@ -1415,6 +1429,16 @@ mod tests {
 
     fn pin_of(byte: u8, len: usize) -> String {
         STANDARD.encode(vec![byte; len])
+    }
+
+    #[test]
+    fn threads_default_to_one_and_zero_means_one_per_cpu() {
+        assert_eq!(Config::default().threads, 1);
+        assert_eq!(Config::from_toml_str("threads = 0").unwrap().threads, 0);
+        assert_eq!(Config::from_toml_str("threads = 4").unwrap().threads, 4);
+        let message = error_of(load_env(&[("DNS_PROXY_THREADS", "257")]));
+        assert!(message.contains("threads"), "{message}");
+        assert!(message.contains("between 0"), "{message}");
     }
 
     #[test]

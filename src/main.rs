@@ -63,10 +63,11 @@ fn main() -> ExitCode {
     }
     // Before the runtime starts any thread: this edits the environment.
     let inherited = listeners::inherited();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if loaded.config.threads > 0 {
+        builder.worker_threads(loaded.config.threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!("cannot start the runtime: {error}");

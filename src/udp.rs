@@ -100,7 +100,7 @@ impl Outbox {
 }
 
 /// Serves a UDP socket until `shutdown`: one loop per socket. Batching already drains a busy
-/// socket, and forwarded queries run as tasks on every core; a second loop on the same socket
+/// socket, and forwarded queries run as tasks on the runtime's threads; a second loop on the same socket
 /// was measured to cost more (both woken on every packet, threads waking each other) than it
 /// gained: 7.8 instead of 4.5 µs of CPU per cache hit.
 pub async fn serve(
