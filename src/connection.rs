@@ -21,6 +21,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -298,24 +299,38 @@ async fn read_loop(
     address: SocketAddr,
     _open: Arc<GaugeGuard>,
 ) {
+    // One cancellation future and one timer for the connection's life, not one of each per
+    // response: the timer is moved only when it fires before the connection has been idle long.
+    let closed = shared.closed.cancelled();
+    tokio::pin!(closed);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut last_read = Instant::now();
     let reason = loop {
         let next = tokio::select! {
-            _ = shared.closed.cancelled() => break "closed by us",
-            next = tokio::time::timeout(idle_timeout, frames.next()) => next,
-        };
-        match next {
-            Err(_idle) => {
-                if shared.close_if_idle() {
+            _ = &mut closed => break "closed by us",
+            _ = &mut idle => {
+                let quiet_until = last_read + idle_timeout;
+                if quiet_until > Instant::now() {
+                    idle.as_mut().reset(quiet_until);
+                } else if shared.close_if_idle() {
                     break "idle";
+                } else {
+                    idle.as_mut().reset(Instant::now() + idle_timeout);
                 }
+                continue;
             }
-            Ok(Ok(Some(response))) => {
+            next = frames.next() => next,
+        };
+        last_read = Instant::now();
+        match next {
+            Ok(Some(response)) => {
                 if shared.deliver(response).is_err() {
                     break "response that matches no query it was sent for";
                 }
             }
-            Ok(Ok(None)) => break "closed by the upstream",
-            Ok(Err(_)) => break "read error",
+            Ok(None) => break "closed by the upstream",
+            Err(_) => break "read error",
         }
     };
     shared.close();
@@ -329,9 +344,11 @@ async fn write_loop<W: AsyncWrite>(
     _open: Arc<GaugeGuard>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let closed = shared.closed.cancelled();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
-            _ = shared.closed.cancelled() => break,
+            _ = &mut closed => break,
             frame = queue.recv() => match frame {
                 Some(frame) => frame,
                 None => break,
@@ -350,7 +367,7 @@ async fn write_loop<W: AsyncWrite>(
             }
         }
         let written = tokio::select! {
-            _ = shared.closed.cancelled() => break,
+            _ = &mut closed => break,
             result = async {
                 write.write_all(&batch).await?;
                 write.flush().await

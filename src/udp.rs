@@ -117,9 +117,11 @@ pub async fn serve(
     let mut slots = vec![0u8; BATCH * SLOT];
     let mut received: Vec<Datagram> = Vec::with_capacity(BATCH);
     let mut replies: Vec<Reply> = Vec::with_capacity(BATCH);
+    let stop = shutdown.cancelled();
+    tokio::pin!(stop);
     loop {
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = &mut stop => return,
             result = socket.async_io(Interest::READABLE, || recv_batch(fd, pktinfo, &mut slots, &mut received)) => result,
         };
         if let Err(error) = result {
