@@ -357,7 +357,7 @@ async fn write_loop<W: AsyncWrite>(
         // Queries that queued up meanwhile go out in the same TLS record. The tasks that
         // queue them often run on this thread right after the one that woke us (one received
         // batch of client queries is many tasks): let them run first.
-        tokio::task::yield_now().await;
+        crate::defer::behind_queued_tasks().await;
         batch.clear();
         batch.extend_from_slice(&first);
         while batch.len() < WRITE_BATCH {

@@ -27,6 +27,7 @@ pub mod coalesce;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod defer;
 pub mod dns;
 pub mod forwarder;
 pub mod framing;

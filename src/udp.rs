@@ -88,7 +88,7 @@ impl Outbox {
             // The task that found the outbox empty sends this one too.
             return;
         }
-        tokio::task::yield_now().await;
+        crate::defer::behind_queued_tasks().await;
         let mut replies = std::mem::take(&mut *self.lock());
         send_all(socket, &mut replies).await;
     }
