@@ -75,9 +75,13 @@ impl<T: Clone> Coalescer<T> {
 impl<T> Flight<'_, T> {
     /// Hands `value` to every follower and ends the flight.
     pub fn finish(mut self, value: T) {
-        // Nobody may join a finished flight: remove it before publishing.
+        // Nobody may join a finished flight: remove it before publishing. Its receiver in the
+        // map is gone with it, so any left are followers'; with none (most queries), waking
+        // nobody is skipped.
         self.end();
-        self.result.send_replace(Some(value));
+        if self.result.receiver_count() > 0 {
+            self.result.send_replace(Some(value));
+        }
     }
 
     fn end(&mut self) {

@@ -8,16 +8,20 @@
 //! timeout. Choosing, opening and replacing connections is `upstream.rs`'s job.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -69,8 +73,9 @@ struct Waiter {
 }
 
 impl Connection {
-    /// Connects over TCP (no Nagle delay: queries are small and latency is the point), does the
-    /// TLS handshake with certificate validation, and starts the reader and writer tasks.
+    /// Connects over TCP (no Nagle delay: queries are small and latency is the point; every
+    /// segment acknowledged at once, see [`QuickAck`]), does the TLS handshake with certificate
+    /// validation, and starts the reader and writer tasks.
     /// `metrics` counts the handshake and the connection while it is open.
     pub async fn open(
         address: SocketAddr,
@@ -88,7 +93,7 @@ impl Connection {
         // Counted as failed unless completed, also when the caller's deadline cancels it.
         let pending = metrics.handshake_started();
         let stream = TlsConnector::from(tls)
-            .connect(name, tcp)
+            .connect(name, QuickAck(tcp))
             .await
             .map_err(UpstreamError::from_handshake)?;
         let handshake = match stream.get_ref().1.handshake_kind() {
@@ -282,30 +287,44 @@ impl Drop for Registration<'_> {
 }
 
 async fn read_loop(
-    mut frames: FrameReader<tokio::io::ReadHalf<TlsStream<TcpStream>>>,
+    mut frames: FrameReader<tokio::io::ReadHalf<TlsStream<QuickAck>>>,
     shared: Arc<Shared>,
     idle_timeout: Duration,
     address: SocketAddr,
     _open: Arc<GaugeGuard>,
 ) {
+    // One cancellation future and one timer for the connection's life, not one of each per
+    // response: the timer is moved only when it fires before the connection has been idle long.
+    let closed = shared.closed.cancelled();
+    tokio::pin!(closed);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut last_read = Instant::now();
     let reason = loop {
         let next = tokio::select! {
-            _ = shared.closed.cancelled() => break "closed by us",
-            next = tokio::time::timeout(idle_timeout, frames.next()) => next,
-        };
-        match next {
-            Err(_idle) => {
-                if shared.close_if_idle() {
+            _ = &mut closed => break "closed by us",
+            _ = &mut idle => {
+                let quiet_until = last_read + idle_timeout;
+                if quiet_until > Instant::now() {
+                    idle.as_mut().reset(quiet_until);
+                } else if shared.close_if_idle() {
                     break "idle";
+                } else {
+                    idle.as_mut().reset(Instant::now() + idle_timeout);
                 }
+                continue;
             }
-            Ok(Ok(Some(response))) => {
+            next = frames.next() => next,
+        };
+        last_read = Instant::now();
+        match next {
+            Ok(Some(response)) => {
                 if shared.deliver(response).is_err() {
                     break "response that matches no query it was sent for";
                 }
             }
-            Ok(Ok(None)) => break "closed by the upstream",
-            Ok(Err(_)) => break "read error",
+            Ok(None) => break "closed by the upstream",
+            Err(_) => break "read error",
         }
     };
     shared.close();
@@ -319,15 +338,20 @@ async fn write_loop<W: AsyncWrite>(
     _open: Arc<GaugeGuard>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let closed = shared.closed.cancelled();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
-            _ = shared.closed.cancelled() => break,
+            _ = &mut closed => break,
             frame = queue.recv() => match frame {
                 Some(frame) => frame,
                 None => break,
             },
         };
-        // Queries that queued up meanwhile go out in the same TLS record.
+        // Queries that queued up meanwhile go out in the same TLS record. The tasks that
+        // queue them often run on this thread right after the one that woke us (one received
+        // batch of client queries is many tasks): let them run first.
+        crate::defer::behind_queued_tasks().await;
         batch.clear();
         batch.extend_from_slice(&first);
         while batch.len() < WRITE_BATCH {
@@ -337,7 +361,7 @@ async fn write_loop<W: AsyncWrite>(
             }
         }
         let written = tokio::select! {
-            _ = shared.closed.cancelled() => break,
+            _ = &mut closed => break,
             result = async {
                 write.write_all(&batch).await?;
                 write.flush().await
@@ -350,6 +374,62 @@ async fn write_loop<W: AsyncWrite>(
     shared.close();
     // Tell the upstream we are done (TLS close_notify), but do not wait on it for long.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, write.shutdown()).await;
+}
+
+/// The upstream's TCP stream, acknowledging each segment as soon as it is read.
+///
+/// A server that leaves Nagle's algorithm on (unbound before 1.22.1, for one) holds back a
+/// small write while an earlier small one is unacknowledged, and Linux delays our ACK (40 ms
+/// and more) until that timer or our next write: the server's last handshake flight, and then
+/// every answer, would wait for the next query. TCP_QUICKACK sends the pending ACK now and
+/// leaves the delayed-ACK mode, but the kernel drops back into it by itself, so it is set
+/// again after every read that returned data, from the handshake on.
+pub(crate) struct QuickAck(TcpStream);
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            // Best effort: without it answers are only later, never wrong.
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// A starting id that differs between connections, so ids in captures are not all 0, 1, 2…

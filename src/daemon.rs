@@ -279,9 +279,10 @@ fn reload(sources: &Sources, context: &Context) {
                 || old.tcp_max_connections_per_client != config.tcp_max_connections_per_client
                 || old.log_level != config.log_level
                 || old.metrics != config.metrics
+                || old.threads != config.threads
             {
                 warn!(
-                    "listen, udp, tcp, tcp_max_connections(_per_client), log_level and [metrics] take effect at the next restart"
+                    "listen, udp, tcp, tcp_max_connections(_per_client), log_level, threads and [metrics] take effect at the next restart"
                 );
             }
             context.replace(config, forwarder);

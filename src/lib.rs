@@ -30,6 +30,7 @@ pub mod coalesce;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod defer;
 pub mod dns;
 pub mod error;
 pub mod forwarder;

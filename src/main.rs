@@ -93,10 +93,11 @@ fn main() -> ExitCode {
         eprintln!("dns-proxy: {error}");
         return ExitCode::from(EX_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        builder.worker_threads(config.threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!("cannot start the runtime: {error}");

@@ -1,6 +1,6 @@
 //! One upstream resolver: its TLS settings, its pool of connections (opened on demand, reused
 //! across queries, replaced when they die), and its health. One connection carries many
-//! queries at once; a second one opens only when the first is busy, so both cores can
+//! queries at once; a second one opens only when the first is busy, so that with several `threads` more cores can
 //! encrypt and decrypt, and the pool never grows past `upstream_connections`. An upstream that cannot be reached
 //! is marked down with exponential backoff; while down, queries fail fast instead of each one
 //! paying for another connection attempt, and one attempt is made when the backoff ends.

@@ -49,6 +49,8 @@ keys! {
         pub upstream_idle_timeout: Duration as Positive = Duration::from_secs(30);
         /// Most TLS connections open to one upstream at once.
         pub upstream_connections: usize as Between<1, 16> = 2;
+        /// Threads that run queries; 0 for one per CPU.
+        pub threads: usize as Between<0, 256> = 1;
         /// How a query picks among the available upstreams.
         pub strategy: Strategy = Strategy::Fastest;
         /// When a query is also sent to a second upstream.

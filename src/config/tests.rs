@@ -73,6 +73,16 @@ fn pin_of(byte: u8, len: usize) -> String {
 }
 
 #[test]
+fn threads_default_to_one_and_zero_means_one_per_cpu() {
+    assert_eq!(Config::default().threads, 1);
+    assert_eq!(Config::from_toml_str("threads = 0").unwrap().threads, 0);
+    assert_eq!(Config::from_toml_str("threads = 4").unwrap().threads, 4);
+    let message = error_of(load_env(&[("DNS_PROXY_THREADS", "257")]));
+    assert!(message.contains("threads"), "{message}");
+    assert!(message.contains("between 0"), "{message}");
+}
+
+#[test]
 fn defaults() {
     let config = Config::default();
     let addrs: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();

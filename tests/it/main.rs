@@ -19,6 +19,7 @@ mod listen;
 mod malformed;
 mod man_page;
 mod metrics;
+mod nagle_upstream;
 mod padding;
 mod pipelining;
 mod privileged;

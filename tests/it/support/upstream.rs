@@ -224,6 +224,10 @@ pub struct UpstreamOptions {
     pub not_yet_valid: bool,
     /// Port on 127.0.0.1; 0 for an ephemeral one.
     pub port: u16,
+    /// Leave Nagle's algorithm on and write each answer's length prefix and message in two
+    /// TLS records, as some servers do: the kernel then holds the message back until the
+    /// client acknowledges the prefix.
+    pub nagle: bool,
 }
 
 impl Default for UpstreamOptions {
@@ -234,6 +238,7 @@ impl Default for UpstreamOptions {
             expired: false,
             not_yet_valid: false,
             port: 0,
+            nagle: false,
         }
     }
 }
@@ -241,6 +246,7 @@ impl Default for UpstreamOptions {
 /// State shared between the handle and the serving tasks.
 struct Shared {
     answer: Ipv4Addr,
+    nagle: bool,
     mode: Mutex<Mode>,
     connections: AtomicUsize,
     handshakes: AtomicUsize,
@@ -314,6 +320,7 @@ impl FakeUpstream {
         let (events, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             answer: opts.answer,
+            nagle: opts.nagle,
             mode: Mutex::new(Mode::Normal),
             connections: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
@@ -630,7 +637,7 @@ async fn drain(mut tcp: TcpStream) {
 async fn connection(tcp: TcpStream, serial: usize, mode: Mode, shared: Arc<Shared>) {
     shared.open_connections.fetch_add(1, Ordering::SeqCst);
     let _guard = OpenGuard(shared.clone());
-    tcp.set_nodelay(true).ok();
+    tcp.set_nodelay(!shared.nagle).ok();
     // Every connection must open with a TLS handshake record (content type 22, version 3.x).
     if let Some(first) = first_bytes(&tcp).await {
         if first == [0x16, 0x03] {
@@ -667,6 +674,7 @@ async fn connection(tcp: TcpStream, serial: usize, mode: Mode, shared: Arc<Share
 
     let (mut rd, mut wr) = tokio::io::split(tls);
     let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+    let nagle = shared.nagle;
     let frozen = {
         let shared = shared.clone();
         move || serial < shared.frozen_below.load(Ordering::SeqCst)
@@ -674,6 +682,14 @@ async fn connection(tcp: TcpStream, serial: usize, mode: Mode, shared: Arc<Share
     let writer = async move {
         while let Some(out) = rx.recv().await {
             let bytes = match out {
+                Out::Frame(body) if nagle => {
+                    // Two small writes: with Nagle on, the second waits for the first's ACK.
+                    let prefix = (body.len() as u16).to_be_bytes();
+                    if wr.write_all(&prefix).await.is_err() || wr.flush().await.is_err() {
+                        break;
+                    }
+                    body
+                }
                 Out::Frame(body) => {
                     let mut frame = (body.len() as u16).to_be_bytes().to_vec();
                     frame.extend_from_slice(&body);
