@@ -5,7 +5,9 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsFd;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
@@ -146,8 +148,25 @@ fn bind_udp(address: SocketAddr) -> io::Result<UdpSocket> {
     let socket = socket(address, Type::DGRAM, Protocol::UDP)?;
     // Best effort: a smaller buffer only means more loss under a stall.
     let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
+    if address.ip().is_unspecified() {
+        // Before bind, so that no query is ever queued without its destination.
+        report_destination(&socket, address)?;
+    }
     socket.bind(&address.into())?;
     Ok(socket.into())
+}
+
+/// Asks the kernel to tell the destination of each datagram received on a wildcard UDP socket
+/// (IP_PKTINFO, IPV6_RECVPKTINFO), so that its answer can leave from that address. A
+/// datagram queued before this was set carries none: systemd's `PassPacketInfo=yes` sets it
+/// on the sockets it binds.
+pub fn report_destination(socket: &impl AsFd, address: SocketAddr) -> io::Result<()> {
+    match address {
+        SocketAddr::V4(_) => setsockopt(socket, sockopt::Ipv4PacketInfo, &true),
+        // A dual-stack `[::]` socket reports IPv4 destinations this way too, IPv4-mapped.
+        SocketAddr::V6(_) => setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true),
+    }
+    .map_err(io::Error::from)
 }
 
 fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {

@@ -20,7 +20,7 @@ use nix::cmsg_space;
 use nix::libc;
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
-    sendmmsg, setsockopt, sockopt,
+    sendmmsg,
 };
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use crate::access::{self, DenyAction};
 use crate::daemon::Context;
 use crate::dns::{self, Rcode, Rejection};
+use crate::listeners;
 
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
 /// client retries) rather than letting a flood grow memory without bound.
@@ -226,12 +227,8 @@ fn ask_destination(socket: &UdpSocket) -> bool {
     if !address.ip().is_unspecified() {
         return false;
     }
-    let result = match address {
-        SocketAddr::V4(_) => setsockopt(socket, sockopt::Ipv4PacketInfo, &true),
-        // A dual-stack `[::]` socket reports IPv4 destinations this way too, IPv4-mapped.
-        SocketAddr::V6(_) => setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true),
-    };
-    match result {
+    // Already set on the sockets bound here; a socket systemd passed may have it too.
+    match listeners::report_destination(socket, address) {
         Ok(()) => true,
         Err(error) => {
             warn!(%address, "cannot learn the destination of UDP queries, answers leave from the address the kernel picks: {error}");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::real_clients::{assert_dig_answer, dig};
@@ -95,6 +96,9 @@ async fn wildcard_sockets_passed_by_systemd_answer_from_the_address_asked() {
     let up = FakeUpstream::start().await;
     let v4 = ActivationSockets::bind(Ipv4Addr::UNSPECIFIED.into());
     let v6 = bind_dual_stack();
+    // What systemd does for a socket unit with PassPacketInfo=yes, before any query queues.
+    setsockopt(&v4.udp, sockopt::Ipv4PacketInfo, &true).expect("IP_PKTINFO");
+    setsockopt(&v6.udp, sockopt::Ipv6RecvPacketInfo, &true).expect("IPV6_RECVPKTINFO");
     let (port4, port6) = (v4.addr().port(), v6.addr().port());
     let proxy = Proxy::builder(&ProxyConfig::new(up.spec()))
         .activation_sockets(vec![v4, v6])
