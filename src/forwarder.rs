@@ -16,12 +16,13 @@ use crate::cache::{Cache, Key, Lookup};
 use crate::coalesce::{self, Coalescer, Role};
 use crate::config::{Config, ZoneUpstream};
 use crate::dns::{self, Query, Rcode, Response};
+use crate::error::UpstreamError;
 use crate::group::{Group, Resolver};
 use crate::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::plain::PlainUpstream;
 use crate::ratelimit::RateLimiter;
 use crate::tls::TlsSetupError;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
 use crate::zones::{Route, Router};
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.

@@ -14,9 +14,10 @@ use tokio::time::Instant;
 
 use crate::config::{Hedge, Strategy};
 use crate::dns::Query;
+use crate::error::UpstreamError;
 use crate::metrics::UpstreamMetrics;
 use crate::plain::PlainUpstream;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
 
 /// One query in this many goes to an upstream other than the fastest.
 pub const PROBE_EVERY: usize = 64;

@@ -18,7 +18,8 @@
 //!   service's IP allow list, computed from the configuration.
 //! - [`metrics`]: the counters (also behind the systemd status line) and their Prometheus
 //!   rendering; [`admin`]: the HTTP endpoint serving them and a health check (hyper).
-//! - [`error`]: the kinds of upstream outcomes that both the upstream code and the metrics use.
+//! - [`error`]: why an upstream query failed and the kinds of upstream outcomes, which the
+//!   upstream code, the plain-DNS resolver and the metrics use.
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 

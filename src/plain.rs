@@ -17,9 +17,9 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use crate::dns::{self, Query};
+use crate::error::UpstreamError;
 use crate::framing;
 use crate::metrics::UpstreamMetrics;
-use crate::upstream::UpstreamError;
 
 /// Largest UDP response we accept; we advertise 1232 but some servers send more.
 const MAX_UDP_RESPONSE: usize = 4096;
