@@ -33,6 +33,7 @@ pub mod connection;
 pub mod daemon;
 pub mod dns;
 pub mod error;
+pub mod exchange;
 pub mod forwarder;
 pub mod framing;
 pub mod group;

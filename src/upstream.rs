@@ -18,7 +18,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::UpstreamConfig;
 use crate::connection::Connection;
+use crate::dns::Query;
 use crate::error::{Handshake, UpstreamError};
+use crate::exchange::Exchange;
 use crate::metrics::UpstreamMetrics;
 use crate::tls::{self, TlsSetupError};
 
@@ -91,26 +93,6 @@ impl Upstream {
         })
     }
 
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    pub fn metrics(&self) -> &UpstreamMetrics {
-        &self.metrics
-    }
-
-    /// Up: no failure since the last successful connection (or none made yet).
-    pub fn is_up(&self) -> bool {
-        self.health().failures == 0
-    }
-
-    /// Whether a query may be sent here now: up, or down with its backoff over and no other
-    /// query trying it yet.
-    pub fn is_available(&self, now: Instant) -> bool {
-        let health = self.health();
-        health.failures == 0 || (!health.probing && health.retry_at.is_none_or(|at| now >= at))
-    }
-
     /// `Ok(None)` when the upstream is up; when it is down, the probe for the one query that
     /// may try it now, or `Down` for the others.
     fn probe(&self) -> Result<Option<Probe<'_>>, UpstreamError> {
@@ -126,7 +108,7 @@ impl Upstream {
     }
 
     /// Sends a framed query and waits, at most until `deadline`, for the response.
-    pub async fn query(
+    async fn query(
         &self,
         frame: Vec<u8>,
         question: &[u8],
@@ -305,9 +287,31 @@ impl Upstream {
         }
         health.last_error = Some(error);
     }
+}
+
+impl Exchange for Upstream {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
+    }
+
+    /// Up: no failure since the last successful connection (or none made yet).
+    fn is_up(&self) -> bool {
+        self.health().failures == 0
+    }
+
+    /// Whether a query may be sent here now: up, or down with its backoff over and no other
+    /// query trying it yet.
+    fn is_available(&self, now: Instant) -> bool {
+        let health = self.health();
+        health.failures == 0 || (!health.probing && health.retry_at.is_none_or(|at| now >= at))
+    }
 
     /// `1.1.1.1:853 up` or `1.1.1.1:853 down (TCP connect failed: …)`, for the status line.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let health = self.health();
         match (&health.last_error, health.failures) {
             (Some(error), failures) if failures > 0 => {
@@ -315,5 +319,19 @@ impl Upstream {
             }
             _ => format!("{} up", self.address),
         }
+    }
+
+    /// A DoT connection notices a close or a stall itself.
+    fn detects_failure(&self) -> bool {
+        true
+    }
+
+    async fn exchange(
+        &self,
+        query: &Query,
+        frame: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        self.query(frame.to_vec(), query.question(), deadline).await
     }
 }
