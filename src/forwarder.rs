@@ -439,3 +439,6 @@ fn attempt_deadline<R: Exchange>(
     let now = Instant::now();
     now + deadline.saturating_duration_since(now) / left
 }
+
+#[cfg(test)]
+mod tests;
