@@ -9,7 +9,8 @@
 //! - [`dns`]: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
 //! - [`framing`]: 2-byte length framing shared by TCP clients and TLS upstreams.
 //! - [`forwarder`]: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
-//! - [`group`]: picking an upstream (fastest, failover, round-robin) and hedging's delay.
+//! - [`group`]: picking an upstream (fastest, failover, round-robin) and hedging's delay;
+//!   [`exchange`]: the trait every kind of upstream is asked through.
 //! - [`cache`], [`coalesce`]: answers kept for their TTL; identical queries in flight shared.
 //! - [`zones`]: split DNS: which upstreams a name goes to, or its local answer.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
