@@ -28,10 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::dns;
-use crate::error::Handshake;
+use crate::error::{Handshake, UpstreamError};
 use crate::framing::FrameReader;
 use crate::metrics::{GaugeGuard, UpstreamMetrics};
-use crate::upstream::UpstreamError;
 
 /// Most bytes of queued queries written to the TLS stream in one go.
 const WRITE_BATCH: usize = 16 * 1024;

@@ -1,7 +1,143 @@
-//! The outcomes of talking to an upstream that are counted by kind: the classes of upstream
-//! errors and how a TLS handshake went. A leaf module: the upstream code that produces these
-//! and the metrics that label series by them both import it, and neither imports the other
-//! for it.
+//! Why an upstream query failed, and the outcomes of talking to an upstream that are counted by
+//! kind: the upstream error itself, its classes, and how a TLS handshake went. A leaf module:
+//! the code that produces these (the upstream connections, the plain-DNS resolver) and the
+//! metrics that label series by them all import it, and none imports another for it.
+
+use std::io;
+use std::sync::Arc;
+
+use rustls::CertificateError;
+
+/// Why a query got no answer from an upstream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The TCP connection could not be made (refused, unreachable, …).
+    #[error("{}", describe_connect_error(.0))]
+    Connect(Arc<io::Error>),
+    /// The upstream's certificate failed validation or pinning.
+    #[error("{}", describe_certificate_error(.0))]
+    Certificate(CertificateError),
+    /// The TLS handshake failed for another reason (no common protocol version, an alert, …).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(rustls::Error),
+    /// The connection broke during the TLS handshake.
+    #[error("connection lost during the TLS handshake: {0}")]
+    HandshakeIo(Arc<io::Error>),
+    /// No answer within the query's time budget.
+    #[error("no answer in time")]
+    Timeout,
+    /// The connection closed while the query was outstanding.
+    #[error("connection closed")]
+    Closed,
+    /// The connection already carries as many queries as it may.
+    #[error("too many queries outstanding")]
+    Busy,
+    /// The upstream sent something that is not a valid answer to what we asked.
+    #[error("malformed or mismatched response")]
+    Protocol,
+    /// The upstream is in backoff after a failure; no attempt was made.
+    #[error("upstream is down")]
+    Down,
+}
+
+impl UpstreamError {
+    /// Classifies an error from the TLS connector, which wraps rustls errors in `io::Error`.
+    pub fn from_handshake(error: io::Error) -> UpstreamError {
+        match error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::InvalidCertificate(cert)) => {
+                UpstreamError::Certificate(cert.clone())
+            }
+            Some(other) => UpstreamError::Handshake(other.clone()),
+            None => UpstreamError::HandshakeIo(Arc::new(error)),
+        }
+    }
+
+    /// A short stable name for logs (`ERROR_KIND=` in the journal) and metrics.
+    pub fn kind(&self) -> &'static str {
+        self.error_kind().as_str()
+    }
+
+    pub fn error_kind(&self) -> UpstreamErrorKind {
+        match self {
+            UpstreamError::Connect(e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => UpstreamErrorKind::Refused,
+                io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+                    UpstreamErrorKind::Unreachable
+                }
+                io::ErrorKind::PermissionDenied => UpstreamErrorKind::NotPermitted,
+                _ => UpstreamErrorKind::Connect,
+            },
+            UpstreamError::Certificate(e) => match e {
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    UpstreamErrorKind::CertificateName
+                }
+                CertificateError::UnknownIssuer => UpstreamErrorKind::CertificateUnknownCa,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    UpstreamErrorKind::CertificateExpired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    UpstreamErrorKind::CertificateNotYetValid
+                }
+                CertificateError::Other(other) if other.0.is::<PinMismatch>() => {
+                    UpstreamErrorKind::CertificatePin
+                }
+                _ => UpstreamErrorKind::Certificate,
+            },
+            UpstreamError::Handshake(_) | UpstreamError::HandshakeIo(_) => UpstreamErrorKind::Tls,
+            UpstreamError::Timeout => UpstreamErrorKind::Timeout,
+            UpstreamError::Closed => UpstreamErrorKind::Closed,
+            UpstreamError::Busy => UpstreamErrorKind::Busy,
+            UpstreamError::Protocol => UpstreamErrorKind::Protocol,
+            UpstreamError::Down => UpstreamErrorKind::Down,
+        }
+    }
+}
+
+/// EPERM on connect means the kernel refused the packet before it left: under the packaged
+/// unit that is its `IPAddressAllow=` list, set from the configuration unless systemd could
+/// not set it.
+fn describe_connect_error(error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::PermissionDenied {
+        format!(
+            "TCP connect not permitted ({error}): a firewall or the unit's IP allow list blocks \
+             this address (`dns-proxy check-config` prints the list the configuration needs)"
+        )
+    } else {
+        format!("TCP connect failed: {error}")
+    }
+}
+
+fn describe_certificate_error(error: &CertificateError) -> String {
+    match error {
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => format!(
+            "certificate not valid for name {:?} (it names {})",
+            expected.to_str(),
+            presented.join(", ")
+        ),
+        CertificateError::NotValidForName => "certificate not valid for name".to_string(),
+        CertificateError::UnknownIssuer => "certificate issued by an unknown CA".to_string(),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "certificate expired".to_string()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "certificate not valid yet".to_string()
+        }
+        CertificateError::Other(other) if other.0.is::<PinMismatch>() => other.0.to_string(),
+        other => format!("certificate rejected: {other}"),
+    }
+}
+
+/// The server's key matched none of the configured `pin_sha256` values.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate key matches no pin_sha256")]
+pub struct PinMismatch;
 
 /// How a new upstream connection's TLS handshake went: a full one, or an earlier session
 /// resumed.
@@ -79,6 +215,26 @@ impl UpstreamErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_connect_names_the_allow_list() {
+        let blocked = UpstreamError::Connect(Arc::new(io::Error::from_raw_os_error(1)));
+        assert_eq!(blocked.kind(), "not_permitted");
+        assert!(blocked.to_string().contains("IP allow list"), "{blocked}");
+
+        let refused =
+            UpstreamError::Connect(Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused)));
+        assert_eq!(refused.kind(), "refused");
+        assert!(
+            refused.to_string().starts_with("TCP connect failed"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn error_kinds_are_named() {
+        assert_eq!(UpstreamError::Timeout.kind(), "timeout");
+    }
 
     #[test]
     fn error_kinds_index_their_own_position() {

@@ -16,12 +16,14 @@ use crate::cache::{Cache, Key, Lookup};
 use crate::coalesce::{self, Coalescer, Role};
 use crate::config::{Config, ZoneUpstream};
 use crate::dns::{self, Query, Rcode, Response};
+use crate::error::UpstreamError;
+use crate::exchange::Exchange;
 use crate::group::{Group, Resolver};
 use crate::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::plain::PlainUpstream;
 use crate::ratelimit::RateLimiter;
 use crate::tls::TlsSetupError;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
 use crate::zones::{Route, Router};
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.
@@ -44,11 +46,13 @@ struct Counts {
     in_flight: Gauge,
 }
 
-pub struct Forwarder {
+/// Generic over how an upstream is asked so that unit tests can script one; the daemon's is a
+/// `Forwarder<Resolver>`, the real kinds.
+pub struct Forwarder<R = Resolver> {
     /// The default upstreams.
-    upstreams: Group,
+    upstreams: Group<R>,
     /// The upstreams of each forward zone, in configuration order.
-    zones: Vec<Group>,
+    zones: Vec<Group<R>>,
     router: Router,
     timeout: Duration,
     log_queries: bool,
@@ -113,14 +117,18 @@ impl Forwarder {
         let upstreams = Group::new(Vec::new(), config.strategy, config.hedge);
         Forwarder::assemble(config, metrics, upstreams, Vec::new(), Router::new(&[]))
     }
+}
 
+impl<R: Exchange> Forwarder<R> {
+    /// A forwarder over groups already built: `zones` holds one per forward zone, in the
+    /// order `router` numbers them.
     fn assemble(
         config: &Config,
         metrics: &Metrics,
-        upstreams: Group,
-        zones: Vec<Group>,
+        upstreams: Group<R>,
+        zones: Vec<Group<R>>,
         router: Router,
-    ) -> Forwarder {
+    ) -> Forwarder<R> {
         Forwarder {
             upstreams,
             zones,
@@ -346,7 +354,7 @@ impl Forwarder {
     /// Returns the result and which upstream it came from.
     async fn attempt(
         &self,
-        group: &Group,
+        group: &Group<R>,
         index: usize,
         tried: &mut [bool],
         query: &Query,
@@ -399,7 +407,7 @@ impl Forwarder {
 
     /// Upstream states for the status line.
     pub fn describe_upstreams(&self) -> String {
-        let describe = |group: &Group| -> Vec<String> {
+        let describe = |group: &Group<R>| -> Vec<String> {
             group
                 .members
                 .iter()
@@ -418,13 +426,19 @@ impl Forwarder {
 /// The deadline of one attempt. A plain-DNS server keeps no connection state that would tell
 /// a dead server from a slow one, so each one left gets an equal share of the budget and the
 /// last still gets its try; a DoT upstream detects failure itself and may use all of it.
-fn attempt_deadline(group: &Group, index: usize, tried: &[bool], deadline: Instant) -> Instant {
-    match group.members[index].resolver {
-        Resolver::Tls(_) => deadline,
-        Resolver::Plain(_) => {
-            let left = tried.iter().filter(|t| !**t).count() as u32 + 1;
-            let now = Instant::now();
-            now + deadline.saturating_duration_since(now) / left
-        }
+fn attempt_deadline<R: Exchange>(
+    group: &Group<R>,
+    index: usize,
+    tried: &[bool],
+    deadline: Instant,
+) -> Instant {
+    if group.members[index].resolver.detects_failure() {
+        return deadline;
     }
+    let left = tried.iter().filter(|t| !**t).count() as u32 + 1;
+    let now = Instant::now();
+    now + deadline.saturating_duration_since(now) / left
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,43 +14,30 @@ use tokio::time::Instant;
 
 use crate::config::{Hedge, Strategy};
 use crate::dns::Query;
+use crate::error::UpstreamError;
+use crate::exchange::Exchange;
 use crate::metrics::UpstreamMetrics;
 use crate::plain::PlainUpstream;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
 
 /// One query in this many goes to an upstream other than the fastest.
 pub const PROBE_EVERY: usize = 64;
 /// Shortest automatic hedging delay: below it, hedging would double the load for nothing.
 const HEDGE_FLOOR: Duration = Duration::from_millis(5);
 
-/// One upstream resolver of any kind.
+/// One upstream resolver of the kinds the configuration can name; what a [`Group`] holds
+/// unless a test gives it another [`Exchange`].
 pub enum Resolver {
     Tls(Box<Upstream>),
     /// Only in forward zones that ask for plain DNS.
     Plain(PlainUpstream),
 }
 
-impl Resolver {
-    pub fn address(&self) -> SocketAddr {
+impl Exchange for Resolver {
+    fn address(&self) -> SocketAddr {
         match self {
             Resolver::Tls(upstream) => upstream.address(),
             Resolver::Plain(upstream) => upstream.address(),
-        }
-    }
-
-    /// Plain upstreams keep no connection, so there is no state to back off from.
-    pub fn is_available(&self, now: Instant) -> bool {
-        match self {
-            Resolver::Tls(upstream) => upstream.is_available(now),
-            Resolver::Plain(_) => true,
-        }
-    }
-
-    /// For the health check: up, or not known to be down.
-    pub fn is_up(&self) -> bool {
-        match self {
-            Resolver::Tls(upstream) => upstream.is_up(),
-            Resolver::Plain(_) => true,
         }
     }
 
@@ -61,10 +48,43 @@ impl Resolver {
         }
     }
 
-    pub fn describe(&self) -> String {
+    fn is_available(&self, now: Instant) -> bool {
+        match self {
+            Resolver::Tls(upstream) => upstream.is_available(now),
+            Resolver::Plain(upstream) => upstream.is_available(now),
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        match self {
+            Resolver::Tls(upstream) => upstream.is_up(),
+            Resolver::Plain(upstream) => upstream.is_up(),
+        }
+    }
+
+    fn describe(&self) -> String {
         match self {
             Resolver::Tls(upstream) => upstream.describe(),
-            Resolver::Plain(upstream) => format!("{} (plain DNS)", upstream.address()),
+            Resolver::Plain(upstream) => upstream.describe(),
+        }
+    }
+
+    fn detects_failure(&self) -> bool {
+        match self {
+            Resolver::Tls(upstream) => upstream.detects_failure(),
+            Resolver::Plain(upstream) => upstream.detects_failure(),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        query: &Query,
+        frame: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        match self {
+            Resolver::Tls(upstream) => upstream.exchange(query, frame, deadline).await,
+            Resolver::Plain(upstream) => upstream.exchange(query, frame, deadline).await,
         }
     }
 }
@@ -107,21 +127,21 @@ impl Latency {
     }
 }
 
-pub struct Member {
-    pub resolver: Resolver,
+pub struct Member<R> {
+    pub resolver: R,
     latency: Latency,
 }
 
-pub struct Group {
-    pub members: Vec<Member>,
+pub struct Group<R = Resolver> {
+    pub members: Vec<Member<R>>,
     strategy: Strategy,
     hedge: Hedge,
     /// Queries picked so far: round-robin's turn and fastest's probe schedule.
     picks: AtomicUsize,
 }
 
-impl Group {
-    pub fn new(resolvers: Vec<Resolver>, strategy: Strategy, hedge: Hedge) -> Group {
+impl<R: Exchange> Group<R> {
+    pub fn new(resolvers: Vec<R>, strategy: Strategy, hedge: Hedge) -> Group<R> {
         Group {
             members: resolvers
                 .into_iter()
@@ -186,14 +206,7 @@ impl Group {
         let metrics = member.resolver.metrics();
         metrics.query_sent();
         let started = Instant::now();
-        let result = match &member.resolver {
-            Resolver::Tls(upstream) => {
-                upstream
-                    .query(frame.to_vec(), query.question(), deadline)
-                    .await
-            }
-            Resolver::Plain(upstream) => upstream.query(query, deadline).await,
-        };
+        let result = member.resolver.exchange(query, frame, deadline).await;
         let elapsed = started.elapsed();
         match &result {
             Ok(_) => metrics.answered(elapsed),
@@ -211,7 +224,7 @@ impl Group {
 mod tests {
     use super::*;
 
-    fn group(n: usize, strategy: Strategy) -> Group {
+    fn group(n: usize, strategy: Strategy) -> Group<Resolver> {
         let resolvers = (0..n)
             .map(|i| {
                 let address = SocketAddr::from(([127, 0, 0, 1], 5300 + i as u16));

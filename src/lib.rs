@@ -9,7 +9,8 @@
 //! - [`dns`]: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
 //! - [`framing`]: 2-byte length framing shared by TCP clients and TLS upstreams.
 //! - [`forwarder`]: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
-//! - [`group`]: picking an upstream (fastest, failover, round-robin) and hedging's delay.
+//! - [`group`]: picking an upstream (fastest, failover, round-robin) and hedging's delay;
+//!   [`exchange`]: the trait every kind of upstream is asked through.
 //! - [`cache`], [`coalesce`]: answers kept for their TTL; identical queries in flight shared.
 //! - [`zones`]: split DNS: which upstreams a name goes to, or its local answer.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
@@ -18,7 +19,8 @@
 //!   service's IP allow list, computed from the configuration.
 //! - [`metrics`]: the counters (also behind the systemd status line) and their Prometheus
 //!   rendering; [`admin`]: the HTTP endpoint serving them and a health check (hyper).
-//! - [`error`]: the kinds of upstream outcomes that both the upstream code and the metrics use.
+//! - [`error`]: why an upstream query failed and the kinds of upstream outcomes, which the
+//!   upstream code, the plain-DNS resolver and the metrics use.
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 
@@ -33,6 +35,7 @@ pub mod daemon;
 pub mod defer;
 pub mod dns;
 pub mod error;
+pub mod exchange;
 pub mod forwarder;
 pub mod framing;
 pub mod group;

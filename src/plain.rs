@@ -17,9 +17,10 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use crate::dns::{self, Query};
+use crate::error::UpstreamError;
+use crate::exchange::Exchange;
 use crate::framing;
 use crate::metrics::UpstreamMetrics;
-use crate::upstream::UpstreamError;
 
 /// Largest UDP response we accept; we advertise 1232 but some servers send more.
 const MAX_UDP_RESPONSE: usize = 4096;
@@ -39,16 +40,8 @@ impl PlainUpstream {
         }
     }
 
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    pub fn metrics(&self) -> &UpstreamMetrics {
-        &self.metrics
-    }
-
     /// The response to `query`, at the latest at `deadline`.
-    pub async fn query(&self, query: &Query, deadline: Instant) -> Result<Vec<u8>, UpstreamError> {
+    async fn query(&self, query: &Query, deadline: Instant) -> Result<Vec<u8>, UpstreamError> {
         let mut id = [0u8; 2];
         self.random
             .fill(&mut id)
@@ -119,5 +112,42 @@ impl PlainUpstream {
             return Err(UpstreamError::Protocol);
         }
         Ok(response)
+    }
+}
+
+/// Plain upstreams keep no connection, so there is no state to back off from.
+impl Exchange for PlainUpstream {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
+    }
+
+    fn is_available(&self, _now: Instant) -> bool {
+        true
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (plain DNS)", self.address)
+    }
+
+    /// Nothing tells a dead server from a slow one but time.
+    fn detects_failure(&self) -> bool {
+        false
+    }
+
+    async fn exchange(
+        &self,
+        query: &Query,
+        _frame: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        self.query(query, deadline).await
     }
 }

@@ -5,7 +5,6 @@
 //! There is deliberately no way to turn certificate validation off: a private resolver is
 //! trusted by configuring its CA, never by skipping the check.
 
-use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -17,6 +16,7 @@ use rustls::{
 };
 
 use crate::config::UpstreamConfig;
+use crate::error::PinMismatch;
 
 /// Why the TLS settings for an upstream could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -92,18 +92,6 @@ pub fn client_config(upstream: &UpstreamConfig) -> Result<Arc<ClientConfig>, Tls
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
-
-/// The server's key matched none of the configured `pin_sha256` values.
-#[derive(Debug)]
-pub struct PinMismatch;
-
-impl fmt::Display for PinMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("certificate key matches no pin_sha256")
-    }
-}
-
-impl std::error::Error for PinMismatch {}
 
 /// Validates the certificate with `inner` first, then requires its public key to be pinned.
 #[derive(Debug)]

@@ -7,21 +7,22 @@
 //!
 //! State changes (down with the real cause, up again) are logged once each, not per query.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use rustls::{CertificateError, ClientConfig};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::UpstreamConfig;
 use crate::connection::Connection;
-use crate::error::{Handshake, UpstreamErrorKind};
+use crate::dns::Query;
+use crate::error::{Handshake, UpstreamError};
+use crate::exchange::Exchange;
 use crate::metrics::UpstreamMetrics;
-use crate::tls::{self, PinMismatch, TlsSetupError};
+use crate::tls::{self, TlsSetupError};
 
 /// Backoff after the first failure; doubles with each further failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(125);
@@ -31,132 +32,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const MAX_IN_FLIGHT: usize = 1024;
 /// Outstanding queries above which another connection of the pool is opened.
 const BUSY: usize = 64;
-
-/// Why a query got no answer from an upstream.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    /// The TCP connection could not be made (refused, unreachable, …).
-    #[error("{}", describe_connect_error(.0))]
-    Connect(Arc<io::Error>),
-    /// The upstream's certificate failed validation or pinning.
-    #[error("{}", describe_certificate_error(.0))]
-    Certificate(CertificateError),
-    /// The TLS handshake failed for another reason (no common protocol version, an alert, …).
-    #[error("TLS handshake failed: {0}")]
-    Handshake(rustls::Error),
-    /// The connection broke during the TLS handshake.
-    #[error("connection lost during the TLS handshake: {0}")]
-    HandshakeIo(Arc<io::Error>),
-    /// No answer within the query's time budget.
-    #[error("no answer in time")]
-    Timeout,
-    /// The connection closed while the query was outstanding.
-    #[error("connection closed")]
-    Closed,
-    /// The connection already carries as many queries as it may.
-    #[error("too many queries outstanding")]
-    Busy,
-    /// The upstream sent something that is not a valid answer to what we asked.
-    #[error("malformed or mismatched response")]
-    Protocol,
-    /// The upstream is in backoff after a failure; no attempt was made.
-    #[error("upstream is down")]
-    Down,
-}
-
-impl UpstreamError {
-    /// Classifies an error from the TLS connector, which wraps rustls errors in `io::Error`.
-    pub fn from_handshake(error: io::Error) -> UpstreamError {
-        match error
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            Some(rustls::Error::InvalidCertificate(cert)) => {
-                UpstreamError::Certificate(cert.clone())
-            }
-            Some(other) => UpstreamError::Handshake(other.clone()),
-            None => UpstreamError::HandshakeIo(Arc::new(error)),
-        }
-    }
-
-    /// A short stable name for logs (`ERROR_KIND=` in the journal) and metrics.
-    pub fn kind(&self) -> &'static str {
-        self.error_kind().as_str()
-    }
-
-    pub fn error_kind(&self) -> UpstreamErrorKind {
-        match self {
-            UpstreamError::Connect(e) => match e.kind() {
-                io::ErrorKind::ConnectionRefused => UpstreamErrorKind::Refused,
-                io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
-                    UpstreamErrorKind::Unreachable
-                }
-                io::ErrorKind::PermissionDenied => UpstreamErrorKind::NotPermitted,
-                _ => UpstreamErrorKind::Connect,
-            },
-            UpstreamError::Certificate(e) => match e {
-                CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => {
-                    UpstreamErrorKind::CertificateName
-                }
-                CertificateError::UnknownIssuer => UpstreamErrorKind::CertificateUnknownCa,
-                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                    UpstreamErrorKind::CertificateExpired
-                }
-                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                    UpstreamErrorKind::CertificateNotYetValid
-                }
-                CertificateError::Other(other) if other.0.is::<PinMismatch>() => {
-                    UpstreamErrorKind::CertificatePin
-                }
-                _ => UpstreamErrorKind::Certificate,
-            },
-            UpstreamError::Handshake(_) | UpstreamError::HandshakeIo(_) => UpstreamErrorKind::Tls,
-            UpstreamError::Timeout => UpstreamErrorKind::Timeout,
-            UpstreamError::Closed => UpstreamErrorKind::Closed,
-            UpstreamError::Busy => UpstreamErrorKind::Busy,
-            UpstreamError::Protocol => UpstreamErrorKind::Protocol,
-            UpstreamError::Down => UpstreamErrorKind::Down,
-        }
-    }
-}
-
-/// EPERM on connect means the kernel refused the packet before it left: under the packaged
-/// unit that is its `IPAddressAllow=` list, set from the configuration unless systemd could
-/// not set it.
-fn describe_connect_error(error: &io::Error) -> String {
-    if error.kind() == io::ErrorKind::PermissionDenied {
-        format!(
-            "TCP connect not permitted ({error}): a firewall or the unit's IP allow list blocks \
-             this address (`dns-proxy check-config` prints the list the configuration needs)"
-        )
-    } else {
-        format!("TCP connect failed: {error}")
-    }
-}
-
-fn describe_certificate_error(error: &CertificateError) -> String {
-    match error {
-        CertificateError::NotValidForNameContext {
-            expected,
-            presented,
-        } => format!(
-            "certificate not valid for name {:?} (it names {})",
-            expected.to_str(),
-            presented.join(", ")
-        ),
-        CertificateError::NotValidForName => "certificate not valid for name".to_string(),
-        CertificateError::UnknownIssuer => "certificate issued by an unknown CA".to_string(),
-        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-            "certificate expired".to_string()
-        }
-        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-            "certificate not valid yet".to_string()
-        }
-        CertificateError::Other(other) if other.0.is::<PinMismatch>() => other.0.to_string(),
-        other => format!("certificate rejected: {other}"),
-    }
-}
 
 /// One configured upstream.
 pub struct Upstream {
@@ -218,26 +93,6 @@ impl Upstream {
         })
     }
 
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    pub fn metrics(&self) -> &UpstreamMetrics {
-        &self.metrics
-    }
-
-    /// Up: no failure since the last successful connection (or none made yet).
-    pub fn is_up(&self) -> bool {
-        self.health().failures == 0
-    }
-
-    /// Whether a query may be sent here now: up, or down with its backoff over and no other
-    /// query trying it yet.
-    pub fn is_available(&self, now: Instant) -> bool {
-        let health = self.health();
-        health.failures == 0 || (!health.probing && health.retry_at.is_none_or(|at| now >= at))
-    }
-
     /// `Ok(None)` when the upstream is up; when it is down, the probe for the one query that
     /// may try it now, or `Down` for the others.
     fn probe(&self) -> Result<Option<Probe<'_>>, UpstreamError> {
@@ -253,7 +108,7 @@ impl Upstream {
     }
 
     /// Sends a framed query and waits, at most until `deadline`, for the response.
-    pub async fn query(
+    async fn query(
         &self,
         frame: Vec<u8>,
         question: &[u8],
@@ -432,9 +287,31 @@ impl Upstream {
         }
         health.last_error = Some(error);
     }
+}
+
+impl Exchange for Upstream {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
+    }
+
+    /// Up: no failure since the last successful connection (or none made yet).
+    fn is_up(&self) -> bool {
+        self.health().failures == 0
+    }
+
+    /// Whether a query may be sent here now: up, or down with its backoff over and no other
+    /// query trying it yet.
+    fn is_available(&self, now: Instant) -> bool {
+        let health = self.health();
+        health.failures == 0 || (!health.probing && health.retry_at.is_none_or(|at| now >= at))
+    }
 
     /// `1.1.1.1:853 up` or `1.1.1.1:853 down (TCP connect failed: …)`, for the status line.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         let health = self.health();
         match (&health.last_error, health.failures) {
             (Some(error), failures) if failures > 0 => {
@@ -443,29 +320,18 @@ impl Upstream {
             _ => format!("{} up", self.address),
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blocked_connect_names_the_allow_list() {
-        let blocked = UpstreamError::Connect(Arc::new(io::Error::from_raw_os_error(1)));
-        assert_eq!(blocked.kind(), "not_permitted");
-        assert!(blocked.to_string().contains("IP allow list"), "{blocked}");
-
-        let refused =
-            UpstreamError::Connect(Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused)));
-        assert_eq!(refused.kind(), "refused");
-        assert!(
-            refused.to_string().starts_with("TCP connect failed"),
-            "{refused}"
-        );
+    /// A DoT connection notices a close or a stall itself.
+    fn detects_failure(&self) -> bool {
+        true
     }
 
-    #[test]
-    fn error_kinds_are_named() {
-        assert_eq!(UpstreamError::Timeout.kind(), "timeout");
+    async fn exchange(
+        &self,
+        query: &Query,
+        frame: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        self.query(frame.to_vec(), query.question(), deadline).await
     }
 }
