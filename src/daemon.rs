@@ -6,7 +6,7 @@
 //! start leaves it degraded (local zones only) instead of stopping it; see [`run`].
 
 use std::io;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::Admin;
 use crate::config::{self, Config, Sources};
+use crate::context::Context;
 use crate::forwarder::Forwarder;
 use crate::listeners::{self, Inherited, ListenError};
 use crate::metrics::Metrics;
@@ -36,68 +37,6 @@ pub enum DaemonError {
     Socket(io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
-}
-
-/// What every server task shares: the configuration and forwarder in force (swapped whole on
-/// reload, so a query sees one consistent pair) and the metrics, which live here rather than
-/// in the forwarder so that a reload keeps them.
-pub struct Context {
-    current: RwLock<(Arc<Config>, Arc<Forwarder>)>,
-    /// Why the daemon is degraded (serving local zones only), until a reload fixes it.
-    problem: RwLock<Option<String>>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Context {
-    pub fn config(&self) -> Arc<Config> {
-        self.read().0.clone()
-    }
-
-    pub fn forwarder(&self) -> Arc<Forwarder> {
-        self.read().1.clone()
-    }
-
-    /// Both at once, from one read: they belong to the same reload.
-    pub fn current(&self) -> (Arc<Config>, Arc<Forwarder>) {
-        let pair = self.read();
-        (pair.0.clone(), pair.1.clone())
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<Config>, Arc<Forwarder>)> {
-        self.current.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn replace(&self, config: Config, forwarder: Forwarder) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-            (Arc::new(config), Arc::new(forwarder));
-    }
-
-    fn problem(&self) -> Option<String> {
-        self.problem
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set_problem(&self, problem: Option<String>) {
-        *self.problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
-    }
-
-    /// The systemd STATUS line: traffic so far and upstream health, or why only the local
-    /// zones are served.
-    pub fn status(&self) -> String {
-        match self.problem() {
-            Some(problem) => format!(
-                "degraded, local zones only (fix it, then reload): {problem}; {}",
-                self.metrics.summary()
-            ),
-            None => format!(
-                "{}; upstreams: {}",
-                self.metrics.summary(),
-                self.forwarder().describe_upstreams()
-            ),
-        }
-    }
 }
 
 /// Runs until SIGTERM or SIGINT. `inherited` holds the sockets systemd passed, if any.
@@ -170,11 +109,7 @@ pub async fn run(
         config.tcp_max_connections_per_client,
     ));
     let (serve_udp, serve_tcp) = (config.udp, config.tcp);
-    let context = Arc::new(Context {
-        current: RwLock::new((Arc::new(config), Arc::new(forwarder))),
-        problem: RwLock::new(problem),
-        metrics,
-    });
+    let context = Arc::new(Context::new(config, forwarder, problem, metrics));
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();

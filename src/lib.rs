@@ -15,12 +15,17 @@
 //! - [`zones`]: split DNS: which upstreams a name goes to, or its local answer.
 //! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
 //!   connection, and certificate validation; [`plain`]: a forward zone's plain-DNS resolver.
-//! - [`daemon`], [`notify`], [`logging`]: lifecycle, systemd, logs; [`sandbox`]: the
-//!   service's IP allow list, computed from the configuration.
+//! - [`daemon`], [`notify`], [`logging`]: lifecycle, systemd, logs; [`context`]: what the
+//!   daemon shares with the servers (configuration and forwarder in force, metrics);
+//!   [`sandbox`]: the service's IP allow list, computed from the configuration.
 //! - [`metrics`]: the counters (also behind the systemd status line) and their Prometheus
 //!   rendering; [`admin`]: the HTTP endpoint serving them and a health check (hyper).
 //! - [`error`]: why an upstream query failed and the kinds of upstream outcomes, which the
 //!   upstream code, the plain-DNS resolver and the metrics use.
+//!
+//! Modules depend on each other one way, with no cycle (`.ci/module-cycles` checks it): the
+//! daemon wires the servers, the forwarder and the metrics together, and none of them
+//! imports the daemon.
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 
@@ -31,6 +36,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod connection;
+pub mod context;
 pub mod daemon;
 pub mod defer;
 pub mod dns;

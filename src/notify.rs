@@ -10,7 +10,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::daemon::Context;
+use crate::context::Context;
 
 /// How often the STATUS line is refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);

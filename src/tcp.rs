@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::access::{self, DenyAction};
-use crate::daemon::Context;
+use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::framing::{self, FrameReader};
 use crate::metrics::GaugeGuard;

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::access::{self, DenyAction};
-use crate::daemon::Context;
+use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::listeners;
 

@@ -1,0 +1,85 @@
+//! What every server task shares with the daemon: the configuration and forwarder in force,
+//! why the daemon is degraded if it is, and the metrics. The daemon owns and swaps them; the
+//! servers (udp, tcp) and the systemd notifier only read them, so they depend on this module
+//! and not on the daemon.
+
+use std::sync::{Arc, RwLock};
+
+use crate::config::Config;
+use crate::forwarder::Forwarder;
+use crate::metrics::Metrics;
+
+/// What every server task shares: the configuration and forwarder in force (swapped whole on
+/// reload, so a query sees one consistent pair) and the metrics, which live here rather than
+/// in the forwarder so that a reload keeps them.
+pub struct Context {
+    current: RwLock<(Arc<Config>, Arc<Forwarder>)>,
+    /// Why the daemon is degraded (serving local zones only), until a reload fixes it.
+    problem: RwLock<Option<String>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    pub fn new(
+        config: Config,
+        forwarder: Forwarder,
+        problem: Option<String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Context {
+            current: RwLock::new((Arc::new(config), Arc::new(forwarder))),
+            problem: RwLock::new(problem),
+            metrics,
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.read().0.clone()
+    }
+
+    pub fn forwarder(&self) -> Arc<Forwarder> {
+        self.read().1.clone()
+    }
+
+    /// Both at once, from one read: they belong to the same reload.
+    pub fn current(&self) -> (Arc<Config>, Arc<Forwarder>) {
+        let pair = self.read();
+        (pair.0.clone(), pair.1.clone())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<Config>, Arc<Forwarder>)> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn replace(&self, config: Config, forwarder: Forwarder) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+            (Arc::new(config), Arc::new(forwarder));
+    }
+
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_problem(&self, problem: Option<String>) {
+        *self.problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// The systemd STATUS line: traffic so far and upstream health, or why only the local
+    /// zones are served.
+    pub fn status(&self) -> String {
+        match self.problem() {
+            Some(problem) => format!(
+                "degraded, local zones only (fix it, then reload): {problem}; {}",
+                self.metrics.summary()
+            ),
+            None => format!(
+                "{}; upstreams: {}",
+                self.metrics.summary(),
+                self.forwarder().describe_upstreams()
+            ),
+        }
+    }
+}
