@@ -15,31 +15,9 @@ allow_answer_a=192.0.2.11
 allow_answer_b=192.0.2.12
 allow_answer_c=192.0.2.13
 
-allow_unbound_conf() { # interface line(s), zone, answer
-    cat <<EOF
-server:
-$1
-  tls-service-key: /srv/in/upstream.key
-  tls-service-pem: /srv/in/upstream.pem
-  tls-port: 853
-  do-daemonize: no
-  username: ""
-  chroot: ""
-  pidfile: ""
-  use-syslog: no
-  logfile: ""
-  do-ip6: no
-  module-config: "iterator"
-  access-control: 0.0.0.0/0 allow
-  local-zone: "$2." static
-  local-data: "probe.$2. 60 IN A $3"
-remote-control:
-  control-enable: no
-EOF
-}
-allow_unbound_conf '  interface: 198.18.0.1@853' test "$allow_answer_a" >"$work/in/upstream-a.conf"
-allow_unbound_conf '  interface: 198.18.0.2@853' test "$allow_answer_b" >"$work/in/upstream-b.conf"
-allow_unbound_conf '  interface: 198.18.0.3@53' corp.test "$allow_answer_c" >"$work/in/upstream-c.conf"
+unbound_conf '  interface: 198.18.0.1@853' test "$allow_answer_a" >"$work/in/upstream-a.conf"
+unbound_conf '  interface: 198.18.0.2@853' test "$allow_answer_b" >"$work/in/upstream-b.conf"
+unbound_conf '  interface: 198.18.0.3@53' corp.test "$allow_answer_c" >"$work/in/upstream-c.conf"
 
 # A configuration: DoT upstream address, then extra top-level lines, then extra tables.
 allow_config() {

@@ -157,10 +157,12 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=upstrea
 openssl x509 -req -in "$work/upstream.csr" -CA "$work/in/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
     -days 2 -extfile <(printf 'subjectAltName=DNS:upstream.test\n') -out "$work/in/upstream.pem" 2>/dev/null
 chmod 0644 "$work/in/upstream.key"
-for n in 1 2; do
-    cat >"$work/in/upstream-$n.conf" <<EOF
+# An unbound configuration: interface line(s), then the zone it serves and the address it
+# answers for probe.ZONE. The DoT port is 853; the allow-list test also serves plain DNS.
+unbound_conf() {
+    cat <<EOF
 server:
-  interface: 127.0.0.$n@853
+$1
   tls-port: 853
   tls-service-key: /srv/in/upstream.key
   tls-service-pem: /srv/in/upstream.pem
@@ -172,12 +174,15 @@ server:
   logfile: ""
   do-ip6: no
   module-config: "iterator"
-  access-control: 127.0.0.0/8 allow
-  local-zone: "test." static
-  local-data: "probe.test. 60 IN A 192.0.2.$n"
+  access-control: 0.0.0.0/0 allow
+  local-zone: "$2." static
+  local-data: "probe.$2. 60 IN A $3"
 remote-control:
   control-enable: no
 EOF
+}
+for n in 1 2; do
+    unbound_conf "  interface: 127.0.0.$n@853" test "192.0.2.$n" >"$work/in/upstream-$n.conf"
 done
 cat >"$work/in/test-upstream@.service" <<'EOF'
 [Unit]
