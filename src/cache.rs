@@ -30,7 +30,7 @@ use crate::config::CacheConfig;
 use crate::dns::{self, Query, Response, Section};
 
 /// TTL written into a stale answer (RFC 8767 §4 recommends 30 s).
-pub const STALE_TTL: u32 = 30;
+pub(crate) const STALE_TTL: u32 = 30;
 /// How long an upstream's SERVFAIL is kept.
 const SERVFAIL_TTL: Duration = Duration::from_secs(5);
 /// A hit within the last tenth of an entry's lifetime triggers a background refresh, so a
@@ -71,7 +71,7 @@ impl Key {
         }
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 }
@@ -166,7 +166,7 @@ impl Cache {
     }
 
     /// The answer to serve from an expired entry when resolution failed.
-    pub fn stale_answer(entry: &Entry, query: &Query) -> Vec<u8> {
+    pub(crate) fn stale_answer(entry: &Entry, query: &Query) -> Vec<u8> {
         entry.answer(query, |stored| stored.min(STALE_TTL))
     }
 
@@ -258,7 +258,8 @@ impl Cache {
         self.entries.weight()
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 

@@ -16,15 +16,15 @@ pub const HEADER_LEN: usize = 12;
 /// Largest UDP answer for a client that did not send EDNS (RFC 1035 §4.2.1).
 pub const PLAIN_UDP_LIMIT: usize = 512;
 /// UDP payload size we advertise in answers (the 2020 DNS flag day value).
-pub const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
+pub(crate) const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
 /// Queries sent upstream are padded to a multiple of this (RFC 8467 §4.1, block-length padding).
 pub const PADDING_BLOCK: usize = 128;
 /// Record type SOA, whose MINIMUM field bounds negative caching (RFC 2308).
-pub const TYPE_SOA: u16 = 6;
+pub(crate) const TYPE_SOA: u16 = 6;
 /// Response codes the cache treats specially.
-pub const RCODE_NOERROR: u8 = 0;
-pub const RCODE_SERVFAIL: u8 = 2;
-pub const RCODE_NXDOMAIN: u8 = 3;
+pub(crate) const RCODE_NOERROR: u8 = 0;
+pub(crate) const RCODE_SERVFAIL: u8 = 2;
+pub(crate) const RCODE_NXDOMAIN: u8 = 3;
 
 const TYPE_OPT: u16 = 41;
 const TYPE_IXFR: u16 = 251;
@@ -54,7 +54,7 @@ pub enum Rcode {
 
 impl Rcode {
     /// The 12-bit response code (extended RCODE included).
-    pub fn value(self) -> u16 {
+    pub(crate) fn value(self) -> u16 {
         match self {
             Rcode::FormErr => 1,
             Rcode::ServFail => 2,
@@ -69,7 +69,7 @@ impl Rcode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edns {
     /// Largest UDP answer the client accepts.
-    pub payload: u16,
+    pub(crate) payload: u16,
     /// DNSSEC OK: the client wants signatures (RFC 3225).
     pub dnssec_ok: bool,
 }
@@ -240,7 +240,7 @@ impl Query {
     /// The query for a plain-DNS upstream (a forward zone's resolver inside the network): the
     /// same as [`Query::upstream_frame`] with `id`, unframed and unpadded, since padding only
     /// helps on an encrypted hop.
-    pub fn plain_upstream_message(&self, id: u16) -> Vec<u8> {
+    pub(crate) fn plain_upstream_message(&self, id: u16) -> Vec<u8> {
         let question = self.question();
         let mut message = Vec::with_capacity(HEADER_LEN + question.len() + OPT_FIXED_LEN);
         message.extend_from_slice(&id.to_be_bytes());
@@ -284,7 +284,7 @@ impl Query {
 
     /// An answer made here (for a local zone): the client's id, question and flags, AA and RA
     /// set, the given records, and OPT if the client sent one.
-    pub fn local_answer(
+    pub(crate) fn local_answer(
         &self,
         rcode: u8,
         answers: &[LocalRecord],
@@ -320,7 +320,7 @@ impl Query {
 
     /// The header bits that change what an upstream answers (RD, AD, CD and the DO bit), as
     /// one byte: queries that differ in them must not share a cached answer.
-    pub fn answer_bits(&self) -> u8 {
+    pub(crate) fn answer_bits(&self) -> u8 {
         let do_bit = if self.edns.is_some_and(|e| e.dnssec_ok) {
             0x04
         } else {
@@ -331,12 +331,12 @@ impl Query {
 }
 
 /// A record of an answer made here; its class is IN.
-pub struct LocalRecord<'a> {
+pub(crate) struct LocalRecord<'a> {
     /// Owner name in wire form; `None` for the question's name.
-    pub owner: Option<&'a [u8]>,
-    pub rtype: u16,
-    pub ttl: u32,
-    pub rdata: &'a [u8],
+    pub(crate) owner: Option<&'a [u8]>,
+    pub(crate) rtype: u16,
+    pub(crate) ttl: u32,
+    pub(crate) rdata: &'a [u8],
 }
 
 /// An upstream response made ready to answer any client asking the same question: checked to
@@ -371,28 +371,28 @@ impl Response {
     }
 
     /// The message as prepared (with the id and question spelling of the upstream query).
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
     /// The response code (the low four bits; extended codes are not needed here).
-    pub fn rcode(&self) -> u8 {
+    pub(crate) fn rcode(&self) -> u8 {
         self.bytes[3] & 0x0f
     }
 
     /// Whether the upstream set TC: the answer is incomplete.
-    pub fn truncated(&self) -> bool {
+    pub(crate) fn truncated(&self) -> bool {
         self.bytes[2] & FLAG_TC != 0
     }
 
     /// Number of records in the answer section.
-    pub fn answer_count(&self) -> u16 {
+    pub(crate) fn answer_count(&self) -> u16 {
         read_u16(&self.bytes, 6).unwrap_or(0)
     }
 
     /// Every record after the question except the OPT record, in order. The message was
     /// checked by [`Response::prepare`], so the walk always reaches its end.
-    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+    pub(crate) fn records(&self) -> impl Iterator<Item = Record> + '_ {
         let count = [6, 8, 10]
             .iter()
             .map(|&at| usize::from(read_u16(&self.bytes, at).unwrap_or(0)))
@@ -425,31 +425,31 @@ impl Response {
     }
 
     /// Overwrites the TTL field at `at` (an offset from [`Record::ttl_at`]).
-    pub fn set_ttl(&mut self, at: usize, ttl: u32) {
+    pub(crate) fn set_ttl(&mut self, at: usize, ttl: u32) {
         if let Some(field) = self.bytes.get_mut(at..at + 4) {
             field.copy_from_slice(&ttl.to_be_bytes());
         }
     }
 
     /// A record's data, e.g. to read the SOA minimum.
-    pub fn rdata(&self, record: &Record) -> &[u8] {
+    pub(crate) fn rdata(&self, record: &Record) -> &[u8] {
         self.bytes.get(record.rdata.clone()).unwrap_or_default()
     }
 }
 
 /// One resource record of a [`Response`], located but not decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub section: Section,
-    pub rtype: u16,
+pub(crate) struct Record {
+    pub(crate) section: Section,
+    pub(crate) rtype: u16,
     /// Offset of the 4-byte TTL field in the message.
-    pub ttl_at: usize,
-    pub ttl: u32,
+    pub(crate) ttl_at: usize,
+    pub(crate) ttl: u32,
     rdata: std::ops::Range<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
+pub(crate) enum Section {
     Answer,
     Authority,
     Additional,
@@ -457,7 +457,7 @@ pub enum Section {
 
 /// Writes `ttl` into the TTL field at `at` of a client answer built by [`Query::answer`]: the
 /// records sit at the same offsets as in the [`Response`] it came from.
-pub fn set_ttl(answer: &mut [u8], at: usize, ttl: u32) {
+pub(crate) fn set_ttl(answer: &mut [u8], at: usize, ttl: u32) {
     if let Some(field) = answer.get_mut(at..at + 4) {
         field.copy_from_slice(&ttl.to_be_bytes());
     }
@@ -480,7 +480,7 @@ pub fn response_matches(response: &[u8], question: &[u8]) -> bool {
 }
 
 /// Whether a message has TC set: the sender had more than fit.
-pub fn is_truncated(message: &[u8]) -> bool {
+pub(crate) fn is_truncated(message: &[u8]) -> bool {
     message.get(2).is_some_and(|flags| flags & FLAG_TC != 0)
 }
 
@@ -490,7 +490,7 @@ pub fn is_truncated(message: &[u8]) -> bool {
 /// answers from upstreams, which are sent EDNS version 0 and no cookie, the only causes of the
 /// extended codes a resolver returns (BADVERS, BADCOOKIE); our own BADVERS is known where it
 /// is made ([`Rejection::Answer`]).
-pub fn header_rcode(answer: &[u8]) -> u16 {
+pub(crate) fn header_rcode(answer: &[u8]) -> u16 {
     answer.get(3).map_or(0, |b| u16::from(b & 0x0f))
 }
 

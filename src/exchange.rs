@@ -17,7 +17,7 @@ use crate::error::UpstreamError;
 use crate::metrics::UpstreamMetrics;
 
 /// Sends a query to one upstream and waits for its response.
-pub trait Exchange: Send + Sync + 'static {
+pub(crate) trait Exchange: Send + Sync + 'static {
     fn address(&self) -> SocketAddr;
 
     /// Handles to this upstream's series.

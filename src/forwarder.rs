@@ -48,7 +48,7 @@ struct Counts {
 
 /// Generic over how an upstream is asked so that unit tests can script one; the daemon's is a
 /// `Forwarder<Resolver>`, the real kinds.
-pub struct Forwarder<R = Resolver> {
+pub(crate) struct Forwarder<R = Resolver> {
     /// The default upstreams.
     upstreams: Group<R>,
     /// The upstreams of each forward zone, in configuration order.
@@ -67,7 +67,7 @@ pub struct Forwarder<R = Resolver> {
 
 impl Forwarder {
     /// Builds the upstreams, with handles to their series in `metrics` (which outlives us).
-    pub fn new(config: &Config, metrics: &Metrics) -> Result<Forwarder, TlsSetupError> {
+    pub(crate) fn new(config: &Config, metrics: &Metrics) -> Result<Forwarder, TlsSetupError> {
         let tls = |upstream| {
             Upstream::new(
                 upstream,
@@ -113,7 +113,7 @@ impl Forwarder {
     /// A forwarder with no upstream at all: the built-in local zones are answered, every other
     /// name gets SERVFAIL at once. What the daemon serves while it is degraded (a configuration
     /// or trust store it could not use at start).
-    pub fn local_only(config: &Config, metrics: &Metrics) -> Forwarder {
+    pub(crate) fn local_only(config: &Config, metrics: &Metrics) -> Forwarder {
         let upstreams = Group::new(Vec::new(), config.strategy, config.hedge);
         Forwarder::assemble(config, metrics, upstreams, Vec::new(), Router::new(&[]))
     }
@@ -148,7 +148,7 @@ impl<R: Exchange> Forwarder<R> {
     }
 
     /// Whether a query from `client` is within the per-client rate limit (always, when off).
-    pub fn admit(&self, client: std::net::IpAddr) -> bool {
+    pub(crate) fn admit(&self, client: std::net::IpAddr) -> bool {
         self.limiter
             .as_ref()
             .is_none_or(|limiter| limiter.admit(client, Instant::now()))
@@ -157,7 +157,7 @@ impl<R: Exchange> Forwarder<R> {
     /// The answer for `query`: from the cache or an upstream, else a stale answer or SERVFAIL
     /// once the time budget is spent or no upstream can be reached. Never fails and never
     /// waits past the budget.
-    pub async fn answer(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Vec<u8> {
+    pub(crate) async fn answer(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Vec<u8> {
         let _in_flight = GaugeGuard::new(&self.counts.in_flight);
         let started = Instant::now();
         // Boxed: the resolution's state is some 5 KiB, and a task's future is copied on
@@ -169,7 +169,11 @@ impl<R: Exchange> Forwarder<R> {
 
     /// The answer from a fresh cache entry, if there is one. The UDP receive loops answer
     /// these in place: a hit needs no task, no lock and no wait.
-    pub fn answer_cached(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Option<Vec<u8>> {
+    pub(crate) fn answer_cached(
+        self: &Arc<Self>,
+        query: &Query,
+        client: SocketAddr,
+    ) -> Option<Vec<u8>> {
         let cache = self.cache.as_ref()?;
         let started = Instant::now();
         let key = Key::of(query);
@@ -401,12 +405,12 @@ impl<R: Exchange> Forwarder<R> {
     }
 
     /// Whether at least one default upstream is up (for the health check).
-    pub fn any_upstream_up(&self) -> bool {
+    pub(crate) fn any_upstream_up(&self) -> bool {
         self.upstreams.members.iter().any(|m| m.resolver.is_up())
     }
 
     /// Upstream states for the status line.
-    pub fn describe_upstreams(&self) -> String {
+    pub(crate) fn describe_upstreams(&self) -> String {
         let describe = |group: &Group<R>| -> Vec<String> {
             group
                 .members

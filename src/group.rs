@@ -21,13 +21,13 @@ use crate::plain::PlainUpstream;
 use crate::upstream::Upstream;
 
 /// One query in this many goes to an upstream other than the fastest.
-pub const PROBE_EVERY: usize = 64;
+pub(crate) const PROBE_EVERY: usize = 64;
 /// Shortest automatic hedging delay: below it, hedging would double the load for nothing.
 const HEDGE_FLOOR: Duration = Duration::from_millis(5);
 
 /// One upstream resolver of the kinds the configuration can name; what a [`Group`] holds
 /// unless a test gives it another [`Exchange`].
-pub enum Resolver {
+pub(crate) enum Resolver {
     Tls(Box<Upstream>),
     /// Only in forward zones that ask for plain DNS.
     Plain(PlainUpstream),
@@ -127,13 +127,13 @@ impl Latency {
     }
 }
 
-pub struct Member<R> {
-    pub resolver: R,
+pub(crate) struct Member<R> {
+    pub(crate) resolver: R,
     latency: Latency,
 }
 
-pub struct Group<R = Resolver> {
-    pub members: Vec<Member<R>>,
+pub(crate) struct Group<R = Resolver> {
+    pub(crate) members: Vec<Member<R>>,
     strategy: Strategy,
     hedge: Hedge,
     /// Queries picked so far: round-robin's turn and fastest's probe schedule.
@@ -141,7 +141,7 @@ pub struct Group<R = Resolver> {
 }
 
 impl<R: Exchange> Group<R> {
-    pub fn new(resolvers: Vec<R>, strategy: Strategy, hedge: Hedge) -> Group<R> {
+    pub(crate) fn new(resolvers: Vec<R>, strategy: Strategy, hedge: Hedge) -> Group<R> {
         Group {
             members: resolvers
                 .into_iter()
@@ -157,7 +157,7 @@ impl<R: Exchange> Group<R> {
     }
 
     /// The upstream to try next among those not `tried`, or `None` when none is available.
-    pub fn pick(&self, tried: &[bool]) -> Option<usize> {
+    pub(crate) fn pick(&self, tried: &[bool]) -> Option<usize> {
         let now = Instant::now();
         let candidates: Vec<usize> = (0..self.members.len())
             .filter(|&i| !tried[i] && self.members[i].resolver.is_available(now))
@@ -186,7 +186,7 @@ impl<R: Exchange> Group<R> {
     }
 
     /// How long to wait for `index` before also asking another upstream, if hedging is on.
-    pub fn hedge_delay(&self, index: usize) -> Option<Duration> {
+    pub(crate) fn hedge_delay(&self, index: usize) -> Option<Duration> {
         match self.hedge {
             Hedge::Off => None,
             Hedge::After(delay) => Some(delay),
@@ -195,7 +195,7 @@ impl<R: Exchange> Group<R> {
     }
 
     /// One attempt at upstream `index`, at the latest at `deadline`; its time is recorded.
-    pub async fn attempt(
+    pub(crate) async fn attempt(
         &self,
         index: usize,
         query: &Query,

@@ -25,14 +25,14 @@ use crate::metrics::UpstreamMetrics;
 /// Largest UDP response we accept; we advertise 1232 but some servers send more.
 const MAX_UDP_RESPONSE: usize = 4096;
 
-pub struct PlainUpstream {
+pub(crate) struct PlainUpstream {
     address: SocketAddr,
     random: SystemRandom,
     metrics: UpstreamMetrics,
 }
 
 impl PlainUpstream {
-    pub fn new(address: SocketAddr, metrics: UpstreamMetrics) -> PlainUpstream {
+    pub(crate) fn new(address: SocketAddr, metrics: UpstreamMetrics) -> PlainUpstream {
         PlainUpstream {
             address,
             random: SystemRandom::new(),

@@ -22,7 +22,7 @@ struct Bucket {
     at_ms: u32,
 }
 
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f32,
     started: Instant,
     buckets: Box<[Mutex<Bucket>]>,
@@ -31,7 +31,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter of `rate` queries per second per client (at least 1).
-    pub fn new(rate: u32) -> RateLimiter {
+    pub(crate) fn new(rate: u32) -> RateLimiter {
         let rate = rate.max(1) as f32;
         let full = Bucket {
             tokens: rate,
@@ -46,7 +46,7 @@ impl RateLimiter {
     }
 
     /// Whether a query from `client` at `now` is within its rate; takes a token if so.
-    pub fn admit(&self, client: IpAddr, now: Instant) -> bool {
+    pub(crate) fn admit(&self, client: IpAddr, now: Instant) -> bool {
         let mut hasher = self.hasher.build_hasher();
         match client.to_canonical() {
             IpAddr::V4(ip) => hasher.write_u32(u32::from(ip)),

@@ -39,7 +39,7 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// when only the total is full, one of all. The one closed is the connection idle or stalled
 /// longest: no query outstanding, oldest last completed message (or opening). A connection
 /// with queries outstanding is closed only when every candidate has some.
-pub struct Slots {
+pub(crate) struct Slots {
     total: usize,
     per_client: usize,
     /// Zero of the `progress` clocks.
@@ -73,7 +73,7 @@ struct Activity {
 }
 
 /// A connection's hold on its slot; released when dropped.
-pub struct Slot {
+pub(crate) struct Slot {
     slots: Arc<Slots>,
     id: u64,
     activity: Arc<Activity>,
@@ -90,7 +90,7 @@ impl Drop for Outstanding {
 }
 
 impl Slots {
-    pub fn new(total: usize, per_client: usize) -> Slots {
+    pub(crate) fn new(total: usize, per_client: usize) -> Slots {
         Slots {
             total,
             per_client,
@@ -198,7 +198,7 @@ impl Drop for Slot {
 
 /// Serves one TCP listener until `shutdown`. Every connection accepted is served; when the
 /// slots are full another connection makes room (see [`Slots`]).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     context: Arc<Context>,
     connections: Arc<Slots>,

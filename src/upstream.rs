@@ -34,7 +34,7 @@ const MAX_IN_FLIGHT: usize = 1024;
 const BUSY: usize = 64;
 
 /// One configured upstream.
-pub struct Upstream {
+pub(crate) struct Upstream {
     address: SocketAddr,
     name: ServerName<'static>,
     /// Kept for the life of the upstream: it holds the TLS session cache for resumption.
@@ -74,7 +74,7 @@ impl Drop for Probe<'_> {
 }
 
 impl Upstream {
-    pub fn new(
+    pub(crate) fn new(
         config: &UpstreamConfig,
         idle_timeout: Duration,
         pool_size: usize,

@@ -25,13 +25,13 @@ const LOCAL_TTL: u32 = 3600;
 /// A zone name in wire form, lower case, without compression: `corp.example` is
 /// `\x04corp\x07example\x00`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ZoneName {
+pub(crate) struct ZoneName {
     wire: Box<[u8]>,
 }
 
 /// Why a zone name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ZoneNameError {
+pub(crate) enum ZoneNameError {
     #[error("is empty or the root zone; the default upstreams ([[upstream]]) serve the root")]
     Root,
     #[error("has an empty label")]
@@ -46,7 +46,7 @@ pub enum ZoneNameError {
 
 impl ZoneName {
     /// Parses `corp.example` or `corp.example.` (case does not matter).
-    pub fn parse(text: &str) -> Result<ZoneName, ZoneNameError> {
+    pub(crate) fn parse(text: &str) -> Result<ZoneName, ZoneNameError> {
         let text = text.trim();
         let text = text.strip_suffix('.').unwrap_or(text);
         if text.is_empty() {
@@ -73,7 +73,8 @@ impl ZoneName {
         Ok(ZoneName { wire: wire.into() })
     }
 
-    pub fn wire(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn wire(&self) -> &[u8] {
         &self.wire
     }
 
@@ -128,7 +129,7 @@ enum Local {
 
 /// Where a question goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// The forward zone with this index in the configuration.
     Forward(usize),
     /// The default upstreams.
@@ -143,7 +144,7 @@ enum Target {
 
 /// The zone table, built once per configuration.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     /// Zone wire name → target; a question's name is looked up suffix by suffix.
     zones: HashMap<Box<[u8]>, Target>,
 }
@@ -194,7 +195,7 @@ fn builtin_zones() -> Vec<(String, Local)> {
 impl Router {
     /// The table for forward zones `forward[i]` (each a list of zone names): built-in local
     /// zones that a forward zone equals or contains are left out.
-    pub fn new(forward: &[Vec<ZoneName>]) -> Router {
+    pub(crate) fn new(forward: &[Vec<ZoneName>]) -> Router {
         let mut zones = HashMap::new();
         for (text, local) in builtin_zones() {
             // The built-in names are valid; a parse failure would only drop that one zone.
@@ -215,7 +216,7 @@ impl Router {
     }
 
     /// Where `query` goes, or its answer when a local zone answers it.
-    pub fn route(&self, query: &Query) -> Result<Route, Vec<u8>> {
+    pub(crate) fn route(&self, query: &Query) -> Result<Route, Vec<u8>> {
         let question = query.question();
         let name = &question[..question.len() - 4];
         let mut lower = [0u8; 256];
