@@ -95,8 +95,8 @@ impl Entry {
         let stored = self.response.bytes();
         for &at in self.ttl_offsets.iter() {
             let at = usize::from(at);
-            if let Some(&[a, b, c, d]) = stored.get(at..at + 4) {
-                dns::set_ttl(&mut answer, at, ttl(u32::from_be_bytes([a, b, c, d])));
+            if let Some(stored_ttl) = dns::read_u32(stored, at) {
+                dns::set_ttl(&mut answer, at, ttl(stored_ttl));
             }
         }
         answer
@@ -213,7 +213,7 @@ impl Cache {
                 .min(max_ttl);
             seconds.as_secs().min(u64::from(u32::MAX)) as u32
         };
-        if response.truncated() {
+        if dns::is_truncated(response.bytes()) {
             return None;
         }
         let mut response = response.clone();
@@ -225,9 +225,7 @@ impl Cache {
                     .iter()
                     .find(|r| r.section == Section::Authority && r.rtype == dns::TYPE_SOA)?;
                 let rdata = response.rdata(soa);
-                let minimum = rdata.len().checked_sub(4).map(|at| {
-                    u32::from_be_bytes([rdata[at], rdata[at + 1], rdata[at + 2], rdata[at + 3]])
-                })?;
+                let minimum = dns::read_u32(rdata, rdata.len().checked_sub(4)?)?;
                 Duration::from_secs(u64::from(clamp(soa.ttl.min(minimum))))
             }
             dns::RCODE_NOERROR => {

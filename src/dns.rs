@@ -22,9 +22,9 @@ pub const PADDING_BLOCK: usize = 128;
 /// Record type SOA, whose MINIMUM field bounds negative caching (RFC 2308).
 pub(crate) const TYPE_SOA: u16 = 6;
 /// Response codes the cache treats specially.
-pub(crate) const RCODE_NOERROR: u8 = 0;
-pub(crate) const RCODE_SERVFAIL: u8 = 2;
-pub(crate) const RCODE_NXDOMAIN: u8 = 3;
+pub(crate) const RCODE_NOERROR: u16 = 0;
+pub(crate) const RCODE_SERVFAIL: u16 = 2;
+pub(crate) const RCODE_NXDOMAIN: u16 = 3;
 
 const TYPE_OPT: u16 = 41;
 const TYPE_IXFR: u16 = 251;
@@ -286,7 +286,7 @@ impl Query {
     /// set, the given records, and OPT if the client sent one.
     pub(crate) fn local_answer(
         &self,
-        rcode: u8,
+        rcode: u16,
         answers: &[LocalRecord],
         authority: &[LocalRecord],
     ) -> Vec<u8> {
@@ -294,7 +294,7 @@ impl Query {
         let mut answer = Vec::with_capacity(HEADER_LEN + question.len() + 64);
         answer.extend_from_slice(&self.raw[..2]);
         answer.push(FLAG_QR | FLAG_AA | (self.raw[2] & FLAG_RD));
-        answer.push(FLAG_RA | (self.raw[3] & FLAG_CD) | (rcode & 0x0f));
+        answer.push(FLAG_RA | (self.raw[3] & FLAG_CD) | (rcode & 0x0f) as u8);
         answer.extend_from_slice(&[0, 1]);
         answer.extend_from_slice(&(answers.len() as u16).to_be_bytes());
         answer.extend_from_slice(&(authority.len() as u16).to_be_bytes());
@@ -375,14 +375,9 @@ impl Response {
         &self.bytes
     }
 
-    /// The response code (the low four bits; extended codes are not needed here).
-    pub(crate) fn rcode(&self) -> u8 {
-        self.bytes[3] & 0x0f
-    }
-
-    /// Whether the upstream set TC: the answer is incomplete.
-    pub(crate) fn truncated(&self) -> bool {
-        self.bytes[2] & FLAG_TC != 0
+    /// The response code, as [`header_rcode`] reads it.
+    pub(crate) fn rcode(&self) -> u16 {
+        header_rcode(&self.bytes)
     }
 
     /// Number of records in the answer section.
@@ -426,9 +421,7 @@ impl Response {
 
     /// Overwrites the TTL field at `at` (an offset from [`Record::ttl_at`]).
     pub(crate) fn set_ttl(&mut self, at: usize, ttl: u32) {
-        if let Some(field) = self.bytes.get_mut(at..at + 4) {
-            field.copy_from_slice(&ttl.to_be_bytes());
-        }
+        set_ttl(&mut self.bytes, at, ttl);
     }
 
     /// A record's data, e.g. to read the SOA minimum.
@@ -455,8 +448,8 @@ pub(crate) enum Section {
     Additional,
 }
 
-/// Writes `ttl` into the TTL field at `at` of a client answer built by [`Query::answer`]: the
-/// records sit at the same offsets as in the [`Response`] it came from.
+/// Writes `ttl` into the TTL field at `at` of a message: a [`Response`], or a client answer
+/// built by [`Query::answer`], whose records sit at the same offsets as in its response.
 pub(crate) fn set_ttl(answer: &mut [u8], at: usize, ttl: u32) {
     if let Some(field) = answer.get_mut(at..at + 4) {
         field.copy_from_slice(&ttl.to_be_bytes());
@@ -697,7 +690,8 @@ fn skip_name(message: &[u8], mut pos: usize) -> Option<usize> {
     }
 }
 
-fn read_u32(message: &[u8], at: usize) -> Option<u32> {
+/// The 4-byte big-endian field at `at` (a TTL, an SOA minimum), if the message has it.
+pub(crate) fn read_u32(message: &[u8], at: usize) -> Option<u32> {
     let bytes = message.get(at..at + 4)?;
     Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
@@ -808,9 +802,7 @@ mod tests {
         r
     }
 
-    fn rcode(answer: &[u8]) -> u8 {
-        answer[3] & 0x0f
-    }
+    use super::header_rcode as rcode;
 
     #[test]
     fn short_packets_and_responses_are_dropped() {

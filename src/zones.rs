@@ -242,7 +242,7 @@ fn local_answer(query: &Query, name: &[u8], zone: &[u8], local: Local) -> Vec<u8
     let qtype = query.qtype();
     let apex = name == zone;
     let localhost: &[u8] = b"\x09localhost\x00";
-    let (rcode, rtype, rdata): (u8, u16, &[u8]) = match local {
+    let (rcode, rtype, rdata): (u16, u16, &[u8]) = match local {
         Local::Loopback if qtype == TYPE_A => (RCODE_NOERROR, TYPE_A, &[127, 0, 0, 1]),
         Local::Loopback if qtype == TYPE_AAAA => (
             RCODE_NOERROR,
@@ -312,9 +312,7 @@ mod tests {
         names.iter().map(|n| ZoneName::parse(n).unwrap()).collect()
     }
 
-    fn rcode(answer: &[u8]) -> u8 {
-        answer[3] & 0x0f
-    }
+    use crate::dns::header_rcode as rcode;
 
     #[test]
     fn zone_names_parse_and_print() {
