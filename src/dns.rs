@@ -217,23 +217,13 @@ impl Query {
     /// subnet, cookies) are not forwarded, and the message is padded to a multiple of
     /// [`PADDING_BLOCK`] so its length says little about the name asked (RFC 7830, RFC 8467).
     pub fn upstream_frame(&self) -> Vec<u8> {
-        let question = self.question();
-        let unpadded = HEADER_LEN + question.len() + OPT_FIXED_LEN + 4;
+        let unpadded = HEADER_LEN + self.question().len() + OPT_FIXED_LEN + 4;
         let padding = (PADDING_BLOCK - unpadded % PADDING_BLOCK) % PADDING_BLOCK;
         let length = unpadded + padding;
         let mut frame = Vec::with_capacity(2 + length);
         // `length` fits: a question is at most 259 bytes, so the message stays under 512.
         frame.extend_from_slice(&(length as u16).to_be_bytes());
-        frame.extend_from_slice(&[0, 0]);
-        frame.push(self.raw[2] & FLAG_RD);
-        frame.push(self.raw[3] & (FLAG_AD | FLAG_CD));
-        frame.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
-        frame.extend_from_slice(question);
-        let dnssec_ok = self.edns.is_some_and(|e| e.dnssec_ok);
-        push_opt_header(&mut frame, 0, dnssec_ok, (4 + padding) as u16);
-        frame.extend_from_slice(&OPTION_PADDING.to_be_bytes());
-        frame.extend_from_slice(&(padding as u16).to_be_bytes());
-        frame.resize(2 + length, 0);
+        self.push_upstream_message(&mut frame, 0, Some(padding as u16));
         frame
     }
 
@@ -241,15 +231,29 @@ impl Query {
     /// same as [`Query::upstream_frame`] with `id`, unframed and unpadded, since padding only
     /// helps on an encrypted hop.
     pub(crate) fn plain_upstream_message(&self, id: u16) -> Vec<u8> {
-        let question = self.question();
-        let mut message = Vec::with_capacity(HEADER_LEN + question.len() + OPT_FIXED_LEN);
-        message.extend_from_slice(&id.to_be_bytes());
-        message.push(self.raw[2] & FLAG_RD);
-        message.push(self.raw[3] & (FLAG_AD | FLAG_CD));
-        message.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
-        message.extend_from_slice(question);
-        push_opt_header(&mut message, 0, self.edns.is_some_and(|e| e.dnssec_ok), 0);
+        let mut message = Vec::with_capacity(HEADER_LEN + self.question().len() + OPT_FIXED_LEN);
+        self.push_upstream_message(&mut message, id, None);
         message
+    }
+
+    /// Appends the upstream query: header with `id` and the client's RD, AD and CD bits, the
+    /// question, and OPT with the client's DO bit and, if given, a padding option that long.
+    fn push_upstream_message(&self, out: &mut Vec<u8>, id: u16, padding: Option<u16>) {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.push(self.raw[2] & FLAG_RD);
+        out.push(self.raw[3] & (FLAG_AD | FLAG_CD));
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+        out.extend_from_slice(self.question());
+        let dnssec_ok = self.edns.is_some_and(|e| e.dnssec_ok);
+        match padding {
+            Some(padding) => {
+                push_opt_header(out, 0, dnssec_ok, 4 + padding);
+                out.extend_from_slice(&OPTION_PADDING.to_be_bytes());
+                out.extend_from_slice(&padding.to_be_bytes());
+                out.resize(out.len() + usize::from(padding), 0);
+            }
+            None => push_opt_header(out, 0, dnssec_ok, 0),
+        }
     }
 
     /// Turns an upstream response into this client's answer (see [`Response`]).
