@@ -707,15 +707,26 @@ fn read_u16(message: &[u8], at: usize) -> Option<u16> {
     ]))
 }
 
-/// A wire-form name (at the start of `wire`) as presentation text, with unusual bytes escaped.
+/// The labels of the wire-form name at the start of `wire`, up to the root label or the first
+/// byte that is no label length (a compression pointer).
+pub(crate) fn labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let len = usize::from(*wire.get(pos)?);
+        if len == 0 || len > 63 {
+            return None;
+        }
+        let label = wire.get(pos + 1..pos + 1 + len).unwrap_or(&[]);
+        pos += 1 + len;
+        Some(label)
+    })
+}
+
+/// A wire-form name (at the start of `wire`) as presentation text for logs: it comes from the
+/// network, so every byte that is not printable ASCII is escaped (RFC 1035 §5.1).
 fn name_to_text(wire: &[u8]) -> String {
     let mut text = String::new();
-    let mut pos = 0;
-    while let Some(&len) = wire.get(pos) {
-        if len == 0 || len > 63 {
-            break;
-        }
-        let label = wire.get(pos + 1..pos + 1 + usize::from(len)).unwrap_or(&[]);
+    for label in labels(wire) {
         for &byte in label {
             match byte {
                 b'.' | b'\\' => {
@@ -729,7 +740,6 @@ fn name_to_text(wire: &[u8]) -> String {
             }
         }
         text.push('.');
-        pos += 1 + usize::from(len);
     }
     if text.is_empty() {
         text.push('.');

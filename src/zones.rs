@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::dns::{LocalRecord, Query, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_SOA};
+use crate::dns::{self, LocalRecord, Query, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_SOA};
 
 const TYPE_A: u16 = 1;
 const TYPE_PTR: u16 = 12;
@@ -84,22 +84,15 @@ impl ZoneName {
     }
 }
 
+/// The zone as configured, lower-cased and without the root's dot: text that
+/// [`ZoneName::parse`] reads back to the same zone (so not escaped as a logged name is).
 impl fmt::Display for ZoneName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut pos = 0;
-        while let Some(&len) = self.wire.get(pos) {
-            if len == 0 {
-                break;
-            }
-            if pos > 0 {
+        for (index, label) in dns::labels(&self.wire).enumerate() {
+            if index > 0 {
                 f.write_str(".")?;
             }
-            let label = self
-                .wire
-                .get(pos + 1..pos + 1 + usize::from(len))
-                .unwrap_or(&[]);
             f.write_str(&String::from_utf8_lossy(label))?;
-            pos += 1 + usize::from(len);
         }
         Ok(())
     }
