@@ -31,6 +31,7 @@
 
 mod access;
 mod admin;
+mod admission;
 pub mod cache;
 pub mod cli;
 mod coalesce;

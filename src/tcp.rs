@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::access::{self, DenyAction};
+use crate::admission::Admission;
 use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::framing::{self, FrameReader};
@@ -250,8 +250,8 @@ async fn connection(
     let metrics = context.metrics.clone();
     let _open = GaugeGuard::new(&metrics.tcp_connections);
     let config = context.config();
-    let allowed = access::allows(&config.allow, client.ip());
-    if !allowed && config.deny_action == DenyAction::Drop {
+    let admission = Admission::of_client(&config, client.ip());
+    if admission == Admission::Drop {
         debug!(%client, "TCP client not in allow; closing");
         metrics.tcp.dropped();
         return;
@@ -315,15 +315,12 @@ async fn connection(
             break;
         }
         let forwarder = context.forwarder();
-        let limited = allowed && !forwarder.admit(client.ip());
-        if limited {
-            metrics.rate_limited.inc();
-            // Over TCP a query cannot be ignored without stalling those behind it.
-            if config.rate_limit_action == DenyAction::Drop {
-                metrics.tcp.dropped();
-                debug!(%client, "TCP client over the rate limit; closing");
-                break;
-            }
+        let admission = admission.of_query(&config, &forwarder, &metrics, client.ip());
+        // Over TCP a query cannot be ignored without stalling those behind it.
+        if admission == Admission::Drop {
+            metrics.tcp.dropped();
+            debug!(%client, "TCP client over the rate limit; closing");
+            break;
         }
         match dns::parse_query(&message) {
             Err(Rejection::Drop) => {
@@ -341,7 +338,7 @@ async fn connection(
                     break;
                 }
             }
-            Ok(query) if !allowed || limited => {
+            Ok(query) if admission == Admission::Refuse => {
                 metrics.tcp.answered(Rcode::Refused.value());
                 if let Some(framed) = framing::frame(&query.error_answer(Rcode::Refused)) {
                     let _ = answers.send(framed).await;

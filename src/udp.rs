@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::access::{self, DenyAction};
+use crate::admission::Admission;
 use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::listeners;
@@ -144,18 +144,15 @@ pub(crate) async fn serve(
                 metrics.udp.dropped();
                 continue;
             }
-            let allowed = access::allows(&config.allow, client.ip());
-            if !allowed && config.deny_action == DenyAction::Drop {
+            let admission = Admission::of_client(&config, client.ip()).of_query(
+                &config,
+                &forwarder,
+                &metrics,
+                client.ip(),
+            );
+            if admission == Admission::Drop {
                 metrics.udp.dropped();
                 continue;
-            }
-            let limited = allowed && !forwarder.admit(client.ip());
-            if limited {
-                metrics.rate_limited.inc();
-                if config.rate_limit_action == DenyAction::Drop {
-                    metrics.udp.dropped();
-                    continue;
-                }
             }
             match dns::parse_query(&slots[datagram.slot * SLOT..][..datagram.len]) {
                 Err(Rejection::Drop) => metrics.udp.dropped(),
@@ -168,7 +165,7 @@ pub(crate) async fn serve(
                         local,
                     });
                 }
-                Ok(query) if !allowed || limited => {
+                Ok(query) if admission == Admission::Refuse => {
                     metrics.udp.answered(Rcode::Refused.value());
                     let answer = query.error_answer(Rcode::Refused);
                     let answer = dns::truncate_for_udp(answer, query.udp_limit());
