@@ -6,6 +6,7 @@
 //! leader's result. If the leader is dropped before it finishes (its task was cancelled), the
 //! followers see the flight end without a result and resolve on their own.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -48,7 +49,7 @@ impl<T: Clone> Default for Coalescer<T> {
 impl<T: Clone> Coalescer<T> {
     /// Joins the flight for `key`, starting it if there is none.
     pub(crate) fn join(&self, key: &[u8]) -> Role<'_, T> {
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flights = lock::lock(&self.flights);
         if let Some(receiver) = flights.get(key) {
             return Role::Follower(receiver.clone());
         }
@@ -65,7 +66,7 @@ impl<T: Clone> Coalescer<T> {
     /// Flights in progress.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock::lock(&self.flights).len()
     }
 
     #[cfg(test)]
@@ -90,11 +91,7 @@ impl<T> Flight<'_, T> {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        let mut flights = self
-            .coalescer
-            .flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut flights = lock::lock(&self.coalescer.flights);
         flights.remove(&self.key);
     }
 }

@@ -30,6 +30,7 @@ use tracing::debug;
 use crate::dns;
 use crate::error::{Handshake, UpstreamError};
 use crate::framing::FrameReader;
+use crate::lock;
 use crate::metrics::{GaugeGuard, UpstreamMetrics};
 
 /// Most bytes of queued queries written to the TLS stream in one go.
@@ -185,7 +186,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the map half-updated in a way that
         // matters more than losing the connection, so a poisoned lock is still used.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock::lock(&self.state)
     }
 
     fn register(

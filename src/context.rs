@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
 use crate::forwarder::Forwarder;
+use crate::lock;
 use crate::metrics::Metrics;
 
 /// What every server task shares: the configuration and forwarder in force (swapped whole on
@@ -48,23 +49,19 @@ impl Context {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<Config>, Arc<Forwarder>)> {
-        self.current.read().unwrap_or_else(|e| e.into_inner())
+        lock::read(&self.current)
     }
 
     pub(crate) fn replace(&self, config: Config, forwarder: Forwarder) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-            (Arc::new(config), Arc::new(forwarder));
+        *lock::write(&self.current) = (Arc::new(config), Arc::new(forwarder));
     }
 
     pub(crate) fn problem(&self) -> Option<String> {
-        self.problem
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock::read(&self.problem).clone()
     }
 
     pub(crate) fn set_problem(&self, problem: Option<String>) {
-        *self.problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
+        *lock::write(&self.problem) = problem;
     }
 
     /// The systemd STATUS line: traffic so far and upstream health, or why only the local

@@ -47,6 +47,7 @@ mod forwarder;
 pub mod framing;
 mod group;
 pub mod listeners;
+mod lock;
 pub mod logging;
 mod metrics;
 mod notify;

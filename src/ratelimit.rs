@@ -6,6 +6,7 @@
 //! flood from spoofed addresses does; two clients that share a bucket share its budget.
 //! IPv6 clients are counted per /64, since one host can use any address of its /64.
 
+use crate::lock;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -54,7 +55,7 @@ impl RateLimiter {
         }
         let slot = (hasher.finish() as usize) % BUCKETS;
         let now_ms = now.saturating_duration_since(self.started).as_millis() as u32;
-        let mut bucket = self.buckets[slot].lock().unwrap_or_else(|e| e.into_inner());
+        let mut bucket = lock::lock(&self.buckets[slot]);
         let elapsed = now_ms.wrapping_sub(bucket.at_ms) as f32 / 1000.0;
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.rate);
         bucket.at_ms = now_ms;

@@ -22,6 +22,7 @@ use crate::admission::Admission;
 use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::framing::{self, FrameReader};
+use crate::lock;
 use crate::metrics::GaugeGuard;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
@@ -106,7 +107,7 @@ impl Slots {
     /// A slot for a new connection from `client`, and the address of the connection closed
     /// to make room for it, if one was.
     fn admit(self: &Arc<Self>, client: IpAddr) -> (Slot, Option<IpAddr>) {
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = lock::lock(&self.table);
         let held = table.clients.get(&client).copied().unwrap_or(0);
         let evicted = if held >= self.per_client {
             table.evict(Some(client))
@@ -191,7 +192,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         // Already gone when the connection was closed to make room.
-        let mut table = self.slots.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = lock::lock(&self.slots.table);
         table.remove(self.id);
     }
 }

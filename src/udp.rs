@@ -33,6 +33,7 @@ use crate::admission::Admission;
 use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::listeners;
+use crate::lock;
 
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
 /// client retries) rather than letting a flood grow memory without bound.
@@ -96,7 +97,7 @@ impl Outbox {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Reply>> {
         // Replies are only pushed and taken whole: a panic elsewhere leaves nothing half-done.
-        self.replies.lock().unwrap_or_else(|e| e.into_inner())
+        lock::lock(&self.replies)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::connection::Connection;
 use crate::dns::Query;
 use crate::error::{Handshake, UpstreamError};
 use crate::exchange::Exchange;
+use crate::lock;
 use crate::metrics::UpstreamMetrics;
 use crate::tls::{self, TlsSetupError};
 
@@ -156,7 +157,7 @@ impl Upstream {
         error: UpstreamError,
         since: Instant,
     ) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = lock::lock(&self.pool);
         let before = pool.len();
         pool.retain(|c| !Arc::ptr_eq(c, connection));
         if pool.len() < before {
@@ -226,7 +227,7 @@ impl Upstream {
             Ok(Ok((connection, handshake))) => {
                 debug!(upstream = %self.address, resumed = handshake == Handshake::Resumed, "upstream connection opened");
                 let connection = Arc::new(connection);
-                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pool = lock::lock(&self.pool);
                 pool.retain(|c| c.is_open());
                 pool.push(connection.clone());
                 Ok(connection)
@@ -238,14 +239,14 @@ impl Upstream {
 
     /// The live connection with the fewest queries outstanding, and how many are live.
     fn least_busy(&self) -> (Option<Arc<Connection>>, usize) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = lock::lock(&self.pool);
         pool.retain(|c| c.is_open());
         let least = pool.iter().min_by_key(|c| c.outstanding()).cloned();
         (least, pool.len())
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
+        lock::lock(&self.health)
     }
 
     fn record_success(&self) {
