@@ -18,12 +18,12 @@ use crate::config::{Config, ZoneUpstream};
 use crate::dns::{self, Query, Rcode, Response};
 use crate::error::UpstreamError;
 use crate::exchange::Exchange;
-use crate::group::{Group, Resolver};
+use crate::group::{AnyUpstream, Group};
 use crate::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::plain::PlainUpstream;
 use crate::ratelimit::RateLimiter;
 use crate::tls::TlsSetupError;
-use crate::upstream::Upstream;
+use crate::upstream::TlsUpstream;
 use crate::zones::{Route, Router};
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.
@@ -47,8 +47,8 @@ struct Counts {
 }
 
 /// Generic over how an upstream is asked so that unit tests can script one; the daemon's is a
-/// `Forwarder<Resolver>`, the real kinds.
-pub(crate) struct Forwarder<R = Resolver> {
+/// `Forwarder<AnyUpstream>`, the real kinds.
+pub(crate) struct Forwarder<R = AnyUpstream> {
     /// The default upstreams.
     upstreams: Group<R>,
     /// The upstreams of each forward zone, in configuration order.
@@ -69,13 +69,13 @@ impl Forwarder {
     /// Builds the upstreams, with handles to their series in `metrics` (which outlives us).
     pub(crate) fn new(config: &Config, metrics: &Metrics) -> Result<Forwarder, TlsSetupError> {
         let tls = |upstream| {
-            Upstream::new(
+            TlsUpstream::new(
                 upstream,
                 config.upstream_idle_timeout,
                 config.upstream_connections,
                 metrics.upstream(upstream.address),
             )
-            .map(|u| Resolver::Tls(Box::new(u)))
+            .map(|u| AnyUpstream::Tls(Box::new(u)))
         };
         let group = |resolvers| Group::new(resolvers, config.strategy, config.hedge);
         let upstreams = group(config.upstreams.iter().map(tls).collect::<Result<_, _>>()?);
@@ -87,7 +87,7 @@ impl Forwarder {
                     .iter()
                     .map(|upstream| match upstream {
                         ZoneUpstream::Tls(upstream) => tls(upstream),
-                        ZoneUpstream::Plain(address) => Ok(Resolver::Plain(PlainUpstream::new(
+                        ZoneUpstream::Plain(address) => Ok(AnyUpstream::Plain(PlainUpstream::new(
                             *address,
                             metrics.upstream(*address),
                         ))),

@@ -18,7 +18,7 @@ use crate::error::UpstreamError;
 use crate::exchange::Exchange;
 use crate::metrics::UpstreamMetrics;
 use crate::plain::PlainUpstream;
-use crate::upstream::Upstream;
+use crate::upstream::TlsUpstream;
 
 /// One query in this many goes to an upstream other than the fastest.
 pub(crate) const PROBE_EVERY: usize = 64;
@@ -27,52 +27,52 @@ const HEDGE_FLOOR: Duration = Duration::from_millis(5);
 
 /// One upstream resolver of the kinds the configuration can name; what a [`Group`] holds
 /// unless a test gives it another [`Exchange`].
-pub(crate) enum Resolver {
-    Tls(Box<Upstream>),
+pub(crate) enum AnyUpstream {
+    Tls(Box<TlsUpstream>),
     /// Only in forward zones that ask for plain DNS.
     Plain(PlainUpstream),
 }
 
-impl Exchange for Resolver {
+impl Exchange for AnyUpstream {
     fn address(&self) -> SocketAddr {
         match self {
-            Resolver::Tls(upstream) => upstream.address(),
-            Resolver::Plain(upstream) => upstream.address(),
+            AnyUpstream::Tls(upstream) => upstream.address(),
+            AnyUpstream::Plain(upstream) => upstream.address(),
         }
     }
 
     fn metrics(&self) -> &UpstreamMetrics {
         match self {
-            Resolver::Tls(upstream) => upstream.metrics(),
-            Resolver::Plain(upstream) => upstream.metrics(),
+            AnyUpstream::Tls(upstream) => upstream.metrics(),
+            AnyUpstream::Plain(upstream) => upstream.metrics(),
         }
     }
 
     fn is_available(&self, now: Instant) -> bool {
         match self {
-            Resolver::Tls(upstream) => upstream.is_available(now),
-            Resolver::Plain(upstream) => upstream.is_available(now),
+            AnyUpstream::Tls(upstream) => upstream.is_available(now),
+            AnyUpstream::Plain(upstream) => upstream.is_available(now),
         }
     }
 
     fn is_up(&self) -> bool {
         match self {
-            Resolver::Tls(upstream) => upstream.is_up(),
-            Resolver::Plain(upstream) => upstream.is_up(),
+            AnyUpstream::Tls(upstream) => upstream.is_up(),
+            AnyUpstream::Plain(upstream) => upstream.is_up(),
         }
     }
 
     fn describe(&self) -> String {
         match self {
-            Resolver::Tls(upstream) => upstream.describe(),
-            Resolver::Plain(upstream) => upstream.describe(),
+            AnyUpstream::Tls(upstream) => upstream.describe(),
+            AnyUpstream::Plain(upstream) => upstream.describe(),
         }
     }
 
     fn detects_failure(&self) -> bool {
         match self {
-            Resolver::Tls(upstream) => upstream.detects_failure(),
-            Resolver::Plain(upstream) => upstream.detects_failure(),
+            AnyUpstream::Tls(upstream) => upstream.detects_failure(),
+            AnyUpstream::Plain(upstream) => upstream.detects_failure(),
         }
     }
 
@@ -83,8 +83,8 @@ impl Exchange for Resolver {
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
         match self {
-            Resolver::Tls(upstream) => upstream.exchange(query, frame, deadline).await,
-            Resolver::Plain(upstream) => upstream.exchange(query, frame, deadline).await,
+            AnyUpstream::Tls(upstream) => upstream.exchange(query, frame, deadline).await,
+            AnyUpstream::Plain(upstream) => upstream.exchange(query, frame, deadline).await,
         }
     }
 }
@@ -132,7 +132,7 @@ pub(crate) struct Member<R> {
     latency: Latency,
 }
 
-pub(crate) struct Group<R = Resolver> {
+pub(crate) struct Group<R = AnyUpstream> {
     pub(crate) members: Vec<Member<R>>,
     strategy: Strategy,
     hedge: Hedge,
@@ -224,12 +224,12 @@ impl<R: Exchange> Group<R> {
 mod tests {
     use super::*;
 
-    fn group(n: usize, strategy: Strategy) -> Group<Resolver> {
+    fn group(n: usize, strategy: Strategy) -> Group<AnyUpstream> {
         let resolvers = (0..n)
             .map(|i| {
                 let address = SocketAddr::from(([127, 0, 0, 1], 5300 + i as u16));
                 let metrics = crate::metrics::Metrics::new().upstream(address);
-                Resolver::Plain(PlainUpstream::new(address, metrics))
+                AnyUpstream::Plain(PlainUpstream::new(address, metrics))
             })
             .collect();
         Group::new(resolvers, strategy, Hedge::Off)

@@ -34,8 +34,8 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// Outstanding queries above which another connection of the pool is opened.
 const BUSY: usize = 64;
 
-/// One configured upstream.
-pub(crate) struct Upstream {
+/// One DNS-over-TLS upstream: its connections, health and backoff.
+pub(crate) struct TlsUpstream {
     address: SocketAddr,
     name: ServerName<'static>,
     /// Kept for the life of the upstream: it holds the TLS session cache for resumption.
@@ -66,7 +66,7 @@ struct Health {
 
 /// The one query trying a down upstream again; the upstream is free for another try when it
 /// ends, however it ends.
-struct Probe<'a>(&'a Upstream);
+struct Probe<'a>(&'a TlsUpstream);
 
 impl Drop for Probe<'_> {
     fn drop(&mut self) {
@@ -74,14 +74,14 @@ impl Drop for Probe<'_> {
     }
 }
 
-impl Upstream {
+impl TlsUpstream {
     pub(crate) fn new(
         config: &UpstreamConfig,
         idle_timeout: Duration,
         pool_size: usize,
         metrics: UpstreamMetrics,
-    ) -> Result<Upstream, TlsSetupError> {
-        Ok(Upstream {
+    ) -> Result<TlsUpstream, TlsSetupError> {
+        Ok(TlsUpstream {
             address: config.address,
             name: config.tls_name.clone(),
             tls: tls::client_config(config)?,
@@ -290,7 +290,7 @@ impl Upstream {
     }
 }
 
-impl Exchange for Upstream {
+impl Exchange for TlsUpstream {
     fn address(&self) -> SocketAddr {
         self.address
     }
