@@ -43,7 +43,7 @@ struct Counts {
     cache: CacheMetrics,
     local: Counter,
     hedged: Counter,
-    in_flight: Gauge,
+    queries_in_flight: Gauge,
 }
 
 /// Generic over how an upstream is asked so that unit tests can script one; the daemon's is a
@@ -60,6 +60,7 @@ pub(crate) struct Forwarder<R = AnyUpstream> {
     counts: Counts,
     /// `None` when the cache is off.
     cache: Option<Cache>,
+    /// Upstream queries in flight, each shared by every client asking the same question.
     in_flight: Coalescer<Resolved>,
     /// `None` when `rate_limit` is 0. Lives here so a reload resets it with the rest.
     limiter: Option<RateLimiter>,
@@ -139,7 +140,7 @@ impl<R: Exchange> Forwarder<R> {
                 cache: metrics.cache.clone(),
                 local: metrics.local_answers.clone(),
                 hedged: metrics.hedged.clone(),
-                in_flight: metrics.in_flight.clone(),
+                queries_in_flight: metrics.queries_in_flight.clone(),
             },
             cache: config.cache.enabled.then(|| Cache::new(&config.cache)),
             in_flight: Coalescer::default(),
@@ -158,7 +159,7 @@ impl<R: Exchange> Forwarder<R> {
     /// once the time budget is spent or no upstream can be reached. Never fails and never
     /// waits past the budget.
     pub(crate) async fn answer(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Vec<u8> {
-        let _in_flight = GaugeGuard::new(&self.counts.in_flight);
+        let _forwarding = GaugeGuard::new(&self.counts.queries_in_flight);
         let started = Instant::now();
         // Boxed: the resolution's state is some 5 KiB, and a task's future is copied on
         // spawn and on completion; a pointer is cheaper to move than that.

@@ -69,7 +69,7 @@ pub(crate) struct Metrics {
     /// Queries that came in over TCP.
     pub(crate) tcp: TransportMetrics,
     /// Queries being forwarded right now (inside [`crate::forwarder::Forwarder::answer`]).
-    pub(crate) in_flight: Gauge,
+    pub(crate) queries_in_flight: Gauge,
     /// Client TCP connections open right now.
     pub(crate) tcp_connections: Gauge,
     pub(crate) cache: CacheMetrics,
@@ -173,11 +173,11 @@ impl Metrics {
              over the in-flight limit, or from clients outside allow with deny_action drop",
             dropped.clone(),
         );
-        let in_flight = Gauge::default();
+        let queries_in_flight = Gauge::default();
         registry.register(
             "queries_in_flight",
             "Client queries being forwarded right now",
-            in_flight.clone(),
+            queries_in_flight.clone(),
         );
         let tcp_connections = Gauge::default();
         registry.register(
@@ -265,7 +265,7 @@ impl Metrics {
             rate_limited,
             udp: TransportMetrics::new("udp", &answers, &dropped),
             tcp: TransportMetrics::new("tcp", &answers, &dropped),
-            in_flight,
+            queries_in_flight,
             tcp_connections,
             cache,
             upstream_queries,
@@ -324,7 +324,7 @@ impl Metrics {
              {servfail} SERVFAIL, {} other answers, {dropped} dropped; {} in flight",
             udp + tcp,
             answers - noerror - nxdomain - servfail,
-            self.in_flight.get(),
+            self.queries_in_flight.get(),
         )
     }
 }
@@ -518,7 +518,7 @@ mod tests {
         upstream.handshake_started().completed(Handshake::Resumed);
         drop(upstream.handshake_started());
         let open = upstream.connection_opened();
-        let in_flight = GaugeGuard::new(&metrics.in_flight);
+        let in_flight = GaugeGuard::new(&metrics.queries_in_flight);
         let text = metrics.render().unwrap();
         let value = |series: &str| {
             sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))

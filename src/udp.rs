@@ -37,7 +37,7 @@ use crate::lock;
 
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
 /// client retries) rather than letting a flood grow memory without bound.
-const MAX_IN_FLIGHT: usize = 4096;
+const MAX_FORWARDED: usize = 4096;
 
 /// Datagrams moved per system call, at most.
 const BATCH: usize = 32;
@@ -112,7 +112,7 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     let metrics = context.metrics.clone();
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let forward_permits = Arc::new(Semaphore::new(MAX_FORWARDED));
     let outbox = Arc::new(Outbox::default());
     let fd = socket.as_raw_fd();
     let pktinfo = ask_destination(&socket);
@@ -187,7 +187,7 @@ pub(crate) async fn serve(
                         });
                         continue;
                     }
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let Ok(permit) = forward_permits.clone().try_acquire_owned() else {
                         metrics.udp.dropped();
                         continue;
                     };
