@@ -332,7 +332,7 @@ impl<R: Exchange> Forwarder<R> {
             let (result, index) = self
                 .attempt(group, index, &mut tried, query, &frame, deadline)
                 .await;
-            let upstream = &group.members[index].resolver;
+            let upstream = &group.members[index].upstream;
             match result {
                 Ok(response) => match Response::prepare(&response) {
                     Ok(response) => return Ok((Arc::new(response), upstream.address())),
@@ -407,7 +407,7 @@ impl<R: Exchange> Forwarder<R> {
 
     /// Whether at least one default upstream is up (for the health check).
     pub(crate) fn any_upstream_up(&self) -> bool {
-        self.upstreams.members.iter().any(|m| m.resolver.is_up())
+        self.upstreams.members.iter().any(|m| m.upstream.is_up())
     }
 
     /// Upstream states for the status line.
@@ -416,7 +416,7 @@ impl<R: Exchange> Forwarder<R> {
             group
                 .members
                 .iter()
-                .map(|m| m.resolver.describe())
+                .map(|m| m.upstream.describe())
                 .collect()
         };
         let mut text = describe(&self.upstreams).join(", ");
@@ -437,7 +437,7 @@ fn attempt_deadline<R: Exchange>(
     tried: &[bool],
     deadline: Instant,
 ) -> Instant {
-    if group.members[index].resolver.detects_failure() {
+    if group.members[index].upstream.detects_failure() {
         return deadline;
     }
     let left = tried.iter().filter(|t| !**t).count() as u32 + 1;

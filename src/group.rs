@@ -25,7 +25,7 @@ pub(crate) const PROBE_EVERY: usize = 64;
 /// Shortest automatic hedging delay: below it, hedging would double the load for nothing.
 const HEDGE_FLOOR: Duration = Duration::from_millis(5);
 
-/// One upstream resolver of the kinds the configuration can name; what a [`Group`] holds
+/// One upstream, of any kind the configuration can name; what a [`Group`] holds
 /// unless a test gives it another [`Exchange`].
 pub(crate) enum AnyUpstream {
     Tls(Box<TlsUpstream>),
@@ -92,12 +92,12 @@ impl Exchange for AnyUpstream {
 /// Smoothed round-trip time and its mean deviation, in microseconds (RFC 6298's estimator);
 /// zero until the first observation. Updates may race; an estimate loses nothing by it.
 #[derive(Default)]
-struct Latency {
+struct RttEstimate {
     srtt: AtomicU32,
     rttvar: AtomicU32,
 }
 
-impl Latency {
+impl RttEstimate {
     fn observe(&self, rtt: Duration) {
         let rtt = rtt.as_micros().min(u128::from(u32::MAX / 8)) as u32;
         let srtt = self.srtt.load(Ordering::Relaxed);
@@ -128,8 +128,8 @@ impl Latency {
 }
 
 pub(crate) struct Member<R> {
-    pub(crate) resolver: R,
-    latency: Latency,
+    pub(crate) upstream: R,
+    rtt: RttEstimate,
 }
 
 pub(crate) struct Group<R = AnyUpstream> {
@@ -145,9 +145,9 @@ impl<R: Exchange> Group<R> {
         Group {
             members: resolvers
                 .into_iter()
-                .map(|resolver| Member {
-                    resolver,
-                    latency: Latency::default(),
+                .map(|upstream| Member {
+                    upstream,
+                    rtt: RttEstimate::default(),
                 })
                 .collect(),
             strategy,
@@ -160,7 +160,7 @@ impl<R: Exchange> Group<R> {
     pub(crate) fn pick(&self, tried: &[bool]) -> Option<usize> {
         let now = Instant::now();
         let candidates: Vec<usize> = (0..self.members.len())
-            .filter(|&i| !tried[i] && self.members[i].resolver.is_available(now))
+            .filter(|&i| !tried[i] && self.members[i].upstream.is_available(now))
             .collect();
         let first = *candidates.first()?;
         if candidates.len() == 1 || self.strategy == Strategy::Failover {
@@ -171,7 +171,7 @@ impl<R: Exchange> Group<R> {
             candidates
                 .iter()
                 .copied()
-                .min_by_key(|&i| self.members[i].latency.srtt())
+                .min_by_key(|&i| self.members[i].rtt.srtt())
         };
         match self.strategy {
             Strategy::RoundRobin => Some(candidates[turn % candidates.len()]),
@@ -190,7 +190,7 @@ impl<R: Exchange> Group<R> {
         match self.hedge {
             Hedge::Off => None,
             Hedge::After(delay) => Some(delay),
-            Hedge::Auto => self.members[index].latency.high(),
+            Hedge::Auto => self.members[index].rtt.high(),
         }
     }
 
@@ -203,10 +203,10 @@ impl<R: Exchange> Group<R> {
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
         let member = &self.members[index];
-        let metrics = member.resolver.metrics();
+        let metrics = member.upstream.metrics();
         metrics.query_sent();
         let started = Instant::now();
-        let result = member.resolver.exchange(query, frame, deadline).await;
+        let result = member.upstream.exchange(query, frame, deadline).await;
         let elapsed = started.elapsed();
         match &result {
             Ok(_) => metrics.answered(elapsed),
@@ -214,7 +214,7 @@ impl<R: Exchange> Group<R> {
         }
         // `Down` made no attempt: there is no time to learn from.
         if !matches!(result, Err(UpstreamError::Down)) {
-            member.latency.observe(elapsed);
+            member.rtt.observe(elapsed);
         }
         result
     }
@@ -248,7 +248,7 @@ mod tests {
     async fn fastest_prefers_the_lowest_latency_and_probes_the_others() {
         let group = group(3, Strategy::Fastest);
         for (i, ms) in [(0, 30), (1, 5), (2, 40)] {
-            group.members[i].latency.observe(Duration::from_millis(ms));
+            group.members[i].rtt.observe(Duration::from_millis(ms));
         }
         let counts = counts(&group, 64 * 10);
         assert_eq!(counts[1], 63 * 10, "all but the probes go to the fastest");
@@ -262,7 +262,7 @@ mod tests {
     #[tokio::test]
     async fn failover_takes_the_first_untried() {
         let group = group(3, Strategy::Failover);
-        group.members[1].latency.observe(Duration::from_millis(1));
+        group.members[1].rtt.observe(Duration::from_millis(1));
         assert_eq!(counts(&group, 100), vec![100, 0, 0]);
         assert_eq!(group.pick(&[true, false, false]), Some(1));
         assert_eq!(group.pick(&[true, true, true]), None);
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn latency_is_smoothed_and_auto_hedging_waits_for_its_high_end() {
-        let latency = Latency::default();
+        let latency = RttEstimate::default();
         assert_eq!(latency.high(), None, "no estimate before the first answer");
         latency.observe(Duration::from_millis(20));
         for _ in 0..50 {

@@ -81,7 +81,7 @@ pub(crate) struct Metrics {
     pub(crate) rate_limited: Counter,
     upstream_queries: Family<UpstreamLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
-    upstream_latency: Family<UpstreamLabels, Latency>,
+    upstream_latency: Family<UpstreamLabels, LatencyHistogram>,
     upstream_connections: Family<UpstreamLabels, Gauge>,
     tls_handshakes: Family<HandshakeLabels, Counter>,
 }
@@ -112,7 +112,7 @@ pub(crate) struct UpstreamMetrics {
     queries: Counter,
     /// Indexed by [`UpstreamErrorKind`].
     errors: [Counter; UpstreamErrorKind::ALL.len()],
-    latency: Latency,
+    latency: LatencyHistogram,
     connections: Gauge,
     /// Indexed like [`HANDSHAKE_OUTCOMES`].
     handshakes: [Counter; HANDSHAKE_OUTCOMES.len()],
@@ -448,16 +448,16 @@ impl Drop for GaugeGuard {
 /// own `Histogram` takes a mutex on every observation; this one is a few relaxed atomic adds.
 /// The count is the sum of the buckets, so a scrape always sees them agree.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Latency(Arc<LatencyCells>);
+pub(crate) struct LatencyHistogram(Arc<HistogramCells>);
 
 #[derive(Debug, Default)]
-struct LatencyCells {
+struct HistogramCells {
     /// Observations per bucket (not cumulative); the last one is above every bound.
     buckets: [AtomicU64; LATENCY_BOUNDS_NANOS.len() + 1],
     sum_nanos: AtomicU64,
 }
 
-impl Latency {
+impl LatencyHistogram {
     pub(crate) fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BOUNDS_NANOS
@@ -469,11 +469,11 @@ impl Latency {
     }
 }
 
-impl TypedMetric for Latency {
+impl TypedMetric for LatencyHistogram {
     const TYPE: MetricType = MetricType::Histogram;
 }
 
-impl EncodeMetric for Latency {
+impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
         let mut buckets = [(f64::INFINITY, 0u64); LATENCY_BOUNDS_NANOS.len() + 1];
         for (i, (bound, count)) in buckets.iter_mut().enumerate() {
