@@ -44,13 +44,13 @@ const BATCH: usize = 32;
 
 /// Room for one query. A larger datagram is cut short by the kernel and dropped: a DNS query,
 /// even with EDNS options and padding, is far smaller.
-const SLOT: usize = 4096;
+const BUFFER: usize = 4096;
 
-/// One received datagram: where it lies in the slots, its sender and where it was sent to.
+/// One received datagram: which receive buffer holds it, its sender and where it was sent to.
 struct Datagram {
-    slot: usize,
+    buffer: usize,
     len: usize,
-    /// Longer than its slot: cut short by the kernel.
+    /// Longer than its buffer: cut short by the kernel.
     truncated: bool,
     client: SocketAddr,
     local: Option<Local>,
@@ -116,7 +116,7 @@ pub(crate) async fn serve(
     let outbox = Arc::new(Outbox::default());
     let fd = socket.as_raw_fd();
     let pktinfo = ask_destination(&socket);
-    let mut slots = vec![0u8; BATCH * SLOT];
+    let mut buffers = vec![0u8; BATCH * BUFFER];
     let mut received: Vec<Datagram> = Vec::with_capacity(BATCH);
     let mut replies: Vec<Reply> = Vec::with_capacity(BATCH);
     let stop = shutdown.cancelled();
@@ -124,7 +124,7 @@ pub(crate) async fn serve(
     loop {
         let result = tokio::select! {
             _ = &mut stop => return,
-            result = socket.async_io(Interest::READABLE, || recv_batch(fd, pktinfo, &mut slots, &mut received)) => result,
+            result = socket.async_io(Interest::READABLE, || recv_batch(fd, pktinfo, &mut buffers, &mut received)) => result,
         };
         if let Err(error) = result {
             // ICMP errors from earlier answers surface here; they concern that client only.
@@ -155,7 +155,7 @@ pub(crate) async fn serve(
                 metrics.udp.dropped();
                 continue;
             }
-            match dns::parse_query(&slots[datagram.slot * SLOT..][..datagram.len]) {
+            match dns::parse_query(&buffers[datagram.buffer * BUFFER..][..datagram.len]) {
                 Err(Rejection::Drop) => metrics.udp.dropped(),
                 Err(Rejection::Answer(answer, rcode)) => {
                     metrics.udp.answered(rcode.value());
@@ -235,29 +235,29 @@ fn ask_destination(socket: &UdpSocket) -> bool {
     }
 }
 
-/// Receives what is waiting, up to one datagram per slot, without blocking. The headers are
+/// Receives what is waiting, up to one datagram per buffer, without blocking. The headers are
 /// made per call: they hold raw pointers, so they cannot live across an await in a task.
 fn recv_batch(
     fd: RawFd,
     pktinfo: bool,
-    slots: &mut [u8],
+    buffers: &mut [u8],
     received: &mut Vec<Datagram>,
 ) -> io::Result<()> {
     // Room for the larger of the two; a dual-stack socket gets IPV6_PKTINFO for both families.
     let control = pktinfo.then(|| cmsg_space!(libc::in6_pktinfo));
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, control);
-    let mut buffers: Vec<[IoSliceMut; 1]> = slots
-        .chunks_mut(SLOT)
-        .map(|slot| [IoSliceMut::new(slot)])
+    let mut slices: Vec<[IoSliceMut; 1]> = buffers
+        .chunks_mut(BUFFER)
+        .map(|buffer| [IoSliceMut::new(buffer)])
         .collect();
     let messages = recvmmsg(
         fd,
         &mut headers,
-        buffers.iter_mut(),
+        slices.iter_mut(),
         MsgFlags::MSG_DONTWAIT,
         None,
     )?;
-    for (slot, message) in messages.enumerate() {
+    for (buffer, message) in messages.enumerate() {
         // A receive from a UDP socket always has an IPv4 or IPv6 sender.
         if let Some(client) = message.address.as_ref().and_then(socket_addr) {
             // Without the control message (none asked for, or cut short) the answer leaves
@@ -267,8 +267,8 @@ fn recv_batch(
                 .ok()
                 .and_then(|mut cmsgs| cmsgs.find_map(destination));
             received.push(Datagram {
-                slot,
-                len: message.bytes.min(SLOT),
+                buffer,
+                len: message.bytes.min(BUFFER),
                 truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
                 client,
                 local,
