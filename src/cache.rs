@@ -39,9 +39,8 @@ const PREFETCH_FRACTION: u32 = 10;
 /// Entries living less than this are not prefetched: a refresh would cost more than it saves.
 const PREFETCH_MIN_LIFETIME: Duration = Duration::from_secs(10);
 /// Bytes an entry costs beyond its key, message and TTL offsets: the entry and its `Arc`, the
-/// cache's slot and table, and the allocator's headers and rounding. Measured: filling a
-/// default cache with A answers grew the heap by 333 bytes an entry, of which 78 were key,
-/// message and offsets.
+/// cache's slot and table, and the allocator's headers and rounding (measured: see
+/// docs/design-measurements.md).
 const ENTRY_OVERHEAD: u64 = 256;
 /// Longest key: a 255-byte name with its root label, type, class, and the bits byte.
 const MAX_KEY: usize = 256 + 4 + 1;

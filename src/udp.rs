@@ -102,9 +102,9 @@ impl Outbox {
 }
 
 /// Serves a UDP socket until `shutdown`: one loop per socket. Batching already drains a busy
-/// socket, and forwarded queries run as tasks on the runtime's threads; a second loop on the same socket
-/// was measured to cost more (both woken on every packet, threads waking each other) than it
-/// gained: 7.8 instead of 4.5 µs of CPU per cache hit.
+/// socket, and forwarded queries run as tasks on the runtime's threads; a second loop on the
+/// same socket costs more than it gains: both are woken on every packet and wake each other's
+/// threads (docs/design-measurements.md).
 pub(crate) async fn serve(
     socket: Arc<UdpSocket>,
     context: Arc<Context>,
