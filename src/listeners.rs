@@ -1,7 +1,7 @@
 //! Where the client sockets come from, decided once at start: handed over by systemd (socket
 //! activation, `LISTEN_FDS`), or bound here from `listen`. The servers only ever see bound
 //! sockets, so they do not care which. The same goes for the metrics endpoint's socket: passed
-//! under the name [`METRICS_FD_NAME`], or bound here from `[metrics] listen`.
+//! under the name `METRICS_FD_NAME`, or bound here from `[metrics] listen`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -26,7 +26,7 @@ pub(crate) struct Listeners {
 #[derive(Debug)]
 pub struct Inherited {
     pub(crate) listeners: Listeners,
-    /// TCP listeners passed under the name [`METRICS_FD_NAME`], for the metrics endpoint.
+    /// TCP listeners passed under the name `METRICS_FD_NAME`, for the metrics endpoint.
     pub(crate) metrics: Vec<TcpListener>,
     /// `LISTEN_FDNAMES`, for the log.
     pub(crate) names: Vec<String>,

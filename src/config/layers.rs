@@ -58,7 +58,7 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Sources for this process: the given file (else [`DEFAULT_CONFIG_FILE`], which may be
+    /// Sources for this process: the given file (else `DEFAULT_CONFIG_FILE`, which may be
     /// missing) and a snapshot of its `DNS_PROXY_*` environment variables.
     pub fn from_process(file: Option<PathBuf>, flags: Flags) -> Sources {
         // `vars_os`, not `vars`, which panics on a non-UTF-8 variable anywhere in the
