@@ -157,6 +157,7 @@ impl<S: Keys> Entry for Section<S> {
 /// ```
 ///
 /// and gets the field, its default, its loading and checking, and its `check-config` line.
+/// A field is `pub` only when the binary or the fuzz targets read it, else `pub(crate)`.
 macro_rules! keys {
     (
         $(#[$meta:meta])*
