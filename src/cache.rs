@@ -267,6 +267,9 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as Question};
+    use hickory_proto::rr::{Name, RecordType};
+
     use super::*;
 
     const FLAG_CD: u8 = 0x10;
@@ -281,17 +284,23 @@ mod tests {
         wire
     }
 
-    /// A client query; `edns` is `Some(do_bit)`.
+    /// A client's A query, encoded by hickory-proto rather than by the code under test; `edns`
+    /// is `Some(do_bit)`, `flags3` the header's fourth byte (only AD and CD are used).
     fn query(id: u16, qname: &str, edns: Option<bool>, flags3: u8) -> Query {
-        let mut q = id.to_be_bytes().to_vec();
-        q.extend_from_slice(&[0x01, flags3, 0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
-        q.extend_from_slice(&name(qname));
-        q.extend_from_slice(&[0, 1, 0, 1]);
+        let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.metadata.authentic_data = flags3 & 0x20 != 0;
+        message.metadata.checking_disabled = flags3 & FLAG_CD != 0;
+        message.add_query(Question::query(
+            Name::from_ascii(qname).unwrap(),
+            RecordType::A,
+        ));
         if let Some(dnssec_ok) = edns {
-            q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0]);
-            q.extend_from_slice(&[if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+            let mut opt = Edns::new();
+            opt.set_max_payload(1232).set_dnssec_ok(dnssec_ok);
+            message.set_edns(opt);
         }
-        dns::parse_query(&q).unwrap()
+        dns::parse_query(&message.to_vec().unwrap()).unwrap()
     }
 
     /// An upstream response to `qname` with `rcode`, answer records (TTLs), an SOA in the

@@ -288,17 +288,21 @@ fn is_loopback_reverse(name: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query as Question};
+    use hickory_proto::rr::{Name, RecordType};
+
     use super::*;
     use crate::dns;
 
+    /// A client's query, encoded by hickory-proto rather than by the code under test.
     fn query(name: &str, qtype: u16) -> Query {
-        let mut q = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.split('.').filter(|l| !l.is_empty()) {
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.extend_from_slice(&[0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
-        dns::parse_query(&q).unwrap()
+        let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.add_query(Question::query(
+            Name::from_ascii(name).unwrap(),
+            RecordType::from(qtype),
+        ));
+        dns::parse_query(&message.to_vec().unwrap()).unwrap()
     }
 
     fn zones(names: &[&str]) -> Vec<ZoneName> {
