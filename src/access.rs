@@ -23,36 +23,36 @@ pub enum NetworkError {
 
 impl Network {
     /// 127.0.0.0/8.
-    pub const LOOPBACK_V4: Network = Network {
+    pub(crate) const LOOPBACK_V4: Network = Network {
         addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
         prefix: 8,
     };
     /// ::1/128.
-    pub const LOOPBACK_V6: Network = Network {
+    pub(crate) const LOOPBACK_V6: Network = Network {
         addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
         prefix: 128,
     };
 
     /// Loopback, IPv4 and IPv6: the default `allow`.
-    pub fn loopback() -> Vec<Network> {
+    pub(crate) fn loopback() -> Vec<Network> {
         vec![Network::LOOPBACK_V4, Network::LOOPBACK_V6]
     }
 
     /// One address alone (/32 or /128). An IPv4-mapped IPv6 address is the IPv4 address it is.
-    pub fn host(ip: IpAddr) -> Network {
+    pub(crate) fn host(ip: IpAddr) -> Network {
         let addr = ip.to_canonical();
         let prefix = if addr.is_ipv4() { 32 } else { 128 };
         Network { addr, prefix }
     }
 
     /// Whether every address of `other` lies in this network.
-    pub fn covers(&self, other: &Network) -> bool {
+    pub(crate) fn covers(&self, other: &Network) -> bool {
         other.prefix >= self.prefix && self.contains(other.addr)
     }
 
     /// Whether `ip` lies in this network. An IPv4 client seen on a dual-stack socket as
     /// `::ffff:a.b.c.d` is matched as the IPv4 address it is.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let (net, ip, width) = match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 (u32::from(net) as u128, u32::from(ip) as u128, 32)
@@ -67,7 +67,7 @@ impl Network {
 }
 
 /// Whether any of `networks` holds `ip`.
-pub fn allows(networks: &[Network], ip: IpAddr) -> bool {
+pub(crate) fn allows(networks: &[Network], ip: IpAddr) -> bool {
     networks.iter().any(|network| network.contains(ip))
 }
 
@@ -114,7 +114,7 @@ impl fmt::Display for Network {
 
 /// What a client outside `allow` gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenyAction {
+pub(crate) enum DenyAction {
     /// A REFUSED answer: the client learns at once that it must ask elsewhere.
     Refuse,
     /// Nothing: the query is ignored and a TCP connection closed, revealing less to a scanner.
@@ -122,14 +122,14 @@ pub enum DenyAction {
 }
 
 impl DenyAction {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DenyAction::Refuse => "refuse",
             DenyAction::Drop => "drop",
         }
     }
 
-    pub fn parse(text: &str) -> Option<DenyAction> {
+    pub(crate) fn parse(text: &str) -> Option<DenyAction> {
         match text {
             "refuse" => Some(DenyAction::Refuse),
             "drop" => Some(DenyAction::Drop),

@@ -33,7 +33,7 @@ use tracing::debug;
 
 /// Longest request head (request line and headers) read; a scrape request is ~100 bytes.
 /// hyper's read buffer cannot be smaller.
-pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Time a client gets to close its side after the response, before we close anyway.
 const LINGER: Duration = Duration::from_secs(1);
 /// Most bytes read and discarded while lingering.
@@ -46,20 +46,20 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Renders every series in the Prometheus text format, version 0.0.4.
-pub type RenderMetrics = dyn Fn() -> Result<String, fmt::Error> + Send + Sync;
+pub(crate) type RenderMetrics = dyn Fn() -> Result<String, fmt::Error> + Send + Sync;
 /// `Ok` while the daemon is healthy, else why not (the body of the 503).
-pub type HealthCheck = dyn Fn() -> Result<(), &'static str> + Send + Sync;
+pub(crate) type HealthCheck = dyn Fn() -> Result<(), &'static str> + Send + Sync;
 
 /// The bounds on each client.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Time a client gets to send the whole request head, from the moment it is accepted.
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Time one connection may take in all, request and response: a client that does not read
     /// its response cannot keep a connection slot longer.
-    pub connection_timeout: Duration,
+    pub(crate) connection_timeout: Duration,
     /// Connections served at once.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl Default for Limits {
@@ -73,14 +73,14 @@ impl Default for Limits {
 }
 
 /// The endpoint: what it serves and its limits.
-pub struct Admin {
+pub(crate) struct Admin {
     render: Box<RenderMetrics>,
     health: Box<HealthCheck>,
     limits: Limits,
 }
 
 impl Admin {
-    pub fn new(
+    pub(crate) fn new(
         render: impl Fn() -> Result<String, fmt::Error> + Send + Sync + 'static,
         health: impl Fn() -> Result<(), &'static str> + Send + Sync + 'static,
     ) -> Admin {
@@ -91,13 +91,14 @@ impl Admin {
         }
     }
 
-    pub fn with_limits(self, limits: Limits) -> Admin {
+    #[cfg(test)]
+    pub(crate) fn with_limits(self, limits: Limits) -> Admin {
         Admin { limits, ..self }
     }
 
     /// Serves the endpoint on `listener` until `shutdown`; each connection is a task on
     /// `tracker`.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,

@@ -30,7 +30,7 @@ use crate::config::CacheConfig;
 use crate::dns::{self, Query, Response, Section};
 
 /// TTL written into a stale answer (RFC 8767 §4 recommends 30 s).
-pub const STALE_TTL: u32 = 30;
+pub(crate) const STALE_TTL: u32 = 30;
 /// How long an upstream's SERVFAIL is kept.
 const SERVFAIL_TTL: Duration = Duration::from_secs(5);
 /// A hit within the last tenth of an entry's lifetime triggers a background refresh, so a
@@ -39,9 +39,8 @@ const PREFETCH_FRACTION: u32 = 10;
 /// Entries living less than this are not prefetched: a refresh would cost more than it saves.
 const PREFETCH_MIN_LIFETIME: Duration = Duration::from_secs(10);
 /// Bytes an entry costs beyond its key, message and TTL offsets: the entry and its `Arc`, the
-/// cache's slot and table, and the allocator's headers and rounding. Measured: filling a
-/// default cache with A answers grew the heap by 333 bytes an entry, of which 78 were key,
-/// message and offsets.
+/// cache's slot and table, and the allocator's headers and rounding (measured: see
+/// docs/design-measurements.md).
 const ENTRY_OVERHEAD: u64 = 256;
 /// Longest key: a 255-byte name with its root label, type, class, and the bits byte.
 const MAX_KEY: usize = 256 + 4 + 1;
@@ -71,7 +70,7 @@ impl Key {
         }
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 }
@@ -95,8 +94,8 @@ impl Entry {
         let stored = self.response.bytes();
         for &at in self.ttl_offsets.iter() {
             let at = usize::from(at);
-            if let Some(&[a, b, c, d]) = stored.get(at..at + 4) {
-                dns::set_ttl(&mut answer, at, ttl(u32::from_be_bytes([a, b, c, d])));
+            if let Some(stored_ttl) = dns::read_u32(stored, at) {
+                dns::set_ttl(&mut answer, at, ttl(stored_ttl));
             }
         }
         answer
@@ -166,7 +165,7 @@ impl Cache {
     }
 
     /// The answer to serve from an expired entry when resolution failed.
-    pub fn stale_answer(entry: &Entry, query: &Query) -> Vec<u8> {
+    pub(crate) fn stale_answer(entry: &Entry, query: &Query) -> Vec<u8> {
         entry.answer(query, |stored| stored.min(STALE_TTL))
     }
 
@@ -213,7 +212,7 @@ impl Cache {
                 .min(max_ttl);
             seconds.as_secs().min(u64::from(u32::MAX)) as u32
         };
-        if response.truncated() {
+        if dns::is_truncated(response.bytes()) {
             return None;
         }
         let mut response = response.clone();
@@ -225,9 +224,7 @@ impl Cache {
                     .iter()
                     .find(|r| r.section == Section::Authority && r.rtype == dns::TYPE_SOA)?;
                 let rdata = response.rdata(soa);
-                let minimum = rdata.len().checked_sub(4).map(|at| {
-                    u32::from_be_bytes([rdata[at], rdata[at + 1], rdata[at + 2], rdata[at + 3]])
-                })?;
+                let minimum = dns::read_u32(rdata, rdata.len().checked_sub(4)?)?;
                 Duration::from_secs(u64::from(clamp(soa.ttl.min(minimum))))
             }
             dns::RCODE_NOERROR => {
@@ -258,7 +255,8 @@ impl Cache {
         self.entries.weight()
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
@@ -269,6 +267,9 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as Question};
+    use hickory_proto::rr::{Name, RecordType};
+
     use super::*;
 
     const FLAG_CD: u8 = 0x10;
@@ -283,17 +284,23 @@ mod tests {
         wire
     }
 
-    /// A client query; `edns` is `Some(do_bit)`.
+    /// A client's A query, encoded by hickory-proto rather than by the code under test; `edns`
+    /// is `Some(do_bit)`, `flags3` the header's fourth byte (only AD and CD are used).
     fn query(id: u16, qname: &str, edns: Option<bool>, flags3: u8) -> Query {
-        let mut q = id.to_be_bytes().to_vec();
-        q.extend_from_slice(&[0x01, flags3, 0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
-        q.extend_from_slice(&name(qname));
-        q.extend_from_slice(&[0, 1, 0, 1]);
+        let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.metadata.authentic_data = flags3 & 0x20 != 0;
+        message.metadata.checking_disabled = flags3 & FLAG_CD != 0;
+        message.add_query(Question::query(
+            Name::from_ascii(qname).unwrap(),
+            RecordType::A,
+        ));
         if let Some(dnssec_ok) = edns {
-            q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0]);
-            q.extend_from_slice(&[if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+            let mut opt = Edns::new();
+            opt.set_max_payload(1232).set_dnssec_ok(dnssec_ok);
+            message.set_edns(opt);
         }
-        dns::parse_query(&q).unwrap()
+        dns::parse_query(&message.to_vec().unwrap()).unwrap()
     }
 
     /// An upstream response to `qname` with `rcode`, answer records (TTLs), an SOA in the

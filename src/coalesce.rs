@@ -6,6 +6,7 @@
 //! leader's result. If the leader is dropped before it finishes (its task was cancelled), the
 //! followers see the flight end without a result and resolve on their own.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -16,12 +17,12 @@ use tokio::time::Instant;
 type Waiting<T> = watch::Receiver<Option<T>>;
 
 /// The flights in progress, by key.
-pub struct Coalescer<T> {
+pub(crate) struct Coalescer<T> {
     flights: Mutex<HashMap<Box<[u8]>, Waiting<T>>>,
 }
 
 /// What a caller of [`Coalescer::join`] must do.
-pub enum Role<'a, T> {
+pub(crate) enum Role<'a, T> {
     /// Resolve, then hand the result to [`Flight::finish`].
     Leader(Flight<'a, T>),
     /// Wait for the leader with [`follow`].
@@ -29,7 +30,7 @@ pub enum Role<'a, T> {
 }
 
 /// A leader's duty: finishing (or being dropped) ends the flight.
-pub struct Flight<'a, T> {
+pub(crate) struct Flight<'a, T> {
     coalescer: &'a Coalescer<T>,
     key: Box<[u8]>,
     result: watch::Sender<Option<T>>,
@@ -47,8 +48,8 @@ impl<T: Clone> Default for Coalescer<T> {
 
 impl<T: Clone> Coalescer<T> {
     /// Joins the flight for `key`, starting it if there is none.
-    pub fn join(&self, key: &[u8]) -> Role<'_, T> {
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn join(&self, key: &[u8]) -> Role<'_, T> {
+        let mut flights = lock::lock(&self.flights);
         if let Some(receiver) = flights.get(key) {
             return Role::Follower(receiver.clone());
         }
@@ -63,18 +64,20 @@ impl<T: Clone> Coalescer<T> {
     }
 
     /// Flights in progress.
-    pub fn len(&self) -> usize {
-        self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock::lock(&self.flights).len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 impl<T> Flight<'_, T> {
     /// Hands `value` to every follower and ends the flight.
-    pub fn finish(mut self, value: T) {
+    pub(crate) fn finish(mut self, value: T) {
         // Nobody may join a finished flight: remove it before publishing. Its receiver in the
         // map is gone with it, so any left are followers'; with none (most queries), waking
         // nobody is skipped.
@@ -88,11 +91,7 @@ impl<T> Flight<'_, T> {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        let mut flights = self
-            .coalescer
-            .flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut flights = lock::lock(&self.coalescer.flights);
         flights.remove(&self.key);
     }
 }
@@ -104,7 +103,7 @@ impl<T> Drop for Flight<'_, T> {
 }
 
 /// The leader's result, or `None` when the leader gave up or `deadline` passed first.
-pub async fn follow<T: Clone>(mut receiver: Waiting<T>, deadline: Instant) -> Option<T> {
+pub(crate) async fn follow<T: Clone>(mut receiver: Waiting<T>, deadline: Instant) -> Option<T> {
     let waited = tokio::time::timeout_at(deadline, receiver.wait_for(Option::is_some)).await;
     match waited {
         Ok(Ok(value)) => value.clone(),

@@ -30,6 +30,7 @@ use tracing::debug;
 use crate::dns;
 use crate::error::{Handshake, UpstreamError};
 use crate::framing::FrameReader;
+use crate::lock;
 use crate::metrics::{GaugeGuard, UpstreamMetrics};
 
 /// Most bytes of queued queries written to the TLS stream in one go.
@@ -38,7 +39,7 @@ const WRITE_BATCH: usize = 16 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// A live connection; dropping it closes it.
-pub struct Connection {
+pub(crate) struct Connection {
     frames: mpsc::Sender<Vec<u8>>,
     shared: Arc<Shared>,
 }
@@ -76,7 +77,7 @@ impl Connection {
     /// segment acknowledged at once, see [`QuickAck`]), does the TLS handshake with certificate
     /// validation, and starts the reader and writer tasks.
     /// `metrics` counts the handshake and the connection while it is open.
-    pub async fn open(
+    pub(crate) async fn open(
         address: SocketAddr,
         name: ServerName<'static>,
         tls: Arc<ClientConfig>,
@@ -131,7 +132,7 @@ impl Connection {
     /// `frame` is a framed query from [`dns::Query::upstream_frame`]; its id is set here.
     /// No timeout of its own: the caller bounds the wait, and dropping the future withdraws the
     /// query.
-    pub async fn query(
+    pub(crate) async fn query(
         &self,
         mut frame: Vec<u8>,
         question: &[u8],
@@ -155,22 +156,22 @@ impl Connection {
     }
 
     /// Whether new queries may still be sent on this connection.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         !self.shared.closed.is_cancelled()
     }
 
     /// Queries waiting for their response on this connection.
-    pub fn outstanding(&self) -> usize {
+    pub(crate) fn outstanding(&self) -> usize {
         self.shared.lock().waiters.len()
     }
 
     /// Responses delivered so far (see [`Shared::responses`]).
-    pub fn responses(&self) -> u64 {
+    pub(crate) fn responses(&self) -> u64 {
         self.shared.responses.load(Ordering::Relaxed)
     }
 
     /// Closes the connection, failing every outstanding query.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.shared.close();
     }
 }
@@ -185,7 +186,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the map half-updated in a way that
         // matters more than losing the connection, so a poisoned lock is still used.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock::lock(&self.state)
     }
 
     fn register(

@@ -7,20 +7,21 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
 use crate::forwarder::Forwarder;
+use crate::lock;
 use crate::metrics::Metrics;
 
 /// What every server task shares: the configuration and forwarder in force (swapped whole on
 /// reload, so a query sees one consistent pair) and the metrics, which live here rather than
 /// in the forwarder so that a reload keeps them.
-pub struct Context {
+pub(crate) struct Context {
     current: RwLock<(Arc<Config>, Arc<Forwarder>)>,
     /// Why the daemon is degraded (serving local zones only), until a reload fixes it.
     problem: RwLock<Option<String>>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Context {
-    pub fn new(
+    pub(crate) fn new(
         config: Config,
         forwarder: Forwarder,
         problem: Option<String>,
@@ -33,43 +34,39 @@ impl Context {
         }
     }
 
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.read().0.clone()
     }
 
-    pub fn forwarder(&self) -> Arc<Forwarder> {
+    pub(crate) fn forwarder(&self) -> Arc<Forwarder> {
         self.read().1.clone()
     }
 
     /// Both at once, from one read: they belong to the same reload.
-    pub fn current(&self) -> (Arc<Config>, Arc<Forwarder>) {
+    pub(crate) fn current(&self) -> (Arc<Config>, Arc<Forwarder>) {
         let pair = self.read();
         (pair.0.clone(), pair.1.clone())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<Config>, Arc<Forwarder>)> {
-        self.current.read().unwrap_or_else(|e| e.into_inner())
+        lock::read(&self.current)
     }
 
-    pub fn replace(&self, config: Config, forwarder: Forwarder) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-            (Arc::new(config), Arc::new(forwarder));
+    pub(crate) fn replace(&self, config: Config, forwarder: Forwarder) {
+        *lock::write(&self.current) = (Arc::new(config), Arc::new(forwarder));
     }
 
-    pub fn problem(&self) -> Option<String> {
-        self.problem
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub(crate) fn problem(&self) -> Option<String> {
+        lock::read(&self.problem).clone()
     }
 
-    pub fn set_problem(&self, problem: Option<String>) {
-        *self.problem.write().unwrap_or_else(|e| e.into_inner()) = problem;
+    pub(crate) fn set_problem(&self, problem: Option<String>) {
+        *lock::write(&self.problem) = problem;
     }
 
     /// The systemd STATUS line: traffic so far and upstream health, or why only the local
     /// zones are served.
-    pub fn status(&self) -> String {
+    pub(crate) fn status(&self) -> String {
         match self.problem() {
             Some(problem) => format!(
                 "degraded, local zones only (fix it, then reload): {problem}; {}",

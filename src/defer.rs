@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 /// Puts the current task at the back of its thread's run queue, once, so that the tasks
 /// queued already run first. `tokio::task::yield_now` instead waits for the scheduler's next
 /// look at the sockets: one more `epoll_wait` every time.
-pub async fn behind_queued_tasks() {
+pub(crate) async fn behind_queued_tasks() {
     YieldOnce(false).await
 }
 

@@ -16,15 +16,15 @@ pub const HEADER_LEN: usize = 12;
 /// Largest UDP answer for a client that did not send EDNS (RFC 1035 §4.2.1).
 pub const PLAIN_UDP_LIMIT: usize = 512;
 /// UDP payload size we advertise in answers (the 2020 DNS flag day value).
-pub const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
+pub(crate) const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
 /// Queries sent upstream are padded to a multiple of this (RFC 8467 §4.1, block-length padding).
 pub const PADDING_BLOCK: usize = 128;
 /// Record type SOA, whose MINIMUM field bounds negative caching (RFC 2308).
-pub const TYPE_SOA: u16 = 6;
+pub(crate) const TYPE_SOA: u16 = 6;
 /// Response codes the cache treats specially.
-pub const RCODE_NOERROR: u8 = 0;
-pub const RCODE_SERVFAIL: u8 = 2;
-pub const RCODE_NXDOMAIN: u8 = 3;
+pub(crate) const RCODE_NOERROR: u16 = 0;
+pub(crate) const RCODE_SERVFAIL: u16 = 2;
+pub(crate) const RCODE_NXDOMAIN: u16 = 3;
 
 const TYPE_OPT: u16 = 41;
 const TYPE_IXFR: u16 = 251;
@@ -54,7 +54,7 @@ pub enum Rcode {
 
 impl Rcode {
     /// The 12-bit response code (extended RCODE included).
-    pub fn value(self) -> u16 {
+    pub(crate) fn value(self) -> u16 {
         match self {
             Rcode::FormErr => 1,
             Rcode::ServFail => 2,
@@ -69,7 +69,7 @@ impl Rcode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edns {
     /// Largest UDP answer the client accepts.
-    pub payload: u16,
+    pub(crate) payload: u16,
     /// DNSSEC OK: the client wants signatures (RFC 3225).
     pub dnssec_ok: bool,
 }
@@ -217,39 +217,43 @@ impl Query {
     /// subnet, cookies) are not forwarded, and the message is padded to a multiple of
     /// [`PADDING_BLOCK`] so its length says little about the name asked (RFC 7830, RFC 8467).
     pub fn upstream_frame(&self) -> Vec<u8> {
-        let question = self.question();
-        let unpadded = HEADER_LEN + question.len() + OPT_FIXED_LEN + 4;
+        let unpadded = HEADER_LEN + self.question().len() + OPT_FIXED_LEN + 4;
         let padding = (PADDING_BLOCK - unpadded % PADDING_BLOCK) % PADDING_BLOCK;
         let length = unpadded + padding;
         let mut frame = Vec::with_capacity(2 + length);
         // `length` fits: a question is at most 259 bytes, so the message stays under 512.
         frame.extend_from_slice(&(length as u16).to_be_bytes());
-        frame.extend_from_slice(&[0, 0]);
-        frame.push(self.raw[2] & FLAG_RD);
-        frame.push(self.raw[3] & (FLAG_AD | FLAG_CD));
-        frame.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
-        frame.extend_from_slice(question);
-        let dnssec_ok = self.edns.is_some_and(|e| e.dnssec_ok);
-        push_opt_header(&mut frame, 0, dnssec_ok, (4 + padding) as u16);
-        frame.extend_from_slice(&OPTION_PADDING.to_be_bytes());
-        frame.extend_from_slice(&(padding as u16).to_be_bytes());
-        frame.resize(2 + length, 0);
+        self.push_upstream_message(&mut frame, 0, Some(padding as u16));
         frame
     }
 
     /// The query for a plain-DNS upstream (a forward zone's resolver inside the network): the
     /// same as [`Query::upstream_frame`] with `id`, unframed and unpadded, since padding only
     /// helps on an encrypted hop.
-    pub fn plain_upstream_message(&self, id: u16) -> Vec<u8> {
-        let question = self.question();
-        let mut message = Vec::with_capacity(HEADER_LEN + question.len() + OPT_FIXED_LEN);
-        message.extend_from_slice(&id.to_be_bytes());
-        message.push(self.raw[2] & FLAG_RD);
-        message.push(self.raw[3] & (FLAG_AD | FLAG_CD));
-        message.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
-        message.extend_from_slice(question);
-        push_opt_header(&mut message, 0, self.edns.is_some_and(|e| e.dnssec_ok), 0);
+    pub(crate) fn plain_upstream_message(&self, id: u16) -> Vec<u8> {
+        let mut message = Vec::with_capacity(HEADER_LEN + self.question().len() + OPT_FIXED_LEN);
+        self.push_upstream_message(&mut message, id, None);
         message
+    }
+
+    /// Appends the upstream query: header with `id` and the client's RD, AD and CD bits, the
+    /// question, and OPT with the client's DO bit and, if given, a padding option that long.
+    fn push_upstream_message(&self, out: &mut Vec<u8>, id: u16, padding: Option<u16>) {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.push(self.raw[2] & FLAG_RD);
+        out.push(self.raw[3] & (FLAG_AD | FLAG_CD));
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+        out.extend_from_slice(self.question());
+        let dnssec_ok = self.edns.is_some_and(|e| e.dnssec_ok);
+        match padding {
+            Some(padding) => {
+                push_opt_header(out, 0, dnssec_ok, 4 + padding);
+                out.extend_from_slice(&OPTION_PADDING.to_be_bytes());
+                out.extend_from_slice(&padding.to_be_bytes());
+                out.resize(out.len() + usize::from(padding), 0);
+            }
+            None => push_opt_header(out, 0, dnssec_ok, 0),
+        }
     }
 
     /// Turns an upstream response into this client's answer (see [`Response`]).
@@ -284,9 +288,9 @@ impl Query {
 
     /// An answer made here (for a local zone): the client's id, question and flags, AA and RA
     /// set, the given records, and OPT if the client sent one.
-    pub fn local_answer(
+    pub(crate) fn local_answer(
         &self,
-        rcode: u8,
+        rcode: u16,
         answers: &[LocalRecord],
         authority: &[LocalRecord],
     ) -> Vec<u8> {
@@ -294,7 +298,7 @@ impl Query {
         let mut answer = Vec::with_capacity(HEADER_LEN + question.len() + 64);
         answer.extend_from_slice(&self.raw[..2]);
         answer.push(FLAG_QR | FLAG_AA | (self.raw[2] & FLAG_RD));
-        answer.push(FLAG_RA | (self.raw[3] & FLAG_CD) | (rcode & 0x0f));
+        answer.push(FLAG_RA | (self.raw[3] & FLAG_CD) | (rcode & 0x0f) as u8);
         answer.extend_from_slice(&[0, 1]);
         answer.extend_from_slice(&(answers.len() as u16).to_be_bytes());
         answer.extend_from_slice(&(authority.len() as u16).to_be_bytes());
@@ -320,7 +324,7 @@ impl Query {
 
     /// The header bits that change what an upstream answers (RD, AD, CD and the DO bit), as
     /// one byte: queries that differ in them must not share a cached answer.
-    pub fn answer_bits(&self) -> u8 {
+    pub(crate) fn answer_bits(&self) -> u8 {
         let do_bit = if self.edns.is_some_and(|e| e.dnssec_ok) {
             0x04
         } else {
@@ -331,12 +335,12 @@ impl Query {
 }
 
 /// A record of an answer made here; its class is IN.
-pub struct LocalRecord<'a> {
+pub(crate) struct LocalRecord<'a> {
     /// Owner name in wire form; `None` for the question's name.
-    pub owner: Option<&'a [u8]>,
-    pub rtype: u16,
-    pub ttl: u32,
-    pub rdata: &'a [u8],
+    pub(crate) owner: Option<&'a [u8]>,
+    pub(crate) rtype: u16,
+    pub(crate) ttl: u32,
+    pub(crate) rdata: &'a [u8],
 }
 
 /// An upstream response made ready to answer any client asking the same question: checked to
@@ -371,28 +375,23 @@ impl Response {
     }
 
     /// The message as prepared (with the id and question spelling of the upstream query).
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
-    /// The response code (the low four bits; extended codes are not needed here).
-    pub fn rcode(&self) -> u8 {
-        self.bytes[3] & 0x0f
-    }
-
-    /// Whether the upstream set TC: the answer is incomplete.
-    pub fn truncated(&self) -> bool {
-        self.bytes[2] & FLAG_TC != 0
+    /// The response code, as [`header_rcode`] reads it.
+    pub(crate) fn rcode(&self) -> u16 {
+        header_rcode(&self.bytes)
     }
 
     /// Number of records in the answer section.
-    pub fn answer_count(&self) -> u16 {
+    pub(crate) fn answer_count(&self) -> u16 {
         read_u16(&self.bytes, 6).unwrap_or(0)
     }
 
     /// Every record after the question except the OPT record, in order. The message was
     /// checked by [`Response::prepare`], so the walk always reaches its end.
-    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+    pub(crate) fn records(&self) -> impl Iterator<Item = Record> + '_ {
         let count = [6, 8, 10]
             .iter()
             .map(|&at| usize::from(read_u16(&self.bytes, at).unwrap_or(0)))
@@ -425,39 +424,37 @@ impl Response {
     }
 
     /// Overwrites the TTL field at `at` (an offset from [`Record::ttl_at`]).
-    pub fn set_ttl(&mut self, at: usize, ttl: u32) {
-        if let Some(field) = self.bytes.get_mut(at..at + 4) {
-            field.copy_from_slice(&ttl.to_be_bytes());
-        }
+    pub(crate) fn set_ttl(&mut self, at: usize, ttl: u32) {
+        set_ttl(&mut self.bytes, at, ttl);
     }
 
     /// A record's data, e.g. to read the SOA minimum.
-    pub fn rdata(&self, record: &Record) -> &[u8] {
+    pub(crate) fn rdata(&self, record: &Record) -> &[u8] {
         self.bytes.get(record.rdata.clone()).unwrap_or_default()
     }
 }
 
 /// One resource record of a [`Response`], located but not decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub section: Section,
-    pub rtype: u16,
+pub(crate) struct Record {
+    pub(crate) section: Section,
+    pub(crate) rtype: u16,
     /// Offset of the 4-byte TTL field in the message.
-    pub ttl_at: usize,
-    pub ttl: u32,
+    pub(crate) ttl_at: usize,
+    pub(crate) ttl: u32,
     rdata: std::ops::Range<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
+pub(crate) enum Section {
     Answer,
     Authority,
     Additional,
 }
 
-/// Writes `ttl` into the TTL field at `at` of a client answer built by [`Query::answer`]: the
-/// records sit at the same offsets as in the [`Response`] it came from.
-pub fn set_ttl(answer: &mut [u8], at: usize, ttl: u32) {
+/// Writes `ttl` into the TTL field at `at` of a message: a [`Response`], or a client answer
+/// built by [`Query::answer`], whose records sit at the same offsets as in its response.
+pub(crate) fn set_ttl(answer: &mut [u8], at: usize, ttl: u32) {
     if let Some(field) = answer.get_mut(at..at + 4) {
         field.copy_from_slice(&ttl.to_be_bytes());
     }
@@ -480,7 +477,7 @@ pub fn response_matches(response: &[u8], question: &[u8]) -> bool {
 }
 
 /// Whether a message has TC set: the sender had more than fit.
-pub fn is_truncated(message: &[u8]) -> bool {
+pub(crate) fn is_truncated(message: &[u8]) -> bool {
     message.get(2).is_some_and(|flags| flags & FLAG_TC != 0)
 }
 
@@ -490,7 +487,7 @@ pub fn is_truncated(message: &[u8]) -> bool {
 /// answers from upstreams, which are sent EDNS version 0 and no cookie, the only causes of the
 /// extended codes a resolver returns (BADVERS, BADCOOKIE); our own BADVERS is known where it
 /// is made ([`Rejection::Answer`]).
-pub fn header_rcode(answer: &[u8]) -> u16 {
+pub(crate) fn header_rcode(answer: &[u8]) -> u16 {
     answer.get(3).map_or(0, |b| u16::from(b & 0x0f))
 }
 
@@ -697,7 +694,8 @@ fn skip_name(message: &[u8], mut pos: usize) -> Option<usize> {
     }
 }
 
-fn read_u32(message: &[u8], at: usize) -> Option<u32> {
+/// The 4-byte big-endian field at `at` (a TTL, an SOA minimum), if the message has it.
+pub(crate) fn read_u32(message: &[u8], at: usize) -> Option<u32> {
     let bytes = message.get(at..at + 4)?;
     Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
@@ -709,15 +707,26 @@ fn read_u16(message: &[u8], at: usize) -> Option<u16> {
     ]))
 }
 
-/// A wire-form name (at the start of `wire`) as presentation text, with unusual bytes escaped.
+/// The labels of the wire-form name at the start of `wire`, up to the root label or the first
+/// byte that is no label length (a compression pointer).
+pub(crate) fn labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let len = usize::from(*wire.get(pos)?);
+        if len == 0 || len > 63 {
+            return None;
+        }
+        let label = wire.get(pos + 1..pos + 1 + len).unwrap_or(&[]);
+        pos += 1 + len;
+        Some(label)
+    })
+}
+
+/// A wire-form name (at the start of `wire`) as presentation text for logs: it comes from the
+/// network, so every byte that is not printable ASCII is escaped (RFC 1035 §5.1).
 fn name_to_text(wire: &[u8]) -> String {
     let mut text = String::new();
-    let mut pos = 0;
-    while let Some(&len) = wire.get(pos) {
-        if len == 0 || len > 63 {
-            break;
-        }
-        let label = wire.get(pos + 1..pos + 1 + usize::from(len)).unwrap_or(&[]);
+    for label in labels(wire) {
         for &byte in label {
             match byte {
                 b'.' | b'\\' => {
@@ -731,7 +740,6 @@ fn name_to_text(wire: &[u8]) -> String {
             }
         }
         text.push('.');
-        pos += 1 + usize::from(len);
     }
     if text.is_empty() {
         text.push('.');
@@ -808,9 +816,7 @@ mod tests {
         r
     }
 
-    fn rcode(answer: &[u8]) -> u8 {
-        answer[3] & 0x0f
-    }
+    use super::header_rcode as rcode;
 
     #[test]
     fn short_packets_and_responses_are_dropped() {

@@ -10,7 +10,7 @@ use rustls::CertificateError;
 
 /// Why a query got no answer from an upstream.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// The TCP connection could not be made (refused, unreachable, …).
     #[error("{}", describe_connect_error(.0))]
     Connect(Arc<io::Error>),
@@ -42,7 +42,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Classifies an error from the TLS connector, which wraps rustls errors in `io::Error`.
-    pub fn from_handshake(error: io::Error) -> UpstreamError {
+    pub(crate) fn from_handshake(error: io::Error) -> UpstreamError {
         match error
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -56,11 +56,11 @@ impl UpstreamError {
     }
 
     /// A short stable name for logs (`ERROR_KIND=` in the journal) and metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         self.error_kind().as_str()
     }
 
-    pub fn error_kind(&self) -> UpstreamErrorKind {
+    pub(crate) fn error_kind(&self) -> UpstreamErrorKind {
         match self {
             UpstreamError::Connect(e) => match e.kind() {
                 io::ErrorKind::ConnectionRefused => UpstreamErrorKind::Refused,
@@ -137,12 +137,12 @@ fn describe_certificate_error(error: &CertificateError) -> String {
 /// The server's key matched none of the configured `pin_sha256` values.
 #[derive(Debug, thiserror::Error)]
 #[error("certificate key matches no pin_sha256")]
-pub struct PinMismatch;
+pub(crate) struct PinMismatch;
 
 /// How a new upstream connection's TLS handshake went: a full one, or an earlier session
 /// resumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handshake {
+pub(crate) enum Handshake {
     Full,
     Resumed,
 }
@@ -150,7 +150,7 @@ pub enum Handshake {
 /// The classes of upstream errors (`UpstreamError::error_kind`): a closed set, so that metrics
 /// can create one counter per kind up front and count an error with an array index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
+pub(crate) enum UpstreamErrorKind {
     Refused,
     Unreachable,
     NotPermitted,
@@ -171,7 +171,7 @@ pub enum UpstreamErrorKind {
 
 impl UpstreamErrorKind {
     /// Every kind, in declaration order (`ALL[kind as usize] == kind`).
-    pub const ALL: [UpstreamErrorKind; 16] = [
+    pub(crate) const ALL: [UpstreamErrorKind; 16] = [
         UpstreamErrorKind::Refused,
         UpstreamErrorKind::Unreachable,
         UpstreamErrorKind::NotPermitted,
@@ -190,7 +190,7 @@ impl UpstreamErrorKind {
         UpstreamErrorKind::Down,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UpstreamErrorKind::Refused => "refused",
             UpstreamErrorKind::Unreachable => "unreachable",

@@ -1,11 +1,11 @@
 //! What the forwarder needs of an upstream of any kind: send it one query and wait, until a
 //! deadline at the latest, for the response; say whether it may be asked now. The DoT
-//! [`Upstream`](crate::upstream::Upstream) and the plain-DNS
+//! [`TlsUpstream`](crate::upstream::TlsUpstream) and the plain-DNS
 //! [`PlainUpstream`](crate::plain::PlainUpstream) implement it, and so does the scripted fake
 //! the forwarder's unit tests drive with paused time.
 //!
 //! Callers are generic over it, never `dyn`: the daemon's forwarder is compiled for
-//! [`Resolver`](crate::group::Resolver), an enum of the real kinds, so a query costs one
+//! [`AnyUpstream`](crate::group::AnyUpstream), an enum of the real kinds, so a query costs one
 //! `match`, as before, and no boxed future.
 
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use crate::error::UpstreamError;
 use crate::metrics::UpstreamMetrics;
 
 /// Sends a query to one upstream and waits for its response.
-pub trait Exchange: Send + Sync + 'static {
+pub(crate) trait Exchange: Send + Sync + 'static {
     fn address(&self) -> SocketAddr;
 
     /// Handles to this upstream's series.

@@ -18,12 +18,12 @@ use crate::config::{Config, ZoneUpstream};
 use crate::dns::{self, Query, Rcode, Response};
 use crate::error::UpstreamError;
 use crate::exchange::Exchange;
-use crate::group::{Group, Resolver};
+use crate::group::{AnyUpstream, Group};
 use crate::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::plain::PlainUpstream;
 use crate::ratelimit::RateLimiter;
 use crate::tls::TlsSetupError;
-use crate::upstream::Upstream;
+use crate::upstream::TlsUpstream;
 use crate::zones::{Route, Router};
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.
@@ -43,12 +43,12 @@ struct Counts {
     cache: CacheMetrics,
     local: Counter,
     hedged: Counter,
-    in_flight: Gauge,
+    queries_in_flight: Gauge,
 }
 
 /// Generic over how an upstream is asked so that unit tests can script one; the daemon's is a
-/// `Forwarder<Resolver>`, the real kinds.
-pub struct Forwarder<R = Resolver> {
+/// `Forwarder<AnyUpstream>`, the real kinds.
+pub(crate) struct Forwarder<R = AnyUpstream> {
     /// The default upstreams.
     upstreams: Group<R>,
     /// The upstreams of each forward zone, in configuration order.
@@ -60,6 +60,7 @@ pub struct Forwarder<R = Resolver> {
     counts: Counts,
     /// `None` when the cache is off.
     cache: Option<Cache>,
+    /// Upstream queries in flight, each shared by every client asking the same question.
     in_flight: Coalescer<Resolved>,
     /// `None` when `rate_limit` is 0. Lives here so a reload resets it with the rest.
     limiter: Option<RateLimiter>,
@@ -67,15 +68,15 @@ pub struct Forwarder<R = Resolver> {
 
 impl Forwarder {
     /// Builds the upstreams, with handles to their series in `metrics` (which outlives us).
-    pub fn new(config: &Config, metrics: &Metrics) -> Result<Forwarder, TlsSetupError> {
+    pub(crate) fn new(config: &Config, metrics: &Metrics) -> Result<Forwarder, TlsSetupError> {
         let tls = |upstream| {
-            Upstream::new(
+            TlsUpstream::new(
                 upstream,
                 config.upstream_idle_timeout,
                 config.upstream_connections,
                 metrics.upstream(upstream.address),
             )
-            .map(|u| Resolver::Tls(Box::new(u)))
+            .map(|u| AnyUpstream::Tls(Box::new(u)))
         };
         let group = |resolvers| Group::new(resolvers, config.strategy, config.hedge);
         let upstreams = group(config.upstreams.iter().map(tls).collect::<Result<_, _>>()?);
@@ -87,7 +88,7 @@ impl Forwarder {
                     .iter()
                     .map(|upstream| match upstream {
                         ZoneUpstream::Tls(upstream) => tls(upstream),
-                        ZoneUpstream::Plain(address) => Ok(Resolver::Plain(PlainUpstream::new(
+                        ZoneUpstream::Plain(address) => Ok(AnyUpstream::Plain(PlainUpstream::new(
                             *address,
                             metrics.upstream(*address),
                         ))),
@@ -113,7 +114,7 @@ impl Forwarder {
     /// A forwarder with no upstream at all: the built-in local zones are answered, every other
     /// name gets SERVFAIL at once. What the daemon serves while it is degraded (a configuration
     /// or trust store it could not use at start).
-    pub fn local_only(config: &Config, metrics: &Metrics) -> Forwarder {
+    pub(crate) fn local_only(config: &Config, metrics: &Metrics) -> Forwarder {
         let upstreams = Group::new(Vec::new(), config.strategy, config.hedge);
         Forwarder::assemble(config, metrics, upstreams, Vec::new(), Router::new(&[]))
     }
@@ -139,7 +140,7 @@ impl<R: Exchange> Forwarder<R> {
                 cache: metrics.cache.clone(),
                 local: metrics.local_answers.clone(),
                 hedged: metrics.hedged.clone(),
-                in_flight: metrics.in_flight.clone(),
+                queries_in_flight: metrics.queries_in_flight.clone(),
             },
             cache: config.cache.enabled.then(|| Cache::new(&config.cache)),
             in_flight: Coalescer::default(),
@@ -148,7 +149,7 @@ impl<R: Exchange> Forwarder<R> {
     }
 
     /// Whether a query from `client` is within the per-client rate limit (always, when off).
-    pub fn admit(&self, client: std::net::IpAddr) -> bool {
+    pub(crate) fn admit(&self, client: std::net::IpAddr) -> bool {
         self.limiter
             .as_ref()
             .is_none_or(|limiter| limiter.admit(client, Instant::now()))
@@ -157,8 +158,8 @@ impl<R: Exchange> Forwarder<R> {
     /// The answer for `query`: from the cache or an upstream, else a stale answer or SERVFAIL
     /// once the time budget is spent or no upstream can be reached. Never fails and never
     /// waits past the budget.
-    pub async fn answer(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Vec<u8> {
-        let _in_flight = GaugeGuard::new(&self.counts.in_flight);
+    pub(crate) async fn answer(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Vec<u8> {
+        let _forwarding = GaugeGuard::new(&self.counts.queries_in_flight);
         let started = Instant::now();
         // Boxed: the resolution's state is some 5 KiB, and a task's future is copied on
         // spawn and on completion; a pointer is cheaper to move than that.
@@ -169,7 +170,11 @@ impl<R: Exchange> Forwarder<R> {
 
     /// The answer from a fresh cache entry, if there is one. The UDP receive loops answer
     /// these in place: a hit needs no task, no lock and no wait.
-    pub fn answer_cached(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Option<Vec<u8>> {
+    pub(crate) fn answer_cached(
+        self: &Arc<Self>,
+        query: &Query,
+        client: SocketAddr,
+    ) -> Option<Vec<u8>> {
         let cache = self.cache.as_ref()?;
         let started = Instant::now();
         let key = Key::of(query);
@@ -327,7 +332,7 @@ impl<R: Exchange> Forwarder<R> {
             let (result, index) = self
                 .attempt(group, index, &mut tried, query, &frame, deadline)
                 .await;
-            let upstream = &group.members[index].resolver;
+            let upstream = &group.members[index].upstream;
             match result {
                 Ok(response) => match Response::prepare(&response) {
                     Ok(response) => return Ok((Arc::new(response), upstream.address())),
@@ -401,17 +406,17 @@ impl<R: Exchange> Forwarder<R> {
     }
 
     /// Whether at least one default upstream is up (for the health check).
-    pub fn any_upstream_up(&self) -> bool {
-        self.upstreams.members.iter().any(|m| m.resolver.is_up())
+    pub(crate) fn any_upstream_up(&self) -> bool {
+        self.upstreams.members.iter().any(|m| m.upstream.is_up())
     }
 
     /// Upstream states for the status line.
-    pub fn describe_upstreams(&self) -> String {
+    pub(crate) fn describe_upstreams(&self) -> String {
         let describe = |group: &Group<R>| -> Vec<String> {
             group
                 .members
                 .iter()
-                .map(|m| m.resolver.describe())
+                .map(|m| m.upstream.describe())
                 .collect()
         };
         let mut text = describe(&self.upstreams).join(", ");
@@ -432,7 +437,7 @@ fn attempt_deadline<R: Exchange>(
     tried: &[bool],
     deadline: Instant,
 ) -> Instant {
-    if group.members[index].resolver.detects_failure() {
+    if group.members[index].upstream.detects_failure() {
         return deadline;
     }
     let left = tried.iter().filter(|t| !**t).count() as u32 + 1;

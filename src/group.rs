@@ -18,61 +18,61 @@ use crate::error::UpstreamError;
 use crate::exchange::Exchange;
 use crate::metrics::UpstreamMetrics;
 use crate::plain::PlainUpstream;
-use crate::upstream::Upstream;
+use crate::upstream::TlsUpstream;
 
 /// One query in this many goes to an upstream other than the fastest.
-pub const PROBE_EVERY: usize = 64;
+pub(crate) const PROBE_EVERY: usize = 64;
 /// Shortest automatic hedging delay: below it, hedging would double the load for nothing.
 const HEDGE_FLOOR: Duration = Duration::from_millis(5);
 
-/// One upstream resolver of the kinds the configuration can name; what a [`Group`] holds
+/// One upstream, of any kind the configuration can name; what a [`Group`] holds
 /// unless a test gives it another [`Exchange`].
-pub enum Resolver {
-    Tls(Box<Upstream>),
+pub(crate) enum AnyUpstream {
+    Tls(Box<TlsUpstream>),
     /// Only in forward zones that ask for plain DNS.
     Plain(PlainUpstream),
 }
 
-impl Exchange for Resolver {
+impl Exchange for AnyUpstream {
     fn address(&self) -> SocketAddr {
         match self {
-            Resolver::Tls(upstream) => upstream.address(),
-            Resolver::Plain(upstream) => upstream.address(),
+            AnyUpstream::Tls(upstream) => upstream.address(),
+            AnyUpstream::Plain(upstream) => upstream.address(),
         }
     }
 
     fn metrics(&self) -> &UpstreamMetrics {
         match self {
-            Resolver::Tls(upstream) => upstream.metrics(),
-            Resolver::Plain(upstream) => upstream.metrics(),
+            AnyUpstream::Tls(upstream) => upstream.metrics(),
+            AnyUpstream::Plain(upstream) => upstream.metrics(),
         }
     }
 
     fn is_available(&self, now: Instant) -> bool {
         match self {
-            Resolver::Tls(upstream) => upstream.is_available(now),
-            Resolver::Plain(upstream) => upstream.is_available(now),
+            AnyUpstream::Tls(upstream) => upstream.is_available(now),
+            AnyUpstream::Plain(upstream) => upstream.is_available(now),
         }
     }
 
     fn is_up(&self) -> bool {
         match self {
-            Resolver::Tls(upstream) => upstream.is_up(),
-            Resolver::Plain(upstream) => upstream.is_up(),
+            AnyUpstream::Tls(upstream) => upstream.is_up(),
+            AnyUpstream::Plain(upstream) => upstream.is_up(),
         }
     }
 
     fn describe(&self) -> String {
         match self {
-            Resolver::Tls(upstream) => upstream.describe(),
-            Resolver::Plain(upstream) => upstream.describe(),
+            AnyUpstream::Tls(upstream) => upstream.describe(),
+            AnyUpstream::Plain(upstream) => upstream.describe(),
         }
     }
 
     fn detects_failure(&self) -> bool {
         match self {
-            Resolver::Tls(upstream) => upstream.detects_failure(),
-            Resolver::Plain(upstream) => upstream.detects_failure(),
+            AnyUpstream::Tls(upstream) => upstream.detects_failure(),
+            AnyUpstream::Plain(upstream) => upstream.detects_failure(),
         }
     }
 
@@ -83,8 +83,8 @@ impl Exchange for Resolver {
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
         match self {
-            Resolver::Tls(upstream) => upstream.exchange(query, frame, deadline).await,
-            Resolver::Plain(upstream) => upstream.exchange(query, frame, deadline).await,
+            AnyUpstream::Tls(upstream) => upstream.exchange(query, frame, deadline).await,
+            AnyUpstream::Plain(upstream) => upstream.exchange(query, frame, deadline).await,
         }
     }
 }
@@ -92,12 +92,12 @@ impl Exchange for Resolver {
 /// Smoothed round-trip time and its mean deviation, in microseconds (RFC 6298's estimator);
 /// zero until the first observation. Updates may race; an estimate loses nothing by it.
 #[derive(Default)]
-struct Latency {
+struct RttEstimate {
     srtt: AtomicU32,
     rttvar: AtomicU32,
 }
 
-impl Latency {
+impl RttEstimate {
     fn observe(&self, rtt: Duration) {
         let rtt = rtt.as_micros().min(u128::from(u32::MAX / 8)) as u32;
         let srtt = self.srtt.load(Ordering::Relaxed);
@@ -127,13 +127,13 @@ impl Latency {
     }
 }
 
-pub struct Member<R> {
-    pub resolver: R,
-    latency: Latency,
+pub(crate) struct Member<R> {
+    pub(crate) upstream: R,
+    rtt: RttEstimate,
 }
 
-pub struct Group<R = Resolver> {
-    pub members: Vec<Member<R>>,
+pub(crate) struct Group<R = AnyUpstream> {
+    pub(crate) members: Vec<Member<R>>,
     strategy: Strategy,
     hedge: Hedge,
     /// Queries picked so far: round-robin's turn and fastest's probe schedule.
@@ -141,13 +141,13 @@ pub struct Group<R = Resolver> {
 }
 
 impl<R: Exchange> Group<R> {
-    pub fn new(resolvers: Vec<R>, strategy: Strategy, hedge: Hedge) -> Group<R> {
+    pub(crate) fn new(resolvers: Vec<R>, strategy: Strategy, hedge: Hedge) -> Group<R> {
         Group {
             members: resolvers
                 .into_iter()
-                .map(|resolver| Member {
-                    resolver,
-                    latency: Latency::default(),
+                .map(|upstream| Member {
+                    upstream,
+                    rtt: RttEstimate::default(),
                 })
                 .collect(),
             strategy,
@@ -157,10 +157,10 @@ impl<R: Exchange> Group<R> {
     }
 
     /// The upstream to try next among those not `tried`, or `None` when none is available.
-    pub fn pick(&self, tried: &[bool]) -> Option<usize> {
+    pub(crate) fn pick(&self, tried: &[bool]) -> Option<usize> {
         let now = Instant::now();
         let candidates: Vec<usize> = (0..self.members.len())
-            .filter(|&i| !tried[i] && self.members[i].resolver.is_available(now))
+            .filter(|&i| !tried[i] && self.members[i].upstream.is_available(now))
             .collect();
         let first = *candidates.first()?;
         if candidates.len() == 1 || self.strategy == Strategy::Failover {
@@ -171,7 +171,7 @@ impl<R: Exchange> Group<R> {
             candidates
                 .iter()
                 .copied()
-                .min_by_key(|&i| self.members[i].latency.srtt())
+                .min_by_key(|&i| self.members[i].rtt.srtt())
         };
         match self.strategy {
             Strategy::RoundRobin => Some(candidates[turn % candidates.len()]),
@@ -186,16 +186,16 @@ impl<R: Exchange> Group<R> {
     }
 
     /// How long to wait for `index` before also asking another upstream, if hedging is on.
-    pub fn hedge_delay(&self, index: usize) -> Option<Duration> {
+    pub(crate) fn hedge_delay(&self, index: usize) -> Option<Duration> {
         match self.hedge {
             Hedge::Off => None,
             Hedge::After(delay) => Some(delay),
-            Hedge::Auto => self.members[index].latency.high(),
+            Hedge::Auto => self.members[index].rtt.high(),
         }
     }
 
     /// One attempt at upstream `index`, at the latest at `deadline`; its time is recorded.
-    pub async fn attempt(
+    pub(crate) async fn attempt(
         &self,
         index: usize,
         query: &Query,
@@ -203,10 +203,10 @@ impl<R: Exchange> Group<R> {
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
         let member = &self.members[index];
-        let metrics = member.resolver.metrics();
+        let metrics = member.upstream.metrics();
         metrics.query_sent();
         let started = Instant::now();
-        let result = member.resolver.exchange(query, frame, deadline).await;
+        let result = member.upstream.exchange(query, frame, deadline).await;
         let elapsed = started.elapsed();
         match &result {
             Ok(_) => metrics.answered(elapsed),
@@ -214,7 +214,7 @@ impl<R: Exchange> Group<R> {
         }
         // `Down` made no attempt: there is no time to learn from.
         if !matches!(result, Err(UpstreamError::Down)) {
-            member.latency.observe(elapsed);
+            member.rtt.observe(elapsed);
         }
         result
     }
@@ -224,12 +224,12 @@ impl<R: Exchange> Group<R> {
 mod tests {
     use super::*;
 
-    fn group(n: usize, strategy: Strategy) -> Group<Resolver> {
+    fn group(n: usize, strategy: Strategy) -> Group<AnyUpstream> {
         let resolvers = (0..n)
             .map(|i| {
                 let address = SocketAddr::from(([127, 0, 0, 1], 5300 + i as u16));
                 let metrics = crate::metrics::Metrics::new().upstream(address);
-                Resolver::Plain(PlainUpstream::new(address, metrics))
+                AnyUpstream::Plain(PlainUpstream::new(address, metrics))
             })
             .collect();
         Group::new(resolvers, strategy, Hedge::Off)
@@ -248,7 +248,7 @@ mod tests {
     async fn fastest_prefers_the_lowest_latency_and_probes_the_others() {
         let group = group(3, Strategy::Fastest);
         for (i, ms) in [(0, 30), (1, 5), (2, 40)] {
-            group.members[i].latency.observe(Duration::from_millis(ms));
+            group.members[i].rtt.observe(Duration::from_millis(ms));
         }
         let counts = counts(&group, 64 * 10);
         assert_eq!(counts[1], 63 * 10, "all but the probes go to the fastest");
@@ -262,7 +262,7 @@ mod tests {
     #[tokio::test]
     async fn failover_takes_the_first_untried() {
         let group = group(3, Strategy::Failover);
-        group.members[1].latency.observe(Duration::from_millis(1));
+        group.members[1].rtt.observe(Duration::from_millis(1));
         assert_eq!(counts(&group, 100), vec![100, 0, 0]);
         assert_eq!(group.pick(&[true, false, false]), Some(1));
         assert_eq!(group.pick(&[true, true, true]), None);
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn latency_is_smoothed_and_auto_hedging_waits_for_its_high_end() {
-        let latency = Latency::default();
+        let latency = RttEstimate::default();
         assert_eq!(latency.high(), None, "no estimate before the first answer");
         latency.observe(Duration::from_millis(20));
         for _ in 0..50 {

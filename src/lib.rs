@@ -3,24 +3,30 @@
 //! resolvers over DNS-over-TLS, validating their certificates.
 //!
 //! # Layout
-//! - [`cli`], [`config`]: what to run and with which settings (layered TOML, environment, flags).
-//! - [`listeners`]: the client sockets, inherited from systemd or bound here.
-//! - [`udp`], [`tcp`]: the client-facing servers; [`access`], [`ratelimit`]: who may ask, how often.
-//! - [`dns`]: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
-//! - [`framing`]: 2-byte length framing shared by TCP clients and TLS upstreams.
-//! - [`forwarder`]: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
-//! - [`group`]: picking an upstream (fastest, failover, round-robin) and hedging's delay;
-//!   [`exchange`]: the trait every kind of upstream is asked through.
-//! - [`cache`], [`coalesce`]: answers kept for their TTL; identical queries in flight shared.
-//! - [`zones`]: split DNS: which upstreams a name goes to, or its local answer.
-//! - [`upstream`], [`connection`], [`tls`]: an upstream's health, its pipelined TLS
-//!   connection, and certificate validation; [`plain`]: a forward zone's plain-DNS resolver.
-//! - [`daemon`], [`notify`], [`logging`]: lifecycle, systemd, logs; [`context`]: what the
+//! Most modules are private to the crate; the binary and the fuzz targets use `cli`, `config`,
+//! `daemon`, `listeners`, `logging`, `sandbox`, `tls`, `dns`, `cache` and `framing`.
+//!
+//! - `cli`, `config`: what to run and with which settings (layered TOML, environment, flags).
+//! - `listeners`: the client sockets, inherited from systemd or bound here.
+//! - `udp`, `tcp`: the client-facing servers; `admission`: whether a client's query is
+//!   served, refused or dropped, from `access` (who may ask) and `ratelimit` (how often).
+//! - `dns`: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
+//! - `framing`: 2-byte length framing shared by TCP clients and TLS upstreams.
+//! - `forwarder`: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
+//! - `group`: picking an upstream (fastest, failover, round-robin) and hedging's delay;
+//!   `exchange`: the trait every kind of upstream is asked through.
+//! - `cache`, `coalesce`: answers kept for their TTL; identical queries in flight shared.
+//! - `zones`: split DNS: which upstreams a name goes to, or its local answer.
+//! - `upstream` (`TlsUpstream`), `connection`, `tls`: a DoT upstream's health, its pipelined
+//!   TLS connection, and certificate validation; `plain`: a forward zone's plain-DNS upstream;
+//!   `group::AnyUpstream`: either kind.
+//! - `daemon`, `notify`, `logging`: lifecycle, systemd, logs; `context`: what the
 //!   daemon shares with the servers (configuration and forwarder in force, metrics);
-//!   [`sandbox`]: the service's IP allow list, computed from the configuration.
-//! - [`metrics`]: the counters (also behind the systemd status line) and their Prometheus
-//!   rendering; [`admin`]: the HTTP endpoint serving them and a health check (hyper).
-//! - [`error`]: why an upstream query failed and the kinds of upstream outcomes, which the
+//!   `sandbox`: the service's IP allow list, computed from the configuration.
+//! - `metrics`: the counters (also behind the systemd status line) and their Prometheus
+//!   rendering; `admin`: the HTTP endpoint serving them and a health check (hyper).
+//! - `lock`, `defer`: taking a lock whose holder panicked; yielding behind queued tasks.
+//! - `error`: why an upstream query failed and the kinds of upstream outcomes, which the
 //!   upstream code, the plain-DNS resolver and the metrics use.
 //!
 //! Modules depend on each other one way, with no cycle (`.ci/module-cycles` checks it): the
@@ -29,31 +35,33 @@
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 
-pub mod access;
-pub mod admin;
+mod access;
+mod admin;
+mod admission;
 pub mod cache;
 pub mod cli;
-pub mod coalesce;
+mod coalesce;
 pub mod config;
-pub mod connection;
-pub mod context;
+mod connection;
+mod context;
 pub mod daemon;
-pub mod defer;
+mod defer;
 pub mod dns;
-pub mod error;
-pub mod exchange;
-pub mod forwarder;
+mod error;
+mod exchange;
+mod forwarder;
 pub mod framing;
-pub mod group;
+mod group;
 pub mod listeners;
+mod lock;
 pub mod logging;
-pub mod metrics;
-pub mod notify;
-pub mod plain;
-pub mod ratelimit;
+mod metrics;
+mod notify;
+mod plain;
+mod ratelimit;
 pub mod sandbox;
-pub mod tcp;
+mod tcp;
 pub mod tls;
-pub mod udp;
-pub mod upstream;
-pub mod zones;
+mod udp;
+mod upstream;
+mod zones;

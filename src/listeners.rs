@@ -1,7 +1,7 @@
 //! Where the client sockets come from, decided once at start: handed over by systemd (socket
 //! activation, `LISTEN_FDS`), or bound here from `listen`. The servers only ever see bound
 //! sockets, so they do not care which. The same goes for the metrics endpoint's socket: passed
-//! under the name [`METRICS_FD_NAME`], or bound here from `[metrics] listen`.
+//! under the name `METRICS_FD_NAME`, or bound here from `[metrics] listen`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -13,26 +13,26 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 
 /// The `FileDescriptorName=` of a socket passed for the metrics endpoint.
-pub const METRICS_FD_NAME: &str = "metrics";
+pub(crate) const METRICS_FD_NAME: &str = "metrics";
 
 /// Bound client sockets.
 #[derive(Debug, Default)]
-pub struct Listeners {
-    pub udp: Vec<UdpSocket>,
-    pub tcp: Vec<TcpListener>,
+pub(crate) struct Listeners {
+    pub(crate) udp: Vec<UdpSocket>,
+    pub(crate) tcp: Vec<TcpListener>,
 }
 
 /// Sockets systemd passed, with what could not be used.
 #[derive(Debug)]
 pub struct Inherited {
-    pub listeners: Listeners,
-    /// TCP listeners passed under the name [`METRICS_FD_NAME`], for the metrics endpoint.
-    pub metrics: Vec<TcpListener>,
+    pub(crate) listeners: Listeners,
+    /// TCP listeners passed under the name `METRICS_FD_NAME`, for the metrics endpoint.
+    pub(crate) metrics: Vec<TcpListener>,
     /// `LISTEN_FDNAMES`, for the log.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Descriptions of passed fds that are neither a TCP listener nor a UDP socket, or that are
     /// named for metrics but are no TCP listener.
-    pub unusable: Vec<String>,
+    pub(crate) unusable: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,7 @@ pub fn inherited() -> Option<Inherited> {
 }
 
 /// Binds UDP and TCP on every `listen` address, for the transports that are on.
-pub fn bind(config: &Config) -> Result<Listeners, ListenError> {
+pub(crate) fn bind(config: &Config) -> Result<Listeners, ListenError> {
     let mut listeners = Listeners::default();
     for &address in &config.listen {
         if config.udp {
@@ -121,7 +121,7 @@ pub fn bind(config: &Config) -> Result<Listeners, ListenError> {
 }
 
 /// Binds the metrics endpoint's TCP listener.
-pub fn bind_metrics(address: SocketAddr) -> Result<TcpListener, ListenError> {
+pub(crate) fn bind_metrics(address: SocketAddr) -> Result<TcpListener, ListenError> {
     bind_tcp(address).map_err(|source| ListenError::Bind {
         transport: "metrics TCP",
         address,
@@ -160,7 +160,7 @@ fn bind_udp(address: SocketAddr) -> io::Result<UdpSocket> {
 /// (IP_PKTINFO, IPV6_RECVPKTINFO), so that its answer can leave from that address. A
 /// datagram queued before this was set carries none: systemd's `PassPacketInfo=yes` sets it
 /// on the sockets it binds.
-pub fn report_destination(socket: &impl AsFd, address: SocketAddr) -> io::Result<()> {
+pub(crate) fn report_destination(socket: &impl AsFd, address: SocketAddr) -> io::Result<()> {
     match address {
         SocketAddr::V4(_) => setsockopt(socket, sockopt::Ipv4PacketInfo, &true),
         // A dual-stack `[::]` socket reports IPv4 destinations this way too, IPv4-mapped.

@@ -11,7 +11,8 @@ use dns_proxy::tls::TlsSetupError;
 use dns_proxy::{listeners, logging, sandbox, tls};
 
 /// Size-class slabs keep the cache's long-lived entries apart from each query's short-lived
-/// buffers; glibc's heap interleaved them and held about three times `cache_size` once full.
+/// buffers; glibc's heap interleaves them and grows well past `cache_size` once the cache is
+/// full (docs/design-measurements.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -62,26 +62,26 @@ const LATENCY_BOUNDS_NANOS: [u64; 15] = [
 ///
 /// There is no separate set of counters for the systemd `STATUS=` line: [`Metrics::summary`]
 /// reads these same atomics, so each event is counted once and the two views cannot disagree.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Queries that came in over UDP.
-    pub udp: TransportMetrics,
+    pub(crate) udp: TransportMetrics,
     /// Queries that came in over TCP.
-    pub tcp: TransportMetrics,
+    pub(crate) tcp: TransportMetrics,
     /// Queries being forwarded right now (inside [`crate::forwarder::Forwarder::answer`]).
-    pub in_flight: Gauge,
+    pub(crate) queries_in_flight: Gauge,
     /// Client TCP connections open right now.
-    pub tcp_connections: Gauge,
-    pub cache: CacheMetrics,
+    pub(crate) tcp_connections: Gauge,
+    pub(crate) cache: CacheMetrics,
     /// Queries answered by a built-in local zone (localhost, private reverse zones).
-    pub local_answers: Counter,
+    pub(crate) local_answers: Counter,
     /// Queries also sent to a second upstream because the first was slow (hedging).
-    pub hedged: Counter,
+    pub(crate) hedged: Counter,
     /// Client queries over the per-client rate limit.
-    pub rate_limited: Counter,
+    pub(crate) rate_limited: Counter,
     upstream_queries: Family<UpstreamLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
-    upstream_latency: Family<UpstreamLabels, Latency>,
+    upstream_latency: Family<UpstreamLabels, LatencyHistogram>,
     upstream_connections: Family<UpstreamLabels, Gauge>,
     tls_handshakes: Family<HandshakeLabels, Counter>,
 }
@@ -89,17 +89,17 @@ pub struct Metrics {
 #[derive(Clone)]
 /// Counters of the response cache. Every cache lookup increments exactly one of the three.
 /// The cache code increments them; where no cache runs they stay 0.
-pub struct CacheMetrics {
+pub(crate) struct CacheMetrics {
     /// Lookups answered from a fresh cache entry.
-    pub hits: Counter,
+    pub(crate) hits: Counter,
     /// Lookups that found no usable entry, so the query went upstream.
-    pub misses: Counter,
+    pub(crate) misses: Counter,
     /// Lookups answered from an expired entry (serve-stale, RFC 8767).
-    pub stale: Counter,
+    pub(crate) stale: Counter,
 }
 
 /// The answers and drops of one client transport.
-pub struct TransportMetrics {
+pub(crate) struct TransportMetrics {
     /// Indexed like [`RCODES`].
     answers: [Counter; RCODES.len()],
     dropped: Counter,
@@ -108,11 +108,11 @@ pub struct TransportMetrics {
 /// Handles to one upstream's series, created when a forwarder is built. Upstreams with the
 /// same address (in one configuration or across a reload) share their series.
 #[derive(Clone, Debug)]
-pub struct UpstreamMetrics {
+pub(crate) struct UpstreamMetrics {
     queries: Counter,
     /// Indexed by [`UpstreamErrorKind`].
     errors: [Counter; UpstreamErrorKind::ALL.len()],
-    latency: Latency,
+    latency: LatencyHistogram,
     connections: Gauge,
     /// Indexed like [`HANDSHAKE_OUTCOMES`].
     handshakes: [Counter; HANDSHAKE_OUTCOMES.len()],
@@ -153,7 +153,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register(
             "build",
@@ -173,11 +173,11 @@ impl Metrics {
              over the in-flight limit, or from clients outside allow with deny_action drop",
             dropped.clone(),
         );
-        let in_flight = Gauge::default();
+        let queries_in_flight = Gauge::default();
         registry.register(
             "queries_in_flight",
             "Client queries being forwarded right now",
-            in_flight.clone(),
+            queries_in_flight.clone(),
         );
         let tcp_connections = Gauge::default();
         registry.register(
@@ -265,7 +265,7 @@ impl Metrics {
             rate_limited,
             udp: TransportMetrics::new("udp", &answers, &dropped),
             tcp: TransportMetrics::new("tcp", &answers, &dropped),
-            in_flight,
+            queries_in_flight,
             tcp_connections,
             cache,
             upstream_queries,
@@ -277,7 +277,7 @@ impl Metrics {
     }
 
     /// The handles of the upstream at `address`, creating its series on first use.
-    pub fn upstream(&self, address: SocketAddr) -> UpstreamMetrics {
+    pub(crate) fn upstream(&self, address: SocketAddr) -> UpstreamMetrics {
         let upstream = address.to_string();
         let labels = UpstreamLabels {
             upstream: upstream.clone(),
@@ -303,14 +303,14 @@ impl Metrics {
     }
 
     /// Every series in the Prometheus text format, version 0.0.4.
-    pub fn render(&self) -> Result<String, fmt::Error> {
+    pub(crate) fn render(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
         prometheus_text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
 
     /// One line for `STATUS=`: what has been served so far.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let answered = |rcode: u16| {
             let i = rcode_index(rcode);
             self.udp.answers[i].get() + self.tcp.answers[i].get()
@@ -324,7 +324,7 @@ impl Metrics {
              {servfail} SERVFAIL, {} other answers, {dropped} dropped; {} in flight",
             udp + tcp,
             answers - noerror - nxdomain - servfail,
-            self.in_flight.get(),
+            self.queries_in_flight.get(),
         )
     }
 }
@@ -352,12 +352,12 @@ impl TransportMetrics {
     }
 
     /// An answer with this response code went to a client.
-    pub fn answered(&self, rcode: u16) {
+    pub(crate) fn answered(&self, rcode: u16) {
         self.answers[rcode_index(rcode)].inc();
     }
 
     /// A packet or connection got no answer.
-    pub fn dropped(&self) {
+    pub(crate) fn dropped(&self) {
         self.dropped.inc();
     }
 
@@ -373,22 +373,22 @@ impl TransportMetrics {
 
 impl UpstreamMetrics {
     /// A query was handed to this upstream.
-    pub fn query_sent(&self) {
+    pub(crate) fn query_sent(&self) {
         self.queries.inc();
     }
 
     /// A query got a usable answer `elapsed` after it was handed over.
-    pub fn answered(&self, elapsed: Duration) {
+    pub(crate) fn answered(&self, elapsed: Duration) {
         self.latency.observe(elapsed);
     }
 
     /// A query got no usable answer, for an error of this kind.
-    pub fn failed(&self, kind: UpstreamErrorKind) {
+    pub(crate) fn failed(&self, kind: UpstreamErrorKind) {
         self.errors[kind as usize].inc();
     }
 
     /// A TLS handshake starts: failed unless [`PendingHandshake::completed`] is called.
-    pub fn handshake_started(&self) -> PendingHandshake<'_> {
+    pub(crate) fn handshake_started(&self) -> PendingHandshake<'_> {
         PendingHandshake {
             handshakes: &self.handshakes,
             done: false,
@@ -396,20 +396,20 @@ impl UpstreamMetrics {
     }
 
     /// A connection is open until the returned guard is dropped.
-    pub fn connection_opened(&self) -> GaugeGuard {
+    pub(crate) fn connection_opened(&self) -> GaugeGuard {
         GaugeGuard::new(&self.connections)
     }
 }
 
 /// A TLS handshake under way; counted as failed if dropped before it completed, which also
 /// covers a handshake abandoned when the query's time budget ran out.
-pub struct PendingHandshake<'a> {
+pub(crate) struct PendingHandshake<'a> {
     handshakes: &'a [Counter; HANDSHAKE_OUTCOMES.len()],
     done: bool,
 }
 
 impl PendingHandshake<'_> {
-    pub fn completed(mut self, handshake: Handshake) {
+    pub(crate) fn completed(mut self, handshake: Handshake) {
         self.done = true;
         let outcome = match handshake {
             Handshake::Full => 0,
@@ -429,10 +429,10 @@ impl Drop for PendingHandshake<'_> {
 
 /// Keeps a gauge one higher for as long as it lives, however the code holding it ends.
 #[derive(Debug)]
-pub struct GaugeGuard(Gauge);
+pub(crate) struct GaugeGuard(Gauge);
 
 impl GaugeGuard {
-    pub fn new(gauge: &Gauge) -> GaugeGuard {
+    pub(crate) fn new(gauge: &Gauge) -> GaugeGuard {
         gauge.inc();
         GaugeGuard(gauge.clone())
     }
@@ -448,17 +448,17 @@ impl Drop for GaugeGuard {
 /// own `Histogram` takes a mutex on every observation; this one is a few relaxed atomic adds.
 /// The count is the sum of the buckets, so a scrape always sees them agree.
 #[derive(Clone, Debug, Default)]
-pub struct Latency(Arc<LatencyCells>);
+pub(crate) struct LatencyHistogram(Arc<HistogramCells>);
 
 #[derive(Debug, Default)]
-struct LatencyCells {
+struct HistogramCells {
     /// Observations per bucket (not cumulative); the last one is above every bound.
     buckets: [AtomicU64; LATENCY_BOUNDS_NANOS.len() + 1],
     sum_nanos: AtomicU64,
 }
 
-impl Latency {
-    pub fn observe(&self, elapsed: Duration) {
+impl LatencyHistogram {
+    pub(crate) fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BOUNDS_NANOS
             .iter()
@@ -469,11 +469,11 @@ impl Latency {
     }
 }
 
-impl TypedMetric for Latency {
+impl TypedMetric for LatencyHistogram {
     const TYPE: MetricType = MetricType::Histogram;
 }
 
-impl EncodeMetric for Latency {
+impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
         let mut buckets = [(f64::INFINITY, 0u64); LATENCY_BOUNDS_NANOS.len() + 1];
         for (i, (bound, count)) in buckets.iter_mut().enumerate() {
@@ -518,7 +518,7 @@ mod tests {
         upstream.handshake_started().completed(Handshake::Resumed);
         drop(upstream.handshake_started());
         let open = upstream.connection_opened();
-        let in_flight = GaugeGuard::new(&metrics.in_flight);
+        let in_flight = GaugeGuard::new(&metrics.queries_in_flight);
         let text = metrics.render().unwrap();
         let value = |series: &str| {
             sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))

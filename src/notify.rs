@@ -15,11 +15,11 @@ use crate::context::Context;
 /// How often the STATUS line is refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-pub fn reloading() {
+pub(crate) fn reloading() {
     // systemd ≥ 253 wants the time of the reload request with RELOADING=1.
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
@@ -27,7 +27,7 @@ pub fn reloading() {
     }
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
@@ -39,7 +39,7 @@ fn send(states: &[NotifyState]) {
 
 /// Refreshes STATUS and pings the watchdog until `shutdown`. Pings come from this task on the
 /// same runtime as the servers, so a wedged runtime stops them and systemd restarts us.
-pub async fn heartbeat(context: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn heartbeat(context: Arc<Context>, shutdown: CancellationToken) {
     let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
     let tick = watchdog.map_or(STATUS_INTERVAL, |w| w.min(STATUS_INTERVAL));
     let mut ticks = tokio::time::interval(tick);

@@ -12,27 +12,27 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use crate::dns::{self, Query};
 use crate::error::UpstreamError;
 use crate::exchange::Exchange;
-use crate::framing;
+use crate::framing::{self, FrameReader};
 use crate::metrics::UpstreamMetrics;
 
 /// Largest UDP response we accept; we advertise 1232 but some servers send more.
 const MAX_UDP_RESPONSE: usize = 4096;
 
-pub struct PlainUpstream {
+pub(crate) struct PlainUpstream {
     address: SocketAddr,
     random: SystemRandom,
     metrics: UpstreamMetrics,
 }
 
 impl PlainUpstream {
-    pub fn new(address: SocketAddr, metrics: UpstreamMetrics) -> PlainUpstream {
+    pub(crate) fn new(address: SocketAddr, metrics: UpstreamMetrics) -> PlainUpstream {
         PlainUpstream {
             address,
             random: SystemRandom::new(),
@@ -98,16 +98,11 @@ impl PlainUpstream {
             .write_all(&frame)
             .await
             .map_err(|_| UpstreamError::Closed)?;
-        let mut length = [0u8; 2];
-        stream
-            .read_exact(&mut length)
+        let response = FrameReader::new(&mut stream)
+            .next()
             .await
-            .map_err(|_| UpstreamError::Closed)?;
-        let mut response = vec![0u8; usize::from(u16::from_be_bytes(length))];
-        stream
-            .read_exact(&mut response)
-            .await
-            .map_err(|_| UpstreamError::Closed)?;
+            .map_err(|_| UpstreamError::Closed)?
+            .ok_or(UpstreamError::Closed)?;
         if dns::message_id(&response) != Some(id) || !dns::response_matches(&response, question) {
             return Err(UpstreamError::Protocol);
         }

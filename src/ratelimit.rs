@@ -6,6 +6,7 @@
 //! flood from spoofed addresses does; two clients that share a bucket share its budget.
 //! IPv6 clients are counted per /64, since one host can use any address of its /64.
 
+use crate::lock;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -22,7 +23,7 @@ struct Bucket {
     at_ms: u32,
 }
 
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f32,
     started: Instant,
     buckets: Box<[Mutex<Bucket>]>,
@@ -31,7 +32,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter of `rate` queries per second per client (at least 1).
-    pub fn new(rate: u32) -> RateLimiter {
+    pub(crate) fn new(rate: u32) -> RateLimiter {
         let rate = rate.max(1) as f32;
         let full = Bucket {
             tokens: rate,
@@ -46,7 +47,7 @@ impl RateLimiter {
     }
 
     /// Whether a query from `client` at `now` is within its rate; takes a token if so.
-    pub fn admit(&self, client: IpAddr, now: Instant) -> bool {
+    pub(crate) fn admit(&self, client: IpAddr, now: Instant) -> bool {
         let mut hasher = self.hasher.build_hasher();
         match client.to_canonical() {
             IpAddr::V4(ip) => hasher.write_u32(u32::from(ip)),
@@ -54,7 +55,7 @@ impl RateLimiter {
         }
         let slot = (hasher.finish() as usize) % BUCKETS;
         let now_ms = now.saturating_duration_since(self.started).as_millis() as u32;
-        let mut bucket = self.buckets[slot].lock().unwrap_or_else(|e| e.into_inner());
+        let mut bucket = lock::lock(&self.buckets[slot]);
         let elapsed = now_ms.wrapping_sub(bucket.at_ms) as f32 / 1000.0;
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.rate);
         bucket.at_ms = now_ms;

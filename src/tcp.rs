@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::access::{self, DenyAction};
+use crate::admission::Admission;
 use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::framing::{self, FrameReader};
+use crate::lock;
 use crate::metrics::GaugeGuard;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
@@ -39,7 +40,7 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// when only the total is full, one of all. The one closed is the connection idle or stalled
 /// longest: no query outstanding, oldest last completed message (or opening). A connection
 /// with queries outstanding is closed only when every candidate has some.
-pub struct Slots {
+pub(crate) struct Slots {
     total: usize,
     per_client: usize,
     /// Zero of the `progress` clocks.
@@ -73,7 +74,7 @@ struct Activity {
 }
 
 /// A connection's hold on its slot; released when dropped.
-pub struct Slot {
+pub(crate) struct Slot {
     slots: Arc<Slots>,
     id: u64,
     activity: Arc<Activity>,
@@ -90,7 +91,7 @@ impl Drop for Outstanding {
 }
 
 impl Slots {
-    pub fn new(total: usize, per_client: usize) -> Slots {
+    pub(crate) fn new(total: usize, per_client: usize) -> Slots {
         Slots {
             total,
             per_client,
@@ -106,7 +107,7 @@ impl Slots {
     /// A slot for a new connection from `client`, and the address of the connection closed
     /// to make room for it, if one was.
     fn admit(self: &Arc<Self>, client: IpAddr) -> (Slot, Option<IpAddr>) {
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = lock::lock(&self.table);
         let held = table.clients.get(&client).copied().unwrap_or(0);
         let evicted = if held >= self.per_client {
             table.evict(Some(client))
@@ -191,14 +192,14 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         // Already gone when the connection was closed to make room.
-        let mut table = self.slots.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = lock::lock(&self.slots.table);
         table.remove(self.id);
     }
 }
 
 /// Serves one TCP listener until `shutdown`. Every connection accepted is served; when the
 /// slots are full another connection makes room (see [`Slots`]).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     context: Arc<Context>,
     connections: Arc<Slots>,
@@ -250,8 +251,8 @@ async fn connection(
     let metrics = context.metrics.clone();
     let _open = GaugeGuard::new(&metrics.tcp_connections);
     let config = context.config();
-    let allowed = access::allows(&config.allow, client.ip());
-    if !allowed && config.deny_action == DenyAction::Drop {
+    let admission = Admission::of_client(&config, client.ip());
+    if admission == Admission::Drop {
         debug!(%client, "TCP client not in allow; closing");
         metrics.tcp.dropped();
         return;
@@ -315,15 +316,12 @@ async fn connection(
             break;
         }
         let forwarder = context.forwarder();
-        let limited = allowed && !forwarder.admit(client.ip());
-        if limited {
-            metrics.rate_limited.inc();
-            // Over TCP a query cannot be ignored without stalling those behind it.
-            if config.rate_limit_action == DenyAction::Drop {
-                metrics.tcp.dropped();
-                debug!(%client, "TCP client over the rate limit; closing");
-                break;
-            }
+        let admission = admission.of_query(&config, &forwarder, &metrics, client.ip());
+        // Over TCP a query cannot be ignored without stalling those behind it.
+        if admission == Admission::Drop {
+            metrics.tcp.dropped();
+            debug!(%client, "TCP client over the rate limit; closing");
+            break;
         }
         match dns::parse_query(&message) {
             Err(Rejection::Drop) => {
@@ -341,7 +339,7 @@ async fn connection(
                     break;
                 }
             }
-            Ok(query) if !allowed || limited => {
+            Ok(query) if admission == Admission::Refuse => {
                 metrics.tcp.answered(Rcode::Refused.value());
                 if let Some(framed) = framing::frame(&query.error_answer(Rcode::Refused)) {
                     let _ = answers.send(framed).await;

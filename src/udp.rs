@@ -29,27 +29,28 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::access::{self, DenyAction};
+use crate::admission::Admission;
 use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::listeners;
+use crate::lock;
 
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
 /// client retries) rather than letting a flood grow memory without bound.
-const MAX_IN_FLIGHT: usize = 4096;
+const MAX_FORWARDED: usize = 4096;
 
 /// Datagrams moved per system call, at most.
 const BATCH: usize = 32;
 
 /// Room for one query. A larger datagram is cut short by the kernel and dropped: a DNS query,
 /// even with EDNS options and padding, is far smaller.
-const SLOT: usize = 4096;
+const BUFFER: usize = 4096;
 
-/// One received datagram: where it lies in the slots, its sender and where it was sent to.
+/// One received datagram: which receive buffer holds it, its sender and where it was sent to.
 struct Datagram {
-    slot: usize,
+    buffer: usize,
     len: usize,
-    /// Longer than its slot: cut short by the kernel.
+    /// Longer than its buffer: cut short by the kernel.
     truncated: bool,
     client: SocketAddr,
     local: Option<Local>,
@@ -96,26 +97,26 @@ impl Outbox {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Reply>> {
         // Replies are only pushed and taken whole: a panic elsewhere leaves nothing half-done.
-        self.replies.lock().unwrap_or_else(|e| e.into_inner())
+        lock::lock(&self.replies)
     }
 }
 
 /// Serves a UDP socket until `shutdown`: one loop per socket. Batching already drains a busy
-/// socket, and forwarded queries run as tasks on the runtime's threads; a second loop on the same socket
-/// was measured to cost more (both woken on every packet, threads waking each other) than it
-/// gained: 7.8 instead of 4.5 µs of CPU per cache hit.
-pub async fn serve(
+/// socket, and forwarded queries run as tasks on the runtime's threads; a second loop on the
+/// same socket costs more than it gains: both are woken on every packet and wake each other's
+/// threads (docs/design-measurements.md).
+pub(crate) async fn serve(
     socket: Arc<UdpSocket>,
     context: Arc<Context>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let metrics = context.metrics.clone();
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let forward_permits = Arc::new(Semaphore::new(MAX_FORWARDED));
     let outbox = Arc::new(Outbox::default());
     let fd = socket.as_raw_fd();
     let pktinfo = ask_destination(&socket);
-    let mut slots = vec![0u8; BATCH * SLOT];
+    let mut buffers = vec![0u8; BATCH * BUFFER];
     let mut received: Vec<Datagram> = Vec::with_capacity(BATCH);
     let mut replies: Vec<Reply> = Vec::with_capacity(BATCH);
     let stop = shutdown.cancelled();
@@ -123,7 +124,7 @@ pub async fn serve(
     loop {
         let result = tokio::select! {
             _ = &mut stop => return,
-            result = socket.async_io(Interest::READABLE, || recv_batch(fd, pktinfo, &mut slots, &mut received)) => result,
+            result = socket.async_io(Interest::READABLE, || recv_batch(fd, pktinfo, &mut buffers, &mut received)) => result,
         };
         if let Err(error) = result {
             // ICMP errors from earlier answers surface here; they concern that client only.
@@ -144,20 +145,17 @@ pub async fn serve(
                 metrics.udp.dropped();
                 continue;
             }
-            let allowed = access::allows(&config.allow, client.ip());
-            if !allowed && config.deny_action == DenyAction::Drop {
+            let admission = Admission::of_client(&config, client.ip()).of_query(
+                &config,
+                &forwarder,
+                &metrics,
+                client.ip(),
+            );
+            if admission == Admission::Drop {
                 metrics.udp.dropped();
                 continue;
             }
-            let limited = allowed && !forwarder.admit(client.ip());
-            if limited {
-                metrics.rate_limited.inc();
-                if config.rate_limit_action == DenyAction::Drop {
-                    metrics.udp.dropped();
-                    continue;
-                }
-            }
-            match dns::parse_query(&slots[datagram.slot * SLOT..][..datagram.len]) {
+            match dns::parse_query(&buffers[datagram.buffer * BUFFER..][..datagram.len]) {
                 Err(Rejection::Drop) => metrics.udp.dropped(),
                 Err(Rejection::Answer(answer, rcode)) => {
                     metrics.udp.answered(rcode.value());
@@ -168,7 +166,7 @@ pub async fn serve(
                         local,
                     });
                 }
-                Ok(query) if !allowed || limited => {
+                Ok(query) if admission == Admission::Refuse => {
                     metrics.udp.answered(Rcode::Refused.value());
                     let answer = query.error_answer(Rcode::Refused);
                     let answer = dns::truncate_for_udp(answer, query.udp_limit());
@@ -189,7 +187,7 @@ pub async fn serve(
                         });
                         continue;
                     }
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let Ok(permit) = forward_permits.clone().try_acquire_owned() else {
                         metrics.udp.dropped();
                         continue;
                     };
@@ -237,29 +235,29 @@ fn ask_destination(socket: &UdpSocket) -> bool {
     }
 }
 
-/// Receives what is waiting, up to one datagram per slot, without blocking. The headers are
+/// Receives what is waiting, up to one datagram per buffer, without blocking. The headers are
 /// made per call: they hold raw pointers, so they cannot live across an await in a task.
 fn recv_batch(
     fd: RawFd,
     pktinfo: bool,
-    slots: &mut [u8],
+    buffers: &mut [u8],
     received: &mut Vec<Datagram>,
 ) -> io::Result<()> {
     // Room for the larger of the two; a dual-stack socket gets IPV6_PKTINFO for both families.
     let control = pktinfo.then(|| cmsg_space!(libc::in6_pktinfo));
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, control);
-    let mut buffers: Vec<[IoSliceMut; 1]> = slots
-        .chunks_mut(SLOT)
-        .map(|slot| [IoSliceMut::new(slot)])
+    let mut slices: Vec<[IoSliceMut; 1]> = buffers
+        .chunks_mut(BUFFER)
+        .map(|buffer| [IoSliceMut::new(buffer)])
         .collect();
     let messages = recvmmsg(
         fd,
         &mut headers,
-        buffers.iter_mut(),
+        slices.iter_mut(),
         MsgFlags::MSG_DONTWAIT,
         None,
     )?;
-    for (slot, message) in messages.enumerate() {
+    for (buffer, message) in messages.enumerate() {
         // A receive from a UDP socket always has an IPv4 or IPv6 sender.
         if let Some(client) = message.address.as_ref().and_then(socket_addr) {
             // Without the control message (none asked for, or cut short) the answer leaves
@@ -269,8 +267,8 @@ fn recv_batch(
                 .ok()
                 .and_then(|mut cmsgs| cmsgs.find_map(destination));
             received.push(Datagram {
-                slot,
-                len: message.bytes.min(SLOT),
+                buffer,
+                len: message.bytes.min(BUFFER),
                 truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
                 client,
                 local,

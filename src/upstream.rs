@@ -21,6 +21,7 @@ use crate::connection::Connection;
 use crate::dns::Query;
 use crate::error::{Handshake, UpstreamError};
 use crate::exchange::Exchange;
+use crate::lock;
 use crate::metrics::UpstreamMetrics;
 use crate::tls::{self, TlsSetupError};
 
@@ -33,8 +34,8 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// Outstanding queries above which another connection of the pool is opened.
 const BUSY: usize = 64;
 
-/// One configured upstream.
-pub struct Upstream {
+/// One DNS-over-TLS upstream: its connections, health and backoff.
+pub(crate) struct TlsUpstream {
     address: SocketAddr,
     name: ServerName<'static>,
     /// Kept for the life of the upstream: it holds the TLS session cache for resumption.
@@ -65,7 +66,7 @@ struct Health {
 
 /// The one query trying a down upstream again; the upstream is free for another try when it
 /// ends, however it ends.
-struct Probe<'a>(&'a Upstream);
+struct Probe<'a>(&'a TlsUpstream);
 
 impl Drop for Probe<'_> {
     fn drop(&mut self) {
@@ -73,14 +74,14 @@ impl Drop for Probe<'_> {
     }
 }
 
-impl Upstream {
-    pub fn new(
+impl TlsUpstream {
+    pub(crate) fn new(
         config: &UpstreamConfig,
         idle_timeout: Duration,
         pool_size: usize,
         metrics: UpstreamMetrics,
-    ) -> Result<Upstream, TlsSetupError> {
-        Ok(Upstream {
+    ) -> Result<TlsUpstream, TlsSetupError> {
+        Ok(TlsUpstream {
             address: config.address,
             name: config.tls_name.clone(),
             tls: tls::client_config(config)?,
@@ -156,7 +157,7 @@ impl Upstream {
         error: UpstreamError,
         since: Instant,
     ) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = lock::lock(&self.pool);
         let before = pool.len();
         pool.retain(|c| !Arc::ptr_eq(c, connection));
         if pool.len() < before {
@@ -226,7 +227,7 @@ impl Upstream {
             Ok(Ok((connection, handshake))) => {
                 debug!(upstream = %self.address, resumed = handshake == Handshake::Resumed, "upstream connection opened");
                 let connection = Arc::new(connection);
-                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pool = lock::lock(&self.pool);
                 pool.retain(|c| c.is_open());
                 pool.push(connection.clone());
                 Ok(connection)
@@ -238,14 +239,14 @@ impl Upstream {
 
     /// The live connection with the fewest queries outstanding, and how many are live.
     fn least_busy(&self) -> (Option<Arc<Connection>>, usize) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = lock::lock(&self.pool);
         pool.retain(|c| c.is_open());
         let least = pool.iter().min_by_key(|c| c.outstanding()).cloned();
         (least, pool.len())
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
+        lock::lock(&self.health)
     }
 
     fn record_success(&self) {
@@ -289,7 +290,7 @@ impl Upstream {
     }
 }
 
-impl Exchange for Upstream {
+impl Exchange for TlsUpstream {
     fn address(&self) -> SocketAddr {
         self.address
     }

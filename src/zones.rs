@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::dns::{LocalRecord, Query, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_SOA};
+use crate::dns::{self, LocalRecord, Query, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_SOA};
 
 const TYPE_A: u16 = 1;
 const TYPE_PTR: u16 = 12;
@@ -25,13 +25,13 @@ const LOCAL_TTL: u32 = 3600;
 /// A zone name in wire form, lower case, without compression: `corp.example` is
 /// `\x04corp\x07example\x00`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ZoneName {
+pub(crate) struct ZoneName {
     wire: Box<[u8]>,
 }
 
 /// Why a zone name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ZoneNameError {
+pub(crate) enum ZoneNameError {
     #[error("is empty or the root zone; the default upstreams ([[upstream]]) serve the root")]
     Root,
     #[error("has an empty label")]
@@ -46,7 +46,7 @@ pub enum ZoneNameError {
 
 impl ZoneName {
     /// Parses `corp.example` or `corp.example.` (case does not matter).
-    pub fn parse(text: &str) -> Result<ZoneName, ZoneNameError> {
+    pub(crate) fn parse(text: &str) -> Result<ZoneName, ZoneNameError> {
         let text = text.trim();
         let text = text.strip_suffix('.').unwrap_or(text);
         if text.is_empty() {
@@ -73,7 +73,8 @@ impl ZoneName {
         Ok(ZoneName { wire: wire.into() })
     }
 
-    pub fn wire(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn wire(&self) -> &[u8] {
         &self.wire
     }
 
@@ -83,22 +84,15 @@ impl ZoneName {
     }
 }
 
+/// The zone as configured, lower-cased and without the root's dot: text that
+/// [`ZoneName::parse`] reads back to the same zone (so not escaped as a logged name is).
 impl fmt::Display for ZoneName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut pos = 0;
-        while let Some(&len) = self.wire.get(pos) {
-            if len == 0 {
-                break;
-            }
-            if pos > 0 {
+        for (index, label) in dns::labels(&self.wire).enumerate() {
+            if index > 0 {
                 f.write_str(".")?;
             }
-            let label = self
-                .wire
-                .get(pos + 1..pos + 1 + usize::from(len))
-                .unwrap_or(&[]);
             f.write_str(&String::from_utf8_lossy(label))?;
-            pos += 1 + usize::from(len);
         }
         Ok(())
     }
@@ -128,7 +122,7 @@ enum Local {
 
 /// Where a question goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// The forward zone with this index in the configuration.
     Forward(usize),
     /// The default upstreams.
@@ -143,7 +137,7 @@ enum Target {
 
 /// The zone table, built once per configuration.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     /// Zone wire name → target; a question's name is looked up suffix by suffix.
     zones: HashMap<Box<[u8]>, Target>,
 }
@@ -194,7 +188,7 @@ fn builtin_zones() -> Vec<(String, Local)> {
 impl Router {
     /// The table for forward zones `forward[i]` (each a list of zone names): built-in local
     /// zones that a forward zone equals or contains are left out.
-    pub fn new(forward: &[Vec<ZoneName>]) -> Router {
+    pub(crate) fn new(forward: &[Vec<ZoneName>]) -> Router {
         let mut zones = HashMap::new();
         for (text, local) in builtin_zones() {
             // The built-in names are valid; a parse failure would only drop that one zone.
@@ -215,7 +209,7 @@ impl Router {
     }
 
     /// Where `query` goes, or its answer when a local zone answers it.
-    pub fn route(&self, query: &Query) -> Result<Route, Vec<u8>> {
+    pub(crate) fn route(&self, query: &Query) -> Result<Route, Vec<u8>> {
         let question = query.question();
         let name = &question[..question.len() - 4];
         let mut lower = [0u8; 256];
@@ -241,7 +235,7 @@ fn local_answer(query: &Query, name: &[u8], zone: &[u8], local: Local) -> Vec<u8
     let qtype = query.qtype();
     let apex = name == zone;
     let localhost: &[u8] = b"\x09localhost\x00";
-    let (rcode, rtype, rdata): (u8, u16, &[u8]) = match local {
+    let (rcode, rtype, rdata): (u16, u16, &[u8]) = match local {
         Local::Loopback if qtype == TYPE_A => (RCODE_NOERROR, TYPE_A, &[127, 0, 0, 1]),
         Local::Loopback if qtype == TYPE_AAAA => (
             RCODE_NOERROR,
@@ -294,26 +288,28 @@ fn is_loopback_reverse(name: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query as Question};
+    use hickory_proto::rr::{Name, RecordType};
+
     use super::*;
     use crate::dns;
 
+    /// A client's query, encoded by hickory-proto rather than by the code under test.
     fn query(name: &str, qtype: u16) -> Query {
-        let mut q = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.split('.').filter(|l| !l.is_empty()) {
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.extend_from_slice(&[0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
-        dns::parse_query(&q).unwrap()
+        let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.add_query(Question::query(
+            Name::from_ascii(name).unwrap(),
+            RecordType::from(qtype),
+        ));
+        dns::parse_query(&message.to_vec().unwrap()).unwrap()
     }
 
     fn zones(names: &[&str]) -> Vec<ZoneName> {
         names.iter().map(|n| ZoneName::parse(n).unwrap()).collect()
     }
 
-    fn rcode(answer: &[u8]) -> u8 {
-        answer[3] & 0x0f
-    }
+    use crate::dns::header_rcode as rcode;
 
     #[test]
     fn zone_names_parse_and_print() {

@@ -56,6 +56,7 @@ pub(crate) trait Keys {
     /// The names of its keys, in declaration order.
     fn names(out: &mut Vec<&'static str>);
     /// Each key's name and one-line doc.
+    #[cfg(test)]
     fn docs(out: &mut Vec<(&'static str, String)>);
     /// Whether `key` is one of these keys (`None` if not) and, if so, whether the value the
     /// layers give it has the type it needs, without checking it further.
@@ -72,6 +73,7 @@ pub(crate) trait Entry {
     /// The field's type.
     type Value;
     fn names(name: &'static str, out: &mut Vec<&'static str>);
+    #[cfg(test)]
     fn docs(name: &'static str, doc: &[&str], out: &mut Vec<(&'static str, String)>);
     fn parses(name: &str, key: &str, figment: &Figment) -> Option<Result<(), ConfigError>>;
     fn load(value: &mut Self::Value, name: &str, figment: &Figment) -> Result<(), ConfigError>;
@@ -89,6 +91,7 @@ impl<K: Key> Entry for K {
         out.push(name);
     }
 
+    #[cfg(test)]
     fn docs(name: &'static str, doc: &[&str], out: &mut Vec<(&'static str, String)>) {
         let lines: Vec<&str> = doc.iter().map(|line| line.trim()).collect();
         out.push((name, lines.join(" ")));
@@ -127,6 +130,7 @@ impl<S: Keys> Entry for Section<S> {
         S::names(out);
     }
 
+    #[cfg(test)]
     fn docs(_: &'static str, _: &[&str], out: &mut Vec<(&'static str, String)>) {
         S::docs(out);
     }
@@ -153,22 +157,23 @@ impl<S: Keys> Entry for Section<S> {
 /// ```
 ///
 /// and gets the field, its default, its loading and checking, and its `check-config` line.
+/// A field is `pub` only when the binary or the fuzz targets read it, else `pub(crate)`.
 macro_rules! keys {
     (
         $(#[$meta:meta])*
-        pub struct $name:ident {
+        $vis:vis struct $name:ident {
             $(
                 $(#[doc = $doc:literal])*
                 $(#[key = $key:literal])?
-                pub $field:ident : $ty:ty $(as $kind:ty)? = $default:expr;
+                $field_vis:vis $field:ident : $ty:ty $(as $kind:ty)? = $default:expr;
             )*
         }
     ) => {
         $(#[$meta])*
-        pub struct $name {
+        $vis struct $name {
             $(
                 $(#[doc = $doc])*
-                pub $field: $ty,
+                $field_vis $field: $ty,
             )*
         }
 
@@ -190,6 +195,7 @@ macro_rules! keys {
                 )*
             }
 
+            #[cfg(test)]
             fn docs(out: &mut Vec<(&'static str, String)>) {
                 $(
                     <keys!(@kind $ty $(as $kind)?) as $crate::config::declare::Entry>::docs(

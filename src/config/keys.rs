@@ -26,7 +26,7 @@ keys! {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Config {
         /// Addresses bound for UDP and TCP when systemd passes no sockets.
-        pub listen: Vec<SocketAddr> as SocketAddrs = vec![
+        pub(crate) listen: Vec<SocketAddr> as SocketAddrs = vec![
             SocketAddr::from(([127, 0, 0, 1], 5300)),
             SocketAddr::from((Ipv6Addr::LOCALHOST, 5300)),
         ];
@@ -42,34 +42,34 @@ keys! {
         pub tcp_max_connections: usize as Between<1, 65_535> = 256;
         /// Most client TCP connections open at once from one address, so one client (a
         /// slowloris) cannot take every slot.
-        pub tcp_max_connections_per_client: usize as Between<1, 65_535> = 32;
+        pub(crate) tcp_max_connections_per_client: usize as Between<1, 65_535> = 32;
         /// Most queries outstanding on one client TCP connection; reading pauses beyond it.
         pub tcp_max_queries: usize as Between<1, 65_535> = 64;
         /// An upstream TLS connection with no query outstanding is closed after this long.
         pub upstream_idle_timeout: Duration as Positive = Duration::from_secs(30);
         /// Most TLS connections open to one upstream at once.
-        pub upstream_connections: usize as Between<1, 16> = 2;
+        pub(crate) upstream_connections: usize as Between<1, 16> = 2;
         /// Threads that run queries; 0 for one per CPU.
         pub threads: usize as Between<0, 256> = 1;
         /// How a query picks among the available upstreams.
-        pub strategy: Strategy = Strategy::Fastest;
+        pub(crate) strategy: Strategy = Strategy::Fastest;
         /// When a query is also sent to a second upstream.
-        pub hedge: Hedge = Hedge::Off;
+        pub(crate) hedge: Hedge = Hedge::Off;
         /// Log one line per query at info level (off by default for privacy).
-        pub log_queries: bool = false;
+        pub(crate) log_queries: bool = false;
         /// Default log level: error, warn, info, debug or trace.
         pub log_level: String as LogLevel = "info".to_string();
         /// Clients that may use the resolver. Never empty.
         pub allow: Vec<Network> as Networks = Network::loopback();
         /// What clients outside `allow` get.
-        pub deny_action: DenyAction = DenyAction::Refuse;
+        pub(crate) deny_action: DenyAction = DenyAction::Refuse;
         /// Queries per second allowed per client address (IPv6: per /64); 0 is no limit.
-        pub rate_limit: u32 = 0;
+        pub(crate) rate_limit: u32 = 0;
         /// What a client over `rate_limit` gets. Dropped by default: answering a flood would
         /// reflect it at whoever the sources are spoofed as.
-        pub rate_limit_action: DenyAction = DenyAction::Drop;
+        pub(crate) rate_limit_action: DenyAction = DenyAction::Drop;
         /// The answer cache (the `cache*` keys).
-        pub cache: CacheConfig as Section<CacheConfig> = CacheConfig::default();
+        pub(crate) cache: CacheConfig as Section<CacheConfig> = CacheConfig::default();
         /// Upstream DoT resolvers, in order of preference. Never empty.
         #[key = "upstream"]
         pub upstreams: Vec<UpstreamConfig> as Upstreams = vec![
@@ -81,7 +81,7 @@ keys! {
         pub forward_zones: Vec<ForwardZone> as ForwardZones = Vec::new();
         /// The Prometheus endpoint; `None` (the default) serves none, unless systemd passes a
         /// socket named `metrics`.
-        pub metrics: Option<MetricsConfig> as Metrics = None;
+        pub(crate) metrics: Option<MetricsConfig> as Metrics = None;
     }
 }
 

@@ -18,7 +18,7 @@ use super::ConfigError;
 use super::types::DOT_PORT;
 
 /// The configuration file read when `--config` is not given.
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/dns-proxy/dns-proxy.toml";
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "/etc/dns-proxy/dns-proxy.toml";
 
 /// Prefix of the environment variables that set configuration keys.
 const ENV_PREFIX: &str = "DNS_PROXY_";
@@ -38,9 +38,9 @@ const SEED_ALIASES: [(&str, &str); 3] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flags {
     /// `--listen`, in order given; when any, they replace `listen`.
-    pub listen: Vec<String>,
+    pub(crate) listen: Vec<String>,
     /// `--log-level`; replaces `log_level`.
-    pub log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
 }
 
 /// Everything a configuration is loaded from. Kept by the daemon so that a reload reads the
@@ -58,7 +58,7 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Sources for this process: the given file (else [`DEFAULT_CONFIG_FILE`], which may be
+    /// Sources for this process: the given file (else `DEFAULT_CONFIG_FILE`, which may be
     /// missing) and a snapshot of its `DNS_PROXY_*` environment variables.
     pub fn from_process(file: Option<PathBuf>, flags: Flags) -> Sources {
         // `vars_os`, not `vars`, which panics on a non-UTF-8 variable anywhere in the

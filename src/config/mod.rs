@@ -37,9 +37,10 @@ mod units;
 
 use declare::Keys as _;
 pub use keys::{CacheConfig, Config};
-pub use layers::{DEFAULT_CONFIG_FILE, Flags, Sources};
+pub use layers::{Flags, Sources};
 use layers::{Layer, env_layers, file_layers, flag_layers, key_path, keys_set, origin, toml_layer};
-pub use types::{ForwardZone, Hedge, MetricsConfig, Strategy, UpstreamConfig, ZoneUpstream};
+pub use types::{ForwardZone, UpstreamConfig, ZoneUpstream};
+pub(crate) use types::{Hedge, Strategy};
 
 impl Config {
     /// The defaults overridden by one TOML document, without files, environment or flags: a
@@ -50,7 +51,8 @@ impl Config {
     }
 
     /// Every key's name and one-line doc, in declaration order.
-    pub fn key_docs() -> Vec<(&'static str, String)> {
+    #[cfg(test)]
+    pub(crate) fn key_docs() -> Vec<(&'static str, String)> {
         let mut docs = Vec::new();
         Config::docs(&mut docs);
         docs

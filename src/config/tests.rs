@@ -9,7 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rustls::pki_types::ServerName;
 
-use super::layers::drop_in_dir;
+use super::layers::{DEFAULT_CONFIG_FILE, drop_in_dir};
+use super::types::MetricsConfig;
 use super::units::{toml_duration, toml_string};
 use super::*;
 

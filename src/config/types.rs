@@ -238,7 +238,7 @@ impl Key for DenyAction {
 
 /// How a query picks among the available upstreams (`strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
+pub(crate) enum Strategy {
     /// The lowest smoothed latency, with an occasional probe of the others.
     Fastest,
     /// The first in configuration order.
@@ -248,7 +248,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Strategy::Fastest => "fastest",
             Strategy::Failover => "failover",
@@ -280,7 +280,7 @@ impl Key for Strategy {
 /// Hedging (`hedge`): when no answer has come after a delay, the query is also sent to the
 /// next upstream and the first answer wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hedge {
+pub(crate) enum Hedge {
     Off,
     /// After the upstream's usual latency plus four deviations (about its 95th percentile).
     Auto,
@@ -315,9 +315,9 @@ impl Key for Hedge {
 
 /// The `[metrics]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsConfig {
+pub(crate) struct MetricsConfig {
     /// Address of the HTTP endpoint (`/metrics`, `/healthz`).
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 }
 
 /// The `[metrics]` table as written.
@@ -356,14 +356,14 @@ pub struct UpstreamConfig {
     /// IP address and port (853 when the config gives none).
     pub address: SocketAddr,
     /// Name checked in the certificate and sent as SNI; the IP address itself when not configured.
-    pub tls_name: ServerName<'static>,
+    pub(crate) tls_name: ServerName<'static>,
     /// Where `ca_roots` came from, for messages.
     pub ca_file: Option<PathBuf>,
     /// Certificates of a private CA: when present, the only roots trusted for this upstream.
     pub ca_roots: Option<Vec<CertificateDer<'static>>>,
     /// SHA-256 digests of acceptable SubjectPublicKeyInfo (RFC 7858 §4.2), checked on top of
     /// certificate validation. Empty: no pinning.
-    pub pin_sha256: Vec<[u8; 32]>,
+    pub(crate) pin_sha256: Vec<[u8; 32]>,
 }
 
 impl UpstreamConfig {
@@ -386,7 +386,7 @@ impl UpstreamConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardZone {
     /// Never empty.
-    pub zones: Vec<ZoneName>,
+    pub(crate) zones: Vec<ZoneName>,
     /// In order of preference. Never empty.
     pub upstreams: Vec<ZoneUpstream>,
 }
