@@ -5,12 +5,13 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-/// An IP network: an address and how many of its leading bits a client must share.
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// An IP network: an address and how many of its leading bits a client must share. IPv4
+/// addresses are always held as IPv4, so a client seen on a dual-stack socket as
+/// `::ffff:a.b.c.d` and a network written that way match as the IPv4 they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Network {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Network(IpNet);
 
 /// Why a network in the configuration did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,15 +24,13 @@ pub enum NetworkError {
 
 impl Network {
     /// 127.0.0.0/8.
-    pub(crate) const LOOPBACK_V4: Network = Network {
-        addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
-        prefix: 8,
-    };
+    pub(crate) const LOOPBACK_V4: Network = Network(IpNet::V4(Ipv4Net::new_assert(
+        Ipv4Addr::new(127, 0, 0, 0),
+        8,
+    )));
     /// ::1/128.
-    pub(crate) const LOOPBACK_V6: Network = Network {
-        addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-        prefix: 128,
-    };
+    pub(crate) const LOOPBACK_V6: Network =
+        Network(IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)));
 
     /// Loopback, IPv4 and IPv6: the default `allow`.
     pub(crate) fn loopback() -> Vec<Network> {
@@ -40,29 +39,17 @@ impl Network {
 
     /// One address alone (/32 or /128). An IPv4-mapped IPv6 address is the IPv4 address it is.
     pub(crate) fn host(ip: IpAddr) -> Network {
-        let addr = ip.to_canonical();
-        let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        Network { addr, prefix }
+        Network(IpNet::from(ip.to_canonical()))
     }
 
     /// Whether every address of `other` lies in this network.
     pub(crate) fn covers(&self, other: &Network) -> bool {
-        other.prefix >= self.prefix && self.contains(other.addr)
+        self.0.contains(&other.0)
     }
 
-    /// Whether `ip` lies in this network. An IPv4 client seen on a dual-stack socket as
-    /// `::ffff:a.b.c.d` is matched as the IPv4 address it is.
+    /// Whether `ip` lies in this network.
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        let (net, ip, width) = match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                (u32::from(net) as u128, u32::from(ip) as u128, 32)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => (u128::from(net), u128::from(ip), 128),
-            _ => return false,
-        };
-        let shift = width - u32::from(self.prefix);
-        // A /0 shifts every bit out: checked_shr is None only for a shift of 128.
-        net.checked_shr(shift).unwrap_or(0) == ip.checked_shr(shift).unwrap_or(0)
+        self.0.contains(&ip.to_canonical())
     }
 }
 
@@ -82,33 +69,30 @@ impl FromStr for Network {
             None => (text.trim(), None),
         };
         let addr: IpAddr = addr.parse().map_err(|_| syntax())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(prefix) => prefix.parse::<u8>().map_err(|_| syntax())?,
+        let net = match prefix {
+            None => IpNet::from(addr),
+            Some(prefix) => {
+                let prefix = prefix.parse::<u8>().map_err(|_| syntax())?;
+                IpNet::new(addr, prefix).map_err(|_| NetworkError::Prefix {
+                    text: text.to_string(),
+                    max: if addr.is_ipv4() { 32 } else { 128 },
+                })?
+            }
         };
-        if prefix > max {
-            return Err(NetworkError::Prefix {
-                text: text.to_string(),
-                max,
-            });
-        }
         // `::ffff:a.b.c.d/n` names IPv4 addresses, which is how clients are matched.
-        if let (IpAddr::V6(v6), 96..) = (addr, prefix) {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return Ok(Network {
-                    addr: IpAddr::V4(v4),
-                    prefix: prefix - 96,
-                });
+        if let IpNet::V6(v6) = net {
+            if let (Some(v4), 96..) = (v6.addr().to_ipv4_mapped(), v6.prefix_len()) {
+                let net = Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|_| syntax())?;
+                return Ok(Network(IpNet::V4(net)));
             }
         }
-        Ok(Network { addr, prefix })
+        Ok(Network(net))
     }
 }
 
 impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.0.addr(), self.0.prefix_len())
     }
 }
 
