@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::admission::Admission;
+use crate::answer_records::AnswerRecords;
 use crate::dns::{self, Rcode, Rejection};
 use crate::doh_request::{self, DNS_MESSAGE, Refusal, RequestHead};
 use crate::dot;
@@ -71,7 +72,9 @@ pub(crate) async fn serve(
             else {
                 return;
             };
-            connection(TokioIo::new(stream), client, admission, serve, slot).await;
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(AnswerRecords::new(stream, http2));
+            connection(io, client, admission, serve, slot).await;
         }
     })
     .await;

@@ -1,6 +1,7 @@
 //! DNS over HTTPS for clients, on a socket passed as `dns-https`: curl resolves a name through
 //! it (`--doh-url`); raw POST and GET requests over HTTP/2 and HTTP/1.1 (curl) and dig
-//! `+https` / `+https-get` are answered with `Cache-Control: max-age` of the answer's TTL;
+//! `+https` / `+https-get` are answered, dnsperf gets every answer over DNS over TLS and
+//! HTTPS with many queries outstanding, with `Cache-Control: max-age` of the answer's TTL;
 //! requests that carry no query get their status codes (400, 404, 405, 413, 415); request heads
 //! and handshakes that never finish are closed while others are served; allow, deny and the
 //! rate limit apply as over TCP.
@@ -139,6 +140,72 @@ async fn post_and_get_are_answered_over_http2_and_http11() {
         }
     }
     proxy.proxy.assert_running();
+}
+
+/// dnsperf with `-m mode` at `port`: 400 queries (200 names twice), 20 outstanding on each
+/// of 2 connections; its report.
+async fn dnsperf(proxy: &EncryptedProxy, mode: &str, port: u16) -> String {
+    let data = proxy.files.dir.path().join(format!("dnsperf-{mode}.txt"));
+    let names: String = (0..200).map(|i| format!("perf{i}.example. A\n")).collect();
+    std::fs::write(&data, names.repeat(2)).expect("write the dnsperf data file");
+    let uri = format!("doh-uri=https://127.0.0.1:{port}/dns-query");
+    let mut args: Vec<String> = [
+        "-m",
+        mode,
+        "-s",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-c",
+        "2",
+        "-q",
+        "20",
+        "-n",
+        "1",
+        "-l",
+        "10",
+        "-t",
+        "3",
+        "-d",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    args.push(data.display().to_string());
+    if mode == "doh" {
+        args.extend(["-O".to_string(), uri]);
+    }
+    let out = run("dnsperf", &args).await;
+    assert!(
+        out.success,
+        "dnsperf -m {mode} failed:\n{}{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnsperf_gets_every_answer_over_tls_and_https() {
+    if !require_tool("dnsperf") {
+        return;
+    }
+    let (up, proxy) = start(|c| c).await;
+    // dnsperf reads one TLS record at a time and takes one answer from each: every answer
+    // must come in a record of its own, even when many are ready at once.
+    for (mode, port) in [("dot", proxy.tls.port()), ("doh", proxy.https.port())] {
+        let report = dnsperf(&proxy, mode, port).await;
+        let completed = report
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("Queries completed:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|count| count.parse::<u32>().ok());
+        assert_eq!(completed, Some(400), "dnsperf -m {mode}:\n{report}");
+        assert!(
+            report.contains("NOERROR 400"),
+            "dnsperf -m {mode}:\n{report}"
+        );
+    }
+    assert!(up.queries() >= 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
