@@ -5,10 +5,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::Loaded;
 use super::declare::Keys as _;
 use super::types::{UpstreamConfig, ZoneUpstream};
 use super::units::toml_string;
+use super::{Loaded, credential_path};
 
 impl Loaded {
     /// The effective configuration as TOML a user could paste into a file, each value followed
@@ -21,8 +21,28 @@ impl Loaded {
             "# Effective dns-proxy configuration; the comment after each value names its source.\n",
         );
         for (key, value) in keys {
-            if let Some(value) = value {
-                out.push_str(&format!("{key} = {value}  # {}\n", self.origin(key)));
+            let file = match key {
+                "tls_certificate" => Some(&config.tls_certificate),
+                "tls_key" => Some(&config.tls_key),
+                _ => None,
+            };
+            match (value, file) {
+                (Some(value), _) => {
+                    out.push_str(&format!("{key} = {value}  # {}\n", self.origin(key)));
+                }
+                (None, Some(_)) => out.push_str(&format!(
+                    "# {key} not set: no DNS over TLS or HTTPS for clients\n"
+                )),
+                (None, None) => {}
+            }
+            if let Some(Some(path)) = file {
+                let read = credential_path(path, self.credentials.as_deref());
+                if read != *path {
+                    out.push_str(&format!(
+                        "# {key} is read from {} ($CREDENTIALS_DIRECTORY)\n",
+                        read.display()
+                    ));
+                }
             }
         }
         match &config.metrics {
