@@ -7,6 +7,7 @@
 //! together are in [`check_together`].
 
 use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::Figment;
@@ -15,8 +16,8 @@ use super::ConfigError;
 use super::declare::{Section, keys};
 use super::layers::origin;
 use super::types::{
-    Between, CacheSize, ForwardZone, ForwardZones, Hedge, LogLevel, Metrics, MetricsConfig,
-    Networks, Positive, SocketAddrs, Strategy, Ttl, UpstreamConfig, Upstreams,
+    Between, CacheSize, ControlSocket, ForwardZone, ForwardZones, Hedge, LogLevel, Metrics,
+    MetricsConfig, Networks, Positive, SocketAddrs, Strategy, Ttl, UpstreamConfig, Upstreams,
 };
 use super::units::toml_duration;
 use crate::access::{DenyAction, Network};
@@ -79,6 +80,9 @@ keys! {
         /// Split DNS: zones with upstreams of their own, in configuration order.
         #[key = "forward_zone"]
         pub forward_zones: Vec<ForwardZone> as ForwardZones = Vec::new();
+        /// Unix socket of `dns-proxy status` and `flush`: under systemd's RuntimeDirectory=,
+        /// `control` in it; otherwise none unless set.
+        pub(crate) control_socket: Option<PathBuf> as ControlSocket = ControlSocket::default_path();
         /// The Prometheus endpoint; `None` (the default) serves none, unless systemd passes a
         /// socket named `metrics`.
         pub(crate) metrics: Option<MetricsConfig> as Metrics = None;
