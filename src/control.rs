@@ -123,7 +123,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         ));
     }
     let raw: RawRequest = serde_json::from_slice(line)
-        .map_err(|error| RequestError::BadRequest(error.to_string()))?;
+        .map_err(|error| RequestError::BadRequest(one_line(&error.to_string())))?;
     match raw.command.as_str() {
         "status" if raw.names.is_some() => Err(RequestError::UnexpectedNames("status".to_string())),
         "status" => Ok(Request::Status),
@@ -143,6 +143,17 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
             .map(Request::Flush),
         other => Err(RequestError::UnknownCommand(other.to_string())),
     }
+}
+
+/// `text` with its control characters escaped: serde quotes an unknown field's name as sent,
+/// newlines included, and a message is logged and printed as one line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 impl Request {
@@ -658,6 +669,9 @@ mod tests {
         );
         assert_eq!(code(br#"{"command":1}"#), Err("bad_request"));
         assert_eq!(code(br#"["status"]"#), Err("bad_request"));
+        // Found by the fuzz target: serde quotes an unknown field's name as sent.
+        let error = parse_request(br#"{"\u000a":1}"#).unwrap_err();
+        assert!(error.to_string().contains(r"unknown field `\n`"), "{error}");
         assert_eq!(
             code(br#"{"command":"flush","names":["."]}"#),
             Err("bad_name")
