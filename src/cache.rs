@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::config::CacheConfig;
 use crate::dns::{self, Query, Response, Section};
+use crate::zones::{ZoneName, suffixes};
 
 /// TTL written into a stale answer (RFC 8767 §4 recommends 30 s).
 pub(crate) const STALE_TTL: u32 = 30;
@@ -49,21 +50,6 @@ const TYPICAL_ENTRY: u64 = 512;
 
 /// Bytes of a key after the question's name: type, class and the answer bits.
 const KEY_TRAILER: usize = 4 + 1;
-
-/// Whether the wire-form `name` is `zone` or below it: `zone` (ending with the root label)
-/// is a suffix of `name` that starts at one of its labels.
-fn at_or_below(name: &[u8], zone: &[u8]) -> bool {
-    let mut at = 0;
-    loop {
-        if name.get(at..) == Some(zone) {
-            return true;
-        }
-        match name.get(at) {
-            Some(&len) if len != 0 => at += 1 + usize::from(len),
-            _ => return false,
-        }
-    }
-}
 
 /// A cache key, built on the stack so a hit allocates nothing but the answer.
 pub struct Key {
@@ -282,17 +268,19 @@ impl Cache {
         self.entries.len()
     }
 
-    /// Removes every entry whose name is one of `zones` (wire form, lower case) or below one
-    /// (label by label: `example.com` takes `a.example.com`, not `badexample.com`); with no
-    /// zones, every entry. Returns how many went.
+    /// Removes every entry whose name is one of `zones` or below one (label by label:
+    /// `example.com` takes `a.example.com`, not `badexample.com`); with no zones, every entry.
+    /// Returns how many went.
     ///
     /// Queries keep going meanwhile: each shard is locked only while it is swept, and an
     /// answer being fetched now is stored when it comes.
-    pub(crate) fn flush(&self, zones: &[&[u8]]) -> u64 {
+    pub(crate) fn flush(&self, zones: &[ZoneName]) -> u64 {
         let removed = AtomicU64::new(0);
         self.entries.retain(|key, _| {
+            // The key's name is lower case, like a zone's.
             let name = &key[..key.len().saturating_sub(KEY_TRAILER)];
-            let keep = !zones.is_empty() && !zones.iter().any(|zone| at_or_below(name, zone));
+            let at_or_below = |zone: &ZoneName| suffixes(name).any(|suffix| suffix == zone.wire());
+            let keep = !zones.is_empty() && !zones.iter().any(at_or_below);
             if !keep {
                 removed.fetch_add(1, Ordering::Relaxed);
             }
@@ -659,12 +647,8 @@ mod tests {
         );
         assert_eq!(cache.len(), names.len() + 1);
 
-        assert_eq!(
-            cache.flush(&[&name("EXAMPLE.com")[..]]),
-            0,
-            "zones are lower case"
-        );
-        assert_eq!(cache.flush(&[&name("example.com")[..]]), 4);
+        let zone = |text: &str| ZoneName::parse(text).unwrap();
+        assert_eq!(cache.flush(&[zone("EXAMPLE.com")]), 4);
         let cached = |qname: &str| {
             let q = query(1, qname, None, 0);
             matches!(
@@ -678,10 +662,7 @@ mod tests {
         for kept in ["badexample.com", "example.com.org", "com", "other.test"] {
             assert!(cached(kept), "{kept} was flushed");
         }
-        assert_eq!(
-            cache.flush(&[&name("nothing.here")[..], &name("test")[..]]),
-            1
-        );
+        assert_eq!(cache.flush(&[zone("nothing.here"), zone("test")]), 1);
         assert_eq!(cache.flush(&[]), 3, "no names: everything");
         assert!(cache.is_empty());
         assert_eq!(cache.weight(), 0);

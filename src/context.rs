@@ -79,13 +79,14 @@ impl Context {
                 upstreams,
             })
             .collect();
-        let (entries, bytes, max_bytes) = forwarder.cache_size().unwrap_or_default();
+        let cache_size = forwarder.cache_size();
+        let (entries, bytes, max_bytes) = cache_size.unwrap_or_default();
         Status {
             degraded: self.problem(),
             upstreams: forwarder.upstreams_snapshot(),
             forward_zones,
             cache: snapshot::Cache {
-                enabled: forwarder.cache_size().is_some(),
+                enabled: cache_size.is_some(),
                 entries,
                 bytes,
                 max_bytes,

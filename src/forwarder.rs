@@ -424,8 +424,7 @@ impl<R: Exchange> Forwarder<R> {
     /// Removes `zones` and every name below them from the cache, or everything when `zones`
     /// is empty; returns how many entries went.
     pub(crate) fn flush(&self, zones: &[ZoneName]) -> u64 {
-        let wires: Vec<&[u8]> = zones.iter().map(ZoneName::wire).collect();
-        self.cache.as_ref().map_or(0, |cache| cache.flush(&wires))
+        self.cache.as_ref().map_or(0, |cache| cache.flush(zones))
     }
 
     /// Whether at least one default upstream is up (for the health check).

@@ -99,7 +99,7 @@ impl fmt::Display for ZoneName {
 }
 
 /// Every suffix of a wire name that starts at a label, longest first, ending with the root.
-fn suffixes(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn suffixes(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut pos = Some(0usize);
     std::iter::from_fn(move || {
         let at = pos?;
