@@ -20,7 +20,7 @@
 //! passes through.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use quick_cache::Weighter;
@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::config::CacheConfig;
 use crate::dns::{self, Query, Response, Section};
+use crate::zones::{ZoneName, suffixes};
 
 /// TTL written into a stale answer (RFC 8767 §4 recommends 30 s).
 pub(crate) const STALE_TTL: u32 = 30;
@@ -46,6 +47,9 @@ const ENTRY_OVERHEAD: u64 = 256;
 const MAX_KEY: usize = 256 + 4 + 1;
 /// A guess of the average entry size, used only to size the table up front.
 const TYPICAL_ENTRY: u64 = 512;
+
+/// Bytes of a key after the question's name: type, class and the answer bits.
+const KEY_TRAILER: usize = 4 + 1;
 
 /// A cache key, built on the stack so a hit allocates nothing but the answer.
 pub struct Key {
@@ -255,9 +259,34 @@ impl Cache {
         self.entries.weight()
     }
 
-    #[cfg(test)]
+    /// The bound on [`Cache::weight`] (`cache_size`).
+    pub(crate) fn capacity(&self) -> u64 {
+        self.entries.capacity()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Removes every entry whose name is one of `zones` or below one (label by label:
+    /// `example.com` takes `a.example.com`, not `badexample.com`); with no zones, every entry.
+    /// Returns how many went.
+    ///
+    /// Queries keep going meanwhile: each shard is locked only while it is swept, and an
+    /// answer being fetched now is stored when it comes.
+    pub(crate) fn flush(&self, zones: &[ZoneName]) -> u64 {
+        let removed = AtomicU64::new(0);
+        self.entries.retain(|key, _| {
+            // The key's name is lower case, like a zone's.
+            let name = &key[..key.len().saturating_sub(KEY_TRAILER)];
+            let at_or_below = |zone: &ZoneName| suffixes(name).any(|suffix| suffix == zone.wire());
+            let keep = !zones.is_empty() && !zones.iter().any(at_or_below);
+            if !keep {
+                removed.fetch_add(1, Ordering::Relaxed);
+            }
+            keep
+        });
+        removed.into_inner()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -587,6 +616,56 @@ mod tests {
         tokio::time::advance(Duration::from_secs(91)).await;
         assert!(prefetch(&cache), "within the last tenth of the TTL");
         assert!(!prefetch(&cache), "only once per entry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_takes_a_name_and_the_names_below_it_only() {
+        let cache = cache_with(|_| {});
+        let names = [
+            "example.com",
+            "A.Example.com",
+            "b.a.example.com",
+            "badexample.com",
+            "example.com.org",
+            "com",
+            "other.test",
+        ];
+        for (i, qname) in names.iter().enumerate() {
+            let q = query(i as u16, qname, None, 0);
+            cache.insert(
+                &Key::of(&q),
+                response(qname, 0, &[60], None),
+                Instant::now(),
+            );
+        }
+        // The same name with DO set is another entry, flushed with it.
+        let dnssec = query(99, "a.example.com", Some(true), 0);
+        cache.insert(
+            &Key::of(&dnssec),
+            response("a.example.com", 0, &[60], None),
+            Instant::now(),
+        );
+        assert_eq!(cache.len(), names.len() + 1);
+
+        let zone = |text: &str| ZoneName::parse(text).unwrap();
+        assert_eq!(cache.flush(&[zone("EXAMPLE.com")]), 4);
+        let cached = |qname: &str| {
+            let q = query(1, qname, None, 0);
+            matches!(
+                cache.lookup(&Key::of(&q), &q, Instant::now()),
+                Lookup::Hit { .. }
+            )
+        };
+        for gone in ["example.com", "a.example.com", "b.a.example.com"] {
+            assert!(!cached(gone), "{gone} is still cached");
+        }
+        for kept in ["badexample.com", "example.com.org", "com", "other.test"] {
+            assert!(cached(kept), "{kept} was flushed");
+        }
+        assert_eq!(cache.flush(&[zone("nothing.here"), zone("test")]), 1);
+        assert_eq!(cache.flush(&[]), 3, "no names: everything");
+        assert!(cache.is_empty());
+        assert_eq!(cache.weight(), 0);
     }
 
     #[tokio::test(start_paused = true)]

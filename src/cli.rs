@@ -1,5 +1,6 @@
-//! The command line: what to do (run, check-config, apply-ip-allow) and the few settings that must be known
-//! before the configuration is read (where it is, where logs go).
+//! The command line: what to do (run, check-config, apply-ip-allow, or ask the running daemon
+//! with status and flush) and the few settings that must be known before the configuration is
+//! read (where it is, where logs go).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -11,6 +12,8 @@ use crate::logging::{LogFormat, LogTarget};
 
 pub const USAGE: &str = "\
 Usage: dns-proxy [check-config | apply-ip-allow UNIT] [OPTIONS]
+       dns-proxy status [--json] [--control PATH]
+       dns-proxy flush [NAME...] [--control PATH]
 
 Forwards the DNS queries of this host to upstream resolvers over DNS-over-TLS.
 
@@ -21,6 +24,10 @@ Commands:
   apply-ip-allow UNIT
                   validate the configuration, then set UNIT's IPAddressAllow= to that list
                   (the packaged unit runs it as root at each start and reload)
+  status          show the running daemon's listeners, upstreams (up or down, since when,
+                  last error, latency), cache and counters
+  flush           empty the running daemon's cache, or with NAMEs remove each NAME and
+                  every name below it (root and the daemon's user only)
 
 Options:
   -c, --config FILE        configuration file (default: /etc/dns-proxy/dns-proxy.toml);
@@ -30,6 +37,9 @@ Options:
       --log TARGET         auto (journal under systemd, else stderr), journal or stderr
       --log-format FORMAT  text or json (for stderr)
       --log-level LEVEL    error, warn, info, debug or trace (replaces `log_level`)
+      --json               status: print JSON for scripts (its shape: dns-proxy(8))
+      --control PATH       status, flush: the daemon's control socket
+                           (default: /run/dns-proxy/control)
   -h, --help               print this help
   -V, --version            print the version
 
@@ -42,6 +52,10 @@ pub enum Command {
     Run,
     CheckConfig,
     ApplyIpAllow,
+    /// Ask the running daemon for its status.
+    Status,
+    /// Flush the running daemon's cache.
+    Flush,
     Help,
     Version,
 }
@@ -53,6 +67,12 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// The systemd unit whose allow list `apply-ip-allow` sets.
     pub unit: Option<String>,
+    /// `flush`: the names to remove, with those below them; none for the whole cache.
+    pub names: Vec<String>,
+    /// `status --json`.
+    pub json: bool,
+    /// `--control`: the daemon's control socket, for `status` and `flush`.
+    pub control: Option<PathBuf>,
     pub flags: Flags,
     pub log_target: LogTarget,
     pub log_format: LogFormat,
@@ -65,6 +85,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
         command: Command::Run,
         config: None,
         unit: None,
+        names: Vec::new(),
+        json: false,
+        control: None,
         flags: Flags::default(),
         log_target: LogTarget::Auto,
         log_format: LogFormat::Text,
@@ -89,6 +112,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
                 }
             }
             Long("log-level") => parsed.flags.log_level = Some(parser.value()?.string()?),
+            Long("json") => parsed.json = true,
+            Long("control") => parsed.control = Some(parser.value()?.into()),
             Short('h') | Long("help") => parsed.command = Command::Help,
             Short('V') | Long("version") => parsed.command = Command::Version,
             Value(value) if value == "check-config" && parsed.command == Command::Run => {
@@ -100,11 +125,27 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             Value(value) if parsed.command == Command::ApplyIpAllow && parsed.unit.is_none() => {
                 parsed.unit = Some(value.string()?);
             }
+            Value(value) if value == "status" && parsed.command == Command::Run => {
+                parsed.command = Command::Status;
+            }
+            Value(value) if value == "flush" && parsed.command == Command::Run => {
+                parsed.command = Command::Flush;
+            }
+            Value(value) if parsed.command == Command::Flush => {
+                parsed.names.push(value.string()?);
+            }
             _ => return Err(arg.unexpected()),
         }
     }
     if parsed.command == Command::ApplyIpAllow && parsed.unit.is_none() {
         return Err("apply-ip-allow needs the name of the unit, e.g. dns-proxy.service".into());
+    }
+    if parsed.json && !matches!(parsed.command, Command::Status | Command::Help) {
+        return Err("--json is an option of status".into());
+    }
+    let asks_daemon = matches!(parsed.command, Command::Status | Command::Flush);
+    if parsed.control.is_some() && !asks_daemon && parsed.command != Command::Help {
+        return Err("--control is an option of status and flush".into());
     }
     Ok(parsed)
 }
@@ -164,6 +205,29 @@ mod tests {
         assert!(parse_str(&["apply-ip-allow"]).is_err());
         assert!(parse_str(&["apply-ip-allow", "a.service", "b.service"]).is_err());
         assert!(parse_str(&["check-config", "dns-proxy.service"]).is_err());
+    }
+
+    #[test]
+    fn status_and_flush_ask_the_daemon() {
+        let args = parse_str(&["status", "--json", "--control", "/tmp/c"]).unwrap();
+        assert_eq!(args.command, Command::Status);
+        assert!(args.json);
+        assert_eq!(args.control, Some(PathBuf::from("/tmp/c")));
+        let args = parse_str(&["status"]).unwrap();
+        assert!(!args.json);
+        assert_eq!(args.control, None);
+
+        let args = parse_str(&["flush", "example.com", "--control=/c", "b.test"]).unwrap();
+        assert_eq!(args.command, Command::Flush);
+        assert_eq!(args.names, vec!["example.com", "b.test"]);
+        assert_eq!(args.control, Some(PathBuf::from("/c")));
+        assert!(parse_str(&["flush"]).unwrap().names.is_empty());
+
+        assert!(parse_str(&["status", "example.com"]).is_err());
+        assert!(parse_str(&["flush", "--json"]).is_err());
+        assert!(parse_str(&["--json"]).is_err());
+        assert!(parse_str(&["check-config", "--control", "/c"]).is_err());
+        assert!(parse_str(&["status", "flush"]).is_err());
     }
 
     #[test]

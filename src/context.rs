@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::forwarder::Forwarder;
 use crate::lock;
 use crate::metrics::Metrics;
+use crate::snapshot::{self, Status};
 
 /// What every server task shares: the configuration and forwarder in force (swapped whole on
 /// reload, so a query sees one consistent pair) and the metrics, which live here rather than
@@ -62,6 +63,44 @@ impl Context {
 
     pub(crate) fn set_problem(&self, problem: Option<String>) {
         *lock::write(&self.problem) = problem;
+    }
+
+    /// The state of the configuration and forwarder in force, the cache and the counters, for
+    /// `dns-proxy status`; the daemon adds what it fixed at start (listeners, start time).
+    pub(crate) fn snapshot(&self) -> Status {
+        let (config, forwarder) = self.current();
+        let metrics = &self.metrics;
+        let forward_zones = config
+            .forward_zones
+            .iter()
+            .zip(forwarder.zones_snapshot())
+            .map(|(zone, upstreams)| snapshot::ForwardZone {
+                zones: zone.zones.iter().map(ToString::to_string).collect(),
+                upstreams,
+            })
+            .collect();
+        let cache_size = forwarder.cache_size();
+        let (entries, bytes, max_bytes) = cache_size.unwrap_or_default();
+        Status {
+            degraded: self.problem(),
+            upstreams: forwarder.upstreams_snapshot(),
+            forward_zones,
+            cache: snapshot::Cache {
+                enabled: cache_size.is_some(),
+                entries,
+                bytes,
+                max_bytes,
+                hits: metrics.cache.hits.get(),
+                misses: metrics.cache.misses.get(),
+                stale: metrics.cache.stale.get(),
+            },
+            queries: metrics.transports_snapshot(),
+            rate_limited: metrics.rate_limited.get(),
+            local_answers: metrics.local_answers.get(),
+            hedged: metrics.hedged.get(),
+            in_flight: metrics.queries_in_flight.get(),
+            ..Status::default()
+        }
     }
 
     /// The systemd STATUS line: traffic so far and upstream health, or why only the local

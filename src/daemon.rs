@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -18,9 +18,11 @@ use tracing::{error, info, warn};
 use crate::admin::Admin;
 use crate::config::{self, Config, Sources};
 use crate::context::Context;
+use crate::control::{self, Control, Handler};
 use crate::forwarder::Forwarder;
 use crate::listeners::{self, Inherited, ListenError};
 use crate::metrics::Metrics;
+use crate::snapshot::{self, Listener, Status};
 use crate::tcp::Serve;
 use crate::tls::TlsSetupError;
 use crate::tls_server::{self, CurrentIdentity, Identity, TlsServerError};
@@ -43,6 +45,8 @@ pub enum DaemonError {
     Socket(io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error(transparent)]
+    Control(#[from] control::SocketError),
 }
 
 /// Runs until SIGTERM or SIGINT. `inherited` holds the sockets systemd passed, if any;
@@ -61,6 +65,7 @@ pub async fn run(
     problem: Option<String>,
     inherited: Option<Inherited>,
 ) -> Result<(), DaemonError> {
+    let started = (SystemTime::now(), Instant::now());
     let activated = inherited.is_some();
     if rustix::process::geteuid().is_root() {
         warn!(
@@ -119,6 +124,18 @@ pub async fn run(
         config.tcp_max_connections_per_client,
     ));
     let (serve_udp, serve_tcp) = (config.udp, config.tcp);
+    let control_socket = match &config.control_socket {
+        Some(path) => match control::bind(path) {
+            Ok(bound) => Some(bound),
+            // Clients already wait on the sockets systemd passed: DNS matters more than this.
+            Err(error) if activated => {
+                error!("{error}; dns-proxy status and flush are unavailable");
+                None
+            }
+            Err(error) => return Err(error.into()),
+        },
+        None => None,
+    };
     let context = Arc::new(Context::new(config, forwarder, problem, metrics));
     let current_identity = Arc::new(CurrentIdentity::default());
     current_identity.replace(identity.as_ref());
@@ -132,6 +149,7 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut addresses = Vec::new();
+    let mut served = Vec::new();
     if !serve_udp && !listeners.udp.is_empty() {
         info!(
             "udp is off: {} UDP sockets left unused",
@@ -145,7 +163,7 @@ pub async fn run(
         );
     }
     for socket in listeners.udp.into_iter().filter(|_| serve_udp) {
-        addresses.push(describe("udp", socket.local_addr()));
+        addresses.push(describe("udp", socket.local_addr(), &mut served));
         socket.set_nonblocking(true).map_err(DaemonError::Socket)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(DaemonError::Socket)?;
         tracker.spawn(udp::serve(
@@ -156,7 +174,7 @@ pub async fn run(
         ));
     }
     for listener in listeners.tcp.into_iter().filter(|_| serve_tcp) {
-        addresses.push(describe("tcp", listener.local_addr()));
+        addresses.push(describe("tcp", listener.local_addr(), &mut served));
         tracker.spawn(tcp::serve(
             tokio_listener(listener)?,
             context.clone(),
@@ -174,7 +192,7 @@ pub async fn run(
     if !listeners.tls.is_empty() {
         let acceptor = tls_server::acceptor(current_identity.clone(), &[tls_server::ALPN_DOT])?;
         for listener in listeners.tls {
-            addresses.push(describe("tls", listener.local_addr()));
+            addresses.push(describe("tls", listener.local_addr(), &mut served));
             tracker.spawn(dot::serve(
                 tokio_listener(listener)?,
                 acceptor.clone(),
@@ -186,7 +204,7 @@ pub async fn run(
     if !listeners.https.is_empty() {
         let acceptor = tls_server::acceptor(current_identity.clone(), &tls_server::ALPN_DOH)?;
         for listener in listeners.https {
-            addresses.push(describe("https", listener.local_addr()));
+            addresses.push(describe("https", listener.local_addr(), &mut served));
             tracker.spawn(doh::serve(
                 tokio_listener(listener)?,
                 acceptor.clone(),
@@ -200,8 +218,22 @@ pub async fn run(
             Ok(address) => info!("metrics: serving http://{address}/metrics and /healthz"),
             Err(_) => info!("metrics: serving /metrics and /healthz"),
         }
+        describe("metrics", listener.local_addr(), &mut served);
         tracker.spawn(admin_endpoint(&context).serve(
             tokio_listener(listener)?,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    if let Some(bound) = control_socket {
+        info!("control socket: serving {}", bound.path().display());
+        served.push(Listener {
+            kind: "control".to_string(),
+            address: bound.path().display().to_string(),
+        });
+        let handler = control_handler(&context, &sources, served.clone(), started);
+        tracker.spawn(Arc::new(Control::new(handler)).serve(
+            bound,
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -266,9 +298,10 @@ fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) {
                 || old.log_level != config.log_level
                 || old.metrics != config.metrics
                 || old.threads != config.threads
+                || old.control_socket != config.control_socket
             {
                 warn!(
-                    "listen, listen_tls, listen_https, udp, tcp, tcp_max_connections(_per_client), log_level, threads and [metrics] take effect at the next restart"
+                    "listen, listen_tls, listen_https, udp, tcp, tcp_max_connections(_per_client), log_level, threads, control_socket and [metrics] take effect at the next restart"
                 );
             }
             identity.replace(new_identity.as_ref());
@@ -295,10 +328,49 @@ fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) {
     notify::ready(&context.status());
 }
 
-fn describe(transport: &str, address: io::Result<std::net::SocketAddr>) -> String {
-    match address {
-        Ok(address) => format!("{transport} {address}"),
-        Err(_) => format!("{transport} (unknown address)"),
+/// `udp 127.0.0.1:53`, for the log; also adds the socket to those `dns-proxy status` lists.
+fn describe(
+    transport: &str,
+    address: io::Result<std::net::SocketAddr>,
+    served: &mut Vec<Listener>,
+) -> String {
+    let address = match address {
+        Ok(address) => address.to_string(),
+        Err(_) => "(unknown address)".to_string(),
+    };
+    served.push(Listener {
+        kind: transport.to_string(),
+        address: address.clone(),
+    });
+    format!("{transport} {address}")
+}
+
+/// What the control socket's commands do in this daemon: the status of the configuration and
+/// forwarder in force with what was fixed at start (`served`, `started`), and a flush of the
+/// cache in force.
+fn control_handler(
+    context: &Arc<Context>,
+    sources: &Sources,
+    served: Vec<Listener>,
+    started: (SystemTime, Instant),
+) -> Handler {
+    let (status_context, flush_context) = (context.clone(), context.clone());
+    let sources = sources.clone();
+    Handler {
+        status: Box::new(move || Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started: snapshot::timestamp(started.0),
+            uptime_seconds: started.1.elapsed().as_secs(),
+            config_files: sources
+                .files()
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect(),
+            listeners: served.clone(),
+            ..status_context.snapshot()
+        }),
+        flush: Box::new(move |names| flush_context.forwarder().flush(names)),
     }
 }
 

@@ -22,10 +22,11 @@ use crate::group::{AnyUpstream, Group};
 use crate::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::plain::PlainUpstream;
 use crate::ratelimit::RateLimiter;
+use crate::snapshot;
 use crate::tls::TlsSetupError;
 use crate::transport::Transport;
 use crate::upstream::TlsUpstream;
-use crate::zones::{Route, Router};
+use crate::zones::{Route, Router, ZoneName};
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.
 type Resolved = Result<(Arc<Response>, SocketAddr), UpstreamError>;
@@ -89,9 +90,8 @@ impl Forwarder {
                     .iter()
                     .map(|upstream| match upstream {
                         ZoneUpstream::Tls(upstream) => tls(upstream),
-                        ZoneUpstream::Plain(address) => Ok(AnyUpstream::Plain(PlainUpstream::new(
-                            *address,
-                            metrics.upstream(*address),
+                        ZoneUpstream::Plain(address) => Ok(AnyUpstream::Plain(Box::new(
+                            PlainUpstream::new(*address, metrics.upstream(*address)),
                         ))),
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -110,6 +110,16 @@ impl Forwarder {
             zones,
             Router::new(&zone_names),
         ))
+    }
+
+    /// The default upstreams' state and counts, for `dns-proxy status`.
+    pub(crate) fn upstreams_snapshot(&self) -> Vec<snapshot::Upstream> {
+        self.upstreams.snapshot()
+    }
+
+    /// Each forward zone's upstreams, in configuration order; none while degraded.
+    pub(crate) fn zones_snapshot(&self) -> Vec<Vec<snapshot::Upstream>> {
+        self.zones.iter().map(Group::snapshot).collect()
     }
 
     /// A forwarder with no upstream at all: the built-in local zones are answered, every other
@@ -412,6 +422,18 @@ impl<R: Exchange> Forwarder<R> {
                 return (Err(error.clone()), index);
             }
         }
+    }
+
+    /// The cache's entries, bytes held and bound, or `None` when it is off.
+    pub(crate) fn cache_size(&self) -> Option<(u64, u64, u64)> {
+        let cache = self.cache.as_ref()?;
+        Some((cache.len() as u64, cache.weight(), cache.capacity()))
+    }
+
+    /// Removes `zones` and every name below them from the cache, or everything when `zones`
+    /// is empty; returns how many entries went.
+    pub(crate) fn flush(&self, zones: &[ZoneName]) -> u64 {
+        self.cache.as_ref().map_or(0, |cache| cache.flush(zones))
     }
 
     /// Whether at least one default upstream is up (for the health check).

@@ -7,8 +7,9 @@
 //! the choice follows what clients actually wait for.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -16,8 +17,10 @@ use crate::config::{Hedge, Strategy};
 use crate::dns::Query;
 use crate::error::UpstreamError;
 use crate::exchange::Exchange;
+use crate::lock;
 use crate::metrics::UpstreamMetrics;
 use crate::plain::PlainUpstream;
+use crate::snapshot;
 use crate::upstream::TlsUpstream;
 
 /// One query in this many goes to an upstream other than the fastest.
@@ -30,7 +33,7 @@ const HEDGE_FLOOR: Duration = Duration::from_millis(5);
 pub(crate) enum AnyUpstream {
     Tls(Box<TlsUpstream>),
     /// Only in forward zones that ask for plain DNS.
-    Plain(PlainUpstream),
+    Plain(Box<PlainUpstream>),
 }
 
 impl Exchange for AnyUpstream {
@@ -130,6 +133,9 @@ impl RttEstimate {
 pub(crate) struct Member<R> {
     pub(crate) upstream: R,
     rtt: RttEstimate,
+    /// The last attempt that got no usable answer, for `dns-proxy status`; written on
+    /// failures only, so an answered query takes no lock for it.
+    last_error: Mutex<Option<snapshot::LastError>>,
 }
 
 pub(crate) struct Group<R = AnyUpstream> {
@@ -148,6 +154,7 @@ impl<R: Exchange> Group<R> {
                 .map(|upstream| Member {
                     upstream,
                     rtt: RttEstimate::default(),
+                    last_error: Mutex::new(None),
                 })
                 .collect(),
             strategy,
@@ -210,13 +217,56 @@ impl<R: Exchange> Group<R> {
         let elapsed = started.elapsed();
         match &result {
             Ok(_) => metrics.answered(elapsed),
-            Err(error) => metrics.failed(error.error_kind()),
+            Err(error) => {
+                metrics.failed(error.error_kind());
+                if !matches!(error, UpstreamError::Down) {
+                    *lock::lock(&member.last_error) = Some(snapshot::LastError {
+                        kind: error.kind().to_string(),
+                        message: error.to_string(),
+                        at: snapshot::timestamp(SystemTime::now()),
+                    });
+                }
+            }
         }
         // `Down` made no attempt: there is no time to learn from.
         if !matches!(result, Err(UpstreamError::Down)) {
             member.rtt.observe(elapsed);
         }
         result
+    }
+}
+
+impl Group<AnyUpstream> {
+    /// Each upstream's state and counts, in configuration order, for `dns-proxy status`.
+    pub(crate) fn snapshot(&self) -> Vec<snapshot::Upstream> {
+        self.members
+            .iter()
+            .map(|member| {
+                let (protocol, tls_name, (up, since)) = match &member.upstream {
+                    AnyUpstream::Tls(upstream) => {
+                        ("tls", Some(upstream.tls_name()), upstream.state())
+                    }
+                    AnyUpstream::Plain(upstream) => ("udp", None, upstream.state()),
+                };
+                let metrics = member.upstream.metrics();
+                let srtt = member.rtt.srtt();
+                snapshot::Upstream {
+                    address: member.upstream.address().to_string(),
+                    protocol: protocol.to_string(),
+                    tls_name,
+                    state: match up {
+                        true => snapshot::State::Up,
+                        false => snapshot::State::Down,
+                    },
+                    since: snapshot::timestamp(since),
+                    last_error: lock::lock(&member.last_error).clone(),
+                    srtt_ms: (srtt > 0).then(|| f64::from(srtt) / 1000.0),
+                    connections: metrics.open_connections(),
+                    queries: metrics.queries(),
+                    failures: metrics.failures(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -229,7 +279,7 @@ mod tests {
             .map(|i| {
                 let address = SocketAddr::from(([127, 0, 0, 1], 5300 + i as u16));
                 let metrics = crate::metrics::Metrics::new().upstream(address);
-                AnyUpstream::Plain(PlainUpstream::new(address, metrics))
+                AnyUpstream::Plain(Box::new(PlainUpstream::new(address, metrics)))
             })
             .collect();
         Group::new(resolvers, strategy, Hedge::Off)

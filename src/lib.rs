@@ -5,7 +5,7 @@
 //! # Layout
 //! Most modules are private to the crate; the binary and the fuzz targets use `cli`, `config`,
 //! `daemon`, `listeners`, `logging`, `sandbox`, `tls`, `tls_server`, `dns`, `doh_request`,
-//! `cache` and `framing`.
+//! `cache`, `framing` and `control`.
 //!
 //! - `cli`, `config`: what to run and with which settings (layered TOML, environment, flags).
 //! - `listeners`: the client sockets, inherited from systemd or bound here.
@@ -30,6 +30,8 @@
 //!   `sandbox`: the service's IP allow list, computed from the configuration.
 //! - `metrics`: the counters (also behind the systemd status line) and their Prometheus
 //!   rendering; `admin`: the HTTP endpoint serving them and a health check (hyper).
+//! - `control`: the control socket (`dns-proxy status` and `flush`), server and client;
+//!   `snapshot`: the status it reports, which the forwarder, groups, cache and metrics fill in.
 //! - `lock`, `defer`: taking a lock whose holder panicked; yielding behind queued tasks.
 //! - `error`: why an upstream query failed and the kinds of upstream outcomes, which the
 //!   upstream code, the plain-DNS resolver and the metrics use.
@@ -50,6 +52,7 @@ mod coalesce;
 pub mod config;
 mod connection;
 mod context;
+pub mod control;
 pub mod daemon;
 mod defer;
 pub mod dns;
@@ -69,6 +72,7 @@ mod notify;
 mod plain;
 mod ratelimit;
 pub mod sandbox;
+mod snapshot;
 mod tcp;
 pub mod tls;
 pub mod tls_server;

@@ -2,13 +2,14 @@
 //! runtime, runs the daemon and turns the outcome into an exit status. Everything else is in
 //! the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use dns_proxy::cli::{self, Command};
 use dns_proxy::config::{self, Config, Sources, ZoneUpstream};
 use dns_proxy::daemon::{self, DaemonError};
 use dns_proxy::tls::TlsSetupError;
-use dns_proxy::{listeners, logging, sandbox, tls};
+use dns_proxy::{control, listeners, logging, sandbox, tls};
 
 /// Size-class slabs keep the cache's long-lived entries apart from each query's short-lived
 /// buffers; glibc's heap interleaves them and grows well past `cache_size` once the cache is
@@ -37,6 +38,25 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("dns-proxy {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
+        }
+        Command::Status | Command::Flush => {
+            let socket = args
+                .control
+                .unwrap_or_else(|| PathBuf::from(control::DEFAULT_SOCKET));
+            let outcome = match args.command {
+                Command::Status => control::status_command(&socket, args.json),
+                _ => control::flush_command(&socket, &args.names),
+            };
+            return match outcome {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("dns-proxy: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            };
         }
         Command::Run | Command::CheckConfig | Command::ApplyIpAllow => {}
     }

@@ -9,6 +9,7 @@
 //! `[metrics]` setting, or a socket systemd passes under the name `metrics`, only decides
 //! whether the endpoint is served.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::error::{Handshake, UpstreamErrorKind};
+use crate::snapshot;
 use crate::transport::Transport;
 
 /// Prefix of every series name.
@@ -327,6 +329,26 @@ impl Metrics {
         }
     }
 
+    /// Answers by response code and drops, by client transport, for `dns-proxy status`.
+    pub(crate) fn transports_snapshot(&self) -> BTreeMap<String, snapshot::Transport> {
+        Transport::ALL
+            .into_iter()
+            .map(|transport| {
+                let series = self.transport(transport);
+                let answers = RCODES
+                    .iter()
+                    .zip(&series.answers)
+                    .map(|(rcode, counter)| (rcode.to_string(), counter.get()))
+                    .collect();
+                let counts = snapshot::Transport {
+                    answers,
+                    dropped: series.dropped.get(),
+                };
+                (transport.as_str().to_string(), counts)
+            })
+            .collect()
+    }
+
     /// One line for `STATUS=`: what has been served so far. DNS over TLS and HTTPS are named
     /// only once they carried a query, to keep the line short where they are not served.
     pub(crate) fn summary(&self) -> String {
@@ -413,6 +435,21 @@ impl UpstreamMetrics {
     /// A query got no usable answer, for an error of this kind.
     pub(crate) fn failed(&self, kind: UpstreamErrorKind) {
         self.errors[kind as usize].inc();
+    }
+
+    /// Queries handed to this upstream so far.
+    pub(crate) fn queries(&self) -> u64 {
+        self.queries.get()
+    }
+
+    /// Queries to this upstream that got no usable answer so far.
+    pub(crate) fn failures(&self) -> u64 {
+        self.errors.iter().map(Counter::get).sum()
+    }
+
+    /// TLS connections open to this upstream now.
+    pub(crate) fn open_connections(&self) -> i64 {
+        self.connections.get()
     }
 
     /// A TLS handshake starts: failed unless [`PendingHandshake::completed`] is called.

@@ -9,7 +9,8 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::AsyncWriteExt;
@@ -20,6 +21,7 @@ use crate::dns::{self, Query};
 use crate::error::UpstreamError;
 use crate::exchange::Exchange;
 use crate::framing::{self, FrameReader};
+use crate::lock;
 use crate::metrics::UpstreamMetrics;
 
 /// Largest UDP response we accept; we advertise 1232 but some servers send more.
@@ -29,6 +31,9 @@ pub(crate) struct PlainUpstream {
     address: SocketAddr,
     random: SystemRandom,
     metrics: UpstreamMetrics,
+    /// Whether the last query got an answer, and since when it is so. Shown by `dns-proxy
+    /// status` only: with no connection to keep, there is nothing to back off from.
+    state: Mutex<(bool, SystemTime)>,
 }
 
 impl PlainUpstream {
@@ -37,6 +42,19 @@ impl PlainUpstream {
             address,
             random: SystemRandom::new(),
             metrics,
+            state: Mutex::new((true, SystemTime::now())),
+        }
+    }
+
+    /// Whether the last query got an answer, and since when: for `dns-proxy status`.
+    pub(crate) fn state(&self) -> (bool, SystemTime) {
+        *lock::lock(&self.state)
+    }
+
+    fn record(&self, answered: bool) {
+        let mut state = lock::lock(&self.state);
+        if state.0 != answered {
+            *state = (answered, SystemTime::now());
         }
     }
 
@@ -125,7 +143,7 @@ impl Exchange for PlainUpstream {
     }
 
     fn is_up(&self) -> bool {
-        true
+        self.state().0
     }
 
     fn describe(&self) -> String {
@@ -143,6 +161,8 @@ impl Exchange for PlainUpstream {
         _frame: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
-        self.query(query, deadline).await
+        let result = self.query(query, deadline).await;
+        self.record(result.is_ok());
+        result
     }
 }

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -51,10 +51,11 @@ pub(crate) struct TlsUpstream {
     metrics: UpstreamMetrics,
 }
 
-#[derive(Default)]
 struct Health {
     /// Failures since the last success; zero means up.
     failures: u32,
+    /// When it last went down or came back up, or was set up: for `dns-proxy status`.
+    since: SystemTime,
     /// No new connection attempt before this instant.
     retry_at: Option<Instant>,
     /// The cause of the last failure, for the status line and to log changes of cause.
@@ -62,6 +63,18 @@ struct Health {
     /// A query is trying the upstream again after its backoff. Other queries skip it
     /// meanwhile: the try may hang until that query's deadline.
     probing: bool,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            failures: 0,
+            since: SystemTime::now(),
+            retry_at: None,
+            last_error: None,
+            probing: false,
+        }
+    }
 }
 
 /// The one query trying a down upstream again; the upstream is free for another try when it
@@ -89,7 +102,7 @@ impl TlsUpstream {
             pool: Mutex::new(Vec::new()),
             pool_size: pool_size.max(1),
             connecting: tokio::sync::Mutex::new(()),
-            health: Mutex::new(Health::default()),
+            health: Mutex::new(Health::new()),
             metrics,
         })
     }
@@ -245,6 +258,17 @@ impl TlsUpstream {
         (least, pool.len())
     }
 
+    /// Whether it is up, and since when: for `dns-proxy status`.
+    pub(crate) fn state(&self) -> (bool, SystemTime) {
+        let health = self.health();
+        (health.failures == 0, health.since)
+    }
+
+    /// The name its certificate must be valid for.
+    pub(crate) fn tls_name(&self) -> String {
+        self.name.to_str().into_owned()
+    }
+
     fn health(&self) -> MutexGuard<'_, Health> {
         lock::lock(&self.health)
     }
@@ -253,8 +277,8 @@ impl TlsUpstream {
         let mut health = self.health();
         if health.failures > 0 {
             info!(upstream = %self.address, "upstream {} is up again", self.address);
+            *health = Health::new();
         }
-        *health = Health::default();
     }
 
     /// Counts a failed try that began at `since`. The backoff runs from there, not from now: a
@@ -269,6 +293,9 @@ impl TlsUpstream {
                 .last_error
                 .as_ref()
                 .is_none_or(|last| last.kind() != error.kind());
+        if health.failures == 0 {
+            health.since = SystemTime::now();
+        }
         health.failures = health.failures.saturating_add(1);
         let doublings = (health.failures - 1).min(16);
         let backoff = BACKOFF_FIRST

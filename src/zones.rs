@@ -25,13 +25,13 @@ const LOCAL_TTL: u32 = 3600;
 /// A zone name in wire form, lower case, without compression: `corp.example` is
 /// `\x04corp\x07example\x00`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct ZoneName {
+pub struct ZoneName {
     wire: Box<[u8]>,
 }
 
 /// Why a zone name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ZoneNameError {
+pub enum ZoneNameError {
     #[error("is empty or the root zone; the default upstreams ([[upstream]]) serve the root")]
     Root,
     #[error("has an empty label")]
@@ -46,7 +46,7 @@ pub(crate) enum ZoneNameError {
 
 impl ZoneName {
     /// Parses `corp.example` or `corp.example.` (case does not matter).
-    pub(crate) fn parse(text: &str) -> Result<ZoneName, ZoneNameError> {
+    pub fn parse(text: &str) -> Result<ZoneName, ZoneNameError> {
         let text = text.trim();
         let text = text.strip_suffix('.').unwrap_or(text);
         if text.is_empty() {
@@ -73,7 +73,7 @@ impl ZoneName {
         Ok(ZoneName { wire: wire.into() })
     }
 
-    #[cfg(test)]
+    /// The name in wire form, lower case.
     pub(crate) fn wire(&self) -> &[u8] {
         &self.wire
     }
@@ -99,7 +99,7 @@ impl fmt::Display for ZoneName {
 }
 
 /// Every suffix of a wire name that starts at a label, longest first, ending with the root.
-fn suffixes(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn suffixes(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut pos = Some(0usize);
     std::iter::from_fn(move || {
         let at = pos?;

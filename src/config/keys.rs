@@ -16,8 +16,8 @@ use super::ConfigError;
 use super::declare::{Section, keys};
 use super::layers::origin;
 use super::types::{
-    Between, CacheSize, FilePath, ForwardZone, ForwardZones, Hedge, HttpsPath, ListenAddrs,
-    LogLevel, Metrics, MetricsConfig, Networks, Positive, SocketAddrs, Strategy, Ttl,
+    Between, CacheSize, ControlSocket, FilePath, ForwardZone, ForwardZones, Hedge, HttpsPath,
+    ListenAddrs, LogLevel, Metrics, MetricsConfig, Networks, Positive, SocketAddrs, Strategy, Ttl,
     UpstreamConfig, Upstreams,
 };
 use super::units::toml_duration;
@@ -95,6 +95,9 @@ keys! {
         /// Split DNS: zones with upstreams of their own, in configuration order.
         #[key = "forward_zone"]
         pub forward_zones: Vec<ForwardZone> as ForwardZones = Vec::new();
+        /// Unix socket of `dns-proxy status` and `flush`: under systemd's RuntimeDirectory=,
+        /// `control` in it; otherwise none unless set.
+        pub(crate) control_socket: Option<PathBuf> as ControlSocket = ControlSocket::default_path();
         /// The Prometheus endpoint; `None` (the default) serves none, unless systemd passes a
         /// socket named `metrics`.
         pub(crate) metrics: Option<MetricsConfig> as Metrics = None;

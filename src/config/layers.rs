@@ -132,23 +132,10 @@ pub(crate) fn file_layers(file: &Path, required: bool) -> Result<Vec<Layer>, Con
         }
     }
     let dir = drop_in_dir(file);
-    let read_error = |error| ConfigError::Read {
+    let paths = drop_ins(&dir).map_err(|error| ConfigError::Read {
         path: dir.clone(),
         error,
-    };
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(layers),
-        Err(error) => return Err(read_error(error)),
-    };
-    let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(read_error)?.path();
-        if path.extension().is_some_and(|ext| ext == "toml") {
-            paths.push(path);
-        }
-    }
-    paths.sort();
+    })?;
     for path in paths {
         let text = fs::read_to_string(&path).map_err(|error| ConfigError::Read {
             path: path.clone(),
@@ -157,6 +144,34 @@ pub(crate) fn file_layers(file: &Path, required: bool) -> Result<Vec<Layer>, Con
         layers.push(toml_layer(&path.display().to_string(), &text)?);
     }
     Ok(layers)
+}
+
+/// Every `*.toml` file in the drop-in directory `dir`, in lexical order; none when there is
+/// no such directory.
+fn drop_ins(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+impl Sources {
+    /// The files a load reads now: the main file if it exists, then its drop-ins.
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
+        let main = self.file.exists().then(|| self.file.clone());
+        let drop_ins = drop_ins(&drop_in_dir(&self.file)).unwrap_or_default();
+        main.into_iter().chain(drop_ins).collect()
+    }
 }
 
 /// `/etc/dns-proxy/dns-proxy.toml` → `/etc/dns-proxy/dns-proxy.d`.

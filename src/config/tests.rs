@@ -818,6 +818,48 @@ fn describe_shows_values_and_sources() {
 }
 
 #[test]
+fn control_socket() {
+    let config = Config::from_toml_str("control_socket = \"/run/x/control\"").unwrap();
+    assert_eq!(config.control_socket, Some(PathBuf::from("/run/x/control")));
+    assert_eq!(
+        Config::from_toml_str("control_socket = \"\"")
+            .unwrap()
+            .control_socket,
+        None
+    );
+    assert_eq!(
+        toml_error("control_socket = \"control\""),
+        r#"configuration string: key "control_socket": "control" is not an absolute path to a socket file (e.g. "/run/dns-proxy/control"; "" for none)"#
+    );
+    for bad in ["/run/dns-proxy/", "/run/a\\u0000b"] {
+        let message = toml_error(&format!("control_socket = \"{bad}\""));
+        assert!(message.contains("is not an absolute path"), "{message}");
+    }
+    let long = format!("/{}", "x".repeat(107));
+    let message = toml_error(&format!("control_socket = \"{long}\""));
+    assert!(message.contains("longer than the 107 bytes"), "{message}");
+    let longest = format!("/{}", "x".repeat(106));
+    assert!(Config::from_toml_str(&format!("control_socket = \"{longest}\"")).is_ok());
+    let message = toml_error("control_socket = false");
+    assert!(
+        message.contains(r#"key "control_socket": expected a string"#),
+        "{message}"
+    );
+
+    let loaded = load_env(&[("DNS_PROXY_CONTROL_SOCKET", "/tmp/c")]).unwrap();
+    assert_eq!(loaded.config.control_socket, Some(PathBuf::from("/tmp/c")));
+    let described = loaded.describe();
+    assert!(
+        described.contains(
+            "control_socket = \"/tmp/c\"  # environment variable DNS_PROXY_CONTROL_SOCKET"
+        ),
+        "{described}"
+    );
+    let off = load_env(&[("DNS_PROXY_CONTROL_SOCKET", "")]).unwrap();
+    assert!(off.describe().contains("control_socket = \"\"  #"));
+}
+
+#[test]
 fn metrics_table() {
     assert_eq!(Config::default().metrics, None);
     for (text, expected) in [

@@ -393,6 +393,56 @@ impl Key for Hedge {
     }
 }
 
+/// The control socket's path (`control_socket`): absolute, short enough for a Unix socket
+/// address; `""` for none.
+pub(crate) enum ControlSocket {}
+
+/// Longest socket path: `sun_path` holds 108 bytes, the last one a NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// What systemd's `RuntimeDirectory=` gives the service (the first, if it lists several).
+const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
+
+impl ControlSocket {
+    /// `control` in the service's runtime directory under systemd (`/run/dns-proxy/control`
+    /// for the packaged unit); none for a daemon started by hand, which may not own `/run`.
+    pub(crate) fn default_path() -> Option<PathBuf> {
+        let dirs = std::env::var_os(RUNTIME_DIRECTORY)?;
+        let first = std::env::split_paths(&dirs).next()?;
+        let path = first.join("control");
+        (path.is_absolute() && path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
+    }
+}
+
+impl Key for ControlSocket {
+    type Raw = String;
+    type Value = Option<PathBuf>;
+
+    fn check(raw: String) -> Result<Option<PathBuf>, Reason> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(&raw);
+        if !path.is_absolute() || raw.ends_with('/') || raw.contains('\0') {
+            return Err(Reason::new(format!(
+                "{raw:?} is not an absolute path to a socket file (e.g. \"/run/dns-proxy/control\"; \"\" for none)"
+            )));
+        }
+        if raw.len() > MAX_SOCKET_PATH {
+            return Err(Reason::new(format!(
+                "{raw:?} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have"
+            )));
+        }
+        Ok(Some(path))
+    }
+
+    fn toml(value: &Option<PathBuf>) -> Option<String> {
+        Some(match value {
+            Some(path) => toml_string(&path.display().to_string()),
+            None => toml_string(""),
+        })
+    }
+}
+
 /// The `[metrics]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MetricsConfig {

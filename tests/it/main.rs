@@ -11,6 +11,7 @@ mod certificates;
 mod check_config;
 mod connection_reuse;
 mod container;
+mod control;
 mod degraded;
 mod dns_over_https;
 mod dns_over_tls;

@@ -3,7 +3,8 @@
 //! `[[upstream]]` field, and the lists of valid keys it gives when it refuses an unknown one.
 //! Every such key must be a `.TP` item of the KEYS section of man/dns-proxy.toml.5, and that
 //! section must document no other key. Likewise every option in `--help` must be a `.TP` item
-//! of the OPTIONS section of man/dns-proxy.8, and nothing else.
+//! of the OPTIONS section of man/dns-proxy.8 and every command one of its COMMANDS section,
+//! and nothing else.
 //!
 //! Convention of the pages: an item's tag is the key in bold (`.B timeout`); the fields of an
 //! upstream are `upstream.<field>` (`.B upstream.ca_file`) and the table itself `[[upstream]]`;
@@ -36,13 +37,18 @@ fn man_page(name: &str) -> String {
 /// The words of the tags of the `.TP`/`.TQ` items in section `section` of a man page, with
 /// roff escapes, font changes, quotes and the brackets of `[table]` and `[[table]]` removed.
 fn documented(page: &str, section: &str) -> BTreeSet<String> {
+    tags(page, section).into_iter().flatten().collect()
+}
+
+/// The words of each `.TP`/`.TQ` item's tag in section `section`, as [`documented`] reads them.
+fn tags(page: &str, section: &str) -> Vec<Vec<String>> {
     let heading = format!(".SH {section}");
     let mut lines = page
         .lines()
         .skip_while(|l| l.trim() != heading)
         .skip(1)
         .take_while(|l| !l.starts_with(".SH"));
-    let mut words = BTreeSet::new();
+    let mut tags = Vec::new();
     while let Some(line) = lines.next() {
         if line.trim() != ".TP" && line.trim() != ".TQ" {
             continue;
@@ -61,12 +67,15 @@ fn documented(page: &str, section: &str) -> BTreeSet<String> {
             .replace("\\fR", "")
             .replace("\\fP", "")
             .replace('"', "");
-        for word in text.split([' ', ',']).filter(|w| !w.is_empty()) {
-            let word = word.trim_start_matches('[').trim_end_matches(']');
-            words.insert(word.to_string());
-        }
+        let words = text
+            .split([' ', ','])
+            .map(|word| word.trim_start_matches('[').trim_end_matches(']'))
+            .filter(|word| !word.is_empty())
+            .map(str::to_string)
+            .collect();
+        tags.push(words);
     }
-    words
+    tags
 }
 
 /// Keys of a parsed configuration: top-level keys, and `table.field` for every field of a
@@ -311,16 +320,23 @@ async fn help_options() -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_option_is_documented_and_no_other() {
     let options = help_options().await;
-    // Tag words that are option names or commands, not value names such as `file`.
-    let documented: BTreeSet<String> = documented(&man_page("dns-proxy.8"), "OPTIONS")
+    let page = man_page("dns-proxy.8");
+    // Tag words that are option names, not value names such as `file`; and each command, the
+    // first word of an item of COMMANDS.
+    let mut documented: BTreeSet<String> = documented(&page, "OPTIONS")
         .into_iter()
-        .filter(|w| w.starts_with('-') || w.contains('-'))
+        .filter(|w| w.starts_with('-'))
         .collect();
+    documented.extend(
+        tags(&page, "COMMANDS")
+            .into_iter()
+            .filter_map(|tag| tag.into_iter().next()),
+    );
     let missing: BTreeSet<String> = options.difference(&documented).cloned().collect();
     assert!(
         missing.is_empty(),
-        "man/dns-proxy.8 does not document these options of --help as `.TP` items of its \
-         OPTIONS section: {}",
+        "man/dns-proxy.8 does not document these options and commands of --help as `.TP` \
+         items of its OPTIONS and COMMANDS sections: {}",
         listed(&missing)
     );
     let unknown: BTreeSet<String> = documented.difference(&options).cloned().collect();

@@ -3,12 +3,10 @@
 //! Skipped unless the tests run as root.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
-use crate::support::proxy::{ActivationSockets, BIN, Proxy, ProxyConfig};
+use crate::support::proxy::{ActivationSockets, Proxy, ProxyConfig};
 use crate::support::upstream::{FakeUpstream, open_temp_dir};
-use crate::support::{Rng, assert_serves, effective_uid};
+use crate::support::{Rng, assert_serves, effective_uid, program_for_others};
 
 const NOBODY: u32 = 65534;
 
@@ -25,16 +23,6 @@ fn bind_privileged_port() -> ActivationSockets {
         }
     }
     panic!("no free port in {low}..{high} on 127.0.0.1");
-}
-
-/// True when every directory above `path` is searchable and `path` executable by others.
-fn executable_by_others(path: &Path) -> bool {
-    let exec_ok = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.permissions().mode() & 0o001 != 0)
-            .unwrap_or(false)
-    };
-    exec_ok(path) && path.ancestors().skip(1).all(exec_ok)
 }
 
 /// (uid, gid) lines of /proc/PID/status: real, effective, saved, filesystem.
@@ -63,15 +51,9 @@ async fn serves_privileged_port_passed_by_socket_activation_while_running_as_nob
     let addr = sockets.addr();
     assert!(addr.port() < 1024);
 
-    // nobody must be able to execute the binary: copy it when the target dir is private.
+    // nobody must be able to execute the binary: copied when the target dir is private.
     let bin_dir = open_temp_dir();
-    let mut program = PathBuf::from(BIN);
-    if !executable_by_others(&program) {
-        let copy = bin_dir.path().join("dns-proxy");
-        std::fs::copy(&program, &copy).expect("copy binary");
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-        program = copy;
-    }
+    let program = program_for_others(bin_dir.path());
 
     let proxy = Proxy::builder(&ProxyConfig::new(up.spec()))
         .activation_sockets(vec![sockets])

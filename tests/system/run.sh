@@ -7,7 +7,8 @@
 #
 #   package_checks         the whole package test on a tree with unbound and ca-certificates:
 #                          install, dig over UDP/TCP v4/v6 through DoT to a private-CA upstream,
-#                          sandbox, reload, restart and upgrade without losing a query, purge
+#                          sandbox, dns-proxy status and flush over the control socket, reload,
+#                          restart and upgrade without losing a query, purge
 #   default_config_checks  a minimal tree (debootstrap minbase: no ca-certificates, no test
 #                          upstream): the package installed as it comes, offline, must answer
 #                          localhost and SERVFAIL other names; then an emptied trust store and a
@@ -338,6 +339,29 @@ package_checks() {
         fail "$suite 3 service uid '$uid' CapEff '$capeff'; status: '$status'"
     fi
 
+    # S. dns-proxy status and flush, run as root, over the control socket of the packaged,
+    #    socket-activated DynamicUser service; another user may read the status but not flush.
+    local text json flushed emptied refused socket
+    expect_answer "$answer_one" @127.0.0.1 || true # probe.test is cached
+    text=$(in_ct dns-proxy status 2>&1 || echo "exit status $?")
+    json=$(in_ct dns-proxy status --json 2>&1 || echo "exit status $?")
+    flushed=$(in_ct dns-proxy flush probe.test 2>&1 || echo "exit status $?")
+    emptied=$(in_ct dns-proxy flush 2>&1 || echo "exit status $?")
+    refused=$(in_ct setpriv --reuid=nobody --regid=nogroup --clear-groups dns-proxy flush 2>&1; echo "exit status $?")
+    socket=$(in_ct stat -c '%a %u' /run/dns-proxy/control 2>&1 || true)
+    if [[ $text == *"State: running"* && $text == *"127.0.0.1:853 (DNS over TLS, upstream.test)"* &&
+        $text == *"State: up since"* && $text == *"control /run/dns-proxy/control"* &&
+        $json == *'"address": "127.0.0.1:853"'* && $json == *'"state": "up"'* &&
+        $flushed == "flushed probe.test and below: 1 entry removed" &&
+        $emptied == "flushed the cache: "* && $refused == *"not uid 65534"*"exit status 77" &&
+        $socket == "666 $uid" ]]; then
+        pass "$suite S dns-proxy status and flush as root over /run/dns-proxy/control (mode and owner: $socket): '$flushed'; '$emptied'; refused to nobody (exit 77)"
+    else
+        fail "$suite S status/flush: socket '$socket'; flush '$flushed', '$emptied'; as nobody '$refused'; status:"
+        echo "$text"
+        echo "$json" | head -n 20
+    fi
+
     # 4. Reload applies a new upstream; a broken config on reload keeps the running one.
     config 2 | in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
     in_ct systemctl reload dns-proxy.service
@@ -497,10 +521,13 @@ default_config_checks() {
     wrong=$(local_zones_wrong; units_wrong)
     status=$(status_text)
     lines=$(journal_since "$cursor" 'broken.toml')
-    if [[ -z $wrong && $status == *broken.toml* && $(grep -c . <<<"$lines") == 1 ]]; then
-        pass "$suite C broken configuration at start: service and socket active, local zones answered; journal: \"$lines\""
+    local control
+    control=$(in_ct dns-proxy status 2>&1 | grep -m1 'State:' || true)
+    if [[ -z $wrong && $status == *broken.toml* && $(grep -c . <<<"$lines") == 1 &&
+        $control == *"degraded, local zones only"*broken.toml* ]]; then
+        pass "$suite C broken configuration at start: service and socket active, local zones answered; journal: \"$lines\"; dns-proxy status: \"${control#"${control%%[![:space:]]*}"}\""
     else
-        fail "$suite C broken configuration at start: ${wrong:-}; Status: '$status'; journal: '$lines'"
+        fail "$suite C broken configuration at start: ${wrong:-}; Status: '$status'; journal: '$lines'; dns-proxy status: '$control'"
         in_ct journalctl -u dns-proxy.service -u dns-proxy.socket -n 20 --no-pager
     fi
     in_ct rm /etc/dns-proxy/dns-proxy.d/broken.toml

@@ -10,7 +10,7 @@ pub mod upstream;
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where a program is found on `PATH` (plus the sbin directories, where Debian puts daemons).
@@ -42,6 +42,25 @@ pub fn require_tool(name: &str) -> bool {
 /// The effective uid of this process (the owner of `/proc/self`).
 pub fn effective_uid() -> u32 {
     std::fs::metadata("/proc/self").expect("/proc/self").uid()
+}
+
+/// The daemon's binary, or a copy of it in `dir` when another user could not run it there
+/// (a private target directory).
+pub fn program_for_others(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let program = PathBuf::from(proxy::BIN);
+    let exec_ok = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    };
+    if exec_ok(&program) && program.ancestors().skip(1).all(exec_ok) {
+        return program;
+    }
+    let copy = dir.join("dns-proxy");
+    std::fs::copy(&program, &copy).expect("copy binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy
 }
 
 /// Awaits `fut`, panicking with `what` when it takes longer than `limit`.
