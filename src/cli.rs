@@ -1,5 +1,5 @@
 //! The command line: what to do (run, check-config, apply-ip-allow, or ask the running daemon
-//! with status and flush) and the few settings that must be known before the configuration is
+//! with status, flush and reload) and the few settings that must be known before the configuration is
 //! read (where it is, where logs go).
 
 use std::ffi::OsString;
@@ -14,6 +14,7 @@ pub const USAGE: &str = "\
 Usage: dns-proxy [check-config | apply-ip-allow UNIT] [OPTIONS]
        dns-proxy status [--json] [--control PATH]
        dns-proxy flush [NAME...] [--control PATH]
+       dns-proxy reload [--pid PID] [--control PATH]
 
 Forwards the DNS queries of this host to upstream resolvers over DNS-over-TLS.
 
@@ -28,6 +29,9 @@ Commands:
                   last error, latency), cache and counters
   flush           empty the running daemon's cache, or with NAMEs remove each NAME and
                   every name below it (root and the daemon's user only)
+  reload          have the running daemon load its configuration again, and wait until it
+                  is in force or refused (root and the daemon's user only); with --pid, a
+                  daemon without a control socket is sent SIGHUP instead
 
 Options:
   -c, --config FILE        configuration file (default: /etc/dns-proxy/dns-proxy.toml);
@@ -38,8 +42,10 @@ Options:
       --log-format FORMAT  text or json (for stderr)
       --log-level LEVEL    error, warn, info, debug or trace (replaces `log_level`)
       --json               status: print JSON for scripts (its shape: dns-proxy(8))
-      --control PATH       status, flush: the daemon's control socket
+      --control PATH       status, flush, reload: the daemon's control socket
                            (default: /run/dns-proxy/control)
+      --pid PID            reload: the daemon's process, signalled when it has no
+                           control socket (the packaged unit passes $MAINPID)
   -h, --help               print this help
   -V, --version            print the version
 
@@ -56,6 +62,8 @@ pub enum Command {
     Status,
     /// Flush the running daemon's cache.
     Flush,
+    /// Have the running daemon reload its configuration, and wait for the outcome.
+    Reload,
     Help,
     Version,
 }
@@ -71,8 +79,10 @@ pub struct Args {
     pub names: Vec<String>,
     /// `status --json`.
     pub json: bool,
-    /// `--control`: the daemon's control socket, for `status` and `flush`.
+    /// `--control`: the daemon's control socket, for `status`, `flush` and `reload`.
     pub control: Option<PathBuf>,
+    /// `reload --pid`: the daemon to send SIGHUP when it has no control socket.
+    pub pid: Option<i32>,
     pub flags: Flags,
     pub log_target: LogTarget,
     pub log_format: LogFormat,
@@ -88,6 +98,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
         names: Vec::new(),
         json: false,
         control: None,
+        pid: None,
         flags: Flags::default(),
         log_target: LogTarget::Auto,
         log_format: LogFormat::Text,
@@ -114,6 +125,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             Long("log-level") => parsed.flags.log_level = Some(parser.value()?.string()?),
             Long("json") => parsed.json = true,
             Long("control") => parsed.control = Some(parser.value()?.into()),
+            Long("pid") => {
+                let value = parser.value()?.string()?;
+                match value.parse::<i32>() {
+                    Ok(pid) if pid > 0 => parsed.pid = Some(pid),
+                    _ => return Err(invalid("--pid", &value, "a process id")),
+                }
+            }
             Short('h') | Long("help") => parsed.command = Command::Help,
             Short('V') | Long("version") => parsed.command = Command::Version,
             Value(value) if value == "check-config" && parsed.command == Command::Run => {
@@ -131,6 +149,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
             Value(value) if value == "flush" && parsed.command == Command::Run => {
                 parsed.command = Command::Flush;
             }
+            Value(value) if value == "reload" && parsed.command == Command::Run => {
+                parsed.command = Command::Reload;
+            }
             Value(value) if parsed.command == Command::Flush => {
                 parsed.names.push(value.string()?);
             }
@@ -143,9 +164,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, lexopt::E
     if parsed.json && !matches!(parsed.command, Command::Status | Command::Help) {
         return Err("--json is an option of status".into());
     }
-    let asks_daemon = matches!(parsed.command, Command::Status | Command::Flush);
+    let asks_daemon = matches!(
+        parsed.command,
+        Command::Status | Command::Flush | Command::Reload
+    );
     if parsed.control.is_some() && !asks_daemon && parsed.command != Command::Help {
-        return Err("--control is an option of status and flush".into());
+        return Err("--control is an option of status, flush and reload".into());
+    }
+    if parsed.pid.is_some() && !matches!(parsed.command, Command::Reload | Command::Help) {
+        return Err("--pid is an option of reload".into());
     }
     Ok(parsed)
 }
@@ -228,6 +255,15 @@ mod tests {
         assert!(parse_str(&["--json"]).is_err());
         assert!(parse_str(&["check-config", "--control", "/c"]).is_err());
         assert!(parse_str(&["status", "flush"]).is_err());
+
+        let args = parse_str(&["reload", "--pid", "812"]).unwrap();
+        assert_eq!(args.command, Command::Reload);
+        assert_eq!(args.pid, Some(812));
+        assert_eq!(parse_str(&["reload"]).unwrap().pid, None);
+        assert!(parse_str(&["reload", "--pid", "0"]).is_err());
+        assert!(parse_str(&["reload", "--pid", "x"]).is_err());
+        assert!(parse_str(&["reload", "example.com"]).is_err());
+        assert!(parse_str(&["status", "--pid", "812"]).is_err());
     }
 
     #[test]

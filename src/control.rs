@@ -1,5 +1,6 @@
 //! The control socket: a Unix stream socket (`control_socket`) on which `dns-proxy status`
-//! and `dns-proxy flush` ask the running daemon what it is doing and drop cached names.
+//! and `dns-proxy flush` ask the running daemon what it is doing and drop cached names, and
+//! `dns-proxy reload` has it load its configuration again and waits for the outcome.
 //!
 //! The protocol is line-delimited JSON: a client writes one request per line and reads one
 //! answer line for each, on one connection as long as it likes.
@@ -8,6 +9,7 @@
 //! {"command":"status"}                            {"ok":true,"status":{…}}
 //! {"command":"flush"}                             {"ok":true,"flushed":120}
 //! {"command":"flush","names":["example.com"]}     {"ok":true,"flushed":3}
+//! {"command":"reload"}                            {"ok":true,"message":"…"}
 //! anything wrong                                  {"ok":false,"error":"unknown_command","message":"…"}
 //! ```
 //!
@@ -16,7 +18,8 @@
 //! script it.
 //!
 //! Who may do what is decided by the peer's credentials (SO_PEERCRED): `status` for anyone
-//! who may open the socket (mode 0666), `flush` only for root and the daemon's own user.
+//! who may open the socket (mode 0666), `flush` and `reload` only for root and the daemon's
+//! own user.
 //!
 //! Each client is bounded: a request line is at most [`MAX_LINE`] bytes and must arrive
 //! within [`READ_TIMEOUT`], [`MAX_CLIENTS`] are served at once and the others told so, and
@@ -69,6 +72,8 @@ pub enum Request {
     Status,
     /// Names to remove with every name below them; none: the whole cache.
     Flush(Vec<ZoneName>),
+    /// Load the configuration again, as SIGHUP does, and say whether it is in force.
+    Reload,
 }
 
 /// A request line as written.
@@ -86,8 +91,8 @@ pub enum RequestError {
     /// Not a JSON object of the request's shape.
     #[error("not a request: {0} (expected e.g. {{\"command\":\"status\"}})")]
     BadRequest(String),
-    /// A command other than `status` and `flush`.
-    #[error("unknown command {0:?} (expected \"status\" or \"flush\")")]
+    /// A command other than `status`, `flush` and `reload`.
+    #[error("unknown command {0:?} (expected \"status\", \"flush\" or \"reload\")")]
     UnknownCommand(String),
     /// `names` given to a command that takes none.
     #[error("{0} takes no names")]
@@ -127,6 +132,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     match raw.command.as_str() {
         "status" if raw.names.is_some() => Err(RequestError::UnexpectedNames("status".to_string())),
         "status" => Ok(Request::Status),
+        "reload" if raw.names.is_some() => Err(RequestError::UnexpectedNames("reload".to_string())),
+        "reload" => Ok(Request::Reload),
         "flush" => raw
             .names
             .unwrap_or_default()
@@ -168,6 +175,10 @@ impl Request {
                 command: "flush".to_string(),
                 names: Some(names.iter().map(ToString::to_string).collect()),
             },
+            Request::Reload => RawRequest {
+                command: "reload".to_string(),
+                names: None,
+            },
         };
         let mut line = serde_json::to_string(&raw).unwrap_or_default();
         line.push('\n');
@@ -186,7 +197,7 @@ pub struct Answer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flushed: Option<u64>,
     /// What went wrong, as a stable code: `bad_request`, `unknown_command`, `bad_name`,
-    /// `not_permitted`, `line_too_long`, `timeout`, `busy` or `internal`.
+    /// `not_permitted`, `reload_refused`, `line_too_long`, `timeout`, `busy` or `internal`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -215,11 +226,15 @@ pub(crate) type StatusFn = dyn Fn() -> Status + Send + Sync;
 /// Removes the names and those below them from the cache (everything for none); returns how
 /// many entries went. May take a while on a large cache: run off the runtime.
 pub(crate) type FlushFn = dyn Fn(&[ZoneName]) -> u64 + Send + Sync;
+/// Loads the configuration again and puts it in force, or says why it was refused (the old
+/// one stays). Reads files: run off the runtime.
+pub(crate) type ReloadFn = dyn Fn() -> Result<(), String> + Send + Sync;
 
 /// What the daemon does for each command.
 pub(crate) struct Handler {
     pub(crate) status: Box<StatusFn>,
     pub(crate) flush: Box<FlushFn>,
+    pub(crate) reload: Box<ReloadFn>,
 }
 
 /// Why the control socket could not be set up.
@@ -393,15 +408,10 @@ impl Control {
                 ..Answer::default()
             },
             Request::Flush(names) => {
-                let allowed = uid.is_some_and(|uid| uid == 0 || uid == self.own_uid);
-                let who = uid.map_or_else(|| "unknown uid".to_string(), |uid| format!("uid {uid}"));
-                if !allowed {
-                    info!("control socket: flush refused to {who}");
-                    return Answer::error(
-                        "not_permitted",
-                        format!("flush is for root and the daemon's own user, not {who}"),
-                    );
-                }
+                let who = match self.privileged(uid, "flush") {
+                    Ok(who) => who,
+                    Err(refused) => return *refused,
+                };
                 let what = match names.is_empty() {
                     true => "the whole cache".to_string(),
                     false => names
@@ -430,7 +440,46 @@ impl Control {
                     ..Answer::default()
                 }
             }
+            Request::Reload => {
+                let who = match self.privileged(uid, "reload") {
+                    Ok(who) => who,
+                    Err(refused) => return *refused,
+                };
+                info!("control socket: reload asked by {who}");
+                let control = self.clone();
+                match tokio::task::spawn_blocking(move || (control.handler.reload)()).await {
+                    Ok(Ok(())) => Answer {
+                        ok: true,
+                        message: Some("the configuration was reloaded and is in force".to_string()),
+                        ..Answer::default()
+                    },
+                    Ok(Err(reason)) => Answer::error(
+                        "reload_refused",
+                        format!(
+                            "reload refused, the running configuration stays in force: {reason}"
+                        ),
+                    ),
+                    Err(error) => {
+                        warn!("control socket: reload failed: {error}");
+                        Answer::error("internal", "the reload failed; see the log")
+                    }
+                }
+            }
         }
+    }
+
+    /// Who the peer is, if it may run `command` (root or the daemon's own user); otherwise the
+    /// refusal to send it.
+    fn privileged(&self, uid: Option<u32>, command: &str) -> Result<String, Box<Answer>> {
+        let who = uid.map_or_else(|| "unknown uid".to_string(), |uid| format!("uid {uid}"));
+        if uid.is_some_and(|uid| uid == 0 || uid == self.own_uid) {
+            return Ok(who);
+        }
+        info!("control socket: {command} refused to {who}");
+        Err(Box::new(Answer::error(
+            "not_permitted",
+            format!("{command} is for root and the daemon's own user, not {who}"),
+        )))
     }
 }
 
@@ -520,10 +569,12 @@ const EX_SOFTWARE: u8 = 70;
 const EX_UNAVAILABLE: u8 = 69;
 const EX_PROTOCOL: u8 = 76;
 const EX_NOPERM: u8 = 77;
+const EX_CONFIG: u8 = 78;
 
 impl ClientError {
     /// 69 when the daemon cannot be reached or is busy, 77 when this user may not do it, 64
-    /// for a bad name, 76 for an answer that makes no sense, 70 for any other refusal.
+    /// for a bad name, 76 for an answer that makes no sense, 78 for a configuration the
+    /// daemon refused at reload, 70 for any other refusal.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Unavailable { .. } | ClientError::NoAnswer { .. } => EX_UNAVAILABLE,
@@ -532,6 +583,7 @@ impl ClientError {
             ClientError::BadName(..) => EX_USAGE,
             ClientError::Refused { code, .. } => match code.as_str() {
                 "not_permitted" => EX_NOPERM,
+                "reload_refused" => EX_CONFIG,
                 "busy" | "timeout" => EX_UNAVAILABLE,
                 _ => EX_SOFTWARE,
             },
@@ -623,6 +675,31 @@ pub fn flush_command(path: &Path, names: &[String]) -> Result<String, ClientErro
     })
 }
 
+/// `dns-proxy reload`: has the daemon load its configuration again and waits until it is in
+/// force, or refused. With `pid` (the unit passes `$MAINPID`), a daemon without a control
+/// socket is sent SIGHUP instead, which does the same without waiting.
+pub fn reload_command(path: &Path, pid: Option<i32>) -> Result<String, ClientError> {
+    match (ask(path, &Request::Reload), pid) {
+        (Ok(answer), _) => Ok(format!("{}\n", answer.message.unwrap_or_default())),
+        (Err(ClientError::Unavailable { path, error }), Some(pid)) => {
+            let signal = rustix::process::Pid::from_raw(pid)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+                .and_then(|pid| {
+                    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+                        .map_err(io::Error::from)
+                });
+            match signal {
+                Ok(()) => Ok(format!(
+                    "no control socket at {} ({error}): sent SIGHUP to {pid}; the daemon reloads without waiting, and logs the outcome\n",
+                    path.display()
+                )),
+                Err(error) => Err(ClientError::Unavailable { path, error }),
+            }
+        }
+        (Err(error), _) => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +730,10 @@ mod tests {
             parse_request(br#"{"command":"flush","names":["Example.COM.","a.test"]}"#),
             Ok(Request::Flush(vec![name("example.com"), name("a.test")]))
         );
+        assert_eq!(
+            parse_request(br#"{"command":"reload"}"#),
+            Ok(Request::Reload)
+        );
     }
 
     #[test]
@@ -665,6 +746,10 @@ mod tests {
         assert_eq!(code(br#"{"command":"status","x":1}"#), Err("bad_request"));
         assert_eq!(
             code(br#"{"command":"status","names":[]}"#),
+            Err("bad_request")
+        );
+        assert_eq!(
+            code(br#"{"command":"reload","names":[]}"#),
             Err("bad_request")
         );
         assert_eq!(code(br#"{"command":1}"#), Err("bad_request"));
@@ -683,7 +768,7 @@ mod tests {
         let error = parse_request(br#"{"command":"reboot"}"#).unwrap_err();
         assert_eq!(
             error.to_string(),
-            r#"unknown command "reboot" (expected "status" or "flush")"#
+            r#"unknown command "reboot" (expected "status", "flush" or "reload")"#
         );
         let error = parse_request(br#"{"command":"flush","names":["ok.test","a b"]}"#);
         assert_eq!(
@@ -698,6 +783,7 @@ mod tests {
             Request::Status,
             Request::Flush(Vec::new()),
             Request::Flush(vec![name("example.com"), name("xn--bcher-kva.test")]),
+            Request::Reload,
         ] {
             let line = request.to_line();
             assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));

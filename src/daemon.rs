@@ -7,7 +7,7 @@
 //! start leaves it degraded (local zones only) instead of stopping it; see [`run`].
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -21,6 +21,7 @@ use crate::context::Context;
 use crate::control::{self, Control, Handler};
 use crate::forwarder::Forwarder;
 use crate::listeners::{self, Inherited, ListenError};
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::snapshot::{self, Listener, Status};
 use crate::tcp::Serve;
@@ -231,7 +232,13 @@ pub async fn run(
             kind: "control".to_string(),
             address: bound.path().display().to_string(),
         });
-        let handler = control_handler(&context, &sources, served.clone(), started);
+        let handler = control_handler(
+            &context,
+            &sources,
+            &current_identity,
+            served.clone(),
+            started,
+        );
         tracker.spawn(Arc::new(Control::new(handler)).serve(
             bound,
             shutdown.clone(),
@@ -255,7 +262,10 @@ pub async fn run(
 
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&sources, &context, &current_identity),
+            _ = hangup.recv() => {
+                // The outcome is logged; `dns-proxy reload` is the way to wait for it.
+                let _ = reload(&sources, &context, &current_identity);
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -275,8 +285,12 @@ pub async fn run(
 }
 
 /// Loads the configuration again and puts it in force if it is valid, with its certificate and
-/// key: new TLS handshakes get them, connections already open keep their session.
-fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) {
+/// key: new TLS handshakes get them, connections already open keep their session. SIGHUP and
+/// `dns-proxy reload` both come here; the error is why the new configuration was refused.
+fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) -> Result<(), String> {
+    // One at a time: a signal and a control request may arrive together.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _reloading = lock(&ONE_AT_A_TIME);
     notify::reloading();
     let outcome = config::load(sources)
         .map_err(|e| e.to_string())
@@ -316,16 +330,20 @@ fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) {
                 "configuration reloaded{recovered}; upstreams {}",
                 context.forwarder().describe_upstreams()
             );
-        }
-        Err(error) if context.problem().is_some() => {
-            error!("reload: still degraded, local zones only: {error}");
-            context.set_problem(Some(error));
+            notify::ready(&context.status());
+            Ok(())
         }
         Err(error) => {
-            error!("reload refused, the running configuration stays in force: {error}");
+            if context.problem().is_some() {
+                error!("reload: still degraded, local zones only: {error}");
+                context.set_problem(Some(error.clone()));
+            } else {
+                error!("reload refused, the running configuration stays in force: {error}");
+            }
+            notify::ready(&context.status());
+            Err(error)
         }
     }
-    notify::ready(&context.status());
 }
 
 /// `udp 127.0.0.1:53`, for the log; also adds the socket to those `dns-proxy status` lists.
@@ -351,11 +369,13 @@ fn describe(
 fn control_handler(
     context: &Arc<Context>,
     sources: &Sources,
+    identity: &Arc<CurrentIdentity>,
     served: Vec<Listener>,
     started: (SystemTime, Instant),
 ) -> Handler {
     let (status_context, flush_context) = (context.clone(), context.clone());
-    let sources = sources.clone();
+    let (reload_context, identity) = (context.clone(), identity.clone());
+    let (sources, reload_sources) = (sources.clone(), sources.clone());
     Handler {
         status: Box::new(move || Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -371,6 +391,7 @@ fn control_handler(
             ..status_context.snapshot()
         }),
         flush: Box::new(move |names| flush_context.forwarder().flush(names)),
+        reload: Box::new(move || reload(&reload_sources, &reload_context, &identity)),
     }
 }
 

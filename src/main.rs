@@ -39,12 +39,13 @@ fn main() -> ExitCode {
             println!("dns-proxy {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Command::Status | Command::Flush => {
+        Command::Status | Command::Flush | Command::Reload => {
             let socket = args
                 .control
                 .unwrap_or_else(|| PathBuf::from(control::DEFAULT_SOCKET));
             let outcome = match args.command {
                 Command::Status => control::status_command(&socket, args.json),
+                Command::Reload => control::reload_command(&socket, args.pid),
                 _ => control::flush_command(&socket, &args.names),
             };
             return match outcome {

@@ -1,5 +1,5 @@
 //! The control socket, end to end: the real daemon serving `control_socket`, asked by the real
-//! `dns-proxy status` and `dns-proxy flush` commands (and by raw connections for what the
+//! `dns-proxy status`, `flush` and `reload` commands (and by raw connections for what the
 //! commands never send), with metrics off. Status follows an upstream going down and back
 //! with the error's kind and names every upstream, forward zones' included; flush removes a
 //! name and the names below it and nothing else, or everything; only root and the daemon's own
@@ -894,5 +894,100 @@ async fn the_socket_is_in_the_runtime_directory_under_systemd_and_off_by_hand() 
     assert!(
         out.stdout.contains("control_socket = \"\"  # default"),
         "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_returns_once_the_new_configuration_answers_or_says_why_it_was_refused() {
+    let first = FakeUpstream::start().await;
+    let second = FakeUpstream::start_answering(Ipv4Addr::new(192, 0, 2, 2)).await;
+    let daemon = start(ProxyConfig::new(first.spec())).await;
+    let socket = daemon.socket().to_string();
+    assert_a(
+        &udp_query(
+            daemon.proxy.udp4(),
+            "one.example.",
+            RecordType::A,
+            None,
+            false,
+        )
+        .await,
+        first.answer(),
+    );
+
+    // In force when the command returns: the very next query goes to the new upstream.
+    let second_config = with_socket(ProxyConfig::new(second.spec()), &daemon.socket).to_toml();
+    daemon.proxy.write_config(&second_config);
+    let out = client(&["reload", "--control", &socket], None).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(
+        out.stdout,
+        "the configuration was reloaded and is in force\n"
+    );
+    assert_a(
+        &udp_query(
+            daemon.proxy.udp4(),
+            "two.example.",
+            RecordType::A,
+            None,
+            false,
+        )
+        .await,
+        second.answer(),
+    );
+
+    // A bad configuration: exit 78 with the reason, and the running one stays.
+    daemon
+        .proxy
+        .write_config(&format!("bogus_key = 1\n{second_config}"));
+    let out = client(&["reload", "--control", &socket], None).await;
+    assert_eq!(out.code(), Some(78), "{out}");
+    assert!(
+        out.stderr
+            .contains("reload refused, the running configuration stays in force")
+            && out.stderr.contains("bogus_key"),
+        "{out}"
+    );
+    assert_a(
+        &udp_query(
+            daemon.proxy.udp4(),
+            "three.example.",
+            RecordType::A,
+            None,
+            false,
+        )
+        .await,
+        second.answer(),
+    );
+    daemon.proxy.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_without_a_control_socket_signals_the_pid_it_is_given() {
+    let first = FakeUpstream::start().await;
+    let second = FakeUpstream::start_answering(Ipv4Addr::new(192, 0, 2, 2)).await;
+    let mut proxy = Proxy::start(&ProxyConfig::new(first.spec())).await;
+    proxy.write_config(&ProxyConfig::new(second.spec()).to_toml());
+    let dir = open_temp_dir();
+    let missing = dir.path().join("control");
+    let missing = missing.to_str().expect("path");
+
+    // Without --pid there is nobody to ask.
+    let out = client(&["reload", "--control", missing], None).await;
+    assert_eq!(out.code(), Some(EX_UNAVAILABLE), "{out}");
+
+    let pid = proxy.pid.to_string();
+    let out = client(&["reload", "--control", missing, "--pid", &pid], None).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("sent SIGHUP"), "{out}");
+    proxy
+        .wait_for_notify("RELOADING=1", Duration::from_secs(5))
+        .await;
+    proxy
+        .wait_for_notify("READY=1", Duration::from_secs(5))
+        .await;
+    assert_a(
+        &udp_query(proxy.udp4(), "two.example.", RecordType::A, None, false).await,
+        second.answer(),
     );
 }
