@@ -42,6 +42,11 @@ impl Loaded {
                         "# {key} is read from {} ($CREDENTIALS_DIRECTORY)\n",
                         read.display()
                     ));
+                } else if self.identity.is_none() {
+                    out.push_str(&format!(
+                        "# {key} not read here: a relative path, and no $CREDENTIALS_DIRECTORY \
+                         (systemd sets it for the service); the daemon reads and checks it\n"
+                    ));
                 }
             }
         }
