@@ -249,9 +249,11 @@ in_container() { # suite, minimal|full, function, then extra systemd-nspawn opti
     # as a failure, and the next ones still run. 100: some check failed (and said so).
     local status before=$failed
     failed=0
+    rm -f "$work/failed-command"
     set +e
     (
-        set -e
+        set -eE
+        trap 'echo "$BASH_SOURCE:$LINENO: $BASH_COMMAND" >"$work/failed-command"' ERR
         "$function" "$suite"
         exit $((failed ? 100 : 0))
     )
@@ -260,7 +262,12 @@ in_container() { # suite, minimal|full, function, then extra systemd-nspawn opti
     failed=$before
     if ((status)); then
         failed=1
-        ((status == 100)) || echo "FAIL  $suite $function stopped at a failing command (status $status)"
+        if ((status != 100)); then
+            echo "FAIL  $suite $function stopped at a failing command (status $status): $(cat "$work/failed-command" 2>/dev/null)"
+            # What the service said: the failing command's own message may not say why.
+            in_ct systemctl status --no-pager -n 0 dns-proxy.service 2>&1 | sed 's/^/      /' || true
+            in_ct journalctl --no-pager -o cat -n 40 -u dns-proxy.service 2>&1 | sed 's/^/      /' || true
+        fi
     fi
     stop_container
 }
