@@ -55,11 +55,9 @@ make_server_cert() {
         fi
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=dns.test \
             -keyout server.key -out server.csr 2>/dev/null
+        printf "subjectAltName=DNS:dns.test,IP:127.0.0.1,IP:::1,IP:198.18.0.1\nextendedKeyUsage=serverAuth\n" >server.ext
         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 397 \
-            -extfile /dev/stdin -out server.pem 2>/dev/null <<EOF
-subjectAltName=DNS:dns.test,IP:127.0.0.1,IP:::1,IP:198.18.0.1
-extendedKeyUsage=serverAuth
-EOF
+            -extfile server.ext -out server.pem 2>/dev/null
         if [ -n "${1:-}" ]; then
             mkdir -p "$1"
             mv server.key "$1/privkey.pem"
