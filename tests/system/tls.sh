@@ -160,9 +160,11 @@ tls_checks() { # suite
         fail "$suite tls 3 LAN client got '$lan', outside client '$refused' (want REFUSED); exposure $after with the drop-in, $before without"
     fi
 
-    # tls 4: renewal through the example deploy hook, as certbot runs it: the new certificate
-    # is served after the hook, the key is still root-only, and clients get answers.
-    local old_serial new_serial renewed_serial reloaded_serial
+    # tls 4: a reload works with the credentials (every ExecReload= step reads the
+    # configuration, which names them) and DoT still answers; then renewal through the example
+    # deploy hook, as certbot runs it: the new certificate is served after the hook, the key is
+    # still root-only, and clients get answers.
+    local old_serial new_serial renewed_serial reloaded_serial reload_status=0
     old_serial=$(served_serial 853 dot)
     make_server_cert /root/renewed
     renewed_serial=$(in_ct openssl x509 -noout -serial -in /root/renewed/fullchain.pem | sed 's/^serial=//')
@@ -172,7 +174,7 @@ tls_checks() { # suite
     in_ct cp /etc/dns-proxy/tls/cert.pem /root/cert.pem.old
     in_ct install -m 0600 /root/renewed/privkey.pem /etc/dns-proxy/tls/key.pem
     in_ct install -m 0644 /root/renewed/fullchain.pem /etc/dns-proxy/tls/cert.pem
-    in_ct systemctl reload dns-proxy.service || true
+    in_ct systemctl reload dns-proxy.service || reload_status=$?
     sleep 0.5
     reloaded_serial=$(served_serial 853 dot)
     echo "INFO  $suite tls 4 after replacing the files and a reload (no restart) the served serial is ${reloaded_serial:-none} (old $old_serial, new $renewed_serial)"
@@ -182,16 +184,16 @@ tls_checks() { # suite
     local hook_status=0
     in_ct env RENEWED_LINEAGE=/root/renewed /usr/local/sbin/dns-proxy-tls-deploy-hook || hook_status=$?
     ok=1
-    ((hook_status == 0)) || ok=0
+    ((reload_status == 0 && hook_status == 0)) || ok=0
     tls_expect @127.0.0.1 -p 853 +tls || ok=0
     tls_expect @127.0.0.1 -p 443 +https || ok=0
     new_serial=$(served_serial 853 dot)
     mode=$(in_ct stat -c '%a %U:%G' /etc/dns-proxy/tls/key.pem)
     [[ -n $old_serial && $new_serial == "$renewed_serial" && $new_serial != "$old_serial" && $mode == "600 root:root" ]] || ok=0
     if ((ok)); then
-        pass "$suite tls 4 deploy hook (RENEWED_LINEAGE as certbot sets it): serial $old_serial -> $new_serial served on :853, key.pem $mode, DoT and DoH answered"
+        pass "$suite tls 4 reload succeeded; deploy hook (RENEWED_LINEAGE as certbot sets it): serial $old_serial -> $new_serial served on :853, key.pem $mode, DoT and DoH answered"
     else
-        fail "$suite tls 4 deploy hook exit $hook_status: served serial '$new_serial', renewed '$renewed_serial', old '$old_serial', key mode '$mode'"
+        fail "$suite tls 4 reload exit $reload_status, deploy hook exit $hook_status: served serial '$new_serial', renewed '$renewed_serial', old '$old_serial', key mode '$mode'"
         in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
     fi
 }
