@@ -1,8 +1,9 @@
-//! The running daemon: starts a server task per socket (DNS, and the metrics endpoint when
-//! there is one), tells systemd it is ready, then waits for signals. SIGHUP reloads the
-//! configuration (a bad one is refused and the running one stays; sockets are never closed by
-//! a reload). SIGTERM and SIGINT stop accepting, let in-flight queries finish for a bounded
-//! time, and return. Under socket activation a configuration or trust store it cannot use at
+//! The running daemon: starts a server task per socket (DNS over UDP, TCP, TLS and HTTPS, and
+//! the metrics endpoint when there is one), tells systemd it is ready, then waits for signals.
+//! SIGHUP reloads the configuration, the TLS certificate and key with it (a bad one is refused
+//! and the running one stays; sockets and open connections are never closed by a reload).
+//! SIGTERM and SIGINT stop accepting, let in-flight queries finish for a bounded time, and
+//! return. Under socket activation a configuration or trust store it cannot use at
 //! start leaves it degraded (local zones only) instead of stopping it; see [`run`].
 
 use std::io;
@@ -20,8 +21,11 @@ use crate::context::Context;
 use crate::forwarder::Forwarder;
 use crate::listeners::{self, Inherited, ListenError};
 use crate::metrics::Metrics;
+use crate::tcp::Serve;
 use crate::tls::TlsSetupError;
-use crate::{notify, tcp, udp};
+use crate::tls_server::{self, CurrentIdentity, Identity, TlsServerError};
+use crate::transport::Transport;
+use crate::{doh, dot, notify, tcp, udp};
 
 /// How long in-flight queries may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -33,13 +37,16 @@ pub enum DaemonError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    TlsServer(#[from] TlsServerError),
     #[error("cannot serve a socket: {0}")]
     Socket(io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
 }
 
-/// Runs until SIGTERM or SIGINT. `inherited` holds the sockets systemd passed, if any.
+/// Runs until SIGTERM or SIGINT. `inherited` holds the sockets systemd passed, if any;
+/// `identity` is the certificate and key of `config`, for DNS over TLS and HTTPS.
 ///
 /// `problem` is a configuration error found at start, `config` then being the defaults. With
 /// sockets from systemd, such a problem or a trust store that cannot be used does not stop the
@@ -50,6 +57,7 @@ pub enum DaemonError {
 pub async fn run(
     sources: Sources,
     config: Config,
+    identity: Option<Identity>,
     problem: Option<String>,
     inherited: Option<Inherited>,
 ) -> Result<(), DaemonError> {
@@ -63,9 +71,11 @@ pub async fn run(
     let (listeners, passed_metrics) = match inherited {
         Some(inherited) => {
             info!(
-                "socket activation: {} UDP and {} TCP sockets from systemd ({}); the listen setting is ignored",
+                "socket activation: {} UDP, {} TCP, {} DNS over TLS and {} DNS over HTTPS sockets from systemd ({}); listen, listen_tls and listen_https are ignored",
                 inherited.listeners.udp.len(),
                 inherited.listeners.tcp.len(),
+                inherited.listeners.tls.len(),
+                inherited.listeners.https.len(),
                 inherited.names.join(", "),
             );
             for unusable in &inherited.unusable {
@@ -110,6 +120,14 @@ pub async fn run(
     ));
     let (serve_udp, serve_tcp) = (config.udp, config.tcp);
     let context = Arc::new(Context::new(config, forwarder, problem, metrics));
+    let current_identity = Arc::new(CurrentIdentity::default());
+    current_identity.replace(identity.as_ref());
+    let encrypted = listeners.tls.len() + listeners.https.len();
+    if encrypted > 0 && !current_identity.is_set() {
+        error!(
+            "{encrypted} DNS over TLS or HTTPS sockets but no certificate (tls_certificate, tls_key): their TLS handshakes fail until a reload sets one"
+        );
+    }
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -147,6 +165,36 @@ pub async fn run(
             tracker.clone(),
         ));
     }
+    let serve = |transport| Serve {
+        context: context.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        transport,
+    };
+    if !listeners.tls.is_empty() {
+        let acceptor = tls_server::acceptor(current_identity.clone(), &[tls_server::ALPN_DOT])?;
+        for listener in listeners.tls {
+            addresses.push(describe("tls", listener.local_addr()));
+            tracker.spawn(dot::serve(
+                tokio_listener(listener)?,
+                acceptor.clone(),
+                connections.clone(),
+                serve(Transport::Tls),
+            ));
+        }
+    }
+    if !listeners.https.is_empty() {
+        let acceptor = tls_server::acceptor(current_identity.clone(), &tls_server::ALPN_DOH)?;
+        for listener in listeners.https {
+            addresses.push(describe("https", listener.local_addr()));
+            tracker.spawn(doh::serve(
+                tokio_listener(listener)?,
+                acceptor.clone(),
+                connections.clone(),
+                serve(Transport::Https),
+            ));
+        }
+    }
     for listener in metrics_listeners {
         match listener.local_addr() {
             Ok(address) => info!("metrics: serving http://{address}/metrics and /healthz"),
@@ -175,7 +223,7 @@ pub async fn run(
 
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&sources, &context),
+            _ = hangup.recv() => reload(&sources, &context, &current_identity),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -194,20 +242,23 @@ pub async fn run(
     Ok(())
 }
 
-/// Loads the configuration again and puts it in force if it is valid.
-fn reload(sources: &Sources, context: &Context) {
+/// Loads the configuration again and puts it in force if it is valid, with its certificate and
+/// key: new TLS handshakes get them, connections already open keep their session.
+fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) {
     notify::reloading();
     let outcome = config::load(sources)
         .map_err(|e| e.to_string())
         .and_then(|loaded| {
             Forwarder::new(&loaded.config, &context.metrics)
-                .map(|forwarder| (loaded.config, forwarder))
+                .map(|forwarder| (loaded.config, loaded.identity, forwarder))
                 .map_err(|e| e.to_string())
         });
     match outcome {
-        Ok((config, forwarder)) => {
+        Ok((config, new_identity, forwarder)) => {
             let old = context.config();
             if old.listen != config.listen
+                || old.listen_tls != config.listen_tls
+                || old.listen_https != config.listen_https
                 || old.udp != config.udp
                 || old.tcp != config.tcp
                 || old.tcp_max_connections != config.tcp_max_connections
@@ -217,9 +268,10 @@ fn reload(sources: &Sources, context: &Context) {
                 || old.threads != config.threads
             {
                 warn!(
-                    "listen, udp, tcp, tcp_max_connections(_per_client), log_level, threads and [metrics] take effect at the next restart"
+                    "listen, listen_tls, listen_https, udp, tcp, tcp_max_connections(_per_client), log_level, threads and [metrics] take effect at the next restart"
                 );
             }
+            identity.replace(new_identity.as_ref());
             context.replace(config, forwarder);
             let recovered = if context.problem().is_some() {
                 "; no longer degraded"

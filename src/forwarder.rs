@@ -23,6 +23,7 @@ use crate::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::plain::PlainUpstream;
 use crate::ratelimit::RateLimiter;
 use crate::tls::TlsSetupError;
+use crate::transport::Transport;
 use crate::upstream::TlsUpstream;
 use crate::zones::{Route, Router};
 
@@ -158,13 +159,18 @@ impl<R: Exchange> Forwarder<R> {
     /// The answer for `query`: from the cache or an upstream, else a stale answer or SERVFAIL
     /// once the time budget is spent or no upstream can be reached. Never fails and never
     /// waits past the budget.
-    pub(crate) async fn answer(self: &Arc<Self>, query: &Query, client: SocketAddr) -> Vec<u8> {
+    pub(crate) async fn answer(
+        self: &Arc<Self>,
+        query: &Query,
+        client: SocketAddr,
+        transport: Transport,
+    ) -> Vec<u8> {
         let _forwarding = GaugeGuard::new(&self.counts.queries_in_flight);
         let started = Instant::now();
         // Boxed: the resolution's state is some 5 KiB, and a task's future is copied on
         // spawn and on completion; a pointer is cheaper to move than that.
         let (answer, source) = Box::pin(self.find_answer(query, started)).await;
-        self.log(query, client, &answer, source, started);
+        self.log(query, client, transport, &answer, source, started);
         answer
     }
 
@@ -174,6 +180,7 @@ impl<R: Exchange> Forwarder<R> {
         self: &Arc<Self>,
         query: &Query,
         client: SocketAddr,
+        transport: Transport,
     ) -> Option<Vec<u8>> {
         let cache = self.cache.as_ref()?;
         let started = Instant::now();
@@ -185,7 +192,7 @@ impl<R: Exchange> Forwarder<R> {
         if prefetch {
             self.prefetch(query.clone(), key);
         }
-        self.log(query, client, &answer, Source::Cache, started);
+        self.log(query, client, transport, &answer, Source::Cache, started);
         Some(answer)
     }
 
@@ -193,6 +200,7 @@ impl<R: Exchange> Forwarder<R> {
         &self,
         query: &Query,
         client: SocketAddr,
+        transport: Transport,
         answer: &[u8],
         source: Source,
         started: Instant,
@@ -207,6 +215,7 @@ impl<R: Exchange> Forwarder<R> {
             };
             info!(
                 client = %client,
+                transport = transport.as_str(),
                 question = %query.describe(),
                 rcode = answer.get(3).map_or(0, |b| b & 0x0f),
                 upstream = source,

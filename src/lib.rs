@@ -4,12 +4,16 @@
 //!
 //! # Layout
 //! Most modules are private to the crate; the binary and the fuzz targets use `cli`, `config`,
-//! `daemon`, `listeners`, `logging`, `sandbox`, `tls`, `dns`, `cache` and `framing`.
+//! `daemon`, `listeners`, `logging`, `sandbox`, `tls`, `tls_server`, `dns`, `doh_request`,
+//! `cache` and `framing`.
 //!
 //! - `cli`, `config`: what to run and with which settings (layered TOML, environment, flags).
 //! - `listeners`: the client sockets, inherited from systemd or bound here.
-//! - `udp`, `tcp`: the client-facing servers; `admission`: whether a client's query is
-//!   served, refused or dropped, from `access` (who may ask) and `ratelimit` (how often).
+//! - `udp`, `tcp`: the client-facing servers; `dot`, `doh`: DNS over TLS (on `tcp`'s
+//!   connection loop) and DNS over HTTPS (hyper, requests decoded by `doh_request`), with
+//!   `tls_server` holding their certificate and TLS settings; `transport`: their names;
+//!   `admission`: whether a client's query is served, refused or dropped, from `access` (who
+//!   may ask) and `ratelimit` (how often).
 //! - `dns`: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
 //! - `framing`: 2-byte length framing shared by TCP clients and TLS upstreams.
 //! - `forwarder`: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
@@ -47,6 +51,9 @@ mod context;
 pub mod daemon;
 mod defer;
 pub mod dns;
+mod doh;
+pub mod doh_request;
+mod dot;
 mod error;
 mod exchange;
 mod forwarder;
@@ -62,6 +69,8 @@ mod ratelimit;
 pub mod sandbox;
 mod tcp;
 pub mod tls;
+pub mod tls_server;
+mod transport;
 mod udp;
 mod upstream;
 mod zones;

@@ -1,7 +1,9 @@
 //! Where the client sockets come from, decided once at start: handed over by systemd (socket
 //! activation, `LISTEN_FDS`), or bound here from `listen`. The servers only ever see bound
 //! sockets, so they do not care which. The same goes for the metrics endpoint's socket: passed
-//! under the name `METRICS_FD_NAME`, or bound here from `[metrics] listen`.
+//! under the name `METRICS_FD_NAME`, or bound here from `[metrics] listen`; and for DNS over
+//! TLS and HTTPS: passed under `TLS_FD_NAME` and `HTTPS_FD_NAME`, or bound here from
+//! `listen_tls` and `listen_https`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -14,12 +16,20 @@ use crate::config::Config;
 
 /// The `FileDescriptorName=` of a socket passed for the metrics endpoint.
 pub(crate) const METRICS_FD_NAME: &str = "metrics";
+/// The `FileDescriptorName=` of a socket passed for DNS over TLS.
+pub const TLS_FD_NAME: &str = "dns-tls";
+/// The `FileDescriptorName=` of a socket passed for DNS over HTTPS.
+pub const HTTPS_FD_NAME: &str = "dns-https";
 
 /// Bound client sockets.
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
     pub(crate) udp: Vec<UdpSocket>,
     pub(crate) tcp: Vec<TcpListener>,
+    /// DNS over TLS.
+    pub(crate) tls: Vec<TcpListener>,
+    /// DNS over HTTPS.
+    pub(crate) https: Vec<TcpListener>,
 }
 
 /// Sockets systemd passed, with what could not be used.
@@ -31,7 +41,7 @@ pub struct Inherited {
     /// `LISTEN_FDNAMES`, for the log.
     pub(crate) names: Vec<String>,
     /// Descriptions of passed fds that are neither a TCP listener nor a UDP socket, or that are
-    /// named for metrics but are no TCP listener.
+    /// named for metrics, DNS over TLS or HTTPS but are no TCP listener.
     pub(crate) unusable: Vec<String>,
 }
 
@@ -43,7 +53,9 @@ pub enum ListenError {
         address: SocketAddr,
         source: io::Error,
     },
-    #[error("nothing to listen on: both udp and tcp are off, or listen is empty")]
+    #[error(
+        "nothing to listen on: both udp and tcp are off or listen is empty, and listen_tls and listen_https are empty"
+    )]
     Nothing,
 }
 
@@ -70,11 +82,18 @@ pub fn inherited() -> Option<Inherited> {
     };
     for index in 0..fds.len() {
         // The socket itself says whether it is UDP or TCP; the name only matters for metrics,
-        // so DNS sockets may be named anything (the packaged unit calls them "dns").
+        // DNS over TLS and HTTPS, so plain DNS sockets may be named anything (the packaged unit
+        // calls them "dns").
         let name = inherited.names.get(index).map_or("", String::as_str);
-        if name == METRICS_FD_NAME {
+        let named = match name {
+            METRICS_FD_NAME => Some(&mut inherited.metrics),
+            TLS_FD_NAME => Some(&mut inherited.listeners.tls),
+            HTTPS_FD_NAME => Some(&mut inherited.listeners.https),
+            _ => None,
+        };
+        if let Some(list) = named {
             match fds.take_tcp_listener(index) {
-                Ok(Some(listener)) => inherited.metrics.push(listener),
+                Ok(Some(listener)) => list.push(listener),
                 _ => inherited
                     .unusable
                     .push(format!("fd {} ({name}) is not a TCP listener", index + 3)),
@@ -93,7 +112,8 @@ pub fn inherited() -> Option<Inherited> {
     Some(inherited)
 }
 
-/// Binds UDP and TCP on every `listen` address, for the transports that are on.
+/// Binds UDP and TCP on every `listen` address, for the transports that are on, and TCP on
+/// every `listen_tls` and `listen_https` address.
 pub(crate) fn bind(config: &Config) -> Result<Listeners, ListenError> {
     let mut listeners = Listeners::default();
     for &address in &config.listen {
@@ -114,7 +134,24 @@ pub(crate) fn bind(config: &Config) -> Result<Listeners, ListenError> {
             listeners.tcp.push(listener);
         }
     }
-    if listeners.udp.is_empty() && listeners.tcp.is_empty() {
+    for (addresses, bound, transport) in [
+        (&config.listen_tls, &mut listeners.tls, "DNS over TLS"),
+        (&config.listen_https, &mut listeners.https, "DNS over HTTPS"),
+    ] {
+        for &address in addresses {
+            let listener = bind_tcp(address).map_err(|source| ListenError::Bind {
+                transport,
+                address,
+                source,
+            })?;
+            bound.push(listener);
+        }
+    }
+    if listeners.udp.is_empty()
+        && listeners.tcp.is_empty()
+        && listeners.tls.is_empty()
+        && listeners.https.is_empty()
+    {
         return Err(ListenError::Nothing);
     }
     Ok(listeners)

@@ -80,11 +80,11 @@ fn main() -> ExitCode {
     }
     // Before the runtime starts any thread: this edits the environment.
     let inherited = listeners::inherited();
-    let (config, problem) = match loaded {
-        Ok(loaded) => (loaded.config, None),
+    let (config, identity, problem) = match loaded {
+        Ok(loaded) => (loaded.config, loaded.identity, None),
         // Clients already queue on the sockets systemd passed: serve the local zones and say
         // what is wrong, rather than exit and leave them unanswered (dns-proxy(8)).
-        Err(error) if inherited.is_some() => (Config::default(), Some(error.to_string())),
+        Err(error) if inherited.is_some() => (Config::default(), None, Some(error.to_string())),
         Err(error) => {
             eprintln!("dns-proxy: {error}");
             return ExitCode::from(EX_CONFIG);
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(sources, config, problem, inherited)) {
+    match runtime.block_on(daemon::run(sources, config, identity, problem, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ DaemonError::Tls(_)) => {
             tracing::error!("{error}");

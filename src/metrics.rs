@@ -25,6 +25,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::error::{Handshake, UpstreamErrorKind};
+use crate::transport::Transport;
 
 /// Prefix of every series name.
 const PREFIX: &str = "dns_proxy";
@@ -68,9 +69,13 @@ pub(crate) struct Metrics {
     pub(crate) udp: TransportMetrics,
     /// Queries that came in over TCP.
     pub(crate) tcp: TransportMetrics,
+    /// Queries that came in over DNS over TLS.
+    pub(crate) tls: TransportMetrics,
+    /// Queries that came in over DNS over HTTPS.
+    pub(crate) https: TransportMetrics,
     /// Queries being forwarded right now (inside [`crate::forwarder::Forwarder::answer`]).
     pub(crate) queries_in_flight: Gauge,
-    /// Client TCP connections open right now.
+    /// Client connections open right now on TCP, DNS over TLS and DNS over HTTPS.
     pub(crate) tcp_connections: Gauge,
     pub(crate) cache: CacheMetrics,
     /// Queries answered by a built-in local zone (localhost, private reverse zones).
@@ -163,7 +168,8 @@ impl Metrics {
         let answers = Family::<QueryLabels, Counter>::default();
         registry.register(
             "queries",
-            "Client queries answered, by transport (udp, tcp) and response code of the answer sent",
+            "Client queries answered, by transport (udp, tcp, tls, https) and response code of the \
+             answer sent",
             answers.clone(),
         );
         let dropped = Family::<TransportLabels, Counter>::default();
@@ -182,7 +188,7 @@ impl Metrics {
         let tcp_connections = Gauge::default();
         registry.register(
             "client_tcp_connections",
-            "Client TCP connections open right now",
+            "Client TCP connections open right now, plain, DNS over TLS and DNS over HTTPS",
             tcp_connections.clone(),
         );
         let upstream_queries = Family::default();
@@ -265,6 +271,8 @@ impl Metrics {
             rate_limited,
             udp: TransportMetrics::new("udp", &answers, &dropped),
             tcp: TransportMetrics::new("tcp", &answers, &dropped),
+            tls: TransportMetrics::new("tls", &answers, &dropped),
+            https: TransportMetrics::new("https", &answers, &dropped),
             queries_in_flight,
             tcp_connections,
             cache,
@@ -309,20 +317,40 @@ impl Metrics {
         Ok(out)
     }
 
-    /// One line for `STATUS=`: what has been served so far.
+    /// The series of one client transport.
+    pub(crate) fn transport(&self, transport: Transport) -> &TransportMetrics {
+        match transport {
+            Transport::Udp => &self.udp,
+            Transport::Tcp => &self.tcp,
+            Transport::Tls => &self.tls,
+            Transport::Https => &self.https,
+        }
+    }
+
+    /// One line for `STATUS=`: what has been served so far. DNS over TLS and HTTPS are named
+    /// only once they carried a query, to keep the line short where they are not served.
     pub(crate) fn summary(&self) -> String {
+        let all = Transport::ALL.map(|transport| self.transport(transport));
         let answered = |rcode: u16| {
             let i = rcode_index(rcode);
-            self.udp.answers[i].get() + self.tcp.answers[i].get()
+            all.iter().map(|t| t.answers[i].get()).sum::<u64>()
         };
         let (noerror, servfail, nxdomain) = (answered(0), answered(2), answered(3));
-        let answers = self.udp.answered_total() + self.tcp.answered_total();
-        let dropped = self.udp.dropped.get() + self.tcp.dropped.get();
-        let (udp, tcp) = (self.udp.total(), self.tcp.total());
+        let answers: u64 = all.iter().map(|t| t.answered_total()).sum();
+        let dropped: u64 = all.iter().map(|t| t.dropped.get()).sum();
+        let mut total = 0;
+        let mut parts = Vec::new();
+        for transport in Transport::ALL {
+            let count = self.transport(transport).total();
+            total += count;
+            if count > 0 || matches!(transport, Transport::Udp | Transport::Tcp) {
+                parts.push(format!("{} {count}", transport.as_str()));
+            }
+        }
         format!(
-            "{} queries (udp {udp}, tcp {tcp}): {noerror} NOERROR, {nxdomain} NXDOMAIN, \
+            "{total} queries ({}): {noerror} NOERROR, {nxdomain} NXDOMAIN, \
              {servfail} SERVFAIL, {} other answers, {dropped} dropped; {} in flight",
-            udp + tcp,
+            parts.join(", "),
             answers - noerror - nxdomain - servfail,
             self.queries_in_flight.get(),
         )

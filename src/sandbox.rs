@@ -17,7 +17,8 @@ use crate::config::{Config, ZoneUpstream};
 
 /// The addresses the daemon may exchange packets with under `config`, in this order:
 ///
-/// - loopback, when the daemon binds a listener there itself (`listen`, `[metrics] listen`):
+/// - loopback, when the daemon binds a listener there itself (`listen`, `listen_tls`,
+///   `listen_https`, `[metrics] listen`):
 ///   127.0.0.0/8 for an IPv4 one, ::1 for an IPv6 one, both for a wildcard;
 /// - the networks of `allow`, when one of those listeners is beyond loopback: its clients;
 /// - every upstream address, default and forward zones.
@@ -72,6 +73,8 @@ fn own_listeners(config: &Config) -> Vec<IpAddr> {
     config
         .listen
         .iter()
+        .chain(&config.listen_tls)
+        .chain(&config.listen_https)
         .chain(config.metrics.iter().map(|metrics| &metrics.listen))
         .map(|address: &SocketAddr| address.ip().to_canonical())
         .collect()
@@ -240,6 +243,45 @@ mod tests {
             listen = "10.1.2.3:9153"
         "#;
         assert_eq!(list(metrics_on_lan), "127.0.0.0/8 10.1.0.0/16 9.9.9.9/32");
+    }
+
+    #[test]
+    fn dns_over_tls_and_https_listeners_count_as_listeners() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["dns.test".to_string()]).unwrap();
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let files = format!(
+            "tls_certificate = {:?}\ntls_key = {:?}\n",
+            cert_file.display().to_string(),
+            key_file.display().to_string()
+        );
+        let tls_on_lan = format!(
+            r#"
+            listen = ["127.0.0.1:5300"]
+            listen_tls = ["10.1.2.3"]
+            allow = ["127.0.0.0/8", "10.1.0.0/16"]
+            {files}
+            [[upstream]]
+            address = "9.9.9.9"
+        "#
+        );
+        assert_eq!(list(&tls_on_lan), "127.0.0.0/8 10.1.0.0/16 9.9.9.9/32");
+        let https_on_v6_loopback = format!(
+            r#"
+            listen = ["127.0.0.1:5300"]
+            listen_https = ["[::1]:8443"]
+            {files}
+            [[upstream]]
+            address = "9.9.9.9"
+        "#
+        );
+        assert_eq!(
+            list(&https_on_v6_loopback),
+            "127.0.0.0/8 ::1/128 9.9.9.9/32"
+        );
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //! answered as each completes, an idle timeout, a cap on connections and on outstanding
 //! queries per connection. A connection that sends a bad length or garbage is closed; it
 //! shares nothing with other connections, so they carry on.
+//!
+//! DNS over TLS (`dot.rs`) and DNS over HTTPS (`doh.rs`) accept their connections here too
+//! ([`accept`]), so one set of [`Slots`] bounds every client connection whatever it carries,
+//! and DNS over TLS serves its decrypted stream with the same [`connection`] as plain TCP.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -24,6 +28,7 @@ use crate::dns::{self, Rcode, Rejection};
 use crate::framing::{self, FrameReader};
 use crate::lock;
 use crate::metrics::GaugeGuard;
+use crate::transport::Transport;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -59,6 +64,8 @@ struct Table {
 /// An open connection, as the table sees it.
 struct Open {
     client: IpAddr,
+    /// What it carries, to count it where it belongs when it is closed to make room.
+    transport: Transport,
     activity: Arc<Activity>,
     /// Cancelled to close the connection to make room for a new one.
     close: CancellationToken,
@@ -82,7 +89,7 @@ pub(crate) struct Slot {
 }
 
 /// A query of a connection not answered yet; counted until dropped.
-struct Outstanding(Arc<Activity>);
+pub(crate) struct Outstanding(Arc<Activity>);
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
@@ -104,9 +111,13 @@ impl Slots {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// A slot for a new connection from `client`, and the address of the connection closed
-    /// to make room for it, if one was.
-    fn admit(self: &Arc<Self>, client: IpAddr) -> (Slot, Option<IpAddr>) {
+    /// A slot for a new connection from `client`, and the address and transport of the
+    /// connection closed to make room for it, if one was.
+    fn admit(
+        self: &Arc<Self>,
+        client: IpAddr,
+        transport: Transport,
+    ) -> (Slot, Option<(IpAddr, Transport)>) {
         let mut table = lock::lock(&self.table);
         let held = table.clients.get(&client).copied().unwrap_or(0);
         let evicted = if held >= self.per_client {
@@ -127,6 +138,7 @@ impl Slots {
             id,
             Open {
                 client,
+                transport,
                 activity: activity.clone(),
                 close: close.clone(),
             },
@@ -144,8 +156,8 @@ impl Slots {
 
 impl Table {
     /// Closes the connection idle or stalled longest, among `client`'s or among all; returns
-    /// its address.
-    fn evict(&mut self, client: Option<IpAddr>) -> Option<IpAddr> {
+    /// its address and transport.
+    fn evict(&mut self, client: Option<IpAddr>) -> Option<(IpAddr, Transport)> {
         let (&id, _) = self
             .open
             .iter()
@@ -159,7 +171,7 @@ impl Table {
             })?;
         let open = self.remove(id)?;
         open.close.cancel();
-        Some(open.client)
+        Some((open.client, open.transport))
     }
 
     fn remove(&mut self, id: u64) -> Option<Open> {
@@ -176,16 +188,34 @@ impl Table {
 
 impl Slot {
     /// The connection completed a message: it is not stalled.
-    fn completed_message(&self) {
+    pub(crate) fn completed_message(&self) {
         self.activity
             .progress
             .store(self.slots.now(), Ordering::Relaxed);
     }
 
     /// Counts a query as outstanding until the guard is dropped.
-    fn query(&self) -> Outstanding {
+    pub(crate) fn query(&self) -> Outstanding {
         self.activity.outstanding.fetch_add(1, Ordering::Relaxed);
         Outstanding(self.activity.clone())
+    }
+
+    /// Resolves when the connection is to be closed to make room for a new one.
+    pub(crate) async fn closed(&self) {
+        self.close.cancelled().await;
+    }
+
+    /// Whether the connection has had no query outstanding and completed no message for
+    /// `idle`; `None` when it is busy, else how long until it will have been idle that long.
+    pub(crate) fn idle_for(&self, idle: Duration) -> Option<Duration> {
+        if self.activity.outstanding.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = self
+            .slots
+            .now()
+            .saturating_sub(self.activity.progress.load(Ordering::Relaxed));
+        Some(idle.saturating_sub(Duration::from_millis(since)))
     }
 }
 
@@ -197,8 +227,8 @@ impl Drop for Slot {
     }
 }
 
-/// Serves one TCP listener until `shutdown`. Every connection accepted is served; when the
-/// slots are full another connection makes room (see [`Slots`]).
+/// Serves one plain TCP listener until `shutdown`. Every connection accepted is served; when
+/// the slots are full another connection makes room (see [`Slots`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     context: Arc<Context>,
@@ -206,26 +236,89 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let serve = Serve {
+        context,
+        shutdown,
+        tracker,
+        transport: Transport::Tcp,
+    };
+    accept(
+        listener,
+        connections,
+        serve.clone(),
+        move |stream, client, slot| {
+            let serve = serve.clone();
+            async move {
+                let Some(admission) = serve.admit_client(client) else {
+                    return;
+                };
+                let (read, write) = stream.into_split();
+                connection(read, write, client, admission, &serve, slot).await;
+            }
+        },
+    )
+    .await;
+}
+
+/// What a connection of any TCP-based transport is served with.
+#[derive(Clone)]
+pub(crate) struct Serve {
+    pub(crate) context: Arc<Context>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) transport: Transport,
+}
+
+impl Serve {
+    /// The allow list's decision for a new connection; `None` when it is to be closed at
+    /// once, which is logged and counted.
+    pub(crate) fn admit_client(&self, client: SocketAddr) -> Option<Admission> {
+        let config = self.context.config();
+        match Admission::of_client(&config, client.ip()) {
+            Admission::Drop => {
+                let transport = self.transport.as_str();
+                debug!(%client, transport, "client not in allow; closing");
+                self.context.metrics.transport(self.transport).dropped();
+                None
+            }
+            admission => Some(admission),
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, gives each a slot (closing another
+/// connection to make room when they are full, see [`Slots`]) and runs `connection` for it as a
+/// task. Every connection accepted is served (RFC 7766 §6.2.3).
+pub(crate) async fn accept<F, C>(
+    listener: TcpListener,
+    connections: Arc<Slots>,
+    serve: Serve,
+    mut connection: C,
+) where
+    C: FnMut(TcpStream, SocketAddr, Slot) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let metrics = serve.context.metrics.clone();
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = serve.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, client)) => {
-                let (slot, evicted) = connections.admit(client.ip().to_canonical());
+                let (slot, evicted) =
+                    connections.admit(client.ip().to_canonical(), serve.transport);
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(connection(
-                    stream,
-                    client,
-                    context.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                    slot,
-                ));
-                if let Some(evicted) = evicted {
-                    debug!(%client, %evicted, "TCP slots full; closed the connection idle or stalled longest");
-                    context.metrics.tcp.dropped();
+                let open = GaugeGuard::new(&metrics.tcp_connections);
+                let served = connection(stream, client, slot);
+                serve.tracker.spawn(async move {
+                    served.await;
+                    drop(open);
+                });
+                if let Some((evicted, transport)) = evicted {
+                    let closed = transport.as_str();
+                    debug!(%client, %evicted, closed, "connection slots full; closed the connection idle or stalled longest");
+                    metrics.transport(transport).dropped();
                     // Under a burst of connections, let the ones accepted read what they were
                     // sent before more are let in: a client's query already waiting in its
                     // socket must not lose its slot to newer stalled connections unread.
@@ -233,31 +326,37 @@ pub(crate) async fn serve(
                 }
             }
             Err(error) => {
-                debug!("TCP accept: {error}");
+                debug!(transport = serve.transport.as_str(), "accept: {error}");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// Serves one connection carrying length-prefixed DNS messages, plain TCP or the decrypted
+/// stream of DNS over TLS, read from `read` and answered on `write`, until the client closes
+/// it, it idles, it is closed to make room or the daemon stops.
+pub(crate) async fn connection<R, W>(
+    read: R,
+    write: W,
     client: SocketAddr,
-    context: Arc<Context>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    admission: Admission,
+    serve: &Serve,
     slot: Slot,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Serve {
+        context,
+        shutdown,
+        tracker,
+        transport,
+    } = serve;
+    let transport = *transport;
     let metrics = context.metrics.clone();
-    let _open = GaugeGuard::new(&metrics.tcp_connections);
+    let counts = metrics.transport(transport);
     let config = context.config();
-    let admission = Admission::of_client(&config, client.ip());
-    if admission == Admission::Drop {
-        debug!(%client, "TCP client not in allow; closing");
-        metrics.tcp.dropped();
-        return;
-    }
-    let (read, write) = stream.into_split();
     let mut frames = FrameReader::new(read);
     let (answers, queue) = mpsc::channel(config.tcp_max_queries);
     let writer = tokio::spawn(write_answers(write, queue, config.tcp_idle_timeout));
@@ -312,25 +411,25 @@ async fn connection(
         };
         if message.len() < dns::HEADER_LEN {
             debug!(%client, len = message.len(), "bad TCP message length; closing");
-            metrics.tcp.dropped();
+            counts.dropped();
             break;
         }
         let forwarder = context.forwarder();
         let admission = admission.of_query(&config, &forwarder, &metrics, client.ip());
         // Over TCP a query cannot be ignored without stalling those behind it.
         if admission == Admission::Drop {
-            metrics.tcp.dropped();
+            counts.dropped();
             debug!(%client, "TCP client over the rate limit; closing");
             break;
         }
         match dns::parse_query(&message) {
             Err(Rejection::Drop) => {
                 debug!(%client, "TCP client sent a response; closing");
-                metrics.tcp.dropped();
+                counts.dropped();
                 break;
             }
             Err(Rejection::Answer(answer, rcode)) => {
-                metrics.tcp.answered(rcode.value());
+                counts.answered(rcode.value());
                 if let Some(framed) = framing::frame(&answer) {
                     let _ = answers.send(framed).await;
                 }
@@ -340,7 +439,7 @@ async fn connection(
                 }
             }
             Ok(query) if admission == Admission::Refuse => {
-                metrics.tcp.answered(Rcode::Refused.value());
+                counts.answered(Rcode::Refused.value());
                 if let Some(framed) = framing::frame(&query.error_answer(Rcode::Refused)) {
                     let _ = answers.send(framed).await;
                 }
@@ -350,14 +449,15 @@ async fn connection(
                 let metrics = metrics.clone();
                 let pending = slot.query();
                 tracker.spawn(async move {
-                    let answer = forwarder.answer(&query, client).await;
+                    let counts = metrics.transport(transport);
+                    let answer = forwarder.answer(&query, client, transport).await;
                     let framed = match framing::frame(&answer) {
                         Some(framed) => {
-                            metrics.tcp.answered(dns::header_rcode(&answer));
+                            counts.answered(dns::header_rcode(&answer));
                             Some(framed)
                         }
                         None => {
-                            metrics.tcp.answered(Rcode::ServFail.value());
+                            counts.answered(Rcode::ServFail.value());
                             framing::frame(&query.error_answer(Rcode::ServFail))
                         }
                     };
@@ -377,19 +477,28 @@ async fn connection(
 }
 
 /// Writes answers in the order they complete. A client that stops reading is given
-/// `stall_limit` per answer, then dropped, so it cannot pin a connection slot forever.
-async fn write_answers(
-    mut write: OwnedWriteHalf,
+/// `stall_limit` per answer, then dropped, so it cannot pin a connection slot forever. The
+/// stream is flushed whenever no further answer is queued: a TLS stream may hold written
+/// bytes until then, plain TCP never does.
+async fn write_answers<W: AsyncWrite + Unpin>(
+    mut write: W,
     mut queue: mpsc::Receiver<Vec<u8>>,
     stall_limit: Duration,
 ) {
     while let Some(framed) = queue.recv().await {
-        match tokio::time::timeout(stall_limit, write.write_all(&framed)).await {
+        let written = async {
+            write.write_all(&framed).await?;
+            if queue.is_empty() {
+                write.flush().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        match tokio::time::timeout(stall_limit, written).await {
             Ok(Ok(())) => {}
             _ => return,
         }
     }
-    let _ = write.shutdown().await;
+    let _ = tokio::time::timeout(stall_limit, write.shutdown()).await;
 }
 
 #[cfg(test)]
@@ -400,7 +509,8 @@ mod tests {
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
     fn admit(slots: &Arc<Slots>, client: IpAddr) -> (Slot, Option<IpAddr>) {
-        slots.admit(client)
+        let (slot, evicted) = slots.admit(client, Transport::Tcp);
+        (slot, evicted.map(|(address, _)| address))
     }
 
     fn held(slots: &Slots) -> (usize, HashMap<IpAddr, usize>) {

@@ -34,6 +34,7 @@ use crate::context::Context;
 use crate::dns::{self, Rcode, Rejection};
 use crate::listeners;
 use crate::lock;
+use crate::transport::Transport;
 
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
 /// client retries) rather than letting a flood grow memory without bound.
@@ -177,7 +178,7 @@ pub(crate) async fn serve(
                     });
                 }
                 Ok(query) => {
-                    if let Some(answer) = forwarder.answer_cached(&query, client) {
+                    if let Some(answer) = forwarder.answer_cached(&query, client, Transport::Udp) {
                         metrics.udp.answered(dns::header_rcode(&answer));
                         let answer = dns::truncate_for_udp(answer, query.udp_limit());
                         replies.push(Reply {
@@ -196,7 +197,7 @@ pub(crate) async fn serve(
                     let metrics = metrics.clone();
                     let forwarder = forwarder.clone();
                     tracker.spawn(async move {
-                        let answer = forwarder.answer(&query, client).await;
+                        let answer = forwarder.answer(&query, client, Transport::Udp).await;
                         metrics.udp.answered(dns::header_rcode(&answer));
                         let answer = dns::truncate_for_udp(answer, query.udp_limit());
                         let reply = Reply {

@@ -17,9 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    // `ca_file` makes validation read that path: the fuzzer must not open /dev/stdin or
-    // /dev/zero. The same parser as the crate's decides whether the key is there.
-    if Toml::from_str::<Dict>(text).is_ok_and(|dict| sets_ca_file(&dict)) {
+    // `ca_file`, `tls_certificate` and `tls_key` make validation read that path: the fuzzer
+    // must not open /dev/stdin or /dev/zero. The same parser as the crate's decides whether
+    // a key is there.
+    if Toml::from_str::<Dict>(text).is_ok_and(|dict| reads_files(&dict)) {
         return;
     }
     let first = Config::from_toml_str(text);
@@ -57,6 +58,8 @@ fn check_guarantees(config: &Config) {
     assert!(!config.upstreams.is_empty());
     assert!(!config.allow.is_empty());
     assert!(config.udp || config.tcp);
+    assert!(config.tls_certificate.is_none() && config.tls_key.is_none());
+    assert!(config.https_path.starts_with('/'));
     assert!((1..=65_535).contains(&config.tcp_max_connections));
     assert!((1..=65_535).contains(&config.tcp_max_queries));
     for timeout in [
@@ -73,16 +76,19 @@ fn check_guarantees(config: &Config) {
     }
 }
 
-/// Whether any table in `dict`, at any depth, has a `ca_file` key.
-fn sets_ca_file(dict: &Dict) -> bool {
+/// Whether any table in `dict`, at any depth, has a key naming a file to read.
+fn reads_files(dict: &Dict) -> bool {
     fn value(v: &Value) -> bool {
         match v {
-            Value::Dict(_, dict) => sets_ca_file(dict),
+            Value::Dict(_, dict) => reads_files(dict),
             Value::Array(_, items) => items.iter().any(value),
             _ => false,
         }
     }
-    dict.contains_key("ca_file") || dict.values().any(value)
+    ["ca_file", "tls_certificate", "tls_key"]
+        .iter()
+        .any(|key| dict.contains_key(*key))
+        || dict.values().any(value)
 }
 
 /// `text` loaded the way the daemon loads its file: no drop-ins, environment or flags.
@@ -93,6 +99,7 @@ fn load(text: &str) -> config::Loaded {
         file_required: true,
         env: Vec::new(),
         flags: Flags::default(),
+        credentials: None,
     };
     config::load(&sources).expect("a configuration accepted once loads again")
 }

@@ -7,6 +7,7 @@
 //! together are in [`check_together`].
 
 use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::Figment;
@@ -15,8 +16,9 @@ use super::ConfigError;
 use super::declare::{Section, keys};
 use super::layers::origin;
 use super::types::{
-    Between, CacheSize, ForwardZone, ForwardZones, Hedge, LogLevel, Metrics, MetricsConfig,
-    Networks, Positive, SocketAddrs, Strategy, Ttl, UpstreamConfig, Upstreams,
+    Between, CacheSize, FilePath, ForwardZone, ForwardZones, Hedge, HttpsPath, ListenAddrs,
+    LogLevel, Metrics, MetricsConfig, Networks, Positive, SocketAddrs, Strategy, Ttl,
+    UpstreamConfig, Upstreams,
 };
 use super::units::toml_duration;
 use crate::access::{DenyAction, Network};
@@ -68,6 +70,20 @@ keys! {
         /// What a client over `rate_limit` gets. Dropped by default: answering a flood would
         /// reflect it at whoever the sources are spoofed as.
         pub(crate) rate_limit_action: DenyAction = DenyAction::Drop;
+        /// Addresses bound for DNS over TLS when systemd passes no sockets (port 853 when
+        /// omitted); needs `tls_certificate` and `tls_key`.
+        pub listen_tls: Vec<SocketAddr> as ListenAddrs<853> = Vec::new();
+        /// Addresses bound for DNS over HTTPS when systemd passes no sockets (port 443 when
+        /// omitted); needs `tls_certificate` and `tls_key`.
+        pub listen_https: Vec<SocketAddr> as ListenAddrs<443> = Vec::new();
+        /// PEM certificate chain served to DNS over TLS and HTTPS clients, the server's first;
+        /// a relative path is read from `$CREDENTIALS_DIRECTORY` when systemd sets it.
+        pub tls_certificate: Option<PathBuf> as FilePath = None;
+        /// PEM private key of `tls_certificate` (PKCS#8, RSA or EC); a relative path is read
+        /// from `$CREDENTIALS_DIRECTORY` when systemd sets it (`LoadCredential=`).
+        pub tls_key: Option<PathBuf> as FilePath = None;
+        /// The URL path DNS over HTTPS answers on; every other path is 404.
+        pub https_path: String as HttpsPath = "/dns-query".to_string();
         /// The answer cache (the `cache*` keys).
         pub(crate) cache: CacheConfig as Section<CacheConfig> = CacheConfig::default();
         /// Upstream DoT resolvers, in order of preference. Never empty.
@@ -121,9 +137,29 @@ pub(super) fn check_together(config: &Config, figment: &Figment) -> Result<(), C
         key: key.to_string(),
         reason,
     };
-    if !config.udp && !config.tcp {
+    let encrypted = !config.listen_tls.is_empty() || !config.listen_https.is_empty();
+    if !config.udp && !config.tcp && !encrypted {
         let reason = "udp and tcp are both off: nothing would be served".to_string();
         return Err(invalid("udp", reason));
+    }
+    match (&config.tls_certificate, &config.tls_key) {
+        (Some(_), None) => {
+            let reason = "must be set with tls_certificate: the certificate's private key";
+            return Err(invalid("tls_key", reason.to_string()));
+        }
+        (None, Some(_)) => {
+            let reason = "must be set with tls_key: the key's certificate chain";
+            return Err(invalid("tls_certificate", reason.to_string()));
+        }
+        (None, None) if encrypted => {
+            let listener = match config.listen_tls.is_empty() {
+                true => "listen_https",
+                false => "listen_tls",
+            };
+            let reason = format!("must be set for {listener}, with tls_key");
+            return Err(invalid("tls_certificate", reason));
+        }
+        _ => {}
     }
     let cache = &config.cache;
     for (key, ceiling) in [

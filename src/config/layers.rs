@@ -20,6 +20,9 @@ use super::types::DOT_PORT;
 /// The configuration file read when `--config` is not given.
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "/etc/dns-proxy/dns-proxy.toml";
 
+/// The environment variable systemd sets to the directory of a service's credentials.
+pub(crate) const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
 /// Prefix of the environment variables that set configuration keys.
 const ENV_PREFIX: &str = "DNS_PROXY_";
 
@@ -55,6 +58,9 @@ pub struct Sources {
     pub env: Vec<(String, String)>,
     /// The flags that override keys, applied last.
     pub flags: Flags,
+    /// `$CREDENTIALS_DIRECTORY`: where systemd puts the files `LoadCredential=` passes, and
+    /// where relative `tls_certificate` and `tls_key` paths are read from.
+    pub credentials: Option<PathBuf>,
 }
 
 impl Sources {
@@ -77,6 +83,9 @@ impl Sources {
             file: file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE)),
             env,
             flags,
+            credentials: std::env::var_os(CREDENTIALS_DIRECTORY)
+                .filter(|directory| !directory.is_empty())
+                .map(PathBuf::from),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Configuration: the layered sources (built-in defaults, the TOML file, its drop-in directory,
 //! `DNS_PROXY_*` environment variables, command-line flags), merged with figment, then checked
 //! into a [`Config`] whose fields cannot be wrong. Nothing here opens sockets; the only I/O is
-//! reading the TOML files and each upstream's `ca_file`.
+//! reading the TOML files, each upstream's `ca_file`, and the server's certificate and key
+//! (`tls_certificate`, `tls_key`), which are loaded and checked to match here so that a bad
+//! pair is refused like any bad value, at start, by `check-config` and at a reload.
 //!
 //! # Layout
 //! - `keys.rs`: every key, declared once (field, type, kind, default, doc); the only file to
@@ -21,7 +23,7 @@
 //! rules that tie keys together.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::error::Kind;
@@ -42,12 +44,14 @@ use layers::{Layer, env_layers, file_layers, flag_layers, key_path, keys_set, or
 pub use types::{ForwardZone, UpstreamConfig, ZoneUpstream};
 pub(crate) use types::{Hedge, Strategy};
 
+use crate::tls_server::Identity;
+
 impl Config {
     /// The defaults overridden by one TOML document, without files, environment or flags: a
     /// way for tests to build a configuration exactly as a user would write it.
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
         let layer = toml_layer("configuration string", toml)?;
-        Ok(resolve(vec![layer])?.config)
+        Ok(resolve(vec![layer], None)?.config)
     }
 
     /// Every key's name and one-line doc, in declaration order.
@@ -63,8 +67,12 @@ impl Config {
 pub struct Loaded {
     /// The validated configuration.
     pub config: Config,
+    /// The certificate and key of `tls_certificate` and `tls_key`, read and checked to match.
+    pub identity: Option<Identity>,
     /// The merged layers, kept to look up the source of each key for [`Loaded::describe`].
     figment: Figment,
+    /// `$CREDENTIALS_DIRECTORY`, which relative `tls_certificate` and `tls_key` paths are in.
+    credentials: Option<PathBuf>,
 }
 
 impl Loaded {
@@ -141,11 +149,12 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     let mut layers = file_layers(&sources.file, sources.file_required)?;
     layers.extend(env_layers(&sources.env)?);
     layers.extend(flag_layers(&sources.flags));
-    resolve(layers)
+    resolve(layers, sources.credentials.as_deref())
 }
 
-/// Merges `layers`, each overriding the ones before, over the defaults, and validates.
-fn resolve(layers: Vec<Layer>) -> Result<Loaded, ConfigError> {
+/// Merges `layers`, each overriding the ones before, over the defaults, and validates;
+/// relative TLS file paths are taken in `credentials` when it is given.
+fn resolve(layers: Vec<Layer>, credentials: Option<&Path>) -> Result<Loaded, ConfigError> {
     let figment = layers.into_iter().fold(Figment::new(), Figment::merge);
     // First what serde would refuse, in the same order: an unknown key or a value of the wrong
     // type, the first in key order; then each key's own checks, in declaration order.
@@ -167,5 +176,41 @@ fn resolve(layers: Vec<Layer>) -> Result<Loaded, ConfigError> {
     let mut config = Config::default();
     config.load(&figment)?;
     keys::check_together(&config, &figment)?;
-    Ok(Loaded { config, figment })
+    let identity = match (&config.tls_certificate, &config.tls_key) {
+        (Some(certificate), Some(key)) => {
+            let (certificate, key) = (
+                credential_path(certificate, credentials),
+                credential_path(key, credentials),
+            );
+            let identity = Identity::load(&certificate, &key).map_err(|error| {
+                let key = match error.is_about_key() {
+                    true => "tls_key",
+                    false => "tls_certificate",
+                };
+                ConfigError::Invalid {
+                    origin: origin(&figment, key),
+                    key: key.to_string(),
+                    reason: error.to_string(),
+                }
+            })?;
+            Some(identity)
+        }
+        _ => None,
+    };
+    Ok(Loaded {
+        config,
+        identity,
+        figment,
+        credentials: credentials.map(Path::to_path_buf),
+    })
+}
+
+/// Where a `tls_certificate` or `tls_key` file is: a relative path (a bare name included) is
+/// in `credentials`, the directory where systemd puts what `LoadCredential=` passes, when
+/// there is one; otherwise the path is taken as written.
+pub(crate) fn credential_path(path: &Path, credentials: Option<&Path>) -> PathBuf {
+    match credentials {
+        Some(directory) if path.is_relative() => directory.join(path),
+        _ => path.to_path_buf(),
+    }
 }

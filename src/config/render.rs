@@ -5,10 +5,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::Loaded;
 use super::declare::Keys as _;
 use super::types::{UpstreamConfig, ZoneUpstream};
 use super::units::toml_string;
+use super::{Loaded, credential_path};
 
 impl Loaded {
     /// The effective configuration as TOML a user could paste into a file, each value followed
@@ -23,6 +23,26 @@ impl Loaded {
         for (key, value) in keys {
             if let Some(value) = value {
                 out.push_str(&format!("{key} = {value}  # {}\n", self.origin(key)));
+            }
+        }
+        let files = [
+            ("tls_certificate", &config.tls_certificate),
+            ("tls_key", &config.tls_key),
+        ];
+        for (key, path) in files {
+            match path {
+                Some(path) => {
+                    let read = credential_path(path, self.credentials.as_deref());
+                    if read != *path {
+                        out.push_str(&format!(
+                            "# {key} is read from {} ($CREDENTIALS_DIRECTORY)\n",
+                            read.display()
+                        ));
+                    }
+                }
+                None => out.push_str(&format!(
+                    "# {key} not set: no DNS over TLS or HTTPS for clients\n"
+                )),
             }
         }
         match &config.metrics {

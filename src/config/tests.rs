@@ -39,6 +39,7 @@ fn sources(file: &Path, env: &[(&str, &str)], flags: Flags) -> Sources {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         flags,
+        credentials: None,
     }
 }
 

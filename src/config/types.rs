@@ -170,6 +170,86 @@ impl Key for SocketAddrs {
     }
 }
 
+/// Addresses to bind for a TLS-based listener, each `IP:port` or a bare IP address, which
+/// takes the transport's port `PORT` (853 for DNS over TLS, 443 for DNS over HTTPS).
+pub(crate) enum ListenAddrs<const PORT: u16> {}
+
+impl<const PORT: u16> Key for ListenAddrs<PORT> {
+    type Raw = Vec<String>;
+    type Value = Vec<SocketAddr>;
+
+    fn check(raw: Vec<String>) -> Result<Vec<SocketAddr>, Reason> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                parse_address(text, PORT).ok_or_else(|| {
+                    Reason::at(
+                        format!("[{i}]"),
+                        format!(
+                            "{text:?} is not an IP address or IP:port (e.g. \"192.0.2.1\", \
+                             \"192.0.2.1:{PORT}\" or \"[2001:db8::1]:{PORT}\")"
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn toml(value: &Vec<SocketAddr>) -> Option<String> {
+        Some(toml_list(value))
+    }
+}
+
+/// A file named by an optional key (`tls_certificate`, `tls_key`); not read here.
+pub(crate) enum FilePath {}
+
+impl Key for FilePath {
+    type Raw = PathBuf;
+    type Value = Option<PathBuf>;
+
+    fn check(raw: PathBuf) -> Result<Option<PathBuf>, Reason> {
+        if raw.as_os_str().is_empty() {
+            return Err(Reason::new("must name a file"));
+        }
+        Ok(Some(raw))
+    }
+
+    fn toml(value: &Option<PathBuf>) -> Option<String> {
+        value
+            .as_ref()
+            .map(|path| toml_string(&path.display().to_string()))
+    }
+}
+
+/// The path of DNS over HTTPS requests: an absolute path of visible ASCII characters, without
+/// a query or fragment, since the query string carries `dns=`.
+pub(crate) enum HttpsPath {}
+
+/// Longest `https_path`: far more than any real one, little against the request-head limit.
+const MAX_HTTPS_PATH: usize = 256;
+
+impl Key for HttpsPath {
+    type Raw = String;
+    type Value = String;
+
+    fn check(path: String) -> Result<String, Reason> {
+        let visible = path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        if !path.starts_with('/') || !visible || path.len() > MAX_HTTPS_PATH {
+            return Err(Reason::new(format!(
+                "{path:?} is not an absolute URL path of at most {MAX_HTTPS_PATH} visible ASCII \
+                 characters without '?' or '#' (e.g. \"/dns-query\")"
+            )));
+        }
+        Ok(path)
+    }
+
+    fn toml(value: &String) -> Option<String> {
+        Some(toml_string(value))
+    }
+}
+
 /// Client networks; at least one, so that the resolver is not refused to everyone by mistake.
 pub(crate) enum Networks {}
 
@@ -571,16 +651,19 @@ impl RawUpstream {
 /// `IP`, `IP:port`, `[v6]:port`, bare `v6` or `[v6]`; the port defaults to `port` and must
 /// not be 0. Host names are refused: resolving them would need the DNS this daemon provides.
 fn parse_upstream_address(text: &str, port: u16) -> Option<SocketAddr> {
+    parse_address(text, port).filter(|address| address.port() != 0)
+}
+
+/// `IP`, `IP:port`, `[v6]:port`, bare `v6` or `[v6]`; the port defaults to `port`.
+fn parse_address(text: &str, port: u16) -> Option<SocketAddr> {
     let text = text.trim();
     let unbracketed = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
-    let address = text
-        .parse::<SocketAddr>()
+    text.parse::<SocketAddr>()
         .ok()
-        .or_else(|| Some(SocketAddr::new(unbracketed.parse().ok()?, port)))?;
-    (address.port() != 0).then_some(address)
+        .or_else(|| Some(SocketAddr::new(unbracketed.parse().ok()?, port)))
 }
 
 /// All certificates of a PEM file; none at all is an error, since trusting no root would make

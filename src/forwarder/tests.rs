@@ -22,6 +22,7 @@ use crate::error::UpstreamError;
 use crate::exchange::Exchange;
 use crate::group::Group;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::transport::Transport;
 use crate::zones::Router;
 
 /// The query budget (`timeout`) of every test.
@@ -268,7 +269,9 @@ async fn a_dead_connection_is_retried_once_on_the_same_upstream() {
         .tls(&[])
         .forwarder(Strategy::Failover, Hedge::Off, false);
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(0)));
     assert_eq!(calls(&log, start), vec![(0, 0), (0, 10)]);
     assert_eq!(start.elapsed(), ms(30));
@@ -284,7 +287,9 @@ async fn a_second_dead_connection_goes_to_the_next_upstream() {
         .tls(&[Step::Answer(ms(5))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(1)));
     assert_eq!(calls(&log, start), vec![(0, 0), (0, 10), (1, 20)]);
 }
@@ -296,7 +301,9 @@ async fn a_dead_connection_to_an_upstream_now_down_is_retried_on_the_next() {
         .tls(&[Step::Answer(ms(5))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(1)));
     assert_eq!(calls(&log, start), vec![(0, 0), (1, 0)]);
 }
@@ -308,7 +315,9 @@ async fn a_slow_upstream_is_hedged_after_the_delay_and_the_first_answer_wins() {
         .tls(&[Step::Answer(ms(10))])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(1)));
     assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
     assert_eq!(
@@ -326,7 +335,9 @@ async fn a_hedged_upstream_that_answers_first_still_wins() {
         .tls(&[Step::Answer(ms(100))])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(0)));
     assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
     assert_eq!(start.elapsed(), ms(70));
@@ -339,7 +350,9 @@ async fn a_failed_hedge_leaves_the_first_upstream_to_answer() {
         .tls(&[Step::Fail(ms(10), refused())])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(0)));
     assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
     assert_eq!(start.elapsed(), ms(200));
@@ -356,7 +369,11 @@ async fn identical_queries_in_flight_make_one_upstream_call() {
     let clients: Vec<_> = (0..10)
         .map(|id| {
             let forwarder = forwarder.clone();
-            tokio::spawn(async move { forwarder.answer(&query(id, "example.com."), CLIENT).await })
+            tokio::spawn(async move {
+                forwarder
+                    .answer(&query(id, "example.com."), CLIENT, Transport::Udp)
+                    .await
+            })
         })
         .collect();
     for (id, client) in clients.into_iter().enumerate() {
@@ -380,15 +397,21 @@ async fn an_expired_answer_is_served_when_the_upstream_fails() {
             Step::Fail(ms(10), refused()),
         ])
         .forwarder(Strategy::Failover, Hedge::Off, true);
-    let answer = forwarder.answer(&query(1, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(1, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (1, ResponseCode::NoError, answered_by(0)));
     tokio::time::advance(Duration::from_secs(u64::from(TTL) + 1)).await;
 
-    let answer = forwarder.answer(&query(2, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(2, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (2, ResponseCode::NoError, answered_by(0)));
     assert_eq!(forwarder.counts.cache.stale.get(), 1);
     // A name never answered has nothing stale to fall back on.
-    let answer = forwarder.answer(&query(3, "example.org."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(3, "example.org."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (3, ResponseCode::ServFail, vec![]));
     assert_eq!(log.lock().unwrap().len(), 3);
 }
@@ -401,7 +424,9 @@ async fn an_exhausted_budget_is_servfail_and_no_other_upstream_is_asked() {
         false,
     );
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::ServFail, vec![]));
     assert_eq!(start.elapsed(), BUDGET);
     assert_eq!(calls(&log, start), vec![(0, 0)]);
@@ -415,7 +440,9 @@ async fn plain_upstreams_share_the_budget_so_the_last_gets_its_try() {
         .plain(&[Step::Answer(ms(10))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(2)));
     // A third of the budget each, then half of the rest (the timer rounds up to the ms).
     assert_eq!(calls(&log, start), vec![(0, 0), (1, 334), (2, 667)]);
@@ -434,7 +461,9 @@ async fn failover_asks_in_configuration_order_and_skips_the_down() {
         .store(false, Ordering::Relaxed);
     let (forwarder, log) = upstreams.forwarder(Strategy::Failover, Hedge::Off, false);
     let start = Instant::now();
-    let answer = forwarder.answer(&query(7, "example.com."), CLIENT).await;
+    let answer = forwarder
+        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
+        .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(3)));
     assert_eq!(calls(&log, start), vec![(1, 0), (2, 10), (3, 20)]);
 }

@@ -84,7 +84,7 @@ async fn get(address: SocketAddr, path: &str) -> HttpResponse {
 
 /// Scrapes `/metrics`: each series (name and labels as written) with its value. Checks the
 /// response and that every line is a HELP or TYPE comment or a sample.
-async fn scrape(address: SocketAddr) -> BTreeMap<String, f64> {
+pub(crate) async fn scrape(address: SocketAddr) -> BTreeMap<String, f64> {
     let response = get(address, "/metrics").await;
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(
@@ -115,7 +115,7 @@ async fn scrape(address: SocketAddr) -> BTreeMap<String, f64> {
     samples
 }
 
-fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+pub(crate) fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     *samples
         .get(series)
         .unwrap_or_else(|| panic!("no series {series} in {samples:#?}"))

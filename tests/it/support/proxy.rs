@@ -4,7 +4,8 @@
 //! `NOTIFY_SOCKET` datagram socket whose messages are collected, a clean environment, and
 //! stderr captured into a searchable log. The child is killed when the [`Proxy`] is dropped.
 //! Also: starting without socket activation (`--listen`), and running `check-config`. A TCP
-//! listener for the metrics endpoint can be passed too, named `metrics`, as fd 3.
+//! listener for the metrics endpoint can be passed too, named `metrics`, as fd 3, and TCP
+//! listeners under other names (`dns-tls`, `dns-https`) after the DNS sockets.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
@@ -240,6 +241,8 @@ pub struct ProxyBuilder {
     program: PathBuf,
     /// Passed as fd 3 named `metrics`, before the DNS sockets (socket activation only).
     metrics_socket: Option<TcpListener>,
+    /// Passed after the DNS sockets under these names (socket activation only).
+    named_sockets: Vec<(String, TcpListener)>,
 }
 
 impl ProxyBuilder {
@@ -253,6 +256,12 @@ impl ProxyBuilder {
     /// that the daemon must tell it from the DNS sockets by its name.
     pub fn metrics_socket(mut self, listener: TcpListener) -> Self {
         self.metrics_socket = Some(listener);
+        self
+    }
+
+    /// Also passes `listener` named `name` (e.g. `dns-tls`), after the DNS sockets.
+    pub fn named_socket(mut self, name: &str, listener: TcpListener) -> Self {
+        self.named_sockets.push((name.to_string(), listener));
         self
     }
 
@@ -349,6 +358,15 @@ impl ProxyBuilder {
                     // Like systemd, keep our copies open while the daemon runs.
                     held.push(s.udp.as_fd().try_clone_to_owned().unwrap());
                     held.push(s.tcp.as_fd().try_clone_to_owned().unwrap());
+                }
+                for (name, listener) in &self.named_sockets {
+                    listener.set_nonblocking(true).unwrap();
+                    mappings.push(FdMapping {
+                        parent_fd: listener.as_fd().try_clone_to_owned().unwrap(),
+                        child_fd: 3 + names.len() as i32,
+                    });
+                    names.push(name.as_str());
+                    held.push(listener.as_fd().try_clone_to_owned().unwrap());
                 }
                 cmd.fd_mappings(mappings).expect("fd mappings");
                 cmd.env_clear();
@@ -490,6 +508,7 @@ impl Proxy {
             uid_gid: None,
             program: PathBuf::from(BIN),
             metrics_socket: None,
+            named_sockets: Vec::new(),
         }
     }
 

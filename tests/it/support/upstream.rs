@@ -186,6 +186,34 @@ pub fn issue_cert_of_kind(name: &str, kind: CertKind) -> IssuedCert {
     }
 }
 
+/// PEM of a CA no proxy or client in the tests trusts unless told to.
+pub fn untrusted_ca_pem() -> &'static str {
+    &untrusted_ca().pem
+}
+
+/// Issues a server certificate for every name in `sans` (IP addresses become IP SANs), with
+/// the first as its common name and a serial of our choosing, by the test CA.
+pub fn issue_server_cert(sans: &[&str], serial: u64) -> IssuedCert {
+    let names: Vec<String> = sans.iter().map(|name| name.to_string()).collect();
+    let mut params = CertificateParams::new(names).expect("cert params");
+    params.distinguished_name.push(DnType::CommonName, sans[0]);
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().expect("server key");
+    let cert = params
+        .signed_by(&key, &test_ca().issuer)
+        .expect("server cert");
+    IssuedCert {
+        cert_pem: cert.pem(),
+        cert_der: cert.der().clone(),
+        key_pem: key.serialize_pem(),
+        key_der: key.serialize_der(),
+        spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+    }
+}
+
 /// The SHA-256 of a SubjectPublicKeyInfo, base64: the form of a `pin_sha256` entry.
 pub fn spki_pin(spki_der: &[u8]) -> String {
     use base64::Engine;
