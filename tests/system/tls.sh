@@ -180,20 +180,26 @@ tls_checks() { # suite
     echo "INFO  $suite tls 4 after replacing the files and a reload (no restart) the served serial is ${reloaded_serial:-none} (old $old_serial, new $renewed_serial)"
     in_ct install -m 0600 /root/key.pem.old /etc/dns-proxy/tls/key.pem
     in_ct install -m 0644 /root/cert.pem.old /etc/dns-proxy/tls/cert.pem
+    # A configuration naming a credential that does not exist is refused at reload.
+    local bad_reload=0
+    echo 'tls_key = "no-such-credential"' | in_ct tee /etc/dns-proxy/dns-proxy.d/zz-bad.toml >/dev/null
+    in_ct systemctl reload dns-proxy.service 2>/dev/null || bad_reload=$?
+    in_ct rm /etc/dns-proxy/dns-proxy.d/zz-bad.toml
+    tls_expect @127.0.0.1 -p 853 +tls || bad_reload=0
     in_ct install -m 0755 "$tls_examples/dns-proxy-tls-deploy-hook" /usr/local/sbin/dns-proxy-tls-deploy-hook
     local hook_status=0
     in_ct env RENEWED_LINEAGE=/root/renewed /usr/local/sbin/dns-proxy-tls-deploy-hook || hook_status=$?
     ok=1
-    ((reload_status == 0 && hook_status == 0)) || ok=0
+    ((reload_status == 0 && bad_reload != 0 && hook_status == 0)) || ok=0
     tls_expect @127.0.0.1 -p 853 +tls || ok=0
     tls_expect @127.0.0.1 -p 443 +https || ok=0
     new_serial=$(served_serial 853 dot)
     mode=$(in_ct stat -c '%a %U:%G' /etc/dns-proxy/tls/key.pem)
     [[ -n $old_serial && $new_serial == "$renewed_serial" && $new_serial != "$old_serial" && $mode == "600 root:root" ]] || ok=0
     if ((ok)); then
-        pass "$suite tls 4 reload succeeded; deploy hook (RENEWED_LINEAGE as certbot sets it): serial $old_serial -> $new_serial served on :853, key.pem $mode, DoT and DoH answered"
+        pass "$suite tls 4 reload succeeded, a reload naming a missing credential failed (status $bad_reload) and DoT kept answering; deploy hook (RENEWED_LINEAGE as certbot sets it): serial $old_serial -> $new_serial served on :853, key.pem $mode, DoT and DoH answered"
     else
-        fail "$suite tls 4 reload exit $reload_status, deploy hook exit $hook_status: served serial '$new_serial', renewed '$renewed_serial', old '$old_serial', key mode '$mode'"
+        fail "$suite tls 4 reload exit $reload_status, bad reload exit $bad_reload (want non-zero, then answers), deploy hook exit $hook_status: served serial '$new_serial', renewed '$renewed_serial', old '$old_serial', key mode '$mode'"
         in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
     fi
 }
