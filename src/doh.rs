@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
@@ -34,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::admission::Admission;
+use crate::answer_records::AnswerRecords;
 use crate::dns::{self, Rcode, Rejection};
-use crate::doh_request::{self, DNS_MESSAGE, Head, Refusal, RequestHead};
+use crate::doh_request::{self, DNS_MESSAGE, Refusal, RequestHead};
 use crate::dot;
 use crate::tcp::{self, Serve, Slot};
 
@@ -43,6 +44,9 @@ use crate::tcp::{self, Serve, Slot};
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Time a client gets to send a request head (HTTP/1.1) and, per request, its body.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of a request body read: a DNS message is at most 65535; the rest of a longer
+/// body is read and thrown away so that its client gets the 413 (see [`read_body`]).
+const DISCARD_LIMIT: usize = 4 * doh_request::MAX_MESSAGE;
 /// Time requests under way still get when the connection is closed for idling or shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -68,7 +72,9 @@ pub(crate) async fn serve(
             else {
                 return;
             };
-            connection(TokioIo::new(stream), client, admission, serve, slot).await;
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(AnswerRecords::new(stream, http2));
+            connection(io, client, admission, serve, slot).await;
         }
     })
     .await;
@@ -154,13 +160,11 @@ impl Exchange {
             let config = self.serve.context.config();
             doh_request::check_head(&request_head(&request), &config.https_path)
         };
-        let message = match decided {
-            Ok(Head::Body) => match self.read_body(request.into_body()).await {
-                Ok(body) => doh_request::message(Head::Body, &body),
-                Err(status) => return self.refuse_with(status),
-            },
-            Ok(head) => doh_request::message(head, b""),
-            Err(refusal) => Err(refusal),
+        let body = read_body(request.into_body()).await;
+        let message = match (decided, body) {
+            (Ok(head), Ok(body)) => doh_request::message(head, &body),
+            (Ok(_), Err(status)) => return self.refuse_with(status),
+            (Err(refusal), _) => Err(refusal),
         };
         match message {
             Ok(message) => self.answer(&message).await,
@@ -168,19 +172,6 @@ impl Exchange {
                 debug!(client = %self.client, "DNS over HTTPS request refused: {refusal}");
                 self.refuse(refusal)
             }
-        }
-    }
-
-    /// The body, up to a DNS message's size, within [`REQUEST_TIMEOUT`].
-    async fn read_body(&self, body: Incoming) -> Result<Bytes, StatusCode> {
-        let limited = Limited::new(body, doh_request::MAX_MESSAGE);
-        match tokio::time::timeout(REQUEST_TIMEOUT, limited.collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(StatusCode::PAYLOAD_TOO_LARGE)
-            }
-            Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
-            Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
         }
     }
 
@@ -253,6 +244,36 @@ impl Exchange {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+}
+
+/// A request's body, up to a DNS message's size, within [`REQUEST_TIMEOUT`]: 413 beyond it,
+/// 408 when it does not arrive in time. A longer body is still read, up to [`DISCARD_LIMIT`],
+/// so that a client still sending it reads the response: closing the stream under it makes
+/// some clients (curl over HTTP/2) report an error instead of the status. Every request's
+/// body is read this way, even when its head decided the response, for the same reason.
+async fn read_body(mut body: Incoming) -> Result<Vec<u8>, StatusCode> {
+    let mut kept = Vec::new();
+    let mut length = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
+            if let Ok(data) = frame.into_data() {
+                length = length.saturating_add(data.len());
+                if length <= doh_request::MAX_MESSAGE {
+                    kept.extend_from_slice(&data);
+                } else if length > DISCARD_LIMIT {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(Ok(())) if length > doh_request::MAX_MESSAGE => Err(StatusCode::PAYLOAD_TOO_LARGE),
+        Ok(Ok(())) => Ok(kept),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
     }
 }
 

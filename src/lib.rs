@@ -10,7 +10,8 @@
 //! - `cli`, `config`: what to run and with which settings (layered TOML, environment, flags).
 //! - `listeners`: the client sockets, inherited from systemd or bound here.
 //! - `udp`, `tcp`: the client-facing servers; `dot`, `doh`: DNS over TLS (on `tcp`'s
-//!   connection loop) and DNS over HTTPS (hyper, requests decoded by `doh_request`), with
+//!   connection loop) and DNS over HTTPS (hyper, requests decoded by `doh_request`, an answer
+//!   per TLS record on HTTP/2 by `answer_records`), with
 //!   `tls_server` holding their certificate and TLS settings; `transport`: their names;
 //!   `admission`: whether a client's query is served, refused or dropped, from `access` (who
 //!   may ask) and `ratelimit` (how often).
@@ -42,6 +43,7 @@
 mod access;
 mod admin;
 mod admission;
+mod answer_records;
 pub mod cache;
 pub mod cli;
 mod coalesce;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use dns_proxy::cli::{self, Command};
-use dns_proxy::config::{self, Config, Sources, ZoneUpstream};
+use dns_proxy::config::{self, Config, Sources, TlsFiles, ZoneUpstream};
 use dns_proxy::daemon::{self, DaemonError};
 use dns_proxy::tls::TlsSetupError;
 use dns_proxy::{listeners, logging, sandbox, tls};
@@ -40,7 +40,12 @@ fn main() -> ExitCode {
         }
         Command::Run | Command::CheckConfig | Command::ApplyIpAllow => {}
     }
-    let sources = Sources::from_process(args.config.clone(), args.flags.clone());
+    let mut sources = Sources::from_process(args.config.clone(), args.flags.clone());
+    if matches!(args.command, Command::CheckConfig | Command::ApplyIpAllow) {
+        // The unit runs these without the service's credentials (ExecReload=, and
+        // ExecStartPre= before systemd 254); the daemon checks the TLS pair itself.
+        sources.tls_files = TlsFiles::WhenReachable;
+    }
     let loaded = config::load(&sources);
     if matches!(args.command, Command::CheckConfig | Command::ApplyIpAllow) {
         // The same TLS setup the daemon does, so a CA file rustls cannot use fails here too.

@@ -675,6 +675,38 @@ mod tests {
     }
 
     #[test]
+    fn the_status_line_names_encrypted_transports_once_they_carried_queries() {
+        let metrics = Metrics::new();
+        metrics.udp.answered(0);
+        assert!(
+            metrics
+                .summary()
+                .starts_with("1 queries (udp 1, tcp 0): 1 NOERROR")
+        );
+        metrics.tls.answered(0);
+        metrics.https.answered(3);
+        metrics.https.dropped();
+        assert!(
+            metrics
+                .summary()
+                .starts_with("4 queries (udp 1, tcp 0, tls 1, https 2): 2 NOERROR, 1 NXDOMAIN"),
+            "{}",
+            metrics.summary()
+        );
+        let text = metrics.render().unwrap();
+        for series in [
+            r#"dns_proxy_queries_total{transport="tls",rcode="NOERROR"} 1"#,
+            r#"dns_proxy_queries_total{transport="https",rcode="NXDOMAIN"} 1"#,
+            r#"dns_proxy_queries_dropped_total{transport="https"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|line| line == series),
+                "{series} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn rcode_labels() {
         for (rcode, label) in [
             (0, "NOERROR"),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use dns_proxy::config::{self, Config, Flags, Sources};
+use dns_proxy::config::{self, Config, Flags, Sources, TlsFiles};
 use figment::providers::{Format as _, Toml};
 use figment::value::{Dict, Value};
 use libfuzzer_sys::fuzz_target;
@@ -100,6 +100,7 @@ fn load(text: &str) -> config::Loaded {
         env: Vec::new(),
         flags: Flags::default(),
         credentials: None,
+        tls_files: TlsFiles::Read,
     };
     config::load(&sources).expect("a configuration accepted once loads again")
 }

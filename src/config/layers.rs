@@ -61,6 +61,20 @@ pub struct Sources {
     /// `$CREDENTIALS_DIRECTORY`: where systemd puts the files `LoadCredential=` passes, and
     /// where relative `tls_certificate` and `tls_key` paths are read from.
     pub credentials: Option<PathBuf>,
+    /// Whether the TLS certificate and key are read and checked.
+    pub tls_files: TlsFiles,
+}
+
+/// Whether loading a configuration reads the TLS certificate and key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFiles {
+    /// Always, as the daemon does: it serves them.
+    Read,
+    /// Unless one is a relative path and `$CREDENTIALS_DIRECTORY` is not set. `check-config`
+    /// and `apply-ip-allow`, run by the unit's `ExecReload=` (and `ExecStartPre=` before
+    /// systemd 254), do not get the service's credentials and need only the rest; the daemon
+    /// still reads and checks the pair, at start and at each reload.
+    WhenReachable,
 }
 
 impl Sources {
@@ -86,6 +100,7 @@ impl Sources {
             credentials: std::env::var_os(CREDENTIALS_DIRECTORY)
                 .filter(|directory| !directory.is_empty())
                 .map(PathBuf::from),
+            tls_files: TlsFiles::Read,
         }
     }
 }

@@ -39,7 +39,7 @@ mod units;
 
 use declare::Keys as _;
 pub use keys::{CacheConfig, Config};
-pub use layers::{Flags, Sources};
+pub use layers::{Flags, Sources, TlsFiles};
 use layers::{Layer, env_layers, file_layers, flag_layers, key_path, keys_set, origin, toml_layer};
 pub use types::{ForwardZone, UpstreamConfig, ZoneUpstream};
 pub(crate) use types::{Hedge, Strategy};
@@ -51,7 +51,7 @@ impl Config {
     /// way for tests to build a configuration exactly as a user would write it.
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
         let layer = toml_layer("configuration string", toml)?;
-        Ok(resolve(vec![layer], None)?.config)
+        Ok(resolve(vec![layer], None, TlsFiles::Read)?.config)
     }
 
     /// Every key's name and one-line doc, in declaration order.
@@ -149,12 +149,17 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     let mut layers = file_layers(&sources.file, sources.file_required)?;
     layers.extend(env_layers(&sources.env)?);
     layers.extend(flag_layers(&sources.flags));
-    resolve(layers, sources.credentials.as_deref())
+    resolve(layers, sources.credentials.as_deref(), sources.tls_files)
 }
 
 /// Merges `layers`, each overriding the ones before, over the defaults, and validates;
-/// relative TLS file paths are taken in `credentials` when it is given.
-fn resolve(layers: Vec<Layer>, credentials: Option<&Path>) -> Result<Loaded, ConfigError> {
+/// relative TLS file paths are taken in `credentials` when it is given, and the files are read
+/// as `tls_files` says.
+fn resolve(
+    layers: Vec<Layer>,
+    credentials: Option<&Path>,
+    tls_files: TlsFiles,
+) -> Result<Loaded, ConfigError> {
     let figment = layers.into_iter().fold(Figment::new(), Figment::merge);
     // First what serde would refuse, in the same order: an unknown key or a value of the wrong
     // type, the first in key order; then each key's own checks, in declaration order.
@@ -176,7 +181,14 @@ fn resolve(layers: Vec<Layer>, credentials: Option<&Path>) -> Result<Loaded, Con
     let mut config = Config::default();
     config.load(&figment)?;
     keys::check_together(&config, &figment)?;
+    let unreachable = |path: &PathBuf| path.is_relative() && credentials.is_none();
     let identity = match (&config.tls_certificate, &config.tls_key) {
+        (Some(certificate), Some(key))
+            if tls_files == TlsFiles::WhenReachable
+                && (unreachable(certificate) || unreachable(key)) =>
+        {
+            None
+        }
         (Some(certificate), Some(key)) => {
             let (certificate, key) = (
                 credential_path(certificate, credentials),

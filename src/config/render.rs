@@ -21,28 +21,33 @@ impl Loaded {
             "# Effective dns-proxy configuration; the comment after each value names its source.\n",
         );
         for (key, value) in keys {
-            if let Some(value) = value {
-                out.push_str(&format!("{key} = {value}  # {}\n", self.origin(key)));
-            }
-        }
-        let files = [
-            ("tls_certificate", &config.tls_certificate),
-            ("tls_key", &config.tls_key),
-        ];
-        for (key, path) in files {
-            match path {
-                Some(path) => {
-                    let read = credential_path(path, self.credentials.as_deref());
-                    if read != *path {
-                        out.push_str(&format!(
-                            "# {key} is read from {} ($CREDENTIALS_DIRECTORY)\n",
-                            read.display()
-                        ));
-                    }
+            let file = match key {
+                "tls_certificate" => Some(&config.tls_certificate),
+                "tls_key" => Some(&config.tls_key),
+                _ => None,
+            };
+            match (value, file) {
+                (Some(value), _) => {
+                    out.push_str(&format!("{key} = {value}  # {}\n", self.origin(key)));
                 }
-                None => out.push_str(&format!(
+                (None, Some(_)) => out.push_str(&format!(
                     "# {key} not set: no DNS over TLS or HTTPS for clients\n"
                 )),
+                (None, None) => {}
+            }
+            if let Some(Some(path)) = file {
+                let read = credential_path(path, self.credentials.as_deref());
+                if read != *path {
+                    out.push_str(&format!(
+                        "# {key} is read from {} ($CREDENTIALS_DIRECTORY)\n",
+                        read.display()
+                    ));
+                } else if self.identity.is_none() {
+                    out.push_str(&format!(
+                        "# {key} not read here: a relative path, and no $CREDENTIALS_DIRECTORY \
+                         (systemd sets it for the service); the daemon reads and checks it\n"
+                    ));
+                }
             }
         }
         match &config.metrics {

@@ -40,6 +40,7 @@ fn sources(file: &Path, env: &[(&str, &str)], flags: Flags) -> Sources {
             .collect(),
         flags,
         credentials: None,
+        tls_files: TlsFiles::Read,
     }
 }
 

@@ -1,8 +1,10 @@
 //! DNS over HTTPS for clients, on a socket passed as `dns-https`: curl resolves a name through
 //! it (`--doh-url`); raw POST and GET requests over HTTP/2 and HTTP/1.1 (curl) and dig
-//! `+https` / `+https-get` are answered with `Cache-Control: max-age` of the answer's TTL;
-//! requests that carry no query get their status codes (400, 404, 405, 413, 415); allow, deny
-//! and the rate limit apply as over TCP.
+//! `+https` / `+https-get` are answered, dnsperf gets every answer over DNS over TLS and
+//! HTTPS with many queries outstanding, with `Cache-Control: max-age` of the answer's TTL;
+//! requests that carry no query get their status codes (400, 404, 405, 413, 415); request heads
+//! and handshakes that never finish are closed while others are served; allow, deny and the
+//! rate limit apply as over TCP.
 
 use std::time::Duration;
 
@@ -11,15 +13,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::metrics::{scrape, value};
 use crate::real_clients::assert_dig_answer;
 use crate::support::client::{assert_a, decode, encode, make_query};
 use crate::support::encrypted::{
-    EncryptedProxy, Fetched, SERVER_NAME, curl, loopback_listener, run,
+    DotClient, EncryptedProxy, Fetched, SERVER_NAME, client_config, curl, loopback_listener, run,
 };
 use crate::support::proxy::ProxyConfig;
-use crate::support::upstream::FakeUpstream;
+use crate::support::upstream::{FakeUpstream, ca_pem};
 use crate::support::{require_tool, within};
 
 const CONTENT_TYPE: &str = "content-type: application/dns-message";
@@ -139,6 +142,72 @@ async fn post_and_get_are_answered_over_http2_and_http11() {
     proxy.proxy.assert_running();
 }
 
+/// dnsperf with `-m mode` at `port`: 400 queries (200 names twice), 20 outstanding on each
+/// of 2 connections; its report.
+async fn dnsperf(proxy: &EncryptedProxy, mode: &str, port: u16) -> String {
+    let data = proxy.files.dir.path().join(format!("dnsperf-{mode}.txt"));
+    let names: String = (0..200).map(|i| format!("perf{i}.example. A\n")).collect();
+    std::fs::write(&data, names.repeat(2)).expect("write the dnsperf data file");
+    let uri = format!("doh-uri=https://127.0.0.1:{port}/dns-query");
+    let mut args: Vec<String> = [
+        "-m",
+        mode,
+        "-s",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-c",
+        "2",
+        "-q",
+        "20",
+        "-n",
+        "1",
+        "-l",
+        "10",
+        "-t",
+        "3",
+        "-d",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    args.push(data.display().to_string());
+    if mode == "doh" {
+        args.extend(["-O".to_string(), uri]);
+    }
+    let out = run("dnsperf", &args).await;
+    assert!(
+        out.success,
+        "dnsperf -m {mode} failed:\n{}{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnsperf_gets_every_answer_over_tls_and_https() {
+    if !require_tool("dnsperf") {
+        return;
+    }
+    let (up, proxy) = start(|c| c).await;
+    // dnsperf reads one TLS record at a time and takes one answer from each: every answer
+    // must come in a record of its own, even when many are ready at once.
+    for (mode, port) in [("dot", proxy.tls.port()), ("doh", proxy.https.port())] {
+        let report = dnsperf(&proxy, mode, port).await;
+        let completed = report
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("Queries completed:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|count| count.parse::<u32>().ok());
+        assert_eq!(completed, Some(400), "dnsperf -m {mode}:\n{report}");
+        assert!(
+            report.contains("NOERROR 400"),
+            "dnsperf -m {mode}:\n{report}"
+        );
+    }
+    assert!(up.queries() >= 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_resolves_a_name_through_the_daemon() {
     if !require_tool("curl") {
@@ -250,6 +319,58 @@ async fn requests_without_a_query_get_their_status_codes() {
     // The daemon carries on.
     let (_, body) = query_bytes("after.example.");
     assert_answered(&post(&proxy, "--http2", &body, &[]).await, &up, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_and_handshakes_are_closed_while_others_are_served() {
+    if !require_tool("curl") {
+        return;
+    }
+    let (up, proxy) = start(|c| c).await;
+    // Connections from the client's own address: TLS handshakes that never finish, and
+    // HTTP/1.1 request heads that never finish after a complete handshake.
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let mut stream = TcpStream::connect(proxy.https).await.expect("connect");
+        let _ = stream.write_all(&[0x16, 0x03, 0x01]).await;
+        stalled.push(stream);
+    }
+    let http11 = client_config(ca_pem(), &[b"http/1.1"]);
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut client = DotClient::connect_with(proxy.https, http11.clone(), None)
+            .await
+            .expect("TLS connection to the DNS-over-HTTPS port");
+        client
+            .write_raw(
+                b"GET /dns-query?dns=AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB HTTP/1.1\r\nHost",
+            )
+            .await;
+        slow.push(client);
+    }
+    let (_, body) = query_bytes("among-slow.example.");
+    assert_answered(&post(&proxy, "--http1.1", &body, &[]).await, &up, "1.1");
+    assert_answered(&post(&proxy, "--http2", &body, &[]).await, &up, "2");
+    // The slow heads are closed after the 5 s head timeout, with no answer; the stalled
+    // handshakes after their 5 s deadline.
+    for (i, client) in slow.iter_mut().enumerate() {
+        let received = client.read_to_close(Duration::from_secs(10)).await;
+        let received = received.unwrap_or_else(|| panic!("slow request {i} still open"));
+        let text = String::from_utf8_lossy(&received);
+        assert!(
+            !text.contains(" 200 "),
+            "a half request was answered: {text}"
+        );
+    }
+    for (i, stream) in stalled.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "stalled handshake {i} still open"
+        );
+    }
+    proxy.proxy.assert_running();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

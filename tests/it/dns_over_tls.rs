@@ -1,9 +1,9 @@
 //! DNS over TLS for clients, on a socket passed as `dns-tls`: kdig gets answers (and none when
 //! it trusts another CA), one connection carries many pipelined queries answered out of order,
-//! clients resume their TLS sessions (1.3 and 1.2),
-//! a reload swaps the certificate for new connections while open ones keep working (and a bad
-//! key keeps the old pair), a flood of handshakes that never finish does not starve another
-//! client, and allow, deny and the rate limit apply as over TCP.
+//! clients resume their TLS sessions (1.3 and 1.2), a reload swaps the certificate for new
+//! connections (DNS over HTTPS too) while open ones keep working (and a bad key keeps the old
+//! pair), a flood of handshakes that never finish does not starve another client, and allow,
+//! deny and the rate limit apply as over TCP.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -191,6 +191,11 @@ async fn reload_swaps_the_certificate_and_a_bad_key_keeps_the_old_one() {
         second,
         "a new connection got the old certificate"
     );
+    // DNS over HTTPS shows the same certificate from then on.
+    let h2 = DotClient::connect_with(proxy.https, client_config(ca_pem(), &[b"h2"]), None)
+        .await
+        .expect("TLS connection to the DNS-over-HTTPS port");
+    assert_eq!(h2.server_certificate(), second);
     // The connection opened before the reload carries on.
     for client in [&mut open, &mut renewed] {
         let answer = client

@@ -111,16 +111,24 @@ fn config_file(body: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// The keys in the TOML that `check-config` prints for a configuration with every table and
-/// one upstream that sets every optional field (a real CA file, a real pin), so that none is
-/// left out.
+/// The keys in the TOML that `check-config` prints for a configuration with every table,
+/// one upstream that sets every optional field (a real CA file, a real pin) and the optional
+/// top-level keys (a real certificate and key), so that none is left out.
 async fn printed_keys() -> BTreeSet<String> {
     let dir = open_temp_dir();
     let ca = dir.path().join("ca.pem");
     write_file(&ca, ca_pem(), 0o644);
-    let pin = spki_pin(&issue_cert("dns.test", false).spki_der);
+    let server = issue_cert("dns.test", false);
+    let pin = spki_pin(&server.spki_der);
+    let (cert_file, key_file) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    write_file(&cert_file, &server.cert_pem, 0o644);
+    write_file(&key_file, &server.key_pem, 0o600);
     let path = dir.path().join("dns-proxy.toml");
-    let mut body = String::new();
+    let mut body = format!(
+        "tls_certificate = \"{}\"\ntls_key = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    );
     for (table, fields) in TABLES {
         body.push_str(&format!("[{table}]\n{fields}"));
     }

@@ -3,7 +3,7 @@
 //! configuration error naming the key or file (exit 78 from `check-config` and from the
 //! daemon started without socket activation); relative paths are read from
 //! `$CREDENTIALS_DIRECTORY`, where systemd's `LoadCredential=` puts them, and `check-config`
-//! says so.
+//! says so, or, run without it as the unit's `ExecReload=` runs it, that it did not read them.
 
 use std::time::Duration;
 
@@ -105,9 +105,26 @@ async fn relative_paths_are_read_from_the_credentials_directory() {
     assert!(out.stdout.contains("tls_key = \"tls.key\""), "{out}");
     let read_from = format!("# tls_key is read from {directory}/tls.key ($CREDENTIALS_DIRECTORY)");
     assert!(out.stdout.lines().any(|line| line == read_from), "{out}");
-    // Without the directory, the bare names are not found where the daemon runs.
+    // Without the directory, as the unit's ExecReload= runs it, check-config checks the rest
+    // and says it did not read them; the daemon itself refuses to start without them.
     let out = check(toml, &[]).await;
-    assert_eq!(out.code(), Some(EX_CONFIG), "{out}");
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(
+        out.stdout
+            .contains("# tls_key not read here: a relative path"),
+        "{out}"
+    );
+    let up = FakeUpstream::start().await;
+    let config = ProxyConfig::new(up.spec())
+        .extra("listen_tls = [\"127.0.0.1:0\"]")
+        .extra("tls_certificate = \"tls.crt\"")
+        .extra("tls_key = \"tls.key\"");
+    let mut proxy = Proxy::builder(&config)
+        .listen_args(vec!["127.0.0.1:0".parse().unwrap()])
+        .spawn()
+        .await;
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(EX_CONFIG));
 
     // The daemon serves the certificate it read from there.
     let up = FakeUpstream::start().await;

@@ -238,6 +238,22 @@ impl DotClient {
         let _ = self.stream.flush().await;
     }
 
+    /// Writes `bytes` as they are (e.g. part of an HTTP request on a DNS-over-HTTPS port).
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.flush().await;
+    }
+
+    /// Reads what the server sends until it closes the connection, within `limit`; `None`
+    /// when it is still open then.
+    pub async fn read_to_close(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        let mut received = Vec::new();
+        match tokio::time::timeout(limit, self.stream.read_to_end(&mut received)).await {
+            Ok(_) => Some(received),
+            Err(_) => None,
+        }
+    }
+
     /// The next message, or `None` when the connection ends first; bounded to 10 s.
     pub async fn try_recv(&mut self) -> Option<Message> {
         within(Duration::from_secs(10), "DNS over TLS answer", async {
