@@ -15,6 +15,10 @@
 #                          broken configuration found at start must keep it serving local zones,
 #                          say why in one line, and clear on reload once fixed
 #
+#   allowlist_checks       (allowlist.sh) the service's IP allow list follows the configuration
+#   tls_checks             (tls.sh) DoT and DoH for clients through the package's example socket
+#                          units, the key passed with LoadCredential=, kdig as the client
+#
 # then installs the .rpm with `rpm --root` into the Debian 12 tree and boots it (rpm_checks).
 # Prints one line per check and exits non-zero if any fails. Run it as root:
 #
@@ -39,9 +43,9 @@ fi
 suites=("$@")
 ((${#suites[@]})) || suites=(bullseye bookworm trixie)
 # Every tree: systemd itself, dig and ss for the checks. The full tree adds the test upstream
-# (unbound) and ca-certificates.
+# (unbound), ca-certificates (and with it openssl) and kdig for DoT and DoH.
 base_include=systemd,systemd-sysv,dbus,iproute2,bind9-dnsutils
-full_extra="unbound ca-certificates"
+full_extra="unbound ca-certificates knot-dnsutils"
 # Part of the cached tarballs' names: changing what goes into a tree makes new ones.
 tree_key=$(printf '%s\n' "$base_include" "$full_extra" offline-ca-certificates | sha256sum | cut -c1-12)
 answer_one=192.0.2.1 # what upstream 1 answers for probe.test
@@ -573,8 +577,10 @@ rpm_checks() {
 # (e.g. "name --system-call-filter=bpf --capability=CAP_BPF,CAP_NET_ADMIN").
 # The IP allow list needs a systemd that really filters: nspawn lets it load BPF programs.
 source "$repo/tests/system/allowlist.sh"
+source "$repo/tests/system/tls.sh"
 full_tree_tests=(package_checks
-    "allowlist_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN")
+    "allowlist_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN"
+    "tls_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN")
 minimal_tree_tests=(default_config_checks)
 # The .rpm goes into one release's tree: it checks files and scriptlets, not the release.
 rpm_suite=bookworm
