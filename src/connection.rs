@@ -29,12 +29,10 @@ use tracing::debug;
 
 use crate::dns;
 use crate::error::{Handshake, UpstreamError};
-use crate::framing::FrameReader;
+use crate::framing::{self, FrameReader};
 use crate::lock;
 use crate::metrics::{GaugeGuard, UpstreamMetrics};
 
-/// Most bytes of queued queries written to the TLS stream in one go.
-const WRITE_BATCH: usize = 16 * 1024;
 /// How long a closing connection may take to send its TLS close_notify.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
@@ -337,7 +335,7 @@ async fn write_loop<W: AsyncWrite>(
     shared: Arc<Shared>,
     _open: Arc<GaugeGuard>,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut batch = Vec::new();
     let closed = shared.closed.cancelled();
     tokio::pin!(closed);
     loop {
@@ -348,18 +346,8 @@ async fn write_loop<W: AsyncWrite>(
                 None => break,
             },
         };
-        // Queries that queued up meanwhile go out in the same TLS record. The tasks that
-        // queue them often run on this thread right after the one that woke us (one received
-        // batch of client queries is many tasks): let them run first.
-        crate::defer::behind_queued_tasks().await;
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < WRITE_BATCH {
-            match queue.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
+        // Queries that queued up meanwhile go out in the same TLS record.
+        framing::gather(&mut batch, &first, &mut queue).await;
         let written = tokio::select! {
             _ = &mut closed => break,
             result = async {

@@ -61,22 +61,17 @@ pub(crate) async fn serve(
     connections: Arc<tcp::Slots>,
     serve: Serve,
 ) {
-    let shared = serve.clone();
-    tcp::accept(listener, connections, serve, move |stream, client, slot| {
-        let (serve, acceptor) = (shared.clone(), acceptor.clone());
-        async move {
-            let Some(admission) = serve.admit_client(client) else {
-                return;
-            };
-            let Some(stream) = dot::handshake(&acceptor, stream, &serve, &slot, client).await
-            else {
-                return;
-            };
+    dot::accept(
+        listener,
+        acceptor,
+        connections,
+        serve,
+        |stream, client, admission, serve, slot| async move {
             let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(AnswerRecords::new(stream, http2));
             connection(io, client, admission, serve, slot).await;
-        }
-    })
+        },
+    )
     .await;
 }
 

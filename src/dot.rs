@@ -5,10 +5,16 @@
 //! so clients that never finish it are closed to make room (they have completed no message),
 //! and after [`tls_server::HANDSHAKE_TIMEOUT`] in any case.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
+use crate::admission::Admission;
 use crate::tcp::{self, Serve, Slot};
 use crate::tls_server;
 
@@ -16,12 +22,38 @@ use crate::tls_server;
 pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    connections: std::sync::Arc<tcp::Slots>,
+    connections: Arc<tcp::Slots>,
     serve: Serve,
 ) {
+    accept(
+        listener,
+        acceptor,
+        connections,
+        serve,
+        |stream, client, admission, serve, slot| async move {
+            let (read, write) = tokio::io::split(stream);
+            tcp::connection(read, write, client, admission, &serve, slot).await;
+        },
+    )
+    .await;
+}
+
+/// Accepts TLS connections until `serve.shutdown`: a client the allow list admits gets its
+/// handshake, then `connection` serves the decrypted stream. DNS over TLS and over HTTPS both
+/// come in this way, so slots, admission and the handshake deadline are the same for both.
+pub(crate) async fn accept<C, F>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    connections: Arc<tcp::Slots>,
+    serve: Serve,
+    connection: C,
+) where
+    C: Fn(TlsStream<TcpStream>, SocketAddr, Admission, Serve, Slot) -> F + Clone + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     let shared = serve.clone();
     tcp::accept(listener, connections, serve, move |stream, client, slot| {
-        let (serve, acceptor) = (shared.clone(), acceptor.clone());
+        let (serve, acceptor, connection) = (shared.clone(), acceptor.clone(), connection.clone());
         async move {
             let Some(admission) = serve.admit_client(client) else {
                 return;
@@ -29,16 +61,15 @@ pub(crate) async fn serve(
             let Some(stream) = handshake(&acceptor, stream, &serve, &slot, client).await else {
                 return;
             };
-            let (read, write) = tokio::io::split(stream);
-            tcp::connection(read, write, client, admission, &serve, slot).await;
+            connection(stream, client, admission, serve, slot).await;
         }
     })
     .await;
 }
 
 /// The client's handshake, unless it fails, takes too long, the connection is closed to make
-/// room or the daemon stops first. DNS over HTTPS shakes hands the same way.
-pub(crate) async fn handshake(
+/// room or the daemon stops first.
+async fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     serve: &Serve,

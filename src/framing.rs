@@ -9,11 +9,31 @@ use std::io;
 use std::ops::Range;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+/// Most bytes of queued frames written together: a TLS record's worth of plaintext.
+const WRITE_BATCH: usize = 16 * 1024;
 
 /// Where the first complete message in `buf` lies, or `None` while more bytes are needed.
 pub fn parse_frame(buf: &[u8]) -> Option<Range<usize>> {
     let len = usize::from(u16::from_be_bytes([*buf.first()?, *buf.get(1)?]));
     (buf.len() >= 2 + len).then_some(2..2 + len)
+}
+
+/// Puts `first` and the frames queued behind it (up to [`WRITE_BATCH`] bytes) in `batch`, for
+/// one write: over TLS one record, which the peer also reads and decrypts in one go. The tasks
+/// that queue frames often run on this thread right after the one that woke the writer (one
+/// received batch of queries is many tasks): they run first.
+pub(crate) async fn gather(batch: &mut Vec<u8>, first: &[u8], queue: &mut mpsc::Receiver<Vec<u8>>) {
+    crate::defer::behind_queued_tasks().await;
+    batch.clear();
+    batch.extend_from_slice(first);
+    while batch.len() < WRITE_BATCH {
+        match queue.try_recv() {
+            Ok(frame) => batch.extend_from_slice(&frame),
+            Err(_) => break,
+        }
+    }
 }
 
 /// `message` with its length prefix, ready to write in one call (one TLS record, one segment).

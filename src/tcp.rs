@@ -33,9 +33,6 @@ use crate::transport::Transport;
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Most bytes of ready answers written together: a TLS record's worth of plaintext.
-const WRITE_BATCH: usize = 16 * 1024;
-
 /// How long a new connection may take to complete its first message (at most
 /// `tcp_idle_timeout`). A client that connects has its query ready, usually the retry of a
 /// truncated UDP answer; a connection still silent after this is a stalled one holding a slot.
@@ -488,20 +485,10 @@ async fn write_answers<W: AsyncWrite + Unpin>(
     mut queue: mpsc::Receiver<Vec<u8>>,
     stall_limit: Duration,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut batch = Vec::new();
     while let Some(framed) = queue.recv().await {
-        // Answers that are ready go out together: over TLS one record, not one per answer,
-        // which the client also reads and decrypts in one go. The tasks that queue them often
-        // run on this thread right after the one that woke us: let them run first.
-        crate::defer::behind_queued_tasks().await;
-        batch.clear();
-        batch.extend_from_slice(&framed);
-        while batch.len() < WRITE_BATCH {
-            match queue.try_recv() {
-                Ok(framed) => batch.extend_from_slice(&framed),
-                Err(_) => break,
-            }
-        }
+        // Answers that are ready go out together, not one TLS record each.
+        framing::gather(&mut batch, &framed, &mut queue).await;
         let written = async {
             write.write_all(&batch).await?;
             if queue.is_empty() {

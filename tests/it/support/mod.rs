@@ -64,6 +64,16 @@ pub fn program_for_others(dir: &Path) -> PathBuf {
 }
 
 /// Awaits `fut`, panicking with `what` when it takes longer than `limit`.
+/// Whether the peer closes `stream` (end of stream or a reset) within `limit`.
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
         Ok(value) => value,
