@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use lexopt::prelude::*;
 
 use crate::config::Flags;
-use crate::logging::{LogFormat, LogTarget};
+use crate::ops::logging::{LogFormat, LogTarget};
 
 pub const USAGE: &str = "\
 Usage: dns-proxy [check-config | apply-ip-allow UNIT] [OPTIONS]

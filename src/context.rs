@@ -5,11 +5,11 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::common::lock;
+use crate::common::metrics::Metrics;
+use crate::common::snapshot::{self, Status};
 use crate::config::Config;
-use crate::forwarder::Forwarder;
-use crate::lock;
-use crate::metrics::Metrics;
-use crate::snapshot::{self, Status};
+use crate::resolve::forwarder::Forwarder;
 
 /// What every server task shares: the configuration and forwarder in force (swapped whole on
 /// reload, so a query sees one consistent pair) and the metrics, which live here rather than

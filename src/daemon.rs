@@ -15,20 +15,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::admin::Admin;
+use crate::common::lock::lock;
+use crate::common::metrics::Metrics;
+use crate::common::snapshot::{self, Listener, Status};
+use crate::common::transport::Transport;
+use crate::config::Identity;
 use crate::config::{self, Config, Sources};
 use crate::context::Context;
-use crate::control::{self, Control, Handler};
-use crate::forwarder::Forwarder;
-use crate::listeners::{self, Inherited, ListenError};
-use crate::lock::lock;
-use crate::metrics::Metrics;
-use crate::snapshot::{self, Listener, Status};
-use crate::tcp::Serve;
-use crate::tls::TlsSetupError;
-use crate::tls_server::{self, CurrentIdentity, Identity, TlsServerError};
-use crate::transport::Transport;
-use crate::{doh, dot, notify, tcp, udp};
+use crate::ops::admin::Admin;
+use crate::ops::control::{self, Control, Handler};
+use crate::ops::notify;
+use crate::resolve::forwarder::Forwarder;
+use crate::serve::listeners::{self, Inherited, ListenError};
+use crate::serve::tcp::Serve;
+use crate::serve::tls_server::{self, CurrentIdentity, TlsServerError};
+use crate::serve::{doh, dot, tcp, udp};
+use crate::upstream::tls::TlsSetupError;
 
 /// How long in-flight queries may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);

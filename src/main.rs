@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use dns_proxy::cli::{self, Command};
 use dns_proxy::config::{self, Config, Sources, TlsFiles, ZoneUpstream};
 use dns_proxy::daemon::{self, DaemonError};
-use dns_proxy::tls::TlsSetupError;
-use dns_proxy::{control, listeners, logging, sandbox, tls};
+use dns_proxy::upstream::tls::TlsSetupError;
+use dns_proxy::{ops::control, ops::logging, ops::sandbox, serve::listeners, upstream::tls};
 
 /// Size-class slabs keep the cache's long-lived entries apart from each query's short-lived
 /// buffers; glibc's heap interleaves them and grows well past `cache_size` once the cache is

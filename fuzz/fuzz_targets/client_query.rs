@@ -5,15 +5,15 @@
 //! the packet did (RFC 6891 §7), malformed or not, as far as the packet can be read.
 #![no_main]
 
-use dns_proxy::dns::{
+use dns_proxy::wire::dns::{
     self, PADDING_BLOCK, PLAIN_UDP_LIMIT, Query, Rcode, Rejection, parse_query, response_matches,
     truncate_for_udp,
 };
 use std::sync::Arc;
 
-use dns_proxy::cache::{Cache, Key, Lookup};
+use dns_proxy::resolve::cache::{Cache, Key, Lookup};
 use dns_proxy::config::CacheConfig;
-use dns_proxy::dns::Response;
+use dns_proxy::wire::dns::Response;
 use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::Name;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};

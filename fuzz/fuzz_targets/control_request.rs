@@ -4,7 +4,7 @@
 //! request, with the names to flush in lower case; a refusal has a code and a one-line message.
 #![no_main]
 
-use dns_proxy::control::{Request, parse_request};
+use dns_proxy::ops::control::{Request, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,7 +9,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use dns_proxy::doh_request::{self, MAX_MESSAGE, Refusal, RequestHead};
+use dns_proxy::serve::doh_request::{self, MAX_MESSAGE, Refusal, RequestHead};
 use libfuzzer_sys::fuzz_target;
 
 const PATH: &str = "/dns-query";

@@ -12,7 +12,7 @@ use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 
-use dns_proxy::framing::{FrameReader, frame, parse_frame};
+use dns_proxy::wire::framing::{FrameReader, frame, parse_frame};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 

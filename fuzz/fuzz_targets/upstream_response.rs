@@ -7,7 +7,7 @@
 //! the question checks into the record walk.
 #![no_main]
 
-use dns_proxy::dns::{self, Query, WireError, message_id, parse_query, response_matches};
+use dns_proxy::wire::dns::{self, Query, WireError, message_id, parse_query, response_matches};
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 

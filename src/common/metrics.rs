@@ -25,9 +25,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::error::{Handshake, UpstreamErrorKind};
-use crate::snapshot;
-use crate::transport::Transport;
+use crate::common::error::{Handshake, UpstreamErrorKind};
+use crate::common::snapshot;
+use crate::common::transport::Transport;
 
 /// Prefix of every series name.
 const PREFIX: &str = "dns_proxy";
@@ -75,7 +75,7 @@ pub(crate) struct Metrics {
     pub(crate) tls: TransportMetrics,
     /// Queries that came in over DNS over HTTPS.
     pub(crate) https: TransportMetrics,
-    /// Queries being forwarded right now (inside [`crate::forwarder::Forwarder::answer`]).
+    /// Queries being forwarded right now (inside [`crate::resolve::forwarder::Forwarder::answer`]).
     pub(crate) queries_in_flight: Gauge,
     /// Client connections open right now on TCP, DNS over TLS and DNS over HTTPS.
     pub(crate) tcp_connections: Gauge,

@@ -21,7 +21,7 @@ use super::types::{
     UpstreamConfig, Upstreams,
 };
 use super::units::toml_duration;
-use crate::access::{DenyAction, Network};
+use crate::policy::access::{DenyAction, Network};
 
 keys! {
     /// The validated configuration the daemon runs with.

@@ -29,6 +29,7 @@ use figment::Figment;
 use figment::error::Kind;
 
 mod declare;
+mod identity;
 mod keys;
 mod layers;
 mod render;
@@ -44,7 +45,7 @@ use layers::{Layer, env_layers, file_layers, flag_layers, key_path, keys_set, or
 pub use types::{ForwardZone, UpstreamConfig, ZoneUpstream};
 pub(crate) use types::{Hedge, Strategy};
 
-use crate::tls_server::Identity;
+pub use identity::{Identity, IdentityError};
 
 impl Config {
     /// The defaults overridden by one TOML document, without files, environment or flags: a

@@ -16,8 +16,8 @@ use super::declare::{Key, Reason};
 use super::units::{
     RawDuration, RawSize, parse_duration, toml_duration, toml_list, toml_size, toml_string,
 };
-use crate::access::{DenyAction, Network};
-use crate::zones::ZoneName;
+use crate::policy::access::{DenyAction, Network};
+use crate::wire::name::ZoneName;
 
 /// DoT port (RFC 7858), used when an upstream address has none.
 pub(crate) const DOT_PORT: u16 = 853;

@@ -45,8 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::snapshot::{self, Status};
-use crate::zones::{ZoneName, ZoneNameError};
+use crate::common::snapshot::{self, Status};
+use crate::wire::name::{ZoneName, ZoneNameError};
 
 /// Where the client looks when `--control` is not given: the packaged unit's socket.
 pub const DEFAULT_SOCKET: &str = "/run/dns-proxy/control";

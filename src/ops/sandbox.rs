@@ -12,8 +12,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, ExitStatus};
 
-use crate::access::Network;
 use crate::config::{Config, ZoneUpstream};
+use crate::policy::access::Network;
 
 /// The addresses the daemon may exchange packets with under `config`, in this order:
 ///

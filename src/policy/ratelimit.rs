@@ -6,7 +6,7 @@
 //! flood from spoofed addresses does; two clients that share a bucket share its budget.
 //! IPv6 clients are counted per /64, since one host can use any address of its /64.
 
-use crate::lock;
+use crate::common::lock;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;

@@ -27,8 +27,8 @@ use quick_cache::Weighter;
 use tokio::time::Instant;
 
 use crate::config::CacheConfig;
-use crate::dns::{self, Query, Response, Section};
-use crate::zones::{ZoneName, suffixes};
+use crate::wire::dns::{self, Query, Response, Section};
+use crate::wire::name::{ZoneName, suffixes};
 
 /// TTL written into a stale answer (RFC 8767 §4 recommends 30 s).
 pub(crate) const STALE_TTL: u32 = 30;

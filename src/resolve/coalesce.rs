@@ -6,7 +6,7 @@
 //! leader's result. If the leader is dropped before it finishes (its task was cancelled), the
 //! followers see the flight end without a result and resolve on their own.
 
-use crate::lock;
+use crate::common::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 

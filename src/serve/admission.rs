@@ -3,10 +3,10 @@
 
 use std::net::IpAddr;
 
-use crate::access::{self, DenyAction};
+use crate::common::metrics::Metrics;
 use crate::config::Config;
-use crate::forwarder::Forwarder;
-use crate::metrics::Metrics;
+use crate::policy::access::{self, DenyAction};
+use crate::resolve::forwarder::Forwarder;
 
 /// What a server does with a client's query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,12 +33,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::admission::Admission;
-use crate::answer_records::AnswerRecords;
-use crate::dns::{self, Rcode, Rejection};
-use crate::doh_request::{self, DNS_MESSAGE, Refusal, RequestHead};
-use crate::dot;
-use crate::tcp::{self, Serve, Slot};
+use crate::serve::admission::Admission;
+use crate::serve::answer_records::AnswerRecords;
+use crate::serve::doh_request::{self, DNS_MESSAGE, Refusal, RequestHead};
+use crate::serve::dot;
+use crate::serve::tcp::{self, Serve, Slot};
+use crate::wire::dns::{self, Rcode, Rejection};
 
 /// Longest request head: the request line with a `dns=` query of any real size, and headers.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;

@@ -22,7 +22,7 @@ pub const DNS_MESSAGE: &str = "application/dns-message";
 pub const MAX_MESSAGE: usize = 65_535;
 
 /// Shortest DNS message: its header.
-const HEADER_LEN: usize = crate::dns::HEADER_LEN;
+const HEADER_LEN: usize = crate::wire::dns::HEADER_LEN;
 
 /// Why a request gets no DNS answer: the HTTP status it gets instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -14,9 +14,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use crate::admission::Admission;
-use crate::tcp::{self, Serve, Slot};
-use crate::tls_server;
+use crate::serve::admission::Admission;
+use crate::serve::tcp::{self, Serve, Slot};
+use crate::serve::tls_server;
 
 /// Serves one DNS-over-TLS listener until `serve.shutdown`.
 pub(crate) async fn serve(

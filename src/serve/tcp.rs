@@ -22,13 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::admission::Admission;
+use crate::common::lock;
+use crate::common::metrics::GaugeGuard;
+use crate::common::transport::Transport;
 use crate::context::Context;
-use crate::dns::{self, Rcode, Rejection};
-use crate::framing::{self, FrameReader};
-use crate::lock;
-use crate::metrics::GaugeGuard;
-use crate::transport::Transport;
+use crate::serve::admission::Admission;
+use crate::wire::dns::{self, Rcode, Rejection};
+use crate::wire::framing::{self, FrameReader};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);

@@ -29,12 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::admission::Admission;
+use crate::common::lock;
+use crate::common::transport::Transport;
 use crate::context::Context;
-use crate::dns::{self, Rcode, Rejection};
-use crate::listeners;
-use crate::lock;
-use crate::transport::Transport;
+use crate::serve::admission::Admission;
+use crate::serve::listeners;
+use crate::wire::dns::{self, Rcode, Rejection};
 
 /// Most UDP queries being forwarded at once per socket; beyond it packets are dropped (the
 /// client retries) rather than letting a flood grow memory without bound.
@@ -91,7 +91,7 @@ impl Outbox {
             // The task that found the outbox empty sends this one too.
             return;
         }
-        crate::defer::behind_queued_tasks().await;
+        crate::common::defer::behind_queued_tasks().await;
         let mut replies = std::mem::take(&mut *self.lock());
         send_all(socket, &mut replies).await;
     }

@@ -27,11 +27,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::dns;
-use crate::error::{Handshake, UpstreamError};
-use crate::framing::{self, FrameReader};
-use crate::lock;
-use crate::metrics::{GaugeGuard, UpstreamMetrics};
+use crate::common::error::{Handshake, UpstreamError};
+use crate::common::lock;
+use crate::common::metrics::{GaugeGuard, UpstreamMetrics};
+use crate::wire::dns;
+use crate::wire::framing::{self, FrameReader};
 
 /// How long a closing connection may take to send its TLS close_notify.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);

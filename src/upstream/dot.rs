@@ -16,14 +16,14 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::common::error::{Handshake, UpstreamError};
+use crate::common::lock;
+use crate::common::metrics::UpstreamMetrics;
 use crate::config::UpstreamConfig;
-use crate::connection::Connection;
-use crate::dns::Query;
-use crate::error::{Handshake, UpstreamError};
-use crate::exchange::Exchange;
-use crate::lock;
-use crate::metrics::UpstreamMetrics;
-use crate::tls::{self, TlsSetupError};
+use crate::upstream::connection::Connection;
+use crate::upstream::exchange::Exchange;
+use crate::upstream::tls::{self, TlsSetupError};
+use crate::wire::dns::Query;
 
 /// Backoff after the first failure; doubles with each further failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(125);

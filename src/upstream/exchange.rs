@@ -1,20 +1,20 @@
 //! What the forwarder needs of an upstream of any kind: send it one query and wait, until a
 //! deadline at the latest, for the response; say whether it may be asked now. The DoT
-//! [`TlsUpstream`](crate::upstream::TlsUpstream) and the plain-DNS
-//! [`PlainUpstream`](crate::plain::PlainUpstream) implement it, and so does the scripted fake
+//! [`TlsUpstream`](crate::upstream::dot::TlsUpstream) and the plain-DNS
+//! [`PlainUpstream`](crate::upstream::plain::PlainUpstream) implement it, and so does the scripted fake
 //! the forwarder's unit tests drive with paused time.
 //!
 //! Callers are generic over it, never `dyn`: the daemon's forwarder is compiled for
-//! [`AnyUpstream`](crate::group::AnyUpstream), an enum of the real kinds, so a query costs one
+//! [`AnyUpstream`](crate::upstream::group::AnyUpstream), an enum of the real kinds, so a query costs one
 //! `match`, as before, and no boxed future.
 
 use std::net::SocketAddr;
 
 use tokio::time::Instant;
 
-use crate::dns::Query;
-use crate::error::UpstreamError;
-use crate::metrics::UpstreamMetrics;
+use crate::common::error::UpstreamError;
+use crate::common::metrics::UpstreamMetrics;
+use crate::wire::dns::Query;
 
 /// Sends a query to one upstream and waits for its response.
 pub(crate) trait Exchange: Send + Sync + 'static {

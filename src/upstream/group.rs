@@ -13,15 +13,15 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::common::error::UpstreamError;
+use crate::common::lock;
+use crate::common::metrics::UpstreamMetrics;
+use crate::common::snapshot;
 use crate::config::{Hedge, Strategy};
-use crate::dns::Query;
-use crate::error::UpstreamError;
-use crate::exchange::Exchange;
-use crate::lock;
-use crate::metrics::UpstreamMetrics;
-use crate::plain::PlainUpstream;
-use crate::snapshot;
-use crate::upstream::TlsUpstream;
+use crate::upstream::dot::TlsUpstream;
+use crate::upstream::exchange::Exchange;
+use crate::upstream::plain::PlainUpstream;
+use crate::wire::dns::Query;
 
 /// One query in this many goes to an upstream other than the fastest.
 pub(crate) const PROBE_EVERY: usize = 64;
@@ -278,7 +278,7 @@ mod tests {
         let resolvers = (0..n)
             .map(|i| {
                 let address = SocketAddr::from(([127, 0, 0, 1], 5300 + i as u16));
-                let metrics = crate::metrics::Metrics::new().upstream(address);
+                let metrics = crate::common::metrics::Metrics::new().upstream(address);
                 AnyUpstream::Plain(Box::new(PlainUpstream::new(address, metrics)))
             })
             .collect();

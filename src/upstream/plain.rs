@@ -17,12 +17,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
-use crate::dns::{self, Query};
-use crate::error::UpstreamError;
-use crate::exchange::Exchange;
-use crate::framing::{self, FrameReader};
-use crate::lock;
-use crate::metrics::UpstreamMetrics;
+use crate::common::error::UpstreamError;
+use crate::common::lock;
+use crate::common::metrics::UpstreamMetrics;
+use crate::upstream::exchange::Exchange;
+use crate::wire::dns::{self, Query};
+use crate::wire::framing::{self, FrameReader};
 
 /// Largest UDP response we accept; we advertise 1232 but some servers send more.
 const MAX_UDP_RESPONSE: usize = 4096;

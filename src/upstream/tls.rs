@@ -15,8 +15,8 @@ use rustls::{
     SignatureScheme,
 };
 
+use crate::common::error::PinMismatch;
 use crate::config::UpstreamConfig;
-use crate::error::PinMismatch;
 
 /// Why the TLS settings for an upstream could not be built.
 #[derive(Debug, thiserror::Error)]

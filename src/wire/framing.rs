@@ -25,7 +25,7 @@ pub fn parse_frame(buf: &[u8]) -> Option<Range<usize>> {
 /// that queue frames often run on this thread right after the one that woke the writer (one
 /// received batch of queries is many tasks): they run first.
 pub(crate) async fn gather(batch: &mut Vec<u8>, first: &[u8], queue: &mut mpsc::Receiver<Vec<u8>>) {
-    crate::defer::behind_queued_tasks().await;
+    crate::common::defer::behind_queued_tasks().await;
     batch.clear();
     batch.extend_from_slice(first);
     while batch.len() < WRITE_BATCH {

@@ -12,21 +12,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::cache::{Cache, Key, Lookup};
-use crate::coalesce::{self, Coalescer, Role};
+use crate::common::error::UpstreamError;
+use crate::common::metrics::{CacheMetrics, GaugeGuard, Metrics};
+use crate::common::snapshot;
+use crate::common::transport::Transport;
 use crate::config::{Config, ZoneUpstream};
-use crate::dns::{self, Query, Rcode, Response};
-use crate::error::UpstreamError;
-use crate::exchange::Exchange;
-use crate::group::{AnyUpstream, Group};
-use crate::metrics::{CacheMetrics, GaugeGuard, Metrics};
-use crate::plain::PlainUpstream;
-use crate::ratelimit::RateLimiter;
-use crate::snapshot;
-use crate::tls::TlsSetupError;
-use crate::transport::Transport;
-use crate::upstream::TlsUpstream;
-use crate::zones::{Route, Router, ZoneName};
+use crate::policy::ratelimit::RateLimiter;
+use crate::resolve::cache::{Cache, Key, Lookup};
+use crate::resolve::coalesce::{self, Coalescer, Role};
+use crate::resolve::zones::{Route, Router};
+use crate::upstream::dot::TlsUpstream;
+use crate::upstream::exchange::Exchange;
+use crate::upstream::group::{AnyUpstream, Group};
+use crate::upstream::plain::PlainUpstream;
+use crate::upstream::tls::TlsSetupError;
+use crate::wire::dns::{self, Query, Rcode, Response};
+use crate::wire::name::ZoneName;
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.
 type Resolved = Result<(Arc<Response>, SocketAddr), UpstreamError>;

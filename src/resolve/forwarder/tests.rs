@@ -16,14 +16,14 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::time::Instant;
 
 use super::Forwarder;
+use crate::common::error::UpstreamError;
+use crate::common::metrics::{Metrics, UpstreamMetrics};
+use crate::common::transport::Transport;
 use crate::config::{Config, Hedge, Strategy};
-use crate::dns::{self, Query};
-use crate::error::UpstreamError;
-use crate::exchange::Exchange;
-use crate::group::Group;
-use crate::metrics::{Metrics, UpstreamMetrics};
-use crate::transport::Transport;
-use crate::zones::Router;
+use crate::resolve::zones::Router;
+use crate::upstream::exchange::Exchange;
+use crate::upstream::group::Group;
+use crate::wire::dns::{self, Query};
 
 /// The query budget (`timeout`) of every test.
 const BUDGET: Duration = Duration::from_secs(1);

@@ -1,0 +1,10 @@
+//! The upstream side: the `Exchange` trait every kind of upstream is asked through, DNS over TLS
+//! (`dot`, its pipelined `connection`, certificate validation in `tls`), plain DNS for forward
+//! zones (`plain`), and the `group` that picks one and hedges.
+
+pub(crate) mod connection;
+pub(crate) mod dot;
+pub(crate) mod exchange;
+pub(crate) mod group;
+pub(crate) mod plain;
+pub mod tls;
