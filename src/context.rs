@@ -10,6 +10,7 @@ use crate::common::metrics::Metrics;
 use crate::common::snapshot::{self, Status};
 use crate::config::Config;
 use crate::resolve::forwarder::Forwarder;
+use crate::upstream::bootstrap::AddressBook;
 
 /// What every server task shares: the configuration and forwarder in force (swapped whole on
 /// reload, so a query sees one consistent pair) and the metrics, which live here rather than
@@ -19,6 +20,9 @@ pub(crate) struct Context {
     /// Why the daemon is degraded (serving local zones only), until a reload fixes it.
     problem: RwLock<Option<String>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Upstream host names' addresses, which a reload keeps too: a new configuration starts
+    /// with them even when the bootstrap servers cannot be reached then.
+    pub(crate) addresses: Arc<AddressBook>,
 }
 
 impl Context {
@@ -27,11 +31,13 @@ impl Context {
         forwarder: Forwarder,
         problem: Option<String>,
         metrics: Arc<Metrics>,
+        addresses: Arc<AddressBook>,
     ) -> Self {
         Context {
             current: RwLock::new((Arc::new(config), Arc::new(forwarder))),
             problem: RwLock::new(problem),
             metrics,
+            addresses,
         }
     }
 

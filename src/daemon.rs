@@ -30,6 +30,7 @@ use crate::serve::listeners::{self, Inherited, ListenError};
 use crate::serve::tcp::Serve;
 use crate::serve::tls_server::{self, CurrentIdentity, TlsServerError};
 use crate::serve::{doh, dot, tcp, udp};
+use crate::upstream::bootstrap::AddressBook;
 use crate::upstream::tls::TlsSetupError;
 
 /// How long in-flight queries may take to finish after SIGTERM.
@@ -106,9 +107,10 @@ pub async fn run(
         Vec::new()
     };
     let metrics = Arc::new(Metrics::new());
+    let addresses = Arc::new(AddressBook::default());
     let (forwarder, problem) = match problem {
         Some(problem) => (Forwarder::local_only(&config, &metrics), Some(problem)),
-        None => match Forwarder::new(&config, &metrics) {
+        None => match Forwarder::new(&config, &metrics, &addresses) {
             Ok(forwarder) => (forwarder, None),
             Err(error) if activated => (
                 Forwarder::local_only(&config, &metrics),
@@ -139,7 +141,7 @@ pub async fn run(
         },
         None => None,
     };
-    let context = Arc::new(Context::new(config, forwarder, problem, metrics));
+    let context = Arc::new(Context::new(config, forwarder, problem, metrics, addresses));
     let current_identity = Arc::new(CurrentIdentity::default());
     current_identity.replace(identity.as_ref());
     let encrypted = listeners.tls.len() + listeners.https.len();
@@ -297,7 +299,7 @@ fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) -> R
     let outcome = config::load(sources)
         .map_err(|e| e.to_string())
         .and_then(|loaded| {
-            Forwarder::new(&loaded.config, &context.metrics)
+            Forwarder::new(&loaded.config, &context.metrics, &context.addresses)
                 .map(|forwarder| (loaded.config, loaded.identity, forwarder))
                 .map_err(|e| e.to_string())
         });

@@ -94,13 +94,23 @@ fn main() -> ExitCode {
             }
         };
         let allow = sandbox::directive_value(&sandbox::ip_allow(&loaded.config));
-        match args.unit {
-            Some(unit) => apply_ip_allow(&unit, &loaded.config),
-            None => print!(
-                "{}\n# The IP allow list under the packaged service (set at each start and \
-                 reload; nothing else is reachable):\n# IPAddressAllow={allow}\n",
-                loaded.describe()
-            ),
+        let sandboxable = sandbox::needs_addresses(&loaded.config);
+        match (args.unit, sandboxable) {
+            (Some(unit), Ok(())) => apply_ip_allow(&unit, &loaded.config),
+            (Some(unit), Err(reason)) => {
+                eprintln!("dns-proxy: {unit}: IPAddressAllow= left as it was: {reason}");
+                return ExitCode::from(EX_CONFIG);
+            }
+            (None, sandboxable) => {
+                print!(
+                    "{}\n# The IP allow list under the packaged service (set at each start and \
+                     reload; nothing else is reachable):\n# IPAddressAllow={allow}\n",
+                    loaded.describe()
+                );
+                if let Err(reason) = sandboxable {
+                    println!("# The packaged service refuses this configuration: {reason}");
+                }
+            }
         }
         return ExitCode::SUCCESS;
     }

@@ -38,6 +38,13 @@ pub(crate) enum UpstreamError {
     /// The upstream is in backoff after a failure; no attempt was made.
     #[error("upstream is down")]
     Down,
+    /// A DNS-over-HTTPS upstream answered with an HTTP status other than 2xx, or a 2xx that
+    /// is not `application/dns-message`.
+    #[error("HTTP: {0}")]
+    Http(Arc<str>),
+    /// The upstream's host name has no known address: the `bootstrap` servers gave none.
+    #[error("cannot resolve {0}")]
+    Resolve(Arc<str>),
 }
 
 impl UpstreamError {
@@ -93,6 +100,8 @@ impl UpstreamError {
             UpstreamError::Busy => UpstreamErrorKind::Busy,
             UpstreamError::Protocol => UpstreamErrorKind::Protocol,
             UpstreamError::Down => UpstreamErrorKind::Down,
+            UpstreamError::Http(_) => UpstreamErrorKind::Http,
+            UpstreamError::Resolve(_) => UpstreamErrorKind::Resolve,
         }
     }
 }
@@ -167,11 +176,13 @@ pub(crate) enum UpstreamErrorKind {
     Busy,
     Protocol,
     Down,
+    Http,
+    Resolve,
 }
 
 impl UpstreamErrorKind {
     /// Every kind, in declaration order (`ALL[kind as usize] == kind`).
-    pub(crate) const ALL: [UpstreamErrorKind; 16] = [
+    pub(crate) const ALL: [UpstreamErrorKind; 18] = [
         UpstreamErrorKind::Refused,
         UpstreamErrorKind::Unreachable,
         UpstreamErrorKind::NotPermitted,
@@ -188,6 +199,8 @@ impl UpstreamErrorKind {
         UpstreamErrorKind::Busy,
         UpstreamErrorKind::Protocol,
         UpstreamErrorKind::Down,
+        UpstreamErrorKind::Http,
+        UpstreamErrorKind::Resolve,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -208,6 +221,8 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Busy => "busy",
             UpstreamErrorKind::Protocol => "protocol",
             UpstreamErrorKind::Down => "down",
+            UpstreamErrorKind::Http => "http",
+            UpstreamErrorKind::Resolve => "resolve",
         }
     }
 }

@@ -288,7 +288,13 @@ impl Metrics {
 
     /// The handles of the upstream at `address`, creating its series on first use.
     pub(crate) fn upstream(&self, address: SocketAddr) -> UpstreamMetrics {
-        let upstream = address.to_string();
+        self.upstream_labelled(&address.to_string())
+    }
+
+    /// The handles of the upstream labelled `upstream` (an address, a DoH URL), creating its
+    /// series on first use.
+    pub(crate) fn upstream_labelled(&self, upstream: &str) -> UpstreamMetrics {
+        let upstream = upstream.to_string();
         let labels = UpstreamLabels {
             upstream: upstream.clone(),
         };

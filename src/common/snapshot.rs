@@ -80,11 +80,13 @@ impl State {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Upstream {
-    /// `IP:port`.
+    /// `IP:port` or `name:port`; for DNS over HTTPS its URL, followed by `@IP:port` when
+    /// `address` is configured.
     pub address: String,
-    /// `tls` (DNS over TLS) or `udp` (plain DNS, retried over TCP when truncated).
+    /// `tls` (DNS over TLS), `https` (DNS over HTTPS) or `udp` (plain DNS, retried over TCP
+    /// when truncated).
     pub protocol: String,
-    /// The name its certificate must be valid for (`tls` only).
+    /// The name its certificate must be valid for (`tls` and `https`).
     pub tls_name: Option<String>,
     pub state: State,
     /// Since when it is in `state` (RFC 3339, UTC): the last change, or when this
@@ -240,6 +242,7 @@ fn render_upstream(section: &mut Section<'_>, upstream: &Upstream, now: SystemTi
     let kind = match (upstream.protocol.as_str(), &upstream.tls_name) {
         ("tls", Some(name)) => format!("DNS over TLS, {name}"),
         ("tls", None) => "DNS over TLS".to_string(),
+        ("https", Some(name)) => format!("DNS over HTTPS, {name}"),
         ("udp", _) => "plain DNS".to_string(),
         (other, _) => other.to_string(),
     };
@@ -262,7 +265,7 @@ fn render_upstream(section: &mut Section<'_>, upstream: &Upstream, now: SystemTi
     if let Some(srtt) = upstream.srtt_ms {
         section.line("Smoothed RTT", format!("{srtt:.1} ms"));
     }
-    if upstream.protocol == "tls" {
+    if upstream.protocol == "tls" || upstream.protocol == "https" {
         section.line("Connections", upstream.connections.to_string());
     }
     section.line(

@@ -14,11 +14,13 @@ use figment::Figment;
 
 use super::ConfigError;
 use super::declare::{Section, keys};
+use super::endpoint::Endpoint;
 use super::layers::origin;
+use super::types::ZoneUpstream;
 use super::types::{
-    Between, CacheSize, ControlSocket, FilePath, ForwardZone, ForwardZones, Hedge, HttpsPath,
-    ListenAddrs, LogLevel, Metrics, MetricsConfig, Networks, Positive, SocketAddrs, Strategy, Ttl,
-    UpstreamConfig, Upstreams,
+    Between, BootstrapServers, CacheSize, ControlSocket, FilePath, ForwardZone, ForwardZones,
+    Hedge, HttpsPath, ListenAddrs, LogLevel, Metrics, MetricsConfig, Networks, Positive,
+    SocketAddrs, Strategy, Ttl, UpstreamConfig, Upstreams,
 };
 use super::units::toml_duration;
 use crate::policy::access::{DenyAction, Network};
@@ -86,7 +88,8 @@ keys! {
         pub https_path: String as HttpsPath = "/dns-query".to_string();
         /// The answer cache (the `cache*` keys).
         pub(crate) cache: CacheConfig as Section<CacheConfig> = CacheConfig::default();
-        /// Upstream DoT resolvers, in order of preference. Never empty.
+        /// Upstream resolvers (DNS over TLS, or over HTTPS with `url`), in order of
+        /// preference. Never empty.
         #[key = "upstream"]
         pub upstreams: Vec<UpstreamConfig> as Upstreams = vec![
             UpstreamConfig::cloudflare([1, 1, 1, 1]),
@@ -95,6 +98,9 @@ keys! {
         /// Split DNS: zones with upstreams of their own, in configuration order.
         #[key = "forward_zone"]
         pub forward_zones: Vec<ForwardZone> as ForwardZones = Vec::new();
+        /// Plain DNS servers (`IP` or `IP:port`) that resolve upstreams given by host name,
+        /// and nothing else; never dns-proxy itself nor /etc/resolv.conf.
+        pub bootstrap: Vec<SocketAddr> as BootstrapServers = Vec::new();
         /// Unix socket of `dns-proxy status` and `flush`: under systemd's RuntimeDirectory=,
         /// `control` in it; otherwise none unless set.
         pub(crate) control_socket: Option<PathBuf> as ControlSocket = ControlSocket::default_path();
@@ -164,6 +170,7 @@ pub(super) fn check_together(config: &Config, figment: &Figment) -> Result<(), C
         }
         _ => {}
     }
+    check_bootstrap(config, figment)?;
     let cache = &config.cache;
     for (key, ceiling) in [
         ("cache_max_ttl", cache.max_ttl),
@@ -176,6 +183,74 @@ pub(super) fn check_together(config: &Config, figment: &Figment) -> Result<(), C
                 toml_duration(cache.min_ttl)
             );
             return Err(invalid(key, reason));
+        }
+    }
+    Ok(())
+}
+
+/// A host-name upstream needs `bootstrap`; a bootstrap server must not be one of dns-proxy's
+/// own listeners, or resolving an upstream's name would ask dns-proxy, which needs the
+/// upstream: the loop that leaves a host without DNS at boot.
+fn check_bootstrap(config: &Config, figment: &Figment) -> Result<(), ConfigError> {
+    let defaults = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (format!("upstream[{i}]"), u));
+    let zones = config
+        .forward_zones
+        .iter()
+        .enumerate()
+        .flat_map(|(z, zone)| {
+            zone.upstreams
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, upstream)| match upstream {
+                    ZoneUpstream::Tls(u) => Some((format!("forward_zone[{z}].upstream[{i}]"), u)),
+                    ZoneUpstream::Plain(_) => None,
+                })
+        });
+    let first_named = defaults
+        .chain(zones)
+        .find(|(_, upstream)| upstream.address.ip().is_none());
+    if let Some((key, upstream)) = first_named
+        && config.bootstrap.is_empty()
+    {
+        let field = match (&upstream.url, upstream.address_given) {
+            (Some(_), false) => "url",
+            _ => "address",
+        };
+        let key = format!("{key}.{field}");
+        let root = key.split(['[', '.']).next().unwrap_or("upstream");
+        return Err(ConfigError::Invalid {
+            origin: origin(figment, root),
+            key,
+            reason: format!(
+                "{} is a host name and bootstrap is not set: list plain DNS servers to \
+                 resolve it (bootstrap = [\"9.9.9.9\"]), or give its IP address",
+                match &upstream.address {
+                    Endpoint::Name { host, .. } => host.as_str(),
+                    Endpoint::Ip(_) => "it",
+                }
+            ),
+        });
+    }
+    for (i, server) in config.bootstrap.iter().enumerate() {
+        let own = config.listen.iter().any(|listen| {
+            listen.port() == server.port()
+                && (listen.ip() == server.ip()
+                    || (listen.ip().is_unspecified()
+                        && (server.ip().is_loopback() || server.ip().is_unspecified())))
+        });
+        if own || server.ip().is_unspecified() {
+            return Err(ConfigError::Invalid {
+                origin: origin(figment, "bootstrap"),
+                key: format!("bootstrap[{i}]"),
+                reason: format!(
+                    "{server} is dns-proxy's own listener: resolving an upstream's name through \
+                     dns-proxy would wait for that upstream"
+                ),
+            });
         }
     }
     Ok(())

@@ -29,6 +29,7 @@ use figment::Figment;
 use figment::error::Kind;
 
 mod declare;
+mod endpoint;
 mod identity;
 mod keys;
 mod layers;
@@ -39,6 +40,7 @@ mod types;
 mod units;
 
 use declare::Keys as _;
+pub use endpoint::{Endpoint, HttpsUrl};
 pub use keys::{CacheConfig, Config};
 pub use layers::{Flags, Sources, TlsFiles};
 use layers::{Layer, env_layers, file_layers, flag_layers, key_path, keys_set, origin, toml_layer};

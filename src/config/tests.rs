@@ -159,12 +159,12 @@ fn every_key_is_parsed() {
     assert_eq!(config.log_level, "debug");
     assert_eq!(config.upstreams.len(), 2);
     let first = &config.upstreams[0];
-    assert_eq!(first.address, "9.9.9.9:8853".parse().unwrap());
+    assert_eq!(first.address.ip(), Some("9.9.9.9:8853".parse().unwrap()));
     assert_eq!(first.tls_name.to_str(), "dns.quad9.net");
     assert_eq!(first.pin_sha256, vec![[7u8; 32]]);
     assert_eq!(
-        config.upstreams[1].address,
-        "149.112.112.112:853".parse().unwrap()
+        config.upstreams[1].address.ip(),
+        Some("149.112.112.112:853".parse().unwrap())
     );
 }
 
@@ -185,7 +185,7 @@ fn forward_zones() {
     let ZoneUpstream::Tls(tls) = &zone.upstreams[1] else {
         panic!("the default protocol is TLS");
     };
-    assert_eq!(tls.address, "10.0.0.3:853".parse().unwrap());
+    assert_eq!(tls.address.ip(), Some("10.0.0.3:853".parse().unwrap()));
 
     for (toml, expected) in [
         (
@@ -198,11 +198,11 @@ fn forward_zones() {
         ),
         (
             "[[forward_zone]]\nzones = [\"a\"]\n[[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nprotocol = \"udp\"\ntls_name = \"x\"",
-            r#"key "forward_zone[0].upstream[0].tls_name": applies only to protocol "tls""#,
+            r#"key "forward_zone[0].upstream[0].tls_name": applies only to protocols "tls" and "https""#,
         ),
         (
             "[[forward_zone]]\nzones = [\"a\"]\n[[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nprotocol = \"http\"",
-            r#"key "forward_zone[0].upstream[0].protocol": "http" is not one of: tls, udp"#,
+            r#"key "forward_zone[0].upstream[0].protocol": "http" is not one of: tls, https, udp"#,
         ),
         (
             "[[forward_zone]]\nzones = []\nupstream = []",
@@ -326,16 +326,158 @@ fn upstream_address_forms() {
     }
     let message = toml_error("[[upstream]]\naddress = \"dns.google\"");
     assert!(
-        message.ends_with(r#"key "upstream[0].address": "dns.google" must be an IP address (e.g. "9.9.9.9" or "9.9.9.9:853")"#),
+        message.ends_with(r#"key "upstream[0].address": dns.google is a host name and bootstrap is not set: list plain DNS servers to resolve it (bootstrap = ["9.9.9.9"]), or give its IP address"#),
         "{message}"
     );
-    for bad in ["dns.google:853", "9.9.9.9:0", "9.9.9.9:99999", ""] {
+    for bad in [
+        "dns.google:0",
+        "9.9.9.9:0",
+        "9.9.9.9:99999",
+        "",
+        "not a name",
+    ] {
         let message = toml_error(&format!("[[upstream]]\naddress = \"{bad}\""));
         assert!(
-            message.contains("must be an IP address"),
+            message.contains("must be an IP address or a host name"),
             "{bad}: {message}"
         );
     }
+    let message = toml_error(
+        "[[forward_zone]]\nzones = [\"corp\"]\n[[forward_zone.upstream]]\naddress = \"dns.corp.example\"\nprotocol = \"udp\"",
+    );
+    assert!(message.contains("must be an IP address"), "{message}");
+}
+
+#[test]
+fn dot_upstreams_by_host_name_resolve_through_bootstrap() {
+    let config = Config::from_toml_str(
+        "bootstrap = [\"192.0.2.53\", \"[2001:db8::53]:5353\"]\n[[upstream]]\naddress = \"Dns.Quad9.Net:8853\"\n",
+    )
+    .unwrap();
+    let upstream = &config.upstreams[0];
+    assert_eq!(upstream.address.to_string(), "dns.quad9.net:8853");
+    assert_eq!(upstream.tls_name.to_str(), "dns.quad9.net");
+    assert_eq!(upstream.label(), "dns.quad9.net:8853");
+    let bootstrap: Vec<String> = config.bootstrap.iter().map(|a| a.to_string()).collect();
+    assert_eq!(bootstrap, ["192.0.2.53:53", "[2001:db8::53]:5353"]);
+
+    let message = toml_error("bootstrap = [\"dns.google\"]");
+    assert!(
+        message.contains(r#"key "bootstrap[0]": "dns.google" is not an IP address"#),
+        "{message}"
+    );
+    // Its own listener would have dns-proxy ask itself.
+    for listen in ["127.0.0.1:5353", "0.0.0.0:5353"] {
+        let message = toml_error(&format!(
+            "listen = [\"{listen}\"]\nbootstrap = [\"9.9.9.9\", \"127.0.0.1:5353\"]"
+        ));
+        assert!(
+            message.contains(r#"key "bootstrap[1]": 127.0.0.1:5353 is dns-proxy's own listener"#),
+            "{message}"
+        );
+    }
+    let message = toml_error(
+        "[[upstream]]\naddress = \"9.9.9.9\"\n[[forward_zone]]\nzones = [\"corp\"]\n[[forward_zone.upstream]]\naddress = \"dns.corp.example\"",
+    );
+    assert!(
+        message.contains(r#"key "forward_zone[0].upstream[0].address": dns.corp.example is a host name and bootstrap is not set"#),
+        "{message}"
+    );
+}
+
+#[test]
+fn doh_upstreams() {
+    let upstream = one_upstream("url = \"https://dns.quad9.net/dns-query\"\naddress = \"9.9.9.9\"");
+    let url = upstream.url.as_ref().unwrap();
+    assert_eq!(url.to_string(), "https://dns.quad9.net/dns-query");
+    assert_eq!(upstream.address.to_string(), "9.9.9.9:443");
+    assert_eq!(upstream.tls_name.to_str(), "dns.quad9.net");
+    assert_eq!(
+        upstream.label(),
+        "https://dns.quad9.net/dns-query@9.9.9.9:443"
+    );
+
+    let upstream = one_upstream(
+        "url = \"https://127.0.0.1:8443/q\"\nprotocol = \"https\"\ntls_name = \"doh.test\"",
+    );
+    assert_eq!(upstream.address.to_string(), "127.0.0.1:8443");
+    assert_eq!(upstream.tls_name.to_str(), "doh.test");
+    assert_eq!(upstream.label(), "https://127.0.0.1:8443/q");
+
+    let config = Config::from_toml_str(
+        "bootstrap = [\"9.9.9.9\"]\n[[upstream]]\nurl = \"https://dns.quad9.net/dns-query\"",
+    )
+    .unwrap();
+    assert_eq!(config.upstreams[0].address.to_string(), "dns.quad9.net:443");
+    assert_eq!(
+        config.upstreams[0].label(),
+        "https://dns.quad9.net/dns-query"
+    );
+
+    for (body, key, reason) in [
+        (
+            "url = \"http://dns.quad9.net/dns-query\"",
+            "url",
+            "is not an https:// URL",
+        ),
+        ("url = \"https:///dns-query\"", "url", "has no host"),
+        (
+            "url = \"https://dns.quad9.net/q?x=1\"",
+            "url",
+            "has a query string",
+        ),
+        (
+            "url = \"https://dns.quad9.net/q#x\"",
+            "url",
+            "has a fragment",
+        ),
+        (
+            "url = \"https://dns.quad9.net\"",
+            "url",
+            "the path must start with '/'",
+        ),
+        (
+            "url = \"https://dns.quad9.net:8443/q\"\naddress = \"9.9.9.9:443\"",
+            "address",
+            "has port 443, but the url's port is 8443",
+        ),
+        (
+            "url = \"https://dns.quad9.net/q\"\naddress = \"dns9.quad9.net\"",
+            "address",
+            "must be an IP address",
+        ),
+        (
+            "protocol = \"https\"\naddress = \"9.9.9.9\"",
+            "url",
+            "must be set for DNS over HTTPS",
+        ),
+        (
+            "url = \"https://dns.quad9.net/q\"\nprotocol = \"tls\"",
+            "url",
+            "applies only to DNS over HTTPS",
+        ),
+        (
+            "url = \"https://dns.quad9.net/q\"",
+            "url",
+            "dns.quad9.net is a host name and bootstrap is not set",
+        ),
+    ] {
+        let message = toml_error(&format!("[[upstream]]\n{body}"));
+        let expected = format!("key \"upstream[0].{key}\": ");
+        assert!(
+            message.contains(&expected) && message.contains(reason),
+            "{body}: {message}"
+        );
+    }
+    // A forward zone's upstream may be DoH too.
+    let config = Config::from_toml_str(
+        "[[forward_zone]]\nzones = [\"corp\"]\n[[forward_zone.upstream]]\nurl = \"https://10.0.0.3/dns-query\"",
+    )
+    .unwrap();
+    let ZoneUpstream::Tls(upstream) = &config.forward_zones[0].upstreams[0] else {
+        panic!("an encrypted upstream");
+    };
+    assert!(upstream.url.is_some());
 }
 
 #[test]
@@ -484,7 +626,10 @@ fn generic_environment_variables() {
     assert_eq!(config.tcp_max_connections, 12);
     assert_eq!(config.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
     assert_eq!(config.upstreams.len(), 1);
-    assert_eq!(config.upstreams[0].address, "9.9.9.9:853".parse().unwrap());
+    assert_eq!(
+        config.upstreams[0].address.ip(),
+        Some("9.9.9.9:853".parse().unwrap())
+    );
     assert_eq!(config.upstreams[0].tls_name.to_str(), "dns.quad9.net");
     assert_eq!(
         loaded.origin("timeout"),
@@ -502,7 +647,10 @@ fn seed_variables() {
         .unwrap()
         .config;
     assert_eq!(config.upstreams.len(), 1);
-    assert_eq!(config.upstreams[0].address, "9.9.9.9:853".parse().unwrap());
+    assert_eq!(
+        config.upstreams[0].address.ip(),
+        Some("9.9.9.9:853".parse().unwrap())
+    );
     assert_eq!(config.upstreams[0].tls_name.to_str(), "9.9.9.9");
 
     let loaded = load_env(&[
@@ -522,8 +670,8 @@ fn seed_variables() {
     let config = &loaded.config;
     assert_eq!(config.upstreams.len(), 1);
     assert_eq!(
-        config.upstreams[0].address,
-        "[2620:fe::fe]:8853".parse().unwrap()
+        config.upstreams[0].address.ip(),
+        Some("[2620:fe::fe]:8853".parse().unwrap())
     );
     assert_eq!(config.timeout, Duration::from_secs(3));
     assert!(
@@ -639,13 +787,13 @@ fn unknown_key_in_upstream() {
     assert_eq!(
         message,
         format!(
-            "{}: unknown key \"upstream[1].tls-name\" (expected one of: address, protocol, tls_name, ca_file, pin_sha256)",
+            "{}: unknown key \"upstream[1].tls-name\" (expected one of: address, url, protocol, tls_name, ca_file, pin_sha256)",
             file.display()
         )
     );
     let message = toml_error("[[upstream]]\ntls_name = \"x.test\"");
     assert!(
-        message.contains(r#"key "upstream[0]": missing field `address`"#),
+        message.contains(r#"key "upstream[0].address": must be set"#),
         "{message}"
     );
 }

@@ -13,6 +13,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
 
 use super::declare::{Key, Reason};
+use super::endpoint::{Endpoint, HttpsUrl, parse_host_endpoint, parse_https_url};
 use super::units::{
     RawDuration, RawSize, parse_duration, toml_duration, toml_list, toml_size, toml_string,
 };
@@ -158,6 +159,35 @@ impl Key for SocketAddrs {
                         format!("[{i}]"),
                         format!(
                             "{text:?} is not an IP:port address (e.g. \"127.0.0.1:5300\" or \"[::1]:5300\")"
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn toml(value: &Vec<SocketAddr>) -> Option<String> {
+        Some(toml_list(value))
+    }
+}
+
+/// Plain DNS servers that resolve upstream host names (`bootstrap`), each `IP` or `IP:port`
+/// (port 53 when omitted): addresses only, since a name would need them to be resolved.
+pub(crate) enum BootstrapServers {}
+
+impl Key for BootstrapServers {
+    type Raw = Vec<String>;
+    type Value = Vec<SocketAddr>;
+
+    fn check(raw: Vec<String>) -> Result<Vec<SocketAddr>, Reason> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                parse_upstream_address(text, DNS_PORT).ok_or_else(|| {
+                    Reason::at(
+                        format!("[{i}]"),
+                        format!(
+                            "{text:?} is not an IP address (e.g. \"9.9.9.9\" or \"[2620:fe::fe]:53\"): bootstrap servers resolve names, so they cannot be names"
                         ),
                     )
                 })
@@ -480,12 +510,14 @@ impl Key for Metrics {
     }
 }
 
-/// One upstream DoT resolver.
+/// One upstream resolver: DNS over TLS, or DNS over HTTPS when it has a `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
-    /// IP address and port (853 when the config gives none).
-    pub address: SocketAddr,
-    /// Name checked in the certificate and sent as SNI; the IP address itself when not configured.
+    /// Where to connect: an IP address and port (853 for DoT when the config gives none, the
+    /// URL's port for DoH), or a host name resolved through `bootstrap`.
+    pub address: Endpoint,
+    /// Name checked in the certificate and sent as SNI: the configured one, else the host
+    /// (DoT: the address, IP or name; DoH: the URL's host).
     pub(crate) tls_name: ServerName<'static>,
     /// Where `ca_roots` came from, for messages.
     pub ca_file: Option<PathBuf>,
@@ -494,6 +526,10 @@ pub struct UpstreamConfig {
     /// SHA-256 digests of acceptable SubjectPublicKeyInfo (RFC 7858 §4.2), checked on top of
     /// certificate validation. Empty: no pinning.
     pub(crate) pin_sha256: Vec<[u8; 32]>,
+    /// DNS over HTTPS (RFC 8484) at this URL; `None` for DNS over TLS.
+    pub(crate) url: Option<HttpsUrl>,
+    /// Whether `address` was written (for DoH, where it may be left out).
+    pub(crate) address_given: bool,
 }
 
 impl UpstreamConfig {
@@ -502,12 +538,24 @@ impl UpstreamConfig {
         // The name always parses (a test checks it); falling back to the IP address instead of
         // panicking still yields a working upstream, as Cloudflare's certificate has IP SANs.
         UpstreamConfig {
-            address: SocketAddr::from((ip, DOT_PORT)),
+            address: Endpoint::Ip(SocketAddr::from((ip, DOT_PORT))),
             tls_name: ServerName::try_from("cloudflare-dns.com")
                 .map_or_else(|_| ServerName::from(IpAddr::from(ip)), |n| n.to_owned()),
             ca_file: None,
             ca_roots: None,
             pin_sha256: Vec::new(),
+            url: None,
+            address_given: true,
+        }
+    }
+
+    /// How metrics, logs and `dns-proxy status` name it: `IP:port` or `name:port` for DoT,
+    /// the URL for DoH, followed by `@IP:port` when `address` says where to connect.
+    pub fn label(&self) -> String {
+        match &self.url {
+            None => self.address.to_string(),
+            Some(url) if self.address_given => format!("{url}@{}", self.address),
+            Some(url) => url.to_string(),
         }
     }
 }
@@ -524,14 +572,14 @@ pub struct ForwardZone {
 /// An upstream of a forward zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ZoneUpstream {
-    /// DNS over TLS, as the default upstreams.
+    /// DNS over TLS or over HTTPS, as the default upstreams.
     Tls(UpstreamConfig),
     /// Plain DNS over UDP, retried over TCP when truncated: only ever used when a forward zone
     /// says `protocol = "udp"`, for a resolver inside the network.
     Plain(SocketAddr),
 }
 
-/// The default upstreams: at least one, each DNS over TLS.
+/// The default upstreams: at least one, each DNS over TLS or over HTTPS.
 pub(crate) enum Upstreams {}
 
 impl Key for Upstreams {
@@ -548,8 +596,8 @@ impl Key for Upstreams {
                 Ok(ZoneUpstream::Tls(upstream)) => Ok(upstream),
                 Ok(ZoneUpstream::Plain(_)) => Err(Reason::at(
                     format!("[{i}].protocol"),
-                    "the default upstreams are always DNS over TLS; plain DNS is only for \
-                     a [[forward_zone]] upstream inside your network",
+                    "the default upstreams are always DNS over TLS or HTTPS; plain DNS is only \
+                     for a [[forward_zone]] upstream inside your network",
                 )),
                 Err((field, reason)) => Err(Reason::at(format!("[{i}].{field}"), reason)),
             })
@@ -595,7 +643,8 @@ pub(crate) struct RawForwardZone {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
-    address: String,
+    address: Option<String>,
+    url: Option<String>,
     protocol: Option<String>,
     tls_name: Option<String>,
     ca_file: Option<PathBuf>,
@@ -637,49 +686,128 @@ impl RawForwardZone {
     }
 }
 
+/// What an upstream speaks, from `protocol` (and `url`, which implies `https`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Tls,
+    Https,
+    Udp,
+}
+
 impl RawUpstream {
     /// Checks one upstream; an error is the offending field (with index, for pins) and the
     /// reason. Reads `ca_file` now, so an unreadable file stops loading instead of failing
     /// every later connection.
     fn validate(self) -> Result<ZoneUpstream, (String, String)> {
-        let plain = match self.protocol.as_deref().map(str::trim) {
-            None | Some("tls") => false,
-            Some("udp") => true,
+        let field = |field: &str, reason: String| (field.to_string(), reason);
+        let protocol = match self.protocol.as_deref().map(str::trim) {
+            None if self.url.is_some() => Protocol::Https,
+            None | Some("tls") => Protocol::Tls,
+            Some("https") => Protocol::Https,
+            Some("udp") => Protocol::Udp,
             Some(other) => {
-                let reason = format!("{other:?} is not one of: tls, udp");
-                return Err(("protocol".to_string(), reason));
+                let reason = format!("{other:?} is not one of: tls, https, udp");
+                return Err(field("protocol", reason));
             }
         };
-        let port = if plain { DNS_PORT } else { DOT_PORT };
-        let address = parse_upstream_address(&self.address, port).ok_or_else(|| {
-            let reason = format!(
-                "{:?} must be an IP address (e.g. \"9.9.9.9\" or \"9.9.9.9:{port}\")",
-                self.address
-            );
-            ("address".to_string(), reason)
-        })?;
-        if plain {
+        let url = match (&self.url, protocol) {
+            (Some(url), Protocol::Https) => {
+                Some(parse_https_url(url).map_err(|r| field("url", r))?)
+            }
+            (Some(_), _) => {
+                let reason = "applies only to DNS over HTTPS (protocol \"https\", implied by url)";
+                return Err(field("url", reason.to_string()));
+            }
+            (None, Protocol::Https) => {
+                let reason =
+                    "must be set for DNS over HTTPS (e.g. \"https://dns.quad9.net/dns-query\")";
+                return Err(field("url", reason.to_string()));
+            }
+            (None, _) => None,
+        };
+        let address_given = self.address.is_some();
+        let address = match (&self.address, &url) {
+            (None, Some(url)) => url.endpoint(),
+            (None, None) => {
+                let reason = "must be set (an IP address, e.g. \"9.9.9.9\", or for DNS over TLS a host name resolved through bootstrap)";
+                return Err(field("address", reason.to_string()));
+            }
+            (Some(text), Some(url)) => {
+                let address = parse_upstream_address(text, url.port).ok_or_else(|| {
+                    let reason = format!(
+                        "{text:?} must be an IP address (e.g. \"9.9.9.9\" or \"9.9.9.9:{}\"): where to reach {url} without a lookup",
+                        url.port
+                    );
+                    field("address", reason)
+                })?;
+                if address.port() != url.port {
+                    let reason = format!(
+                        "{text:?} has port {}, but the url's port is {}",
+                        address.port(),
+                        url.port
+                    );
+                    return Err(field("address", reason));
+                }
+                Endpoint::Ip(address)
+            }
+            (Some(text), None) if protocol == Protocol::Udp => {
+                let address = parse_upstream_address(text, DNS_PORT).ok_or_else(|| {
+                    let reason = format!(
+                        "{text:?} must be an IP address (e.g. \"10.0.0.2\" or \"10.0.0.2:{DNS_PORT}\")"
+                    );
+                    field("address", reason)
+                })?;
+                Endpoint::Ip(address)
+            }
+            (Some(text), None) => match parse_upstream_address(text, DOT_PORT) {
+                Some(address) => Endpoint::Ip(address),
+                None => parse_host_endpoint(text, DOT_PORT).ok_or_else(|| {
+                    let reason = format!(
+                        "{text:?} must be an IP address or a host name (e.g. \"9.9.9.9\", \"9.9.9.9:{DOT_PORT}\" or \"dns.quad9.net\")"
+                    );
+                    field("address", reason)
+                })?,
+            },
+        };
+        if protocol == Protocol::Udp {
             let tls_only = [
                 ("tls_name", self.tls_name.is_some()),
                 ("ca_file", self.ca_file.is_some()),
                 ("pin_sha256", !self.pin_sha256.is_empty()),
             ];
-            if let Some((field, _)) = tls_only.iter().find(|(_, set)| *set) {
-                let reason = "applies only to protocol \"tls\"".to_string();
-                return Err((field.to_string(), reason));
+            if let Some((name, _)) = tls_only.iter().find(|(_, set)| *set) {
+                let reason = "applies only to protocols \"tls\" and \"https\"".to_string();
+                return Err(field(name, reason));
             }
-            return Ok(ZoneUpstream::Plain(address));
+            // Always an address: checked above.
+            return match address {
+                Endpoint::Ip(address) => Ok(ZoneUpstream::Plain(address)),
+                Endpoint::Name { .. } => Err(field("address", "must be an IP address".into())),
+            };
         }
         let tls_name = match self.tls_name {
-            // Without a name the certificate must hold the IP address (an IP SAN).
-            None => ServerName::from(address.ip()),
+            // Without a name the certificate must hold the host: the URL's, or the address
+            // (an IP SAN when it is an IP address).
+            None => {
+                let host = match (&url, &address) {
+                    (Some(url), _) => url.host.clone(),
+                    (None, Endpoint::Ip(address)) => address.ip().to_string(),
+                    (None, Endpoint::Name { host, .. }) => host.clone(),
+                };
+                ServerName::try_from(host.clone()).map_err(|_| {
+                    field(
+                        "address",
+                        format!("{host:?} is not a valid DNS name or IP address"),
+                    )
+                })?
+            }
             Some(name) => ServerName::try_from(name.clone()).map_err(|_| {
                 let reason = format!("{name:?} is not a valid DNS name or IP address");
-                ("tls_name".to_string(), reason)
+                field("tls_name", reason)
             })?,
         };
         let ca_roots = match &self.ca_file {
-            Some(path) => Some(read_ca_file(path).map_err(|r| ("ca_file".to_string(), r))?),
+            Some(path) => Some(read_ca_file(path).map_err(|r| field("ca_file", r))?),
             None => None,
         };
         let pin_sha256 = self
@@ -694,12 +822,14 @@ impl RawUpstream {
             ca_file: self.ca_file,
             ca_roots,
             pin_sha256,
+            url,
+            address_given,
         }))
     }
 }
 
 /// `IP`, `IP:port`, `[v6]:port`, bare `v6` or `[v6]`; the port defaults to `port` and must
-/// not be 0. Host names are refused: resolving them would need the DNS this daemon provides.
+/// not be 0.
 fn parse_upstream_address(text: &str, port: u16) -> Option<SocketAddr> {
     parse_address(text, port).filter(|address| address.port() != 0)
 }

@@ -12,7 +12,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, ExitStatus};
 
-use crate::config::{Config, ZoneUpstream};
+use crate::config::{Config, UpstreamConfig, ZoneUpstream};
 use crate::policy::access::Network;
 
 /// The addresses the daemon may exchange packets with under `config`, in this order:
@@ -22,6 +22,9 @@ use crate::policy::access::Network;
 ///   127.0.0.0/8 for an IPv4 one, ::1 for an IPv6 one, both for a wildcard;
 /// - the networks of `allow`, when one of those listeners is beyond loopback: its clients;
 /// - every upstream address, default and forward zones.
+///
+/// An upstream known only by host name has no address to list: [`needs_addresses`] refuses
+/// such a configuration under the sandbox.
 ///
 /// An entry inside another one is left out. The sockets systemd passes (port 53 of
 /// `dns-proxy.socket`) belong to the socket unit and are not filtered by the service's list.
@@ -48,10 +51,10 @@ pub fn ip_allow(config: &Config) -> Vec<Network> {
     let upstreams = config
         .upstreams
         .iter()
-        .map(|upstream| upstream.address)
-        .chain(zones.map(|upstream| match upstream {
-            ZoneUpstream::Tls(upstream) => upstream.address,
-            ZoneUpstream::Plain(address) => *address,
+        .filter_map(|upstream| upstream.address.ip())
+        .chain(zones.filter_map(|upstream| match upstream {
+            ZoneUpstream::Tls(upstream) => upstream.address.ip(),
+            ZoneUpstream::Plain(address) => Some(*address),
         }));
     wanted.extend(upstreams.map(|address| Network::host(address.ip())));
 
@@ -63,6 +66,55 @@ pub fn ip_allow(config: &Config) -> Vec<Network> {
         }
     }
     list
+}
+
+/// Why `config` cannot run under the packaged sandbox: an upstream known only by host name.
+///
+/// The allow list is set before the daemon starts, from the configuration alone, and must
+/// hold every address the daemon will connect to. A host name's addresses are known only by
+/// asking DNS, at boot perhaps before any network is up, over plain DNS that anyone on the
+/// path could answer, and they change later when the daemon asks again. So under the
+/// sandbox each upstream says where it is: `address = "IP"` for DNS over HTTPS (the URL's
+/// host still names the certificate and the requests), an IP address with `tls_name` for DNS
+/// over TLS.
+pub fn needs_addresses(config: &Config) -> Result<(), String> {
+    let zones = config
+        .forward_zones
+        .iter()
+        .enumerate()
+        .flat_map(|(z, zone)| {
+            zone.upstreams
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, upstream)| match upstream {
+                    ZoneUpstream::Tls(u) => Some((format!("forward_zone[{z}].upstream[{i}]"), u)),
+                    ZoneUpstream::Plain(_) => None,
+                })
+        });
+    let named = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (format!("upstream[{i}]"), u))
+        .chain(zones)
+        .find(|(_, upstream)| upstream.address.ip().is_none());
+    match named {
+        None => Ok(()),
+        Some((key, upstream)) => Err(named_reason(&key, upstream)),
+    }
+}
+
+fn named_reason(key: &str, upstream: &UpstreamConfig) -> String {
+    let fix = match &upstream.url {
+        Some(_) => "add address = \"IP\" (the URL's host still names the certificate)",
+        None => "give its IP address and the name as tls_name",
+    };
+    format!(
+        "key \"{key}.address\": {} is a host name; the service's IP allow list is set before \
+         it starts and can hold only addresses: {fix} (see \"Upstreams by host name\" in \
+         dns-proxy(8))",
+        upstream.address
+    )
 }
 
 /// The addresses of every socket the daemon binds itself, canonical (IPv4-mapped as IPv4):
@@ -282,6 +334,45 @@ mod tests {
             list(&https_on_v6_loopback),
             "127.0.0.0/8 ::1/128 9.9.9.9/32"
         );
+    }
+
+    #[test]
+    fn doh_upstreams_are_listed_and_host_names_refused() {
+        let toml = r#"
+            bootstrap = ["9.9.9.9"]
+            [[upstream]]
+            url = "https://dns.quad9.net/dns-query"
+            address = "149.112.112.112"
+            [[upstream]]
+            url = "https://[2620:fe::fe]:8443/dns-query"
+        "#;
+        assert_eq!(
+            list(toml),
+            "127.0.0.0/8 ::1/128 149.112.112.112/32 2620:fe::fe/128"
+        );
+        let config = Config::from_toml_str(toml).unwrap();
+        assert_eq!(needs_addresses(&config), Ok(()));
+
+        let named = Config::from_toml_str(
+            r#"
+            bootstrap = ["9.9.9.9"]
+            [[upstream]]
+            address = "9.9.9.9"
+            [[upstream]]
+            url = "https://dns.quad9.net/dns-query"
+        "#,
+        )
+        .unwrap();
+        assert_eq!(list_of(&named), "127.0.0.0/8 ::1/128 9.9.9.9/32");
+        let refused = needs_addresses(&named).unwrap_err();
+        assert!(
+            refused.starts_with("key \"upstream[1].address\": dns.quad9.net:443 is a host name"),
+            "{refused}"
+        );
+    }
+
+    fn list_of(config: &Config) -> String {
+        directive_value(&ip_allow(config))
     }
 
     #[test]

@@ -372,7 +372,7 @@ async fn write_loop<W: AsyncWrite>(
 /// every answer, would wait for the next query. TCP_QUICKACK sends the pending ACK now and
 /// leaves the delayed-ACK mode, but the kernel drops back into it by itself, so it is set
 /// again after every read that returned data, from the handshake on.
-pub(crate) struct QuickAck(TcpStream);
+pub(crate) struct QuickAck(pub(crate) TcpStream);
 
 impl AsyncRead for QuickAck {
     fn poll_read(

@@ -1,4 +1,5 @@
-//! One upstream resolver: its TLS settings, its pool of connections (opened on demand, reused
+//! One encrypted upstream resolver, DNS over TLS or (through the same code, over another
+//! [`Link`]) DNS over HTTPS: its TLS settings, its pool of connections (opened on demand, reused
 //! across queries, replaced when they die), and its health. One connection carries many
 //! queries at once; a second one opens only when the first is busy, so that with several `threads` more cores can
 //! encrypt and decrypt, and the pool never grows past `upstream_connections`. An upstream that cannot be reached
@@ -6,6 +7,9 @@
 //! paying for another connection attempt, and one attempt is made when the backoff ends.
 //!
 //! State changes (down with the real cause, up again) are logged once each, not per query.
+//!
+//! An upstream given by host name connects to the addresses its [`Target`] knows, the first
+//! one first; one that cannot be reached moves the next one to the front.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,8 +24,10 @@ use crate::common::error::{Handshake, UpstreamError};
 use crate::common::lock;
 use crate::common::metrics::UpstreamMetrics;
 use crate::config::UpstreamConfig;
+use crate::upstream::bootstrap::Target;
 use crate::upstream::connection::Connection;
 use crate::upstream::exchange::Exchange;
+use crate::upstream::link::Link;
 use crate::upstream::tls::{self, TlsSetupError};
 use crate::wire::dns::Query;
 
@@ -34,15 +40,19 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// Outstanding queries above which another connection of the pool is opened.
 const BUSY: usize = 64;
 
-/// One DNS-over-TLS upstream: its connections, health and backoff.
-pub(crate) struct TlsUpstream {
-    address: SocketAddr,
+/// One encrypted upstream: its connections (DoT's by default), health and backoff.
+pub(crate) struct TlsUpstream<L: Link = Connection> {
+    target: Target,
+    /// How logs and the status line name it (`UpstreamConfig::label`).
+    label: String,
+    /// What a connection of this kind needs besides TLS (DoH: the URL).
+    settings: L::Settings,
     name: ServerName<'static>,
     /// Kept for the life of the upstream: it holds the TLS session cache for resumption.
     tls: Arc<ClientConfig>,
     idle_timeout: Duration,
     /// Open connections, at most `pool_size`.
-    pool: Mutex<Vec<Arc<Connection>>>,
+    pool: Mutex<Vec<Arc<L>>>,
     pool_size: usize,
     /// Held while connecting, so concurrent queries share one attempt instead of racing.
     connecting: tokio::sync::Mutex<()>,
@@ -79,25 +89,35 @@ impl Health {
 
 /// The one query trying a down upstream again; the upstream is free for another try when it
 /// ends, however it ends.
-struct Probe<'a>(&'a TlsUpstream);
+struct Probe<'a, L: Link>(&'a TlsUpstream<L>);
 
-impl Drop for Probe<'_> {
+impl<L: Link> Drop for Probe<'_, L> {
     fn drop(&mut self) {
         self.0.health().probing = false;
     }
 }
 
-impl TlsUpstream {
+impl<L: Link> TlsUpstream<L> {
     pub(crate) fn new(
         config: &UpstreamConfig,
+        target: Target,
+        settings: L::Settings,
         idle_timeout: Duration,
         pool_size: usize,
         metrics: UpstreamMetrics,
-    ) -> Result<TlsUpstream, TlsSetupError> {
+    ) -> Result<TlsUpstream<L>, TlsSetupError> {
+        let mut tls = tls::client_config(config)?;
+        if !L::ALPN.is_empty() {
+            let mut with_alpn = (*tls).clone();
+            with_alpn.alpn_protocols = L::ALPN.iter().map(|p| p.to_vec()).collect();
+            tls = Arc::new(with_alpn);
+        }
         Ok(TlsUpstream {
-            address: config.address,
+            target,
+            label: config.label(),
+            settings,
             name: config.tls_name.clone(),
-            tls: tls::client_config(config)?,
+            tls,
             idle_timeout,
             pool: Mutex::new(Vec::new()),
             pool_size: pool_size.max(1),
@@ -109,7 +129,7 @@ impl TlsUpstream {
 
     /// `Ok(None)` when the upstream is up; when it is down, the probe for the one query that
     /// may try it now, or `Down` for the others.
-    fn probe(&self) -> Result<Option<Probe<'_>>, UpstreamError> {
+    fn probe(&self) -> Result<Option<Probe<'_, L>>, UpstreamError> {
         let mut health = self.health();
         if health.failures == 0 {
             return Ok(None);
@@ -149,6 +169,13 @@ impl TlsUpstream {
                 self.connection_failed(&connection, UpstreamError::Closed, started);
                 Err(UpstreamError::Closed)
             }
+            // A DoH upstream that answers with an HTTP error: failed like a dead connection,
+            // which is dropped in case the next one fares better.
+            Ok(Err(error @ UpstreamError::Http(_))) => {
+                connection.close();
+                self.connection_failed(&connection, error.clone(), started);
+                Err(error)
+            }
             Ok(Err(error)) => Err(error),
             Err(_) => {
                 // Nothing at all came back while we waited: the connection is stalled or
@@ -164,12 +191,7 @@ impl TlsUpstream {
 
     /// Counts the failure of `connection` once, however many queries saw it fail: the first
     /// to report it takes it out of the pool.
-    fn connection_failed(
-        &self,
-        connection: &Arc<Connection>,
-        error: UpstreamError,
-        since: Instant,
-    ) {
+    fn connection_failed(&self, connection: &Arc<L>, error: UpstreamError, since: Instant) {
         let mut pool = lock::lock(&self.pool);
         let before = pool.len();
         pool.retain(|c| !Arc::ptr_eq(c, connection));
@@ -181,7 +203,7 @@ impl TlsUpstream {
 
     /// The least busy live connection; opens one if there is none, or another if all are
     /// busy and the pool has room.
-    async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, UpstreamError> {
+    async fn connection(&self, deadline: Instant) -> Result<Arc<L>, UpstreamError> {
         let failures = self.health().failures;
         let (least_busy, open) = self.least_busy();
         let _connecting = match least_busy {
@@ -206,7 +228,7 @@ impl TlsUpstream {
             return Ok(match self.open(deadline).await {
                 Ok(added) => added,
                 Err(error) => {
-                    debug!(upstream = %self.address, "another connection failed: {error}");
+                    debug!(upstream = %self.label, "another connection failed: {error}");
                     connection
                 }
             });
@@ -222,36 +244,51 @@ impl TlsUpstream {
         })
     }
 
-    /// Opens a connection and adds it to the pool.
-    async fn open(&self, deadline: Instant) -> Result<Arc<Connection>, UpstreamError> {
-        let opened = tokio::time::timeout_at(
-            deadline,
-            Connection::open(
-                self.address,
-                self.name.clone(),
-                self.tls.clone(),
-                self.idle_timeout,
-                MAX_IN_FLIGHT,
-                &self.metrics,
-            ),
-        )
-        .await;
-        match opened {
-            Ok(Ok((connection, handshake))) => {
-                debug!(upstream = %self.address, resumed = handshake == Handshake::Resumed, "upstream connection opened");
-                let connection = Arc::new(connection);
-                let mut pool = lock::lock(&self.pool);
-                pool.retain(|c| c.is_open());
-                pool.push(connection.clone());
-                Ok(connection)
+    /// Opens a connection and adds it to the pool: to the target's first address, or when
+    /// that fails and time is left, to the next.
+    async fn open(&self, deadline: Instant) -> Result<Arc<L>, UpstreamError> {
+        let mut last = UpstreamError::Timeout;
+        for address in self.target.addresses(deadline).await? {
+            if Instant::now() >= deadline {
+                break;
             }
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(UpstreamError::Timeout),
+            let opened = tokio::time::timeout_at(
+                deadline,
+                L::open(
+                    address,
+                    self.name.clone(),
+                    self.tls.clone(),
+                    self.idle_timeout,
+                    MAX_IN_FLIGHT,
+                    &self.settings,
+                    &self.metrics,
+                ),
+            )
+            .await;
+            match opened {
+                Ok(Ok((connection, handshake))) => {
+                    debug!(upstream = %self.label, %address, resumed = handshake == Handshake::Resumed, "upstream connection opened");
+                    let connection = Arc::new(connection);
+                    let mut pool = lock::lock(&self.pool);
+                    pool.retain(|c| c.is_open());
+                    pool.push(connection.clone());
+                    return Ok(connection);
+                }
+                Ok(Err(error)) => {
+                    self.target.failed(address);
+                    last = error;
+                }
+                Err(_) => {
+                    self.target.failed(address);
+                    return Err(UpstreamError::Timeout);
+                }
+            }
         }
+        Err(last)
     }
 
     /// The live connection with the fewest queries outstanding, and how many are live.
-    fn least_busy(&self) -> (Option<Arc<Connection>>, usize) {
+    fn least_busy(&self) -> (Option<Arc<L>>, usize) {
         let mut pool = lock::lock(&self.pool);
         pool.retain(|c| c.is_open());
         let least = pool.iter().min_by_key(|c| c.outstanding()).cloned();
@@ -262,6 +299,11 @@ impl TlsUpstream {
     pub(crate) fn state(&self) -> (bool, SystemTime) {
         let health = self.health();
         (health.failures == 0, health.since)
+    }
+
+    /// How logs and `dns-proxy status` name it.
+    pub(crate) fn label(&self) -> String {
+        self.label.clone()
     }
 
     /// The name its certificate must be valid for.
@@ -276,7 +318,7 @@ impl TlsUpstream {
     fn record_success(&self) {
         let mut health = self.health();
         if health.failures > 0 {
-            info!(upstream = %self.address, "upstream {} is up again", self.address);
+            info!(upstream = %self.label, "upstream {} is up again", self.label);
             *health = Health::new();
         }
     }
@@ -304,22 +346,23 @@ impl TlsUpstream {
         health.retry_at = Some((since + backoff).max(Instant::now() + BACKOFF_FIRST));
         if changed {
             warn!(
-                upstream = %self.address,
+                upstream = %self.label,
                 error_kind = error.kind(),
                 "upstream {} ({}) is down: {error}",
-                self.address,
+                self.label,
                 self.name.to_str(),
             );
         } else {
-            debug!(upstream = %self.address, error_kind = error.kind(), "upstream still down: {error}");
+            debug!(upstream = %self.label, error_kind = error.kind(), "upstream still down: {error}");
         }
         health.last_error = Some(error);
     }
 }
 
-impl Exchange for TlsUpstream {
+impl<L: Link> Exchange for TlsUpstream<L> {
+    /// The address connected to first now.
     fn address(&self) -> SocketAddr {
-        self.address
+        self.target.current()
     }
 
     fn metrics(&self) -> &UpstreamMetrics {
@@ -343,13 +386,13 @@ impl Exchange for TlsUpstream {
         let health = self.health();
         match (&health.last_error, health.failures) {
             (Some(error), failures) if failures > 0 => {
-                format!("{} down ({error})", self.address)
+                format!("{} down ({error})", self.label)
             }
-            _ => format!("{} up", self.address),
+            _ => format!("{} up", self.label),
         }
     }
 
-    /// A DoT connection notices a close or a stall itself.
+    /// A DoT or DoH connection notices a close or a stall itself.
     fn detects_failure(&self) -> bool {
         true
     }

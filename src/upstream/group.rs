@@ -18,6 +18,7 @@ use crate::common::lock;
 use crate::common::metrics::UpstreamMetrics;
 use crate::common::snapshot;
 use crate::config::{Hedge, Strategy};
+use crate::upstream::doh::H2Connection;
 use crate::upstream::dot::TlsUpstream;
 use crate::upstream::exchange::Exchange;
 use crate::upstream::plain::PlainUpstream;
@@ -32,6 +33,8 @@ const HEDGE_FLOOR: Duration = Duration::from_millis(5);
 /// unless a test gives it another [`Exchange`].
 pub(crate) enum AnyUpstream {
     Tls(Box<TlsUpstream>),
+    /// DNS over HTTPS: the same health and pool as DoT, over HTTP/2.
+    Https(Box<TlsUpstream<H2Connection>>),
     /// Only in forward zones that ask for plain DNS.
     Plain(Box<PlainUpstream>),
 }
@@ -40,6 +43,7 @@ impl Exchange for AnyUpstream {
     fn address(&self) -> SocketAddr {
         match self {
             AnyUpstream::Tls(upstream) => upstream.address(),
+            AnyUpstream::Https(upstream) => upstream.address(),
             AnyUpstream::Plain(upstream) => upstream.address(),
         }
     }
@@ -47,6 +51,7 @@ impl Exchange for AnyUpstream {
     fn metrics(&self) -> &UpstreamMetrics {
         match self {
             AnyUpstream::Tls(upstream) => upstream.metrics(),
+            AnyUpstream::Https(upstream) => upstream.metrics(),
             AnyUpstream::Plain(upstream) => upstream.metrics(),
         }
     }
@@ -54,6 +59,7 @@ impl Exchange for AnyUpstream {
     fn is_available(&self, now: Instant) -> bool {
         match self {
             AnyUpstream::Tls(upstream) => upstream.is_available(now),
+            AnyUpstream::Https(upstream) => upstream.is_available(now),
             AnyUpstream::Plain(upstream) => upstream.is_available(now),
         }
     }
@@ -61,6 +67,7 @@ impl Exchange for AnyUpstream {
     fn is_up(&self) -> bool {
         match self {
             AnyUpstream::Tls(upstream) => upstream.is_up(),
+            AnyUpstream::Https(upstream) => upstream.is_up(),
             AnyUpstream::Plain(upstream) => upstream.is_up(),
         }
     }
@@ -68,6 +75,7 @@ impl Exchange for AnyUpstream {
     fn describe(&self) -> String {
         match self {
             AnyUpstream::Tls(upstream) => upstream.describe(),
+            AnyUpstream::Https(upstream) => upstream.describe(),
             AnyUpstream::Plain(upstream) => upstream.describe(),
         }
     }
@@ -75,6 +83,7 @@ impl Exchange for AnyUpstream {
     fn detects_failure(&self) -> bool {
         match self {
             AnyUpstream::Tls(upstream) => upstream.detects_failure(),
+            AnyUpstream::Https(upstream) => upstream.detects_failure(),
             AnyUpstream::Plain(upstream) => upstream.detects_failure(),
         }
     }
@@ -87,6 +96,7 @@ impl Exchange for AnyUpstream {
     ) -> Result<Vec<u8>, UpstreamError> {
         match self {
             AnyUpstream::Tls(upstream) => upstream.exchange(query, frame, deadline).await,
+            AnyUpstream::Https(upstream) => upstream.exchange(query, frame, deadline).await,
             AnyUpstream::Plain(upstream) => upstream.exchange(query, frame, deadline).await,
         }
     }
@@ -242,16 +252,24 @@ impl Group<AnyUpstream> {
         self.members
             .iter()
             .map(|member| {
-                let (protocol, tls_name, (up, since)) = match &member.upstream {
+                let (protocol, address, tls_name, (up, since)) = match &member.upstream {
                     AnyUpstream::Tls(upstream) => {
-                        ("tls", Some(upstream.tls_name()), upstream.state())
+                        let name = Some(upstream.tls_name());
+                        ("tls", upstream.label(), name, upstream.state())
                     }
-                    AnyUpstream::Plain(upstream) => ("udp", None, upstream.state()),
+                    AnyUpstream::Https(upstream) => {
+                        let name = Some(upstream.tls_name());
+                        ("https", upstream.label(), name, upstream.state())
+                    }
+                    AnyUpstream::Plain(upstream) => {
+                        let address = upstream.address().to_string();
+                        ("udp", address, None, upstream.state())
+                    }
                 };
                 let metrics = member.upstream.metrics();
                 let srtt = member.rtt.srtt();
                 snapshot::Upstream {
-                    address: member.upstream.address().to_string(),
+                    address,
                     protocol: protocol.to_string(),
                     tls_name,
                     state: match up {

@@ -22,18 +22,18 @@ use crate::config::UpstreamConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     /// The configured CA file holds a certificate rustls cannot use as a trust anchor.
-    #[error("upstream {address}: CA file {file}: {source}")]
+    #[error("upstream {upstream}: CA file {file}: {source}")]
     BadCa {
-        address: std::net::SocketAddr,
+        upstream: String,
         file: String,
         source: rustls::Error,
     },
     /// The verifier could not be built (e.g. no usable system trust store).
-    #[error("upstream {address}: certificate verifier: {reason}")]
-    Verifier {
-        address: std::net::SocketAddr,
-        reason: String,
-    },
+    #[error("upstream {upstream}: certificate verifier: {reason}")]
+    Verifier { upstream: String, reason: String },
+    /// The DoH URL is one the HTTP client cannot send requests to.
+    #[error("upstream {upstream}: the URL cannot be used for HTTP requests")]
+    Url { upstream: String },
     /// The crypto provider rejected the protocol versions.
     #[error("TLS settings: {0}")]
     Protocol(rustls::Error),
@@ -57,7 +57,7 @@ pub fn client_config(upstream: &UpstreamConfig) -> Result<Arc<ClientConfig>, Tls
                 roots
                     .add(cert.clone())
                     .map_err(|source| TlsSetupError::BadCa {
-                        address: upstream.address,
+                        upstream: upstream.label(),
                         file: file.clone(),
                         source,
                     })?;
@@ -65,14 +65,14 @@ pub fn client_config(upstream: &UpstreamConfig) -> Result<Arc<ClientConfig>, Tls
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .map_err(|e| TlsSetupError::Verifier {
-                    address: upstream.address,
+                    upstream: upstream.label(),
                     reason: e.to_string(),
                 })?
         }
         None => Arc::new(
             rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| {
                 TlsSetupError::Verifier {
-                    address: upstream.address,
+                    upstream: upstream.label(),
                     reason: e.to_string(),
                 }
             })?,

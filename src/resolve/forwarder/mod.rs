@@ -21,7 +21,8 @@ use crate::policy::ratelimit::RateLimiter;
 use crate::resolve::cache::{Cache, Key, Lookup};
 use crate::resolve::coalesce::{self, Coalescer, Role};
 use crate::resolve::zones::{Route, Router};
-use crate::upstream::dot::TlsUpstream;
+use crate::upstream::bootstrap::{AddressBook, Bootstrap};
+use crate::upstream::build::Encrypted;
 use crate::upstream::exchange::Exchange;
 use crate::upstream::group::{AnyUpstream, Group};
 use crate::upstream::plain::PlainUpstream;
@@ -70,17 +71,21 @@ pub(crate) struct Forwarder<R = AnyUpstream> {
 }
 
 impl Forwarder {
-    /// Builds the upstreams, with handles to their series in `metrics` (which outlives us).
-    pub(crate) fn new(config: &Config, metrics: &Metrics) -> Result<Forwarder, TlsSetupError> {
-        let tls = |upstream| {
-            TlsUpstream::new(
-                upstream,
-                config.upstream_idle_timeout,
-                config.upstream_connections,
-                metrics.upstream(upstream.address),
-            )
-            .map(|u| AnyUpstream::Tls(Box::new(u)))
+    /// Builds the upstreams, with handles to their series in `metrics` and the addresses of
+    /// host-name upstreams in `book` (both outlive us).
+    pub(crate) fn new(
+        config: &Config,
+        metrics: &Metrics,
+        book: &AddressBook,
+    ) -> Result<Forwarder, TlsSetupError> {
+        let encrypted = Encrypted {
+            idle_timeout: config.upstream_idle_timeout,
+            pool_size: config.upstream_connections,
+            metrics,
+            bootstrap: Arc::new(Bootstrap::new(&config.bootstrap, metrics)),
+            book,
         };
+        let tls = |upstream| encrypted.build(upstream);
         let group = |resolvers| Group::new(resolvers, config.strategy, config.hedge);
         let upstreams = group(config.upstreams.iter().map(tls).collect::<Result<_, _>>()?);
         let zones = config
