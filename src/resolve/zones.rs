@@ -5,7 +5,10 @@
 //! on the host or its own network from leaking to a public resolver: `localhost` (RFC 6761)
 //! answers with loopback addresses; the reverse zones of private, loopback, link-local,
 //! shared and documentation addresses (RFC 1918, 6598, 6761, 5737, 4193, 4291, 3849) and the
-//! special-use names `invalid`, `home.arpa` and `onion` answer NXDOMAIN. A forward zone that
+//! special-use names `invalid`, `home.arpa` and `onion` answer NXDOMAIN. `resolver.arpa`
+//! answers NODATA for every name: a forwarder must not pass `_dns.resolver.arpa` on (RFC 9462
+//! §6.1), or the upstream's designation would tell DDR clients to bypass dns-proxy, which
+//! designates no encrypted resolver of its own. A forward zone that
 //! is one of them, or contains one, takes it over: `[[forward_zone]] zones =
 //! ["10.in-addr.arpa"]` sends reverse lookups of 10/8 to the corporate resolver.
 //!
@@ -31,6 +34,8 @@ enum Local {
     LoopbackReverse,
     /// NXDOMAIN for every name.
     Empty,
+    /// NODATA for every name and type.
+    NoData,
 }
 
 /// Where a question goes.
@@ -90,6 +95,8 @@ fn builtin_zones() -> Vec<(String, Local)> {
         "onion",
     ];
     zones.extend(empty.iter().map(|zone| (zone.to_string(), Local::Empty)));
+    // RFC 9462 §6.4: DDR's special-use zone, served locally.
+    zones.push(("resolver.arpa".to_string(), Local::NoData));
     // 172.16/12 and the RFC 6598 shared space 100.64/10.
     zones.extend((16..32).map(|octet| (format!("{octet}.172.in-addr.arpa"), Local::Empty)));
     zones.extend((64..128).map(|octet| (format!("{octet}.100.in-addr.arpa"), Local::Empty)));
@@ -164,6 +171,7 @@ fn local_answer(query: &Query, name: &[u8], zone: &[u8], local: Local) -> Vec<u8
         Local::LoopbackReverse => (RCODE_NXDOMAIN, 0, &[]),
         Local::Empty if apex => (RCODE_NOERROR, 0, &[]),
         Local::Empty => (RCODE_NXDOMAIN, 0, &[]),
+        Local::NoData => (RCODE_NOERROR, 0, &[]),
     };
     let mut soa = Vec::with_capacity(64);
     soa.extend_from_slice(localhost);
@@ -300,6 +308,32 @@ mod tests {
             .route(&query("2.0.0.127.in-addr.arpa", TYPE_PTR))
             .unwrap_err();
         assert_eq!(rcode(&other), RCODE_NXDOMAIN);
+    }
+
+    #[test]
+    fn resolver_arpa_is_nodata_with_its_soa() {
+        let router = Router::new(&[]);
+        const SVCB: u16 = 64;
+        for (name, qtype) in [
+            ("_dns.resolver.arpa", SVCB),
+            ("_DNS.Resolver.Arpa", SVCB),
+            ("_dns.resolver.arpa", TYPE_A),
+            ("x._dns.resolver.arpa", SVCB),
+            ("resolver.arpa", TYPE_SOA),
+        ] {
+            let answer = router.route(&query(name, qtype)).expect_err(name);
+            assert_eq!(rcode(&answer), RCODE_NOERROR, "{name}");
+            let message = Message::from_vec(&answer).unwrap();
+            assert!(message.answers.is_empty(), "{name}: no records");
+            let soa = &message.authorities;
+            assert_eq!(soa.len(), 1, "{name}");
+            assert_eq!(soa[0].name.to_ascii(), "resolver.arpa.");
+            assert_eq!(u16::from(soa[0].record_type()), TYPE_SOA);
+        }
+        assert_eq!(
+            router.route(&query("resolver.arpa.example", TYPE_A)),
+            Ok(Route::Default)
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod encrypted;
 pub mod proxy;
+pub mod unbound;
 pub mod upstream;
 
 use std::future::Future;
