@@ -26,6 +26,13 @@ pub(crate) enum UpstreamError {
     /// No answer within the query's time budget.
     #[error("no answer in time")]
     Timeout,
+    /// The TCP connection was not made in time: nothing came back, as when a firewall drops
+    /// the packets or the route leads nowhere (a refusal would have come back at once).
+    #[error("TCP connect timed out: no reply from the upstream (packets dropped on the way?)")]
+    ConnectTimeout,
+    /// The TCP connection was made but the TLS handshake did not finish in time.
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
     /// The connection closed while the query was outstanding.
     #[error("connection closed")]
     Closed,
@@ -95,7 +102,9 @@ impl UpstreamError {
                 _ => UpstreamErrorKind::Certificate,
             },
             UpstreamError::Handshake(_) | UpstreamError::HandshakeIo(_) => UpstreamErrorKind::Tls,
-            UpstreamError::Timeout => UpstreamErrorKind::Timeout,
+            UpstreamError::Timeout
+            | UpstreamError::ConnectTimeout
+            | UpstreamError::HandshakeTimeout => UpstreamErrorKind::Timeout,
             UpstreamError::Closed => UpstreamErrorKind::Closed,
             UpstreamError::Busy => UpstreamErrorKind::Busy,
             UpstreamError::Protocol => UpstreamErrorKind::Protocol,

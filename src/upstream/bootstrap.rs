@@ -264,6 +264,32 @@ impl Target {
         }
     }
 
+    /// A connection made by `open` to the first address that takes one, trying the next
+    /// while time is left; an address that fails moves the next one to the front.
+    pub(crate) async fn connect<T, F>(
+        &self,
+        deadline: Instant,
+        open: impl Fn(SocketAddr) -> F,
+    ) -> Result<T, UpstreamError>
+    where
+        F: Future<Output = Result<T, UpstreamError>>,
+    {
+        let mut last = UpstreamError::Timeout;
+        for address in self.addresses(deadline).await? {
+            if Instant::now() >= deadline {
+                break;
+            }
+            match open(address).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => {
+                    self.failed(address);
+                    last = error;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// `address` failed: the next one is tried first from now on.
     pub(crate) fn failed(&self, address: SocketAddr) {
         if let Target::Name(named) = self {

@@ -8,10 +8,9 @@ use std::time::Duration;
 use crate::common::metrics::Metrics;
 use crate::config::{Endpoint, UpstreamConfig};
 use crate::upstream::bootstrap::{AddressBook, Bootstrap, Target};
-use crate::upstream::doh::{DohSettings, H2Connection};
-use crate::upstream::dot::TlsUpstream;
 use crate::upstream::group::AnyUpstream;
 use crate::upstream::tls::TlsSetupError;
+use crate::upstream::{doh, dot};
 
 /// What every encrypted upstream of one configuration shares.
 pub(crate) struct Encrypted<'a> {
@@ -35,15 +34,10 @@ impl Encrypted<'_> {
         let metrics = self.metrics.upstream_labelled(&config.label());
         let (idle, pool) = (self.idle_timeout, self.pool_size);
         match &config.url {
-            None => TlsUpstream::new(config, target, (), idle, pool, metrics)
+            None => dot::upstream(config, target, idle, pool, metrics)
                 .map(|upstream| AnyUpstream::Tls(Box::new(upstream))),
-            Some(url) => {
-                let settings = DohSettings::new(url).ok_or_else(|| TlsSetupError::Url {
-                    upstream: config.label(),
-                })?;
-                TlsUpstream::<H2Connection>::new(config, target, settings, idle, pool, metrics)
-                    .map(|upstream| AnyUpstream::Https(Box::new(upstream)))
-            }
+            Some(url) => doh::upstream(config, url, target, idle, pool, metrics)
+                .map(|upstream| AnyUpstream::Https(Box::new(upstream))),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! A reader task and a writer task own the two halves of the TLS stream. When either fails,
 //! or the upstream closes, or the connection sits idle, every waiting query is failed at once
 //! with [`UpstreamError::Closed`] so the forwarder can retry it elsewhere without waiting for its
-//! timeout. Choosing, opening and replacing connections is `upstream.rs`'s job.
+//! timeout. Choosing, opening and replacing connections is `pool.rs`'s job.
 
 use std::collections::HashMap;
 use std::io;
@@ -73,7 +73,9 @@ struct Waiter {
 impl Connection {
     /// Connects over TCP (no Nagle delay: queries are small and latency is the point; every
     /// segment acknowledged at once, see [`QuickAck`]), does the TLS handshake with certificate
-    /// validation, and starts the reader and writer tasks.
+    /// validation, and starts the reader and writer tasks, all by `deadline`: past it, the
+    /// error says which step never finished (the TCP connect, as when a firewall drops the
+    /// packets, or the TLS handshake).
     /// `metrics` counts the handshake and the connection while it is open.
     pub(crate) async fn open(
         address: SocketAddr,
@@ -81,18 +83,21 @@ impl Connection {
         tls: Arc<ClientConfig>,
         idle_timeout: Duration,
         max_in_flight: usize,
+        deadline: Instant,
         metrics: &UpstreamMetrics,
     ) -> Result<(Connection, Handshake), UpstreamError> {
-        let tcp = TcpStream::connect(address)
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(address))
             .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(|e| UpstreamError::Connect(Arc::new(e)))?;
         // Best effort: without it queries are only slower, never wrong.
         let _ = tcp.set_nodelay(true);
         // Counted as failed unless completed, also when the caller's deadline cancels it.
         let pending = metrics.handshake_started();
-        let stream = TlsConnector::from(tls)
-            .connect(name, QuickAck(tcp))
+        let handshake = TlsConnector::from(tls).connect(name, QuickAck(tcp));
+        let stream = tokio::time::timeout_at(deadline, handshake)
             .await
+            .map_err(|_| UpstreamError::HandshakeTimeout)?
             .map_err(UpstreamError::from_handshake)?;
         let handshake = match stream.get_ref().1.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,

@@ -10,8 +10,8 @@
 //! A response that is not a 2xx `application/dns-message` is an upstream failure
 //! ([`UpstreamError::Http`]); so is a connection the server ends (GOAWAY, reset, close): its
 //! outstanding queries fail with [`UpstreamError::Closed`] and are retried like DoT's. Idle
-//! connections close after `upstream_idle_timeout`; the pool, health and backoff around it are
-//! `TlsUpstream`'s, shared with DoT through [`Link`].
+//! connections close after `upstream_idle_timeout`; the pool, health and backoff around them
+//! are DoT's too ([`PooledUpstream`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,31 +35,96 @@ use tracing::debug;
 use crate::common::error::{Handshake, UpstreamError};
 use crate::common::lock;
 use crate::common::metrics::{GaugeGuard, UpstreamMetrics};
-use crate::config::HttpsUrl;
+use crate::config::{HttpsUrl, UpstreamConfig};
+use crate::upstream::bootstrap::Target;
 use crate::upstream::connection::QuickAck;
 use crate::upstream::doh_response::{self, DNS_MESSAGE, MAX_BODY, Rejection};
-use crate::upstream::link::Link;
+use crate::upstream::dot::MAX_IN_FLIGHT;
+use crate::upstream::pool::{Channel, Connector, PooledUpstream};
+use crate::upstream::tls::{self, TlsSetupError};
 
 /// While queries are outstanding, an HTTP/2 PING this often shows the connection is alive.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// A PING unanswered this long closes the connection.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where requests go: the URL as the `:scheme`, `:authority` and `:path` of each.
-pub(crate) struct DohSettings {
+/// One DNS-over-HTTPS upstream: its connections, health and backoff.
+pub(crate) type DohUpstream = PooledUpstream<DohConnector>;
+
+/// Opens HTTP/2 connections to one upstream.
+pub(crate) struct DohConnector {
+    target: Target,
+    name: ServerName<'static>,
+    /// Kept for the life of the upstream: it holds the TLS session cache for resumption.
+    tls: Arc<ClientConfig>,
+    idle_timeout: Duration,
+    /// The URL as the `:scheme`, `:authority` and `:path` of each request.
     uri: Uri,
 }
 
-impl DohSettings {
-    /// `None` if hyper cannot take the URL (the configuration checks it first).
-    pub(crate) fn new(url: &HttpsUrl) -> Option<DohSettings> {
-        let uri = Uri::builder()
-            .scheme("https")
-            .authority(url.authority.as_str())
-            .path_and_query(url.path.as_str())
-            .build()
-            .ok()?;
-        Some(DohSettings { uri })
+impl DohConnector {
+    /// The name its certificate must be valid for.
+    pub(crate) fn tls_name(&self) -> String {
+        self.name.to_str().into_owned()
+    }
+}
+
+/// The DoH upstream `config` names (its `url` is `url`), reached at `target`, with a pool of
+/// up to `pool_size` connections, each closed after `idle_timeout` without queries.
+pub(crate) fn upstream(
+    config: &UpstreamConfig,
+    url: &HttpsUrl,
+    target: Target,
+    idle_timeout: Duration,
+    pool_size: usize,
+    metrics: UpstreamMetrics,
+) -> Result<DohUpstream, TlsSetupError> {
+    let uri = Uri::builder()
+        .scheme("https")
+        .authority(url.authority.as_str())
+        .path_and_query(url.path.as_str())
+        .build()
+        .map_err(|_| TlsSetupError::Url {
+            upstream: config.label(),
+        })?;
+    let mut tls = (*tls::client_config(config)?).clone();
+    // HTTP/2 only: RFC 8484 §5.2 names it the minimum, and HTTP/1.1 cannot carry queries side
+    // by side.
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = DohConnector {
+        target,
+        name: config.tls_name.clone(),
+        tls: Arc::new(tls),
+        idle_timeout,
+        uri,
+    };
+    let label = connector.tls_name();
+    Ok(PooledUpstream::new(
+        config.label(),
+        label,
+        connector,
+        pool_size,
+        metrics,
+    ))
+}
+
+impl Connector for DohConnector {
+    type Channel = H2Connection;
+
+    fn address(&self) -> SocketAddr {
+        self.target.current()
+    }
+
+    async fn connect(
+        &self,
+        deadline: Instant,
+        metrics: &UpstreamMetrics,
+    ) -> Result<H2Connection, UpstreamError> {
+        self.target
+            .connect(deadline, |address| {
+                H2Connection::open(address, self, deadline, metrics)
+            })
+            .await
     }
 }
 
@@ -87,31 +152,29 @@ struct State {
     last_active: Instant,
 }
 
-impl Link for H2Connection {
-    type Settings = DohSettings;
-
-    /// HTTP/2 only: RFC 8484 §5.2 names it the minimum, and HTTP/1.1 cannot carry queries
-    /// side by side.
-    const ALPN: &'static [&'static [u8]] = &[b"h2"];
-
+impl H2Connection {
+    /// Connects to `address` (TCP without Nagle delay, every segment acknowledged at once),
+    /// does the TLS handshake with certificate validation and ALPN h2, then the HTTP/2 one,
+    /// and starts the task driving the connection, all by `deadline`.
     async fn open(
         address: SocketAddr,
-        name: ServerName<'static>,
-        tls: Arc<ClientConfig>,
-        idle_timeout: Duration,
-        max_in_flight: usize,
-        settings: &DohSettings,
+        connector: &DohConnector,
+        deadline: Instant,
         metrics: &UpstreamMetrics,
-    ) -> Result<(H2Connection, Handshake), UpstreamError> {
-        let tcp = TcpStream::connect(address)
+    ) -> Result<H2Connection, UpstreamError> {
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(address))
             .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(|e| UpstreamError::Connect(Arc::new(e)))?;
         // Best effort: without it queries are only slower, never wrong.
         let _ = tcp.set_nodelay(true);
+        // Counted as failed unless completed, also when the caller's deadline cancels it.
         let pending = metrics.handshake_started();
-        let stream = TlsConnector::from(tls)
-            .connect(name, QuickAck(tcp))
+        let handshake = TlsConnector::from(connector.tls.clone())
+            .connect(connector.name.clone(), QuickAck(tcp));
+        let stream = tokio::time::timeout_at(deadline, handshake)
             .await
+            .map_err(|_| UpstreamError::HandshakeTimeout)?
             .map_err(UpstreamError::from_handshake)?;
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(UpstreamError::Http(
@@ -123,12 +186,14 @@ impl Link for H2Connection {
             _ => Handshake::Full,
         };
         pending.completed(handshake);
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        let http2 = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(stream));
+        let (sender, connection) = tokio::time::timeout_at(deadline, http2)
             .await
+            .map_err(|_| UpstreamError::HandshakeTimeout)?
             .map_err(|error| {
                 debug!(upstream = %address, "HTTP/2 handshake failed: {error}");
                 UpstreamError::Closed
@@ -137,7 +202,7 @@ impl Link for H2Connection {
             state: Mutex::new(State {
                 open: true,
                 outstanding: 0,
-                max_in_flight,
+                max_in_flight: MAX_IN_FLIGHT,
                 last_active: Instant::now(),
             }),
             closed: CancellationToken::new(),
@@ -146,18 +211,20 @@ impl Link for H2Connection {
         tokio::spawn(drive(
             connection,
             shared.clone(),
-            idle_timeout,
+            connector.idle_timeout,
             address,
             metrics.connection_opened(),
         ));
-        let connection = H2Connection {
+        debug!(upstream = %address, resumed = handshake == Handshake::Resumed, "DoH upstream connection opened");
+        Ok(H2Connection {
             sender,
-            uri: settings.uri.clone(),
+            uri: connector.uri.clone(),
             shared,
-        };
-        Ok((connection, handshake))
+        })
     }
+}
 
+impl Channel for H2Connection {
     async fn query(&self, mut frame: Vec<u8>, question: &[u8]) -> Result<Vec<u8>, UpstreamError> {
         let _outstanding = self.shared.register()?;
         // The frame's 2-byte length goes; the id is 0, so equal queries are equal requests.

@@ -2,9 +2,13 @@
 //! `fastest` takes the lowest smoothed latency among those available and, once every
 //! [`PROBE_EVERY`] queries, another one, so a recovered or improved upstream is noticed;
 //! `failover` takes the first available in configuration order; `round-robin` each in turn.
+//! Whatever the strategy, a down upstream whose backoff is over comes first (its probe costs
+//! the query nothing: the forwarder asks the next one at once too), and one that would make
+//! the query wait on a connection attempt already under way comes last.
 //!
 //! Latency is measured here around every attempt (a failure counts as the time it took), so
-//! the choice follows what clients actually wait for.
+//! the choice follows what clients actually wait for; an upstream back up after being down
+//! is measured afresh.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -18,9 +22,9 @@ use crate::common::lock;
 use crate::common::metrics::UpstreamMetrics;
 use crate::common::snapshot;
 use crate::config::{Hedge, Strategy};
-use crate::upstream::doh::H2Connection;
+use crate::upstream::doh::DohUpstream;
 use crate::upstream::dot::TlsUpstream;
-use crate::upstream::exchange::Exchange;
+use crate::upstream::exchange::{Exchange, Readiness};
 use crate::upstream::plain::PlainUpstream;
 use crate::wire::dns::Query;
 
@@ -33,8 +37,8 @@ const HEDGE_FLOOR: Duration = Duration::from_millis(5);
 /// unless a test gives it another [`Exchange`].
 pub(crate) enum AnyUpstream {
     Tls(Box<TlsUpstream>),
-    /// DNS over HTTPS: the same health and pool as DoT, over HTTP/2.
-    Https(Box<TlsUpstream<H2Connection>>),
+    /// DNS over HTTPS: the same pool, health and backoff as DoT, over HTTP/2.
+    Https(Box<DohUpstream>),
     /// Only in forward zones that ask for plain DNS.
     Plain(Box<PlainUpstream>),
 }
@@ -56,11 +60,11 @@ impl Exchange for AnyUpstream {
         }
     }
 
-    fn is_available(&self, now: Instant) -> bool {
+    fn readiness(&self, now: Instant) -> Readiness {
         match self {
-            AnyUpstream::Tls(upstream) => upstream.is_available(now),
-            AnyUpstream::Https(upstream) => upstream.is_available(now),
-            AnyUpstream::Plain(upstream) => upstream.is_available(now),
+            AnyUpstream::Tls(upstream) => upstream.readiness(now),
+            AnyUpstream::Https(upstream) => upstream.readiness(now),
+            AnyUpstream::Plain(upstream) => upstream.readiness(now),
         }
     }
 
@@ -130,6 +134,12 @@ impl RttEstimate {
         self.srtt.load(Ordering::Relaxed)
     }
 
+    /// Forgets every observation: the next one starts the estimate anew.
+    fn reset(&self) {
+        self.srtt.store(0, Ordering::Relaxed);
+        self.rttvar.store(0, Ordering::Relaxed);
+    }
+
     /// About the 95th percentile: SRTT plus four deviations, as TCP's retransmit timer.
     fn high(&self) -> Option<Duration> {
         let srtt = self.srtt();
@@ -146,6 +156,13 @@ pub(crate) struct Member<R> {
     /// The last attempt that got no usable answer, for `dns-proxy status`; written on
     /// failures only, so an answered query takes no lock for it.
     last_error: Mutex<Option<snapshot::LastError>>,
+}
+
+/// The upstream a query asks next, and how ready it was when picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pick {
+    pub(crate) index: usize,
+    pub(crate) readiness: Readiness,
 }
 
 pub(crate) struct Group<R = AnyUpstream> {
@@ -173,33 +190,71 @@ impl<R: Exchange> Group<R> {
         }
     }
 
-    /// The upstream to try next among those not `tried`, or `None` when none is available.
-    pub(crate) fn pick(&self, tried: &[bool]) -> Option<usize> {
+    /// The upstream to try next among those not `tried`, or `None` when none is available:
+    /// the first due for a probe; else by the strategy among those ready or only to connect;
+    /// else the first left as a last resort.
+    pub(crate) fn pick(&self, tried: &[bool]) -> Option<Pick> {
         let now = Instant::now();
-        let candidates: Vec<usize> = (0..self.members.len())
-            .filter(|&i| !tried[i] && self.members[i].upstream.is_available(now))
-            .collect();
-        let first = *candidates.first()?;
+        let mut candidates = Vec::with_capacity(self.members.len());
+        let mut last_resort = None;
+        for (index, member) in self.members.iter().enumerate() {
+            if tried[index] {
+                continue;
+            }
+            match member.upstream.readiness(now) {
+                Readiness::Probe => {
+                    return Some(Pick {
+                        index,
+                        readiness: Readiness::Probe,
+                    });
+                }
+                readiness @ (Readiness::Ready | Readiness::Connect) => {
+                    candidates.push((index, readiness));
+                }
+                Readiness::LastResort => {
+                    last_resort.get_or_insert(index);
+                }
+                Readiness::Down => {}
+            }
+        }
+        let pick = |index: usize| {
+            let readiness = candidates
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map(|(_, readiness)| *readiness);
+            readiness.map(|readiness| Pick { index, readiness })
+        };
+        let Some(&(first, _)) = candidates.first() else {
+            return last_resort.map(|index| Pick {
+                index,
+                readiness: Readiness::LastResort,
+            });
+        };
         if candidates.len() == 1 || self.strategy == Strategy::Failover {
-            return Some(first);
+            return pick(first);
         }
         let turn = self.picks.fetch_add(1, Ordering::Relaxed);
         let fastest = || {
             candidates
                 .iter()
-                .copied()
+                .map(|(i, _)| *i)
                 .min_by_key(|&i| self.members[i].rtt.srtt())
         };
-        match self.strategy {
-            Strategy::RoundRobin => Some(candidates[turn % candidates.len()]),
+        let index = match self.strategy {
+            Strategy::RoundRobin => candidates[turn % candidates.len()].0,
             Strategy::Fastest if turn % PROBE_EVERY == PROBE_EVERY - 1 => {
                 // A probe: the others in turn, never the current fastest.
                 let best = fastest()?;
-                let others: Vec<usize> = candidates.into_iter().filter(|&i| i != best).collect();
-                others.get((turn / PROBE_EVERY) % others.len()).copied()
+                let others: Vec<usize> = candidates
+                    .iter()
+                    .map(|(i, _)| *i)
+                    .filter(|&i| i != best)
+                    .collect();
+                *others.get((turn / PROBE_EVERY) % others.len())?
             }
-            _ => fastest(),
-        }
+            _ => fastest()?,
+        };
+        pick(index)
     }
 
     /// How long to wait for `index` before also asking another upstream, if hedging is on.
@@ -211,15 +266,27 @@ impl<R: Exchange> Group<R> {
         }
     }
 
-    /// One attempt at upstream `index`, at the latest at `deadline`; its time is recorded.
+    /// The fixed hedging delay, if `hedge` sets one: it bounds a wait for a connection to
+    /// open too. `"auto"` does not: a query's usual latency says nothing of how long a
+    /// handshake takes.
+    pub(crate) fn hedge_after(&self) -> Option<Duration> {
+        match self.hedge {
+            Hedge::After(delay) => Some(delay),
+            Hedge::Off | Hedge::Auto => None,
+        }
+    }
+
+    /// One attempt at the upstream `pick` names, at the latest at `deadline`; its time is
+    /// recorded, except for a probe that answers: the upstream is back, and is measured
+    /// afresh from its next query (this one included its connect).
     pub(crate) async fn attempt(
         &self,
-        index: usize,
+        pick: Pick,
         query: &Query,
         frame: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
-        let member = &self.members[index];
+        let member = &self.members[pick.index];
         let metrics = member.upstream.metrics();
         metrics.query_sent();
         let started = Instant::now();
@@ -238,9 +305,11 @@ impl<R: Exchange> Group<R> {
                 }
             }
         }
-        // `Down` made no attempt: there is no time to learn from.
-        if !matches!(result, Err(UpstreamError::Down)) {
-            member.rtt.observe(elapsed);
+        match &result {
+            Ok(_) if pick.readiness == Readiness::Probe => member.rtt.reset(),
+            // `Down` made no attempt: there is no time to learn from.
+            Err(UpstreamError::Down) => {}
+            _ => member.rtt.observe(elapsed),
         }
         result
     }
@@ -253,14 +322,18 @@ impl Group<AnyUpstream> {
             .iter()
             .map(|member| {
                 let (protocol, address, tls_name, (up, since)) = match &member.upstream {
-                    AnyUpstream::Tls(upstream) => {
-                        let name = Some(upstream.tls_name());
-                        ("tls", upstream.label(), name, upstream.state())
-                    }
-                    AnyUpstream::Https(upstream) => {
-                        let name = Some(upstream.tls_name());
-                        ("https", upstream.label(), name, upstream.state())
-                    }
+                    AnyUpstream::Tls(upstream) => (
+                        "tls",
+                        upstream.name().to_string(),
+                        Some(upstream.connector().tls_name()),
+                        upstream.state(),
+                    ),
+                    AnyUpstream::Https(upstream) => (
+                        "https",
+                        upstream.name().to_string(),
+                        Some(upstream.connector().tls_name()),
+                        upstream.state(),
+                    ),
                     AnyUpstream::Plain(upstream) => {
                         let address = upstream.address().to_string();
                         ("udp", address, None, upstream.state())
@@ -307,7 +380,7 @@ mod tests {
         let mut counts = vec![0; group.members.len()];
         let tried = vec![false; group.members.len()];
         for _ in 0..picks {
-            counts[group.pick(&tried).unwrap()] += 1;
+            counts[group.pick(&tried).unwrap().index] += 1;
         }
         counts
     }
@@ -332,7 +405,10 @@ mod tests {
         let group = group(3, Strategy::Failover);
         group.members[1].rtt.observe(Duration::from_millis(1));
         assert_eq!(counts(&group, 100), vec![100, 0, 0]);
-        assert_eq!(group.pick(&[true, false, false]), Some(1));
+        assert_eq!(
+            group.pick(&[true, false, false]).map(|pick| pick.index),
+            Some(1)
+        );
         assert_eq!(group.pick(&[true, true, true]), None);
     }
 

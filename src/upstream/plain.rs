@@ -6,10 +6,16 @@
 //! Each query uses a fresh socket on a random port with a random id, and accepts only a
 //! response from the server's address with that id and our question, so an off-path attacker
 //! has to guess both to spoof an answer.
+//!
+//! A server that lets a query go unanswered, and answers nothing else meanwhile, is marked
+//! down with the same backoff as a DoT upstream (`health`); while down it is asked only when no
+//! other server of the zone can be (with no connection to set up, asking costs nothing more),
+//! and once the backoff is over one query probes it.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -18,9 +24,9 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use crate::common::error::UpstreamError;
-use crate::common::lock;
 use crate::common::metrics::UpstreamMetrics;
-use crate::upstream::exchange::Exchange;
+use crate::upstream::exchange::{Exchange, Readiness};
+use crate::upstream::health::Health;
 use crate::wire::dns::{self, Query};
 use crate::wire::framing::{self, FrameReader};
 
@@ -31,9 +37,10 @@ pub(crate) struct PlainUpstream {
     address: SocketAddr,
     random: SystemRandom,
     metrics: UpstreamMetrics,
-    /// Whether the last query got an answer, and since when it is so. Shown by `dns-proxy
-    /// status` only: with no connection to keep, there is nothing to back off from.
-    state: Mutex<(bool, SystemTime)>,
+    health: Health,
+    /// Queries answered so far: a query that times out while this did not move shows the
+    /// server silent, not merely one name slow to resolve.
+    answers: AtomicU64,
 }
 
 impl PlainUpstream {
@@ -42,20 +49,14 @@ impl PlainUpstream {
             address,
             random: SystemRandom::new(),
             metrics,
-            state: Mutex::new((true, SystemTime::now())),
+            health: Health::new(address.to_string(), "plain DNS".to_string()),
+            answers: AtomicU64::new(0),
         }
     }
 
-    /// Whether the last query got an answer, and since when: for `dns-proxy status`.
+    /// Whether it is up, and since when: for `dns-proxy status`.
     pub(crate) fn state(&self) -> (bool, SystemTime) {
-        *lock::lock(&self.state)
-    }
-
-    fn record(&self, answered: bool) {
-        let mut state = lock::lock(&self.state);
-        if state.0 != answered {
-            *state = (answered, SystemTime::now());
-        }
+        self.health.state()
     }
 
     /// The response to `query`, at the latest at `deadline`.
@@ -128,7 +129,6 @@ impl PlainUpstream {
     }
 }
 
-/// Plain upstreams keep no connection, so there is no state to back off from.
 impl Exchange for PlainUpstream {
     fn address(&self) -> SocketAddr {
         self.address
@@ -138,16 +138,22 @@ impl Exchange for PlainUpstream {
         &self.metrics
     }
 
-    fn is_available(&self, _now: Instant) -> bool {
-        true
+    /// Up: `Ready`. Down: `Probe` once the backoff is over, else `LastResort`, never `Down`:
+    /// a zone whose only server is down still asks it.
+    fn readiness(&self, now: Instant) -> Readiness {
+        match self.health.down(now) {
+            None => Readiness::Ready,
+            Some(Readiness::Probe) => Readiness::Probe,
+            Some(_) => Readiness::LastResort,
+        }
     }
 
     fn is_up(&self) -> bool {
-        self.state().0
+        self.health.is_up()
     }
 
     fn describe(&self) -> String {
-        format!("{} (plain DNS)", self.address)
+        format!("{} (plain DNS)", self.health.describe())
     }
 
     /// Nothing tells a dead server from a slow one but time.
@@ -161,8 +167,24 @@ impl Exchange for PlainUpstream {
         _frame: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, UpstreamError> {
+        let started = Instant::now();
+        let answers = self.answers.load(Ordering::Relaxed);
+        // Held to its end: other queries meanwhile see it as a last resort, not a probe.
+        let _probe = self.health.probe();
         let result = self.query(query, deadline).await;
-        self.record(result.is_ok());
+        match &result {
+            Ok(_) => {
+                self.answers.fetch_add(1, Ordering::Relaxed);
+                self.health.record_success();
+            }
+            Err(UpstreamError::Timeout) if self.answers.load(Ordering::Relaxed) == answers => {
+                self.health.record_failure(UpstreamError::Timeout, started);
+            }
+            Err(error @ UpstreamError::Connect(_)) => {
+                self.health.record_failure(error.clone(), started);
+            }
+            Err(_) => {}
+        }
         result
     }
 }

@@ -2,6 +2,12 @@
 //! upstream (one query for all clients asking the same question at once), retried once when a
 //! connection dies under it. Every failure becomes a stale answer (serve-stale) or SERVFAIL
 //! within the query's time budget. This is the one place errors become DNS answers.
+//!
+//! An upstream that does not answer must not spend the whole budget when another could
+//! answer: a firewall that drops packets makes a connect hang, with no refusal to say so. So a
+//! query that has to wait for a connection to open also asks the next upstream once a share of
+//! its budget has gone by ([`CONNECT_SHARE`]), and one that probes a down upstream asks the
+//! next at once (see [`Forwarder::attempt`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +16,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tracing::{debug, info};
 
 use crate::common::error::UpstreamError;
@@ -23,8 +30,8 @@ use crate::resolve::coalesce::{self, Coalescer, Role};
 use crate::resolve::zones::{Route, Router};
 use crate::upstream::bootstrap::{AddressBook, Bootstrap};
 use crate::upstream::build::Encrypted;
-use crate::upstream::exchange::Exchange;
-use crate::upstream::group::{AnyUpstream, Group};
+use crate::upstream::exchange::{Exchange, Readiness};
+use crate::upstream::group::{AnyUpstream, Group, Pick};
 use crate::upstream::plain::PlainUpstream;
 use crate::upstream::tls::TlsSetupError;
 use crate::wire::dns::{self, Query, Rcode, Response};
@@ -32,6 +39,19 @@ use crate::wire::name::ZoneName;
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.
 type Resolved = Result<(Arc<Response>, SocketAddr), UpstreamError>;
+
+/// A query that has to wait for a connection to an upstream to open waits this share of
+/// `timeout` (a quarter) before it also asks the next upstream, and takes the first answer.
+///
+/// Why a race and not a shorter connect deadline: a connect that is merely slow (a far
+/// resolver, a lost SYN retransmitted after a second) still completes, in the background, for
+/// the queries after this one, and an upstream is marked down only when its connect really
+/// fails or runs out the whole `timeout`, never for being slower than a guess. Why a quarter:
+/// it covers a TCP and TLS 1.3 handshake (two round trips) at 250 ms of round trip with the
+/// default 2 s, and leaves three quarters of the budget for the next upstream's own connect
+/// and answer. Only the first query to find the upstream unreachable pays it: the others skip
+/// an upstream whose connect is under way, or down.
+const CONNECT_SHARE: u32 = 4;
 
 /// Where an answer came from, for the query log.
 enum Source {
@@ -294,7 +314,7 @@ impl<R: Exchange> Forwarder<R> {
     /// Resolves `query` upstream, or waits for the identical query already in flight. The
     /// one that resolves caches the response.
     async fn resolve_shared(
-        &self,
+        self: &Arc<Self>,
         query: &Query,
         key: &Key,
         route: Route,
@@ -339,23 +359,28 @@ impl<R: Exchange> Forwarder<R> {
         });
     }
 
-    async fn resolve(&self, query: &Query, route: Route, deadline: Instant) -> Resolved {
-        let group = match route {
+    /// The upstreams `route` leads to.
+    fn group(&self, route: Route) -> &Group<R> {
+        match route {
             Route::Forward(zone) => self.zones.get(zone).unwrap_or(&self.upstreams),
             Route::Default => &self.upstreams,
-        };
+        }
+    }
+
+    async fn resolve(self: &Arc<Self>, query: &Query, route: Route, deadline: Instant) -> Resolved {
+        let group = self.group(route);
         let frame = query.upstream_frame();
         let mut tried = vec![false; group.members.len()];
         let mut retried = false;
         let mut next = None;
         let mut last_error = UpstreamError::Down;
         loop {
-            let Some(index) = next.take().or_else(|| group.pick(&tried)) else {
+            let Some(pick) = next.take().or_else(|| group.pick(&tried)) else {
                 return Err(last_error);
             };
-            tried[index] = true;
+            tried[pick.index] = true;
             let (result, index) = self
-                .attempt(group, index, &mut tried, query, &frame, deadline)
+                .attempt(route, pick, &mut tried, query, &frame, deadline)
                 .await;
             let upstream = &group.members[index].upstream;
             match result {
@@ -367,8 +392,9 @@ impl<R: Exchange> Forwarder<R> {
                 // to the same upstream, or on the next one if this one is now down.
                 Err(UpstreamError::Closed) if !retried => {
                     retried = true;
-                    if upstream.is_available(Instant::now()) {
-                        next = Some(index);
+                    let readiness = upstream.readiness(Instant::now());
+                    if readiness != Readiness::Down {
+                        next = Some(Pick { index, readiness });
                     }
                     last_error = UpstreamError::Closed;
                 }
@@ -380,54 +406,101 @@ impl<R: Exchange> Forwarder<R> {
         }
     }
 
-    /// Asks upstream `index`; with hedging, also the next one if `index` is slow to answer.
-    /// Returns the result and which upstream it came from.
+    /// Asks the upstream `first` names, and also the next one (the first answer wins) after
+    /// [`Forwarder::hedge_delay`]: at once when `first` is a probe, after `CONNECT_SHARE` when
+    /// it has to connect, after `hedge` when it is slow to answer. Returns the result and
+    /// which upstream it came from.
     async fn attempt(
-        &self,
-        group: &Group<R>,
-        index: usize,
+        self: &Arc<Self>,
+        route: Route,
+        first: Pick,
         tried: &mut [bool],
         query: &Query,
         frame: &[u8],
         deadline: Instant,
     ) -> (Result<Vec<u8>, UpstreamError>, usize) {
-        let first_deadline = attempt_deadline(group, index, tried, deadline);
-        let first = group.attempt(index, query, frame, first_deadline);
-        let Some(delay) = group
-            .hedge_delay(index)
-            .filter(|delay| Instant::now() + *delay < deadline)
-        else {
-            return (first.await, index);
+        let group = self.group(route);
+        let delay = self
+            .hedge_delay(group, first)
+            .filter(|delay| Instant::now() + *delay < deadline);
+        let one = self.start(route, first, tried, query, frame, deadline);
+        let Some(delay) = delay else {
+            return (one.await, first.index);
         };
-        tokio::pin!(first);
-        tokio::select! {
-            result = &mut first => return (result, index),
-            _ = tokio::time::sleep(delay) => {}
+        tokio::pin!(one);
+        if !delay.is_zero() {
+            tokio::select! {
+                result = &mut one => return (result, first.index),
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
         let Some(second) = group.pick(tried) else {
-            return (first.await, index);
+            return (one.await, first.index);
         };
-        tried[second] = true;
+        tried[second.index] = true;
         self.counts.hedged.inc();
-        let second_deadline = attempt_deadline(group, second, tried, deadline);
-        let other = group.attempt(second, query, frame, second_deadline);
+        let other = self.start(route, second, tried, query, frame, deadline);
         tokio::pin!(other);
         let (mut first_error, mut second_error) = (None, None);
         loop {
             tokio::select! {
-                result = &mut first, if first_error.is_none() => match result {
-                    Ok(response) => return (Ok(response), index),
+                result = &mut one, if first_error.is_none() => match result {
+                    Ok(response) => return (Ok(response), first.index),
                     Err(error) => first_error = Some(error),
                 },
                 result = &mut other, if second_error.is_none() => match result {
-                    Ok(response) => return (Ok(response), second),
+                    Ok(response) => return (Ok(response), second.index),
                     Err(error) => second_error = Some(error),
                 },
             }
             if let (Some(error), Some(_)) = (&first_error, &second_error) {
-                return (Err(error.clone()), index);
+                return (Err(error.clone()), first.index);
             }
         }
+    }
+
+    /// How long to wait for the upstream `pick` names before also asking the next one:
+    /// nothing for a probe (a down upstream's try must not cost the client its answer),
+    /// `CONNECT_SHARE` of the budget (or `hedge`'s fixed delay, if shorter) for one that has to
+    /// connect first, `hedge`'s for one that is ready.
+    fn hedge_delay(&self, group: &Group<R>, pick: Pick) -> Option<Duration> {
+        match pick.readiness {
+            Readiness::Probe => Some(Duration::ZERO),
+            Readiness::Connect | Readiness::LastResort => {
+                let share = self.timeout / CONNECT_SHARE;
+                Some(group.hedge_after().map_or(share, |delay| delay.min(share)))
+            }
+            Readiness::Ready | Readiness::Down => group.hedge_delay(pick.index),
+        }
+    }
+
+    /// Starts one attempt at the upstream `pick` names. One that must connect first, or that
+    /// probes a down upstream, runs as a task of its own: when another upstream answers the
+    /// query first, the connect or probe still runs to its end, so that the upstream is marked
+    /// down or up by how it went, instead of being left half-tried for the next query to
+    /// wait on again.
+    fn start<'a>(
+        self: &'a Arc<Self>,
+        route: Route,
+        pick: Pick,
+        tried: &[bool],
+        query: &'a Query,
+        frame: &'a [u8],
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<u8>, UpstreamError>> + Send + 'a {
+        let group = self.group(route);
+        let deadline = attempt_deadline(group, pick.index, tried, deadline);
+        if !matches!(pick.readiness, Readiness::Connect | Readiness::Probe) {
+            return Either::Left(group.attempt(pick, query, frame, deadline));
+        }
+        let forwarder = self.clone();
+        let (query, frame) = (query.clone(), frame.to_vec());
+        let task = tokio::spawn(async move {
+            let group = forwarder.group(route);
+            group.attempt(pick, &query, &frame, deadline).await
+        });
+        // The task ends by the deadline; it fails only if it panicked.
+        Either::Right(async move { task.await.unwrap_or(Err(UpstreamError::Timeout)) })
     }
 
     /// The cache's entries, bytes held and bound, or `None` when it is off.

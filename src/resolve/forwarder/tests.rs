@@ -2,11 +2,15 @@
 //! failover) against scripted upstreams on a paused clock: each upstream does per call what
 //! its script says, after a scripted delay, and every call is logged with its time, so a test
 //! asserts who was asked, in which order, at which instant, and what the client got.
+//!
+//! Then upstreams whose connections are scripted but whose pool, health, backoff and probing
+//! are the daemon's own (`PooledUpstream`): one black-holed (its connect never completes)
+//! beside a healthy one, under each strategy.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,9 +25,11 @@ use crate::common::metrics::{Metrics, UpstreamMetrics};
 use crate::common::transport::Transport;
 use crate::config::{Config, Hedge, Strategy};
 use crate::resolve::zones::Router;
-use crate::upstream::exchange::Exchange;
+use crate::upstream::exchange::{Exchange, Readiness};
 use crate::upstream::group::Group;
+use crate::upstream::pool::{Channel, Connector, PooledUpstream};
 use crate::wire::dns::{self, Query};
+use crate::wire::name::ZoneName;
 
 /// The query budget (`timeout`) of every test.
 const BUDGET: Duration = Duration::from_secs(1);
@@ -69,8 +75,11 @@ impl Exchange for Scripted {
         &self.metrics
     }
 
-    fn is_available(&self, _now: Instant) -> bool {
-        self.available.load(Ordering::Relaxed)
+    fn readiness(&self, _now: Instant) -> Readiness {
+        match self.available.load(Ordering::Relaxed) {
+            true => Readiness::Ready,
+            false => Readiness::Down,
+        }
     }
 
     fn is_up(&self) -> bool {
@@ -100,7 +109,7 @@ impl Exchange for Scripted {
             panic!("{} was asked more often than scripted", self.address);
         };
         let (after, result) = match step {
-            Step::Answer(after) => (after, Ok(self.response(frame))),
+            Step::Answer(after) => (after, Ok(response(self.address, frame))),
             Step::Fail(after, error) => (after, Err(error)),
             Step::FailDown(error) => {
                 self.available.store(false, Ordering::Relaxed);
@@ -115,21 +124,20 @@ impl Exchange for Scripted {
     }
 }
 
-impl Scripted {
-    /// The response to the upstream query in `frame` (2-byte length, then the message).
-    fn response(&self, frame: &[u8]) -> Vec<u8> {
-        let request = Message::from_vec(&frame[2..]).unwrap();
-        let mut response = Message::response(request.metadata.id, OpCode::Query);
-        response.metadata.recursion_desired = request.metadata.recursion_desired;
-        response.metadata.recursion_available = true;
-        response.add_queries(request.queries.iter().cloned());
-        let std::net::IpAddr::V4(ip) = self.address.ip() else {
-            panic!("scripted upstreams are on IPv4");
-        };
-        let name = request.queries[0].name().clone();
-        response.add_answer(Record::from_rdata(name, TTL, RData::A(A(ip))));
-        response.to_vec().unwrap()
-    }
+/// The response of the upstream at `address` to the upstream query in `frame` (2-byte
+/// length, then the message): one A record, that address.
+fn response(address: SocketAddr, frame: &[u8]) -> Vec<u8> {
+    let request = Message::from_vec(&frame[2..]).unwrap();
+    let mut response = Message::response(request.metadata.id, OpCode::Query);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.add_queries(request.queries.iter().cloned());
+    let std::net::IpAddr::V4(ip) = address.ip() else {
+        panic!("scripted upstreams are on IPv4");
+    };
+    let name = request.queries[0].name().clone();
+    response.add_answer(Record::from_rdata(name, TTL, RData::A(A(ip))));
+    response.to_vec().unwrap()
 }
 
 /// A test's upstreams (127.0.0.1, .2, … in that order) and their shared call log.
@@ -466,4 +474,374 @@ async fn failover_asks_in_configuration_order_and_skips_the_down() {
         .await;
     assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(3)));
     assert_eq!(calls(&log, start), vec![(1, 0), (2, 10), (3, 20)]);
+}
+
+// Upstreams over scripted connections, with the daemon's own pool, health, backoff and probing.
+
+/// The budget of these tests, as in the measurement that found the fault: a hanging connect's
+/// first SYN retransmission (after 1 s) falls within it, as it does with the default 2 s.
+const LONG_BUDGET: Duration = Duration::from_millis(1500);
+/// How long a scripted connection takes to open (TCP and TLS), and to answer a query.
+const CONNECT: Duration = Duration::from_millis(20);
+const ANSWER: Duration = Duration::from_millis(10);
+/// Queries of the steady load come this far apart.
+const INTERVAL: Duration = Duration::from_millis(150);
+/// The longest backoff of a down upstream.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Whether packets reach a scripted upstream (false: black-holed); switched during a test.
+type Path = Arc<AtomicBool>;
+
+/// Opens scripted connections, as TCP does: the SYN, then its retransmissions 1, 3, 7 and 15 s
+/// later; the connect completes `CONNECT` after the first that finds the path open, or fails
+/// with a connect timeout at the deadline.
+struct ScriptedConnector {
+    address: SocketAddr,
+    path: Path,
+    /// Connection attempts, with their time.
+    log: Log,
+}
+
+impl Connector for ScriptedConnector {
+    type Channel = ScriptedChannel;
+
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    async fn connect(
+        &self,
+        deadline: Instant,
+        _metrics: &UpstreamMetrics,
+    ) -> Result<ScriptedChannel, UpstreamError> {
+        let start = Instant::now();
+        self.log.lock().unwrap().push((self.address, start));
+        for after in [0, 1, 3, 7, 15].map(Duration::from_secs) {
+            if start + after >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(start + after).await;
+            if self.path.load(Ordering::SeqCst) {
+                let connected = tokio::time::timeout_at(deadline, tokio::time::sleep(CONNECT));
+                return match connected.await {
+                    Ok(()) => Ok(ScriptedChannel {
+                        address: self.address,
+                        open: AtomicBool::new(true),
+                        outstanding: AtomicUsize::new(0),
+                        responses: AtomicU64::new(0),
+                    }),
+                    Err(_) => Err(UpstreamError::ConnectTimeout),
+                };
+            }
+        }
+        tokio::time::sleep_until(deadline).await;
+        Err(UpstreamError::ConnectTimeout)
+    }
+}
+
+/// A scripted connection: answers every query `ANSWER` after it is sent.
+struct ScriptedChannel {
+    address: SocketAddr,
+    open: AtomicBool,
+    outstanding: AtomicUsize,
+    responses: AtomicU64,
+}
+
+impl Channel for ScriptedChannel {
+    async fn query(&self, frame: Vec<u8>, _question: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(ANSWER).await;
+        self.outstanding.fetch_sub(1, Ordering::SeqCst);
+        self.responses.fetch_add(1, Ordering::SeqCst);
+        Ok(response(self.address, &frame))
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
+    }
+
+    fn responses(&self) -> u64 {
+        self.responses.load(Ordering::SeqCst)
+    }
+
+    fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+    }
+}
+
+type Pooled = PooledUpstream<ScriptedConnector>;
+
+/// The upstreams `upstream(i)` for each `(i, reachable)`, in that order, with scripted
+/// connections, and their paths and connection log.
+fn pooled(upstreams: &[(usize, bool)]) -> (Vec<Pooled>, Vec<Path>, Log) {
+    let log = Log::default();
+    let mut paths = Vec::new();
+    let members = upstreams
+        .iter()
+        .map(|&(index, reachable)| {
+            let address = upstream(index);
+            let path = Path::new(AtomicBool::new(reachable));
+            paths.push(path.clone());
+            let connector = ScriptedConnector {
+                address,
+                path,
+                log: log.clone(),
+            };
+            let metrics = Metrics::new().upstream(address);
+            PooledUpstream::new(
+                address.to_string(),
+                "scripted".into(),
+                connector,
+                2,
+                metrics,
+            )
+        })
+        .collect();
+    (members, paths, log)
+}
+
+/// A forwarder with `LONG_BUDGET` and `strategy` over `upstreams` as its default upstreams,
+/// or as the upstreams of the forward zone `zone.test` when `zone` (the default ones are then
+/// `upstream(9)`, reachable).
+fn pooled_forwarder(
+    upstreams: &[(usize, bool)],
+    strategy: Strategy,
+    zone: bool,
+) -> (Arc<Forwarder<Pooled>>, Vec<Path>, Log) {
+    let config = Config {
+        timeout: LONG_BUDGET,
+        strategy,
+        ..Config::default()
+    };
+    let (members, paths, log) = pooled(upstreams);
+    let group = Group::new(members, strategy, Hedge::Off);
+    let forwarder = if zone {
+        let (default, _, _) = pooled(&[(9, true)]);
+        let default = Group::new(default, strategy, Hedge::Off);
+        let zone = vec![ZoneName::parse("zone.test").unwrap()];
+        let router = Router::new(&[zone]);
+        Forwarder::assemble(&config, &Metrics::new(), default, vec![group], router)
+    } else {
+        Forwarder::assemble(
+            &config,
+            &Metrics::new(),
+            group,
+            Vec::new(),
+            Router::new(&[]),
+        )
+    };
+    (Arc::new(forwarder), paths, log)
+}
+
+/// One query of the steady load: its response code, who answered, when it was asked (from the
+/// start of the load) and how long it took.
+struct Asked {
+    rcode: ResponseCode,
+    by: Vec<Ipv4Addr>,
+    at: Duration,
+    took: Duration,
+}
+
+/// `count` queries for new names under `zone`, one every `INTERVAL` from now, each answered
+/// whenever it is (they overlap when slow).
+async fn steady<R: Exchange>(
+    forwarder: &Arc<Forwarder<R>>,
+    count: usize,
+    zone: &str,
+) -> Vec<Asked> {
+    let start = Instant::now();
+    let queries: Vec<_> = (0..count)
+        .map(|i| {
+            let forwarder = forwarder.clone();
+            let name = format!("q{i}.{zone}.");
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start + INTERVAL * i as u32).await;
+                let asked = Instant::now();
+                let answer = forwarder
+                    .answer(&query(i as u16, &name), CLIENT, Transport::Udp)
+                    .await;
+                let (id, rcode, by) = read(&answer);
+                assert_eq!(id, i as u16);
+                Asked {
+                    rcode,
+                    by,
+                    at: asked.duration_since(start),
+                    took: asked.elapsed(),
+                }
+            })
+        })
+        .collect();
+    let mut asked = Vec::new();
+    for query in queries {
+        asked.push(query.await.unwrap());
+    }
+    asked
+}
+
+/// Two upstreams, the first black-holed from the start and back after `back` (when given): every
+/// query is answered; the first waits at most one connect share longer than with the healthy
+/// upstream alone, the others at most 50 ms longer; once back, the first upstream is up again
+/// within its longest backoff and answers queries again. Returns the queries' fates.
+async fn black_holed_first_of_two(
+    strategy: Strategy,
+    zone: bool,
+    back: Option<Duration>,
+) -> Vec<Asked> {
+    const QUERIES: usize = 40;
+    let name = if zone { "zone.test" } else { "example" };
+    let (alone, _, _) = pooled_forwarder(&[(1, true)], strategy, zone);
+    let baseline = steady(&alone, QUERIES, name).await;
+
+    let (forwarder, paths, log) = pooled_forwarder(&[(0, false), (1, true)], strategy, zone);
+    let start = Instant::now();
+    let watcher = back.map(|back| {
+        let (forwarder, path) = (forwarder.clone(), paths[0].clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start + back).await;
+            path.store(true, Ordering::SeqCst);
+            let group = match zone {
+                true => &forwarder.zones[0],
+                false => &forwarder.upstreams,
+            };
+            while !group.members[0].upstream.is_up() {
+                tokio::time::sleep(ms(1)).await;
+            }
+            start.elapsed()
+        })
+    });
+    let asked = steady(&forwarder, QUERIES, name).await;
+
+    let share = LONG_BUDGET / 4;
+    for (i, (query, alone)) in asked.iter().zip(&baseline).enumerate() {
+        let what = format!("{strategy:?}, query {i} at {:?}", query.at);
+        assert_eq!(query.rcode, ResponseCode::NoError, "{what}");
+        assert!(
+            query.by == answered_by(0) || query.by == answered_by(1),
+            "{what}: answered by {:?}",
+            query.by
+        );
+        let allowed = alone.took + if i == 0 { share } else { ms(50) };
+        assert!(
+            query.took <= allowed,
+            "{what} took {:?}, {:?} with the healthy upstream alone",
+            query.took,
+            alone.took
+        );
+    }
+    let connects = calls(&log, start)
+        .iter()
+        .filter(|(upstream, _)| *upstream == 0)
+        .count();
+    let worst = asked
+        .iter()
+        .zip(&baseline)
+        .skip(1)
+        .map(|(query, alone)| query.took.saturating_sub(alone.took))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "black hole | {strategy:?}{} | first {:?} (alone {:?}) | past the first at most {worst:?} \
+         longer | {connects} connects to it",
+        if zone { ", forward zone" } else { "" },
+        asked[0].took,
+        baseline[0].took,
+    );
+    match back {
+        None => {
+            assert!(
+                asked.iter().all(|query| query.by == answered_by(1)),
+                "{strategy:?}: the black-holed upstream answered"
+            );
+            // One hanging connect at a time, each run out by its deadline, then the backoff:
+            // 6 s of queries make 4.
+            assert!(
+                (3..=5).contains(&connects),
+                "{strategy:?}: {connects} connects to the black-holed upstream"
+            );
+        }
+        Some(back) => {
+            let up = watcher.unwrap().await.unwrap() - back;
+            assert!(
+                up <= BACKOFF_MAX,
+                "{strategy:?}: up again {up:?} after it came back"
+            );
+            let answering = asked
+                .iter()
+                .filter(|query| query.at > back + up && query.by == answered_by(0))
+                .count();
+            assert!(
+                answering > 0,
+                "{strategy:?}: not used again after it came back"
+            );
+            if strategy == Strategy::Failover {
+                assert!(
+                    asked
+                        .iter()
+                        .filter(|query| query.at > back + up + INTERVAL)
+                        .all(|query| query.by == answered_by(0)),
+                    "failover keeps to the first upstream once it is back"
+                );
+            }
+        }
+    }
+    asked
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_upstream_costs_failover_only_the_first_query_a_connect_share() {
+    black_holed_first_of_two(Strategy::Failover, false, None).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_upstream_costs_round_robin_only_the_first_query_a_connect_share() {
+    black_holed_first_of_two(Strategy::RoundRobin, false, None).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_upstream_costs_fastest_only_the_first_query_a_connect_share() {
+    black_holed_first_of_two(Strategy::Fastest, false, None).await;
+}
+
+/// Back at several points of the probing cycle: during a probe's connect before its SYN is
+/// retransmitted, just after, and between two probes.
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_upstream_back_again_is_used_again_within_its_backoff() {
+    for strategy in [Strategy::Failover, Strategy::RoundRobin, Strategy::Fastest] {
+        for back in [2600, 2700, 3200, 3500] {
+            black_holed_first_of_two(strategy, false, Some(ms(back))).await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forward_zone_with_a_black_holed_resolver_answers_every_query_in_time() {
+    for strategy in [Strategy::Failover, Strategy::RoundRobin, Strategy::Fastest] {
+        black_holed_first_of_two(strategy, true, None).await;
+        black_holed_first_of_two(strategy, true, Some(ms(3000))).await;
+    }
+}
+
+/// A single upstream that is black-holed: nothing to move on to, so the query waits its whole
+/// budget for the connect (which may still complete), then gets SERVFAIL; the upstream is down
+/// after that, and the next queries fail at once until its backoff is over.
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_only_upstream_gets_the_whole_budget_then_is_backed_off() {
+    let (forwarder, _, log) = pooled_forwarder(&[(0, false)], Strategy::Failover, false);
+    let start = Instant::now();
+    let answer = forwarder
+        .answer(&query(1, "one.example."), CLIENT, Transport::Udp)
+        .await;
+    assert_eq!(read(&answer), (1, ResponseCode::ServFail, vec![]));
+    assert_eq!(start.elapsed(), LONG_BUDGET);
+    let again = Instant::now();
+    let answer = forwarder
+        .answer(&query(2, "two.example."), CLIENT, Transport::Udp)
+        .await;
+    assert_eq!(read(&answer), (2, ResponseCode::ServFail, vec![]));
+    assert_eq!(again.elapsed(), Duration::ZERO);
+    assert_eq!(calls(&log, start), vec![(0, 0)]);
 }
