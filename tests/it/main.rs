@@ -6,6 +6,7 @@ mod support;
 mod access_control;
 mod activation;
 mod answer_source;
+mod blocked_853;
 mod cache;
 mod certificates;
 mod check_config;

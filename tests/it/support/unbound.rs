@@ -54,18 +54,17 @@ pub struct Unbound {
     pub log: Arc<Collector>,
     /// The test CA's certificate, to configure as `ca_file`.
     pub ca_file: PathBuf,
+    /// The network namespace it runs in, if not this one.
+    netns: Option<String>,
 }
 
 impl Unbound {
     pub async fn start(ports: UnboundPorts) -> Unbound {
-        Unbound::start_with(ports, |command| command).await
+        Unbound::start_in(ports, None).await
     }
 
-    /// Started through `wrap`, which may put the command inside a network namespace.
-    pub async fn start_with(
-        ports: UnboundPorts,
-        wrap: impl Fn(tokio::process::Command) -> tokio::process::Command,
-    ) -> Unbound {
+    /// Started in the network namespace `netns` (as `ip netns exec` runs it), if given.
+    pub async fn start_in(ports: UnboundPorts, netns: Option<&str>) -> Unbound {
         let dir = open_temp_dir();
         let cert = issue_server_cert(&[DOH_NAME, "127.0.0.1"], 7);
         let key_file = dir.path().join("server.key");
@@ -119,17 +118,26 @@ remote-control:
             child: None,
             log: Collector::new(),
             ca_file,
+            netns: netns.map(str::to_string),
         };
-        unbound.spawn(&wrap).await;
+        unbound.spawn().await;
         unbound
     }
 
-    async fn spawn(&mut self, wrap: &dyn Fn(tokio::process::Command) -> tokio::process::Command) {
+    async fn spawn(&mut self) {
         let program = super::find_tool("unbound").expect("unbound");
-        let mut command = tokio::process::Command::new(program);
-        command.arg("-d").arg("-c").arg(&self.conf);
-        let mut command = wrap(command);
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = tokio::process::Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(program);
+                command
+            }
+            None => tokio::process::Command::new(program),
+        };
         command
+            .arg("-d")
+            .arg("-c")
+            .arg(&self.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -166,7 +174,7 @@ remote-control:
     /// Starts it again on the same ports.
     pub async fn restart(&mut self) {
         self.kill().await;
-        self.spawn(&|command| command).await;
+        self.spawn().await;
     }
 
     pub fn https_addr(&self) -> SocketAddr {
