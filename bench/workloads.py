@@ -1,5 +1,5 @@
 """What bench/run measures: the workloads, and the runner that starts the forwarders for them.
-See bench/README.md ("Adding a workload").
+See bench/README.md ("The code, and adding a workload").
 
 A `Workload` is one kind of table row: dnsperf for the duration with one file of names, over one
 client transport. A `Setup` is one way of starting the forwarders, with the workloads run on
