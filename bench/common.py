@@ -34,6 +34,8 @@ BINARY = os.path.join(REPO, "target", "release", "dns-proxy")
 
 # Fixed ports are fine: the inner phase has a network namespace of its own.
 UPSTREAM_DOT = 8853
+# The same unbound serving DNS over HTTPS (HTTP/2), for the DoH-upstream workloads.
+UPSTREAM_DOH = 8443
 UPSTREAM_UDP = 8053
 # The name on the forwarders' own certificate (dnsperf does not validate it).
 LISTENER_NAME = "proxy.bench"
@@ -373,6 +375,9 @@ def upstream_conf(d):
   interface: 127.0.0.1@{UPSTREAM_DOT}
   interface: 127.0.0.1@{UPSTREAM_UDP}
   tls-port: {UPSTREAM_DOT}
+  interface: 127.0.0.1@{UPSTREAM_DOH}
+  https-port: {UPSTREAM_DOH}
+  http-endpoint: "/dns-query"
   tls-service-key: "{d}/upstream.key"
   tls-service-pem: "{d}/upstream.pem"
   incoming-num-tcp: 1000

@@ -9,7 +9,8 @@ certificates are in common.py.
 import os
 import shutil
 
-from common import BINARY, TLS_NAME, UNBOUND_COMMON, UPSTREAM_DOT, UPSTREAM_UDP, version_of_all
+from common import (BINARY, TLS_NAME, UNBOUND_COMMON, UPSTREAM_DOH, UPSTREAM_DOT, UPSTREAM_UDP,
+                    version_of_all)
 
 APT_PACKAGES = ["dnsperf", "unbound", "stubby", "dnsdist", "knot-resolver"]
 # Services those packages may register (Debian 12); stopped/disabled after installation.
@@ -20,9 +21,11 @@ SERVICES = ["unbound", "unbound-resolvconf", "stubby", "dnsdist", "kresd@1", "kn
 NODELAY_DOT = 8854
 NODELAY_UDP = 8054
 # Upstream kinds of the light-load workloads: (DoT port, plain UDP port of the same server).
-UPSTREAM_KINDS = {"unbound": (UPSTREAM_DOT, UPSTREAM_UDP), "dnsdist": (NODELAY_DOT, NODELAY_UDP)}
+UPSTREAM_KINDS = {"unbound": (UPSTREAM_DOT, UPSTREAM_UDP), "dnsdist": (NODELAY_DOT, NODELAY_UDP),
+                  "unbound-doh": (UPSTREAM_DOH, UPSTREAM_UDP)}
 UPSTREAM_KIND_LABEL = {"unbound": "unbound 1.17 DoT (Nagle on)",
-                       "dnsdist": "dnsdist DoT (TCP_NODELAY)"}
+                       "dnsdist": "dnsdist DoT (TCP_NODELAY)",
+                       "unbound-doh": "unbound 1.17 DoH (HTTP/2, same server)"}
 FWD_PORT = {
     "dns-proxy": 5301,
     "unbound": 5302,
@@ -64,11 +67,26 @@ def encrypted_unsupported(name, transport):
     return None
 
 
+def upstream_unsupported(name, upstream):
+    """Why `name` cannot forward to the upstream on port `upstream` (DoH on UPSTREAM_DOH), or
+    None."""
+    if upstream != UPSTREAM_DOH:
+        return None
+    if name in ("dnsdist", "dnsdist+cache"):
+        if "outgoing-dns-over-https" not in version_of_all(["dnsdist", "--version"]):
+            return "this dnsdist is built without outgoing DNS over HTTPS (nghttp2)"
+        return None
+    if name == "dns-proxy":
+        return None
+    return f"{name} cannot forward over DNS over HTTPS"
+
+
 def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None):
     """(command, files to write {path: text}, cwd) for one forwarder of the DoT server on
-    127.0.0.1:`upstream`, with a DoT ("dot") or DoH ("doh") listener for clients on
-    ENCRYPTED_PORT if `encrypted` says so."""
+    127.0.0.1:`upstream` (its DoH service when `upstream` is UPSTREAM_DOH), with a DoT ("dot")
+    or DoH ("doh") listener for clients on ENCRYPTED_PORT if `encrypted` says so."""
     UPSTREAM_DOT = upstream  # noqa: N806 (the templates below name the port so)
+    doh = upstream == UPSTREAM_DOH
     ca = f"{d}/ca.pem"
     cert, key = f"{d}/listener.pem", f"{d}/listener.key"
     enc_port = ENCRYPTED_PORT[encrypted][name] if encrypted else None
@@ -78,9 +96,10 @@ def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None):
         if encrypted:
             listener = (f'listen_{"tls" if encrypted == "dot" else "https"} = ["127.0.0.1:{enc_port}"]\n'
                         f'tls_certificate = "{cert}"\ntls_key = "{key}"\n')
+        where = (f'url = "https://{TLS_NAME}:{UPSTREAM_DOT}{DOH_PATH}"\naddress = "127.0.0.1"\n' if doh
+                 else f'address = "127.0.0.1:{UPSTREAM_DOT}"\ntls_name = "{TLS_NAME}"\n')
         text = (f'listen = ["127.0.0.1:{port}"]\n{listener}timeout = "2000ms"\nlog_level = "warn"\n\n'
-                f'[[upstream]]\naddress = "127.0.0.1:{UPSTREAM_DOT}"\ntls_name = "{TLS_NAME}"\n'
-                f'ca_file = "{ca}"\n')
+                f'[[upstream]]\n{where}ca_file = "{ca}"\n')
         return ([BINARY, "--config", conf, "--listen", f"127.0.0.1:{port}", "--log", "stderr"],
                 {conf: text}, d)
     if name == "unbound":
@@ -131,6 +150,8 @@ upstream_recursive_servers:
     if name in ("dnsdist", "dnsdist+cache"):
         conf = f"{d}/{name.replace('+', '-')}.conf"
         cache = ""
+        # A DoH backend (dnsdist 1.7, nghttp2): the same server's HTTP/2 endpoint.
+        doh_path = f', dohPath="{DOH_PATH}"' if doh else ""
         if name == "dnsdist+cache":
             cache = ('pc = newPacketCache(100000, {maxTTL=86400, minTTL=0})\n'
                      'getPool(""):setCache(pc)\n')
@@ -140,7 +161,7 @@ setACL({{"127.0.0.0/8"}})
 -- maxInFlight > 0 pipelines queries on the DoT backend; the default, 0, opens a
 -- connection for every query in flight.
 newServer({{address="127.0.0.1:{UPSTREAM_DOT}", tls="openssl", subjectName="{TLS_NAME}",
-           caStore="{ca}", validateCertificates=true, checkName="bench.", maxInFlight=1000}})
+           caStore="{ca}", validateCertificates=true, checkName="bench.", maxInFlight=1000{doh_path}}})
 {cache}"""
         if encrypted == "dot":
             text += f'addTLSLocal("127.0.0.1:{enc_port}", "{cert}", "{key}", {{provider="openssl"}})\n'

@@ -22,13 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from common import (ANSWER_IP, HERE, TLS_NAME, UPSTREAM_DOT, UPSTREAM_UDP, ConnSampler, Procs,
+from common import (ANSWER_IP, HERE, TLS_NAME, UPSTREAM_DOH, UPSTREAM_DOT, UPSTREAM_UDP, ConnSampler, Procs,
                     dns_query, log, make_certs, percentile, proc_cpu_ticks, proc_rss_kib, run,
                     tail, tcp_passive_opens, udp_bound, upstream_conf, upstream_stats,
                     version_of, write_names)
 from peers import (DOH_PATH, ENCRYPTED_PORT, FWD_PORT, NODELAY_UDP, TRANSPORTS, UPSTREAM_KINDS,
                    binary_of, config_for, encrypted_unsupported, installed,
-                   nodelay_upstream_conf, version_cmd)
+                   nodelay_upstream_conf, upstream_unsupported, version_cmd)
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,16 @@ def listener_setup(transport):
                  unsupported=unsupported, slack_s=40)
 
 
+# The same hot and cold names forwarded to the same unbound over DNS over HTTPS instead of
+# DNS over TLS: dns-proxy, and the peers that can forward over DoH (dnsdist's DoH backend).
+DOH_UPSTREAM = Setup("doh-upstream", (Workload("doh-up-hot", "hot"), Workload("doh-up-cold", "cold")),
+                     enabled=lambda a: not a.encrypted_only, config={"upstream": UPSTREAM_DOH},
+                     unsupported=lambda name: upstream_unsupported(name, UPSTREAM_DOH))
+
 ROUNDS = [
     [PLAIN],
     [listener_setup(t) for t in TRANSPORTS],
+    [DOH_UPSTREAM],
 ]
 SETUPS = [s for r in ROUNDS for s in r]
 ALL_WORKLOADS = [w.name for s in SETUPS for w in s.workloads]
@@ -313,6 +320,8 @@ class Bench:
             return
         port = FWD_PORT[name]
         for kind, (dot, _udp) in kinds.items():
+            if upstream_unsupported(name, dot):
+                continue
             cmd, conf_files, cwd = config_for(name, self.d, port, dot)
             for path, text in conf_files.items():
                 with open(path, "w") as f:
@@ -339,13 +348,15 @@ class Bench:
                         self.procs.stop(p)
                     self.light.append(row)
 
-    def measure(self, forwarder, workload, port, datafile, pid):
-        """One row: `workload` (a Workload) against `port`, with the CPU and RSS of `pid`."""
+    def measure(self, forwarder, workload, port, datafile, pid, upstream=UPSTREAM_DOT):
+        """One row: `workload` (a Workload) against `port`, with the CPU and RSS of `pid`;
+        the connections and queries counted are those to the upstream's port `upstream`."""
         ticks = os.sysconf("SC_CLK_TCK")
         st0 = upstream_stats(self.d)
         opens0 = tcp_passive_opens()
         cpu0 = proc_cpu_ticks(pid) if pid else None
-        sampler = ConnSampler(UPSTREAM_DOT)
+        sampler = ConnSampler(upstream)
+        stat = "num.query.https" if upstream == UPSTREAM_DOH else "num.query.tls"
         sampler.start()
         out = f"{self.d}/dnsperf-{forwarder}-{workload.name}.txt"
         try:
@@ -364,7 +375,7 @@ class Bench:
         row = {"forwarder": forwarder, "workload": workload.name, **res,
                "tls_connections_opened": None if workload.transport else opens1 - opens0,
                "tls_connections_peak": peak,
-               "upstream_tls_queries": int(st1.get("num.query.tls", 0) - st0.get("num.query.tls", 0)),
+               "upstream_tls_queries": int(st1.get(stat, 0) - st0.get(stat, 0)),
                "upstream_tls_resumed": int(st1.get("num.query.tls.resume", 0) - st0.get("num.query.tls.resume", 0)),
                "cpu_us_per_query": None, "rss_after_kib": None}
         if pid and res["completed"]:
@@ -466,7 +477,8 @@ class Bench:
                     continue
                 log(f"{name} / {w.name}")
                 try:
-                    row = self.measure(name, w, client_port, files[w.names], p.pid)
+                    row = self.measure(name, w, client_port, files[w.names], p.pid,
+                                       setup.config.get("upstream", UPSTREAM_DOT))
                 except (RuntimeError, OSError) as e:
                     self.skip(name, f"{w.name} failed: {e}", [w.name])
                     continue
@@ -556,6 +568,8 @@ class Bench:
                     self.run_setup(name, setup, files)
         if not a.no_light:
             kinds = {"unbound": UPSTREAM_KINDS["unbound"]}
+            if not a.encrypted_only:
+                kinds["unbound-doh"] = UPSTREAM_KINDS["unbound-doh"]
             if self.start_nodelay_upstream() is not None:
                 kinds["dnsdist"] = UPSTREAM_KINDS["dnsdist"]
             self.run_light_ceiling(kinds)
