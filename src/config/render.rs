@@ -93,12 +93,26 @@ impl Loaded {
     }
 }
 
-/// The keys of a DNS-over-TLS upstream, for `check-config`.
+/// The keys of a DNS-over-TLS or DNS-over-HTTPS upstream, for `check-config`.
 fn describe_tls_upstream(out: &mut String, upstream: &UpstreamConfig) {
-    out.push_str(&format!(
-        "address = {}\nprotocol = \"tls\"\n",
-        toml_string(&upstream.address.to_string())
-    ));
+    match &upstream.url {
+        None => out.push_str(&format!(
+            "address = {}\nprotocol = \"tls\"\n",
+            toml_string(&upstream.address.to_string())
+        )),
+        Some(url) => {
+            out.push_str(&format!("url = {}\n", toml_string(&url.to_string())));
+            if upstream.address_given {
+                out.push_str(&format!(
+                    "address = {}\n",
+                    toml_string(&upstream.address.to_string())
+                ));
+            } else {
+                out.push_str("# address not set: the URL's host is connected to\n");
+            }
+            out.push_str("protocol = \"https\"\n");
+        }
+    }
     out.push_str(&format!(
         "tls_name = {}\n",
         toml_string(&upstream.tls_name.to_str())

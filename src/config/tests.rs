@@ -967,6 +967,30 @@ fn describe_shows_values_and_sources() {
 }
 
 #[test]
+fn check_config_output_of_doh_and_host_name_upstreams_loads_back() {
+    let (_dir, file) = setup(
+        Some(
+            "bootstrap = [\"192.0.2.53\"]\n\
+             [[upstream]]\nurl = \"https://dns.quad9.net/dns-query\"\naddress = \"9.9.9.9\"\n\
+             [[upstream]]\nurl = \"https://doh.example:8443/q\"\n\
+             [[upstream]]\naddress = \"dns.example:8853\"\n",
+        ),
+        &[],
+    );
+    let loaded = load(&sources(&file, &[], Flags::default())).unwrap();
+    let text = loaded.describe();
+    for line in [
+        "url = \"https://dns.quad9.net/dns-query\"\naddress = \"9.9.9.9:443\"\nprotocol = \"https\"",
+        "url = \"https://doh.example:8443/q\"\n# address not set",
+        "address = \"dns.example:8853\"\nprotocol = \"tls\"",
+        "bootstrap = [\"192.0.2.53:53\"]",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(Config::from_toml_str(&text).unwrap(), loaded.config);
+}
+
+#[test]
 fn control_socket() {
     let config = Config::from_toml_str("control_socket = \"/run/x/control\"").unwrap();
     assert_eq!(config.control_socket, Some(PathBuf::from("/run/x/control")));

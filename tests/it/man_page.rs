@@ -143,6 +143,7 @@ async fn printed_keys() -> BTreeSet<String> {
     }
     body.push_str(&format!(
         "[[upstream]]\naddress = \"127.0.0.1:8853\"\ntls_name = \"dns.test\"\nca_file = \"{}\"\npin_sha256 = [\"{pin}\"]\n\
+         [[upstream]]\nurl = \"https://dns.test/dns-query\"\naddress = \"127.0.0.1\"\n\
          [[forward_zone]]\nzones = [\"corp.example\"]\n\
          [[forward_zone.upstream]]\naddress = \"10.0.0.2\"\nprotocol = \"udp\"\n",
         ca.display()
