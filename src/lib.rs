@@ -22,8 +22,9 @@
 //!   `exchange`: the trait every kind of upstream is asked through.
 //! - `cache`, `coalesce`: answers kept for their TTL; identical queries in flight shared.
 //! - `zones`: split DNS: which upstreams a name goes to, or its local answer.
-//! - `upstream` (`TlsUpstream`), `connection`, `tls`: a DoT upstream's health, its pipelined
-//!   TLS connection, and certificate validation; `plain`: a forward zone's plain-DNS upstream;
+//! - `pool`, `dot`, `connection`, `tls`: an upstream over a pool of connections, DoT as one,
+//!   its pipelined TLS connection, and certificate validation; `health`: an upstream's
+//!   backoff and probing; `plain`: a forward zone's plain-DNS upstream;
 //!   `group::AnyUpstream`: either kind.
 //! - `daemon`, `notify`, `logging`: lifecycle, systemd, logs; `context`: what the
 //!   daemon shares with the servers (configuration and forwarder in force, metrics);
