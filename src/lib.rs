@@ -17,10 +17,13 @@
 //!   `name` (zone names).
 //! - `policy`: `access` (who may ask) and `ratelimit` (how often).
 //! - `config`: what to run with (layered TOML, environment, flags), each key declared once.
-//! - `upstream`: `exchange` (the trait every kind of upstream is asked through), `dot`
-//!   (`TlsUpstream`: a DoT upstream's health) with its pipelined TLS `connection` and
-//!   certificate validation (`tls`), `plain` (a forward zone's plain-DNS upstream), `group`
-//!   (picking an upstream: fastest, failover, round-robin; hedging; `AnyUpstream`, either kind).
+//! - `upstream`: `exchange` (the trait every kind of upstream is asked through), `health`
+//!   (backoff, probing), `pool` (an upstream over connections it keeps), `dot` (DNS over TLS,
+//!   its pipelined TLS `connection`), `doh` (DNS over HTTPS on hyper's HTTP/2 client, responses
+//!   checked by `doh_response`), certificate validation (`tls`), `bootstrap` (host-name
+//!   upstreams' addresses), `build` (an upstream from its configuration), `plain` (a forward
+//!   zone's plain-DNS upstream), `group` (picking an upstream: fastest, failover, round-robin;
+//!   hedging; `AnyUpstream`, any kind).
 //! - `resolve`: a query to an answer: `forwarder` (cache, upstream choice, retry, SERVFAIL on
 //!   failure), `cache`, `coalesce` (identical queries in flight shared), `zones` (split DNS:
 //!   which upstreams a name goes to, or its local answer).

@@ -82,7 +82,8 @@ pub(crate) struct Metrics {
     pub(crate) cache: CacheMetrics,
     /// Queries answered by a built-in local zone (localhost, private reverse zones).
     pub(crate) local_answers: Counter,
-    /// Queries also sent to a second upstream because the first was slow (hedging).
+    /// Queries also sent to a second upstream because the first was slow to answer or to
+    /// connect (hedging), or was being probed.
     pub(crate) hedged: Counter,
     /// Client queries over the per-client rate limit.
     pub(crate) rate_limited: Counter,
@@ -255,8 +256,9 @@ impl Metrics {
         let hedged = Counter::default();
         registry.register(
             "hedged_queries",
-            "Queries also sent to a second upstream because the first had not answered within \
-             the hedging delay",
+            "Queries also sent to a second upstream: the first had not answered within the \
+             hedging delay or connected within a quarter of the timeout, or was being probed \
+             after a backoff",
             hedged.clone(),
         );
         let rate_limited = Counter::default();

@@ -20,6 +20,9 @@
 //! answering for every fault, failover between two upstreams when the first dies under load,
 //! and one regression test for each fault the daemon used to handle wrongly.
 //!
+//! The black-holed upstream beside a healthy one, with packets dropped by nftables in a network
+//! namespace, under every strategy, is in `blackhole`.
+//!
 //! Each test prints its `fault-matrix |` line (run with `--nocapture`); `docs/fault-matrix.md`
 //! holds the table from one run.
 
@@ -39,6 +42,8 @@ use crate::support::client::{
 use crate::support::proxy::{Proxy, ProxyConfig};
 use crate::support::upstream::{CertKind, FakeUpstream, Mode, issue_cert, write_file};
 use crate::support::{require_tool, within};
+
+mod blackhole;
 
 /// The per-query budget configured here.
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -222,9 +227,9 @@ impl Fault {
     fn down(self) -> Option<(&'static str, &'static str)> {
         match self {
             Fault::Refused => Some(("refused", "TCP connect failed: Connection refused")),
-            Fault::Blackhole | Fault::NoTls | Fault::Stall | Fault::WrongId => {
-                Some(("timeout", "no answer in time"))
-            }
+            Fault::Blackhole => Some(("timeout", "TCP connect timed out")),
+            Fault::NoTls => Some(("timeout", "TLS handshake timed out")),
+            Fault::Stall | Fault::WrongId => Some(("timeout", "no answer in time")),
             Fault::HttpInsteadOfTls => Some(("tls", "TLS handshake failed")),
             Fault::ResetMidResponse
             | Fault::CloseOnQuery

@@ -439,21 +439,32 @@ impl<R: Exchange> Forwarder<R> {
         };
         tried[second.index] = true;
         self.counts.hedged.inc();
-        let other = self.start(route, second, tried, query, frame, deadline);
-        tokio::pin!(other);
-        let (mut first_error, mut second_error) = (None, None);
+        // Boxed: another upstream may take its place.
+        let mut other = Box::pin(self.start(route, second, tried, query, frame, deadline));
+        let mut other_index = second.index;
+        let (mut first_error, mut other_done) = (None, false);
         loop {
             tokio::select! {
                 result = &mut one, if first_error.is_none() => match result {
                     Ok(response) => return (Ok(response), first.index),
                     Err(error) => first_error = Some(error),
                 },
-                result = &mut other, if second_error.is_none() => match result {
-                    Ok(response) => return (Ok(response), second.index),
-                    Err(error) => second_error = Some(error),
+                result = &mut other, if !other_done => match result {
+                    Ok(response) => return (Ok(response), other_index),
+                    // While the first may still answer, the next upstream left takes the
+                    // failed one's place: a first that hangs (a probe, a connect) must not
+                    // keep the query from the others.
+                    Err(_) => match group.pick(tried).filter(|_| first_error.is_none()) {
+                        Some(next) => {
+                            tried[next.index] = true;
+                            other = Box::pin(self.start(route, next, tried, query, frame, deadline));
+                            other_index = next.index;
+                        }
+                        None => other_done = true,
+                    },
                 },
             }
-            if let (Some(error), Some(_)) = (&first_error, &second_error) {
+            if let (Some(error), true) = (&first_error, other_done) {
                 return (Err(error.clone()), first.index);
             }
         }

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -489,12 +489,18 @@ const INTERVAL: Duration = Duration::from_millis(150);
 /// The longest backoff of a down upstream.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Whether packets reach a scripted upstream (false: black-holed); switched during a test.
-type Path = Arc<AtomicBool>;
+/// What becomes of packets to a scripted upstream (`OPEN`, `BLACK_HOLED`, `REFUSED`);
+/// switched during a test.
+type Path = Arc<AtomicU8>;
+const OPEN: u8 = 0;
+/// Every packet dropped: nothing ever comes back.
+const BLACK_HOLED: u8 = 1;
+/// Nothing listens: the connect is refused at once.
+const REFUSED: u8 = 2;
 
 /// Opens scripted connections, as TCP does: the SYN, then its retransmissions 1, 3, 7 and 15 s
-/// later; the connect completes `CONNECT` after the first that finds the path open, or fails
-/// with a connect timeout at the deadline.
+/// later; the connect completes `CONNECT` after the first that finds the path open (or is
+/// refused at once), or fails with a connect timeout at the deadline.
 struct ScriptedConnector {
     address: SocketAddr,
     path: Path,
@@ -521,7 +527,10 @@ impl Connector for ScriptedConnector {
                 break;
             }
             tokio::time::sleep_until(start + after).await;
-            if self.path.load(Ordering::SeqCst) {
+            if self.path.load(Ordering::SeqCst) == REFUSED {
+                return Err(refused());
+            }
+            if self.path.load(Ordering::SeqCst) == OPEN {
                 let connected = tokio::time::timeout_at(deadline, tokio::time::sleep(CONNECT));
                 return match connected.await {
                     Ok(()) => Ok(ScriptedChannel {
@@ -575,16 +584,16 @@ impl Channel for ScriptedChannel {
 
 type Pooled = PooledUpstream<ScriptedConnector>;
 
-/// The upstreams `upstream(i)` for each `(i, reachable)`, in that order, with scripted
+/// The upstreams `upstream(i)` for each `(i, path)`, in that order, with scripted
 /// connections, and their paths and connection log.
-fn pooled(upstreams: &[(usize, bool)]) -> (Vec<Pooled>, Vec<Path>, Log) {
+fn pooled(upstreams: &[(usize, u8)]) -> (Vec<Pooled>, Vec<Path>, Log) {
     let log = Log::default();
     let mut paths = Vec::new();
     let members = upstreams
         .iter()
-        .map(|&(index, reachable)| {
+        .map(|&(index, path)| {
             let address = upstream(index);
-            let path = Path::new(AtomicBool::new(reachable));
+            let path = Path::new(AtomicU8::new(path));
             paths.push(path.clone());
             let connector = ScriptedConnector {
                 address,
@@ -608,7 +617,7 @@ fn pooled(upstreams: &[(usize, bool)]) -> (Vec<Pooled>, Vec<Path>, Log) {
 /// or as the upstreams of the forward zone `zone.test` when `zone` (the default ones are then
 /// `upstream(9)`, reachable).
 fn pooled_forwarder(
-    upstreams: &[(usize, bool)],
+    upstreams: &[(usize, u8)],
     strategy: Strategy,
     zone: bool,
 ) -> (Arc<Forwarder<Pooled>>, Vec<Path>, Log) {
@@ -620,7 +629,7 @@ fn pooled_forwarder(
     let (members, paths, log) = pooled(upstreams);
     let group = Group::new(members, strategy, Hedge::Off);
     let forwarder = if zone {
-        let (default, _, _) = pooled(&[(9, true)]);
+        let (default, _, _) = pooled(&[(9, OPEN)]);
         let default = Group::new(default, strategy, Hedge::Off);
         let zone = vec![ZoneName::parse("zone.test").unwrap()];
         let router = Router::new(&[zone]);
@@ -693,16 +702,16 @@ async fn black_holed_first_of_two(
 ) -> Vec<Asked> {
     const QUERIES: usize = 40;
     let name = if zone { "zone.test" } else { "example" };
-    let (alone, _, _) = pooled_forwarder(&[(1, true)], strategy, zone);
+    let (alone, _, _) = pooled_forwarder(&[(1, OPEN)], strategy, zone);
     let baseline = steady(&alone, QUERIES, name).await;
 
-    let (forwarder, paths, log) = pooled_forwarder(&[(0, false), (1, true)], strategy, zone);
+    let (forwarder, paths, log) = pooled_forwarder(&[(0, BLACK_HOLED), (1, OPEN)], strategy, zone);
     let start = Instant::now();
     let watcher = back.map(|back| {
         let (forwarder, path) = (forwarder.clone(), paths[0].clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(start + back).await;
-            path.store(true, Ordering::SeqCst);
+            path.store(OPEN, Ordering::SeqCst);
             let group = match zone {
                 true => &forwarder.zones[0],
                 false => &forwarder.upstreams,
@@ -830,7 +839,7 @@ async fn a_forward_zone_with_a_black_holed_resolver_answers_every_query_in_time(
 /// after that, and the next queries fail at once until its backoff is over.
 #[tokio::test(start_paused = true)]
 async fn a_black_holed_only_upstream_gets_the_whole_budget_then_is_backed_off() {
-    let (forwarder, _, log) = pooled_forwarder(&[(0, false)], Strategy::Failover, false);
+    let (forwarder, _, log) = pooled_forwarder(&[(0, BLACK_HOLED)], Strategy::Failover, false);
     let start = Instant::now();
     let answer = forwarder
         .answer(&query(1, "one.example."), CLIENT, Transport::Udp)
@@ -844,4 +853,29 @@ async fn a_black_holed_only_upstream_gets_the_whole_budget_then_is_backed_off() 
     assert_eq!(read(&answer), (2, ResponseCode::ServFail, vec![]));
     assert_eq!(again.elapsed(), Duration::ZERO);
     assert_eq!(calls(&log, start), vec![(0, 0)]);
+}
+
+/// Three upstreams: the first black-holed, the second refusing, the third healthy. When the
+/// first two are both due for a probe, the second's fails at once while the first's hangs: the
+/// third takes the second's place, and the query does not wait on the hanging probe.
+#[tokio::test(start_paused = true)]
+async fn a_refused_hedge_beside_a_hanging_probe_hands_over_to_the_next_upstream() {
+    const QUERIES: usize = 40;
+    for strategy in [Strategy::Failover, Strategy::RoundRobin, Strategy::Fastest] {
+        let (alone, _, _) = pooled_forwarder(&[(2, OPEN)], strategy, false);
+        let baseline = steady(&alone, QUERIES, "example").await;
+        let (forwarder, _, _) = pooled_forwarder(
+            &[(0, BLACK_HOLED), (1, REFUSED), (2, OPEN)],
+            strategy,
+            false,
+        );
+        let asked = steady(&forwarder, QUERIES, "example").await;
+        for (i, (query, alone)) in asked.iter().zip(&baseline).enumerate() {
+            let what = format!("{strategy:?}, query {i} at {:?}", query.at);
+            assert_eq!(query.rcode, ResponseCode::NoError, "{what}");
+            assert_eq!(query.by, answered_by(2), "{what}");
+            let allowed = alone.took + if i == 0 { LONG_BUDGET / 4 } else { ms(50) };
+            assert!(query.took <= allowed, "{what} took {:?}", query.took);
+        }
+    }
 }

@@ -1,10 +1,12 @@
 //! Test harness: a fake DNS-over-TLS upstream (`upstream`), the real daemon launched the way
-//! systemd launches it (`proxy`), a small DNS client (`client`), and shared helpers.
+//! systemd launches it (`proxy`), a small DNS client (`client`), network namespaces with
+//! nftables rules (`netns`), and shared helpers.
 
 #![allow(dead_code)]
 
 pub mod client;
 pub mod encrypted;
+pub mod netns;
 pub mod proxy;
 pub mod unbound;
 pub mod upstream;

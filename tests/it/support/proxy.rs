@@ -243,6 +243,8 @@ pub struct ProxyBuilder {
     metrics_socket: Option<TcpListener>,
     /// Passed after the DNS sockets under these names (socket activation only).
     named_sockets: Vec<(String, TcpListener)>,
+    /// Run inside this network namespace (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl ProxyBuilder {
@@ -287,6 +289,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// Runs the daemon inside the network namespace `name` (`ip netns exec`, which then execs
+    /// it: the pid, and so `LISTEN_PID`, stay the daemon's). The sockets passed to it stay
+    /// where the test bound them.
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
     /// Runs this copy of the binary instead of the one in the target directory.
     pub fn program(mut self, path: &Path) -> Self {
         self.program = path.to_path_buf();
@@ -321,7 +331,14 @@ impl ProxyBuilder {
         let mut held = Vec::new();
         match &self.sockets {
             Sockets::Activated(sockets) => {
-                cmd = std::process::Command::new("/bin/sh");
+                cmd = match &self.netns {
+                    Some(name) => {
+                        let mut ip = std::process::Command::new("ip");
+                        ip.args(["netns", "exec", name, "/bin/sh"]);
+                        ip
+                    }
+                    None => std::process::Command::new("/bin/sh"),
+                };
                 cmd.arg("-c")
                     .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
                     .arg(&self.program);
@@ -374,6 +391,10 @@ impl ProxyBuilder {
                 cmd.env("LISTEN_FDNAMES", names.join(":"));
             }
             Sockets::Listen(addrs) => {
+                assert!(
+                    self.netns.is_none(),
+                    "a namespace only with socket activation"
+                );
                 cmd = std::process::Command::new(&self.program);
                 cmd.env_clear();
                 udp.extend(addrs.iter().copied());
@@ -509,6 +530,7 @@ impl Proxy {
             program: PathBuf::from(BIN),
             metrics_socket: None,
             named_sockets: Vec::new(),
+            netns: None,
         }
     }
 

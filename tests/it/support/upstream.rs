@@ -35,6 +35,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::Rng;
+use super::netns::Netns;
 use super::proxy::UpstreamSpec;
 
 /// Name in the default server certificate.
@@ -256,6 +257,8 @@ pub struct UpstreamOptions {
     /// TLS records, as some servers do: the kernel then holds the message back until the
     /// client acknowledges the prefix.
     pub nagle: bool,
+    /// Listen inside this network namespace (on its 127.0.0.1) instead of the test's own.
+    pub netns: Option<Arc<Netns>>,
 }
 
 impl Default for UpstreamOptions {
@@ -267,6 +270,7 @@ impl Default for UpstreamOptions {
             not_yet_valid: false,
             port: 0,
             nagle: false,
+            netns: None,
         }
     }
 }
@@ -315,6 +319,7 @@ pub struct FakeUpstream {
     cert: IssuedCert,
     server: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     udp_watch: JoinHandle<()>,
+    netns: Option<Arc<Netns>>,
 }
 
 impl FakeUpstream {
@@ -366,6 +371,15 @@ impl FakeUpstream {
         // The UDP port of the same number must be ours too, to see any datagram sent to it.
         let mut attempt = 0;
         let (listener, udp) = loop {
+            if let Some(netns) = &opts.netns {
+                let (tcp, udp) = netns
+                    .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, opts.port)))
+                    .expect("bind fake upstream in the namespace");
+                break (
+                    TcpListener::from_std(tcp).expect("tcp for tokio"),
+                    UdpSocket::from_std(udp).expect("udp for tokio"),
+                );
+            }
             let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, opts.port)))
                 .await
                 .expect("bind fake upstream");
@@ -386,6 +400,7 @@ impl FakeUpstream {
             cert,
             server: None,
             udp_watch,
+            netns: opts.netns,
         };
         upstream.serve(listener);
         upstream
@@ -548,7 +563,20 @@ impl FakeUpstream {
         assert!(self.server.is_none(), "restart() of a running upstream");
         let mut attempt = 0;
         let listener = loop {
-            match TcpListener::bind(self.addr).await {
+            let bound = match &self.netns {
+                Some(netns) => {
+                    let addr = self.addr;
+                    netns
+                        .within(|| {
+                            let listener = std::net::TcpListener::bind(addr)?;
+                            listener.set_nonblocking(true)?;
+                            Ok(listener)
+                        })
+                        .and_then(TcpListener::from_std)
+                }
+                None => TcpListener::bind(self.addr).await,
+            };
+            match bound {
                 Ok(l) => break l,
                 Err(e) if attempt < 50 => {
                     attempt += 1;
