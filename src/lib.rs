@@ -30,6 +30,8 @@
 //!   `sandbox`: the service's IP allow list, computed from the configuration.
 //! - `metrics`: the counters (also behind the systemd status line) and their Prometheus
 //!   rendering; `admin`: the HTTP endpoint serving them and a health check (hyper).
+//! - `link`: per-link DNS over `org.freedesktop.resolve1` (NetworkManager, resolvectl): each
+//!   link's domains answered by its servers, a resolv.conf with their search list.
 //! - `control`: the control socket (`dns-proxy status` and `flush`), server and client;
 //!   `snapshot`: the status it reports, which the forwarder, groups, cache and metrics fill in.
 //! - `lock`, `defer`: taking a lock whose holder panicked; yielding behind queued tasks.
@@ -47,6 +49,7 @@ pub(crate) mod common;
 pub mod config;
 pub(crate) mod context;
 pub mod daemon;
+pub(crate) mod link;
 pub mod ops;
 pub(crate) mod policy;
 pub mod resolve;

@@ -269,6 +269,11 @@ impl TlsUpstream {
         self.name.to_str().into_owned()
     }
 
+    /// A down upstream may be tried by the next query, its backoff forgotten.
+    fn retry_now(&self) {
+        self.health().retry_at = None;
+    }
+
     fn health(&self) -> MutexGuard<'_, Health> {
         lock::lock(&self.health)
     }
@@ -350,6 +355,10 @@ impl Exchange for TlsUpstream {
     }
 
     /// A DoT connection notices a close or a stall itself.
+    fn forget_failures(&self) {
+        self.retry_now();
+    }
+
     fn detects_failure(&self) -> bool {
         true
     }

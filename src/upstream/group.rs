@@ -72,6 +72,13 @@ impl Exchange for AnyUpstream {
         }
     }
 
+    fn forget_failures(&self) {
+        match self {
+            AnyUpstream::Tls(upstream) => upstream.forget_failures(),
+            AnyUpstream::Plain(upstream) => upstream.forget_failures(),
+        }
+    }
+
     fn detects_failure(&self) -> bool {
         match self {
             AnyUpstream::Tls(upstream) => upstream.detects_failure(),
@@ -114,6 +121,11 @@ impl RttEstimate {
             .store((3 * rttvar + srtt.abs_diff(rtt)) / 4, Ordering::Relaxed);
         self.srtt
             .store(((7 * srtt + rtt) / 8).max(1), Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        self.srtt.store(0, Ordering::Relaxed);
+        self.rttvar.store(0, Ordering::Relaxed);
     }
 
     fn srtt(&self) -> u32 {
@@ -189,6 +201,15 @@ impl<R: Exchange> Group<R> {
                 others.get((turn / PROBE_EVERY) % others.len()).copied()
             }
             _ => fastest(),
+        }
+    }
+
+    /// Forgets what was learned about each upstream (latency, backoff): the next queries
+    /// measure and try them afresh.
+    pub(crate) fn forget(&self) {
+        for member in &self.members {
+            member.rtt.reset();
+            member.upstream.forget_failures();
         }
     }
 
