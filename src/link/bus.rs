@@ -97,11 +97,14 @@ fn failure(name: &str, text: impl Into<String>) -> Failure {
     }
 }
 
-/// The name of interface `index` now, if there is one (`if_indextoname`).
+/// The name of interface `index` now, if there is one (`if_indextoname`). nix 0.31 misses
+/// the null pointer libc returns for an unknown index and hands back its zeroed buffer: an
+/// empty name is no interface.
 pub(crate) fn interface_name(index: u32) -> Option<String> {
     nix::net::if_::if_indextoname(index)
         .ok()
         .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
 }
 
 /// Owns the bus name and answers on it until `shutdown`; `tried` is told once the first try

@@ -18,6 +18,7 @@ mod dns_over_tls;
 mod fault_matrix;
 mod harness_selftest;
 mod idle_timeouts;
+mod link_dns;
 mod listen;
 mod malformed;
 mod man_page;

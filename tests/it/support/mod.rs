@@ -6,6 +6,7 @@
 pub mod client;
 pub mod encrypted;
 pub mod proxy;
+pub mod system_bus;
 pub mod upstream;
 
 use std::future::Future;
