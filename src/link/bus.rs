@@ -130,7 +130,7 @@ pub(crate) async fn serve(
             let _ = tried.send(());
         }
         match connected {
-            Ok((connection, queued)) => {
+            Ok((connection, stream, queued)) => {
                 retry = RETRY_FIRST;
                 said_unavailable = false;
                 if queued {
@@ -141,11 +141,9 @@ pub(crate) async fn serve(
                     server
                         .registry
                         .set_bus(format!("waiting for {NAME}, owned by another service"));
-                } else {
-                    info!("link DNS: owning {NAME} on the system bus");
-                    server.registry.set_bus(format!("owns {NAME}"));
                 }
-                if server.clone().run(connection, &shutdown).await {
+                // Owning it, the bus's NameAcquired, which the stream sees, logs and records it.
+                if server.clone().run(connection, stream, &shutdown).await {
                     return;
                 }
                 warn!("link DNS: the system bus connection closed; connecting again");
@@ -183,12 +181,16 @@ pub(crate) async fn serve(
 
 /// A connection to the system bus and the name requested: true when it is queued behind
 /// another owner.
-async fn connect() -> Result<(Connection, bool), Unavailable> {
+async fn connect() -> Result<(Connection, MessageStream, bool), Unavailable> {
     let connection = zbus::connection::Builder::system()
         .map_err(Unavailable::NoBus)?
         .build()
         .await
         .map_err(Unavailable::NoBus)?;
+    // Listening before the name is ours: a caller waiting for it (NetworkManager replays every
+    // link on NameOwnerChanged) may call as soon as the bus grants it, before RequestName's
+    // reply reaches us, and a stream only sees the messages that arrive after it exists.
+    let stream = MessageStream::from(&connection);
     // Flags 0: wait in the queue when the name is taken; never hand it over.
     let reply = connection
         .call_method(
@@ -209,7 +211,7 @@ async fn connect() -> Result<(Connection, bool), Unavailable> {
         })?;
     let code: u32 = reply.body().deserialize().map_err(Unavailable::NoBus)?;
     // 1: primary owner, 2: in the queue, 4: already the owner.
-    Ok((connection, code == 2))
+    Ok((connection, stream, code == 2))
 }
 
 struct Server {
@@ -230,8 +232,12 @@ fn is_lookup(header: &Header<'_>) -> bool {
 
 impl Server {
     /// Serves `connection` until it closes (false) or `shutdown` (true).
-    async fn run(self: Arc<Self>, connection: Connection, shutdown: &CancellationToken) -> bool {
-        let mut stream = MessageStream::from(&connection);
+    async fn run(
+        self: Arc<Self>,
+        connection: Connection,
+        mut stream: MessageStream,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let (queue, mut calls) = mpsc::channel::<Message>(QUEUE);
         let worker = {
             let (server, connection) = (self.clone(), connection.clone());
