@@ -119,7 +119,9 @@ resolvectl_version=$("$resolvectl" --version | head -n 1) || die "the unpacked r
 # --- the private system bus -----------------------------------------------------------------
 daemon_user=nobody
 daemon_uid=$(id -u "$daemon_user")
-other_uid=4242 # anyone else: neither root nor the daemon's user
+# Anyone else: neither root nor the daemon's user (the bus admits only users it knows).
+other_user=daemon
+other_uid=$(id -u "$other_user")
 mkdir -p "$work/dbus"
 cp /usr/share/dbus-1/system.d/org.freedesktop.NetworkManager.conf "$work/dbus/"
 sed "s/user=\"dns-proxy\"/user=\"$daemon_user\"/" "$repo/packaging/dbus/dns-proxy-resolve1.conf" \
@@ -189,7 +191,7 @@ nsenter --net="/run/netns/$srv" dnsmasq --keep-in-foreground --user=root --no-re
     --dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,10m --dhcp-option=option:router,$link_server \
     --dhcp-option=option:dns-server,$link_server --dhcp-option=option:domain-search,corp.example,lab.example \
     --dhcp-leasefile="$work/dnsmasq.leases" --dhcp-script="$work/lease-event" \
-    --address=/corp.example/$corp_answer --address=/lab.example/$lab_answer --address=/extra.example/$extra_answer \
+    --local-ttl=300 --address=/corp.example/$corp_answer --address=/lab.example/$lab_answer --address=/extra.example/$extra_answer \
     --log-queries --log-facility="$work/dnsmasq.log" --pid-file="$work/dnsmasq.pid" 2>"$work/dnsmasq.err" &
 pids+=($!)
 # Every name dnsmasq was asked, one per line.
@@ -405,7 +407,7 @@ fi
 cached=cached-$$.corp.example
 ask "$cached" >/dev/null
 ask "$cached" >/dev/null
-as_other() { in_cli setpriv --reuid="$other_uid" --regid="$other_uid" --clear-groups "$@"; }
+as_other() { in_cli setpriv --reuid="$other_uid" --regid="$(id -g "$other_user")" --clear-groups "$@"; }
 denied_all=1
 denials=()
 for command in "domain eth0 evil.example" "dns eth0 10.77.0.9" "revert eth0" "flush-caches"; do
