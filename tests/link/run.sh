@@ -64,7 +64,9 @@ pids=()
 cleanup() {
     local pid
     # Every process in the test's namespaces is one it started, and so are the others in pids.
-    pids+=($(ip netns pids "$cli" 2>/dev/null) $(ip netns pids "$srv" 2>/dev/null))
+    local -a inside
+    mapfile -t inside < <(ip netns pids "$cli" 2>/dev/null; ip netns pids "$srv" 2>/dev/null)
+    pids+=("${inside[@]}")
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do
         for _ in $(seq 50); do
@@ -180,6 +182,7 @@ link_server=10.77.0.1
 corp_answer=198.51.100.1  # dnsmasq's answer for any name under corp.example
 lab_answer=198.51.100.2   # ... lab.example
 extra_answer=198.51.100.3 # ... extra.example (a routing domain added with resolvectl)
+home_answer=198.51.100.4  # ... home.arpa (a LAN's domain, a local zone of dns-proxy's own)
 cat >"$work/lease-event" <<EOF
 #!/bin/bash
 # dnsmasq runs this on every lease change: the time the lease was granted.
@@ -189,9 +192,10 @@ EOF
 chmod 0755 "$work/lease-event"
 nsenter --net="/run/netns/$srv" dnsmasq --keep-in-foreground --user=root --no-resolv --no-hosts --bind-interfaces --interface=lan0 \
     --dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,10m --dhcp-option=option:router,$link_server \
-    --dhcp-option=option:dns-server,$link_server --dhcp-option=option:domain-search,corp.example,lab.example \
+    --dhcp-option=option:dns-server,$link_server --dhcp-option=option:domain-search,corp.example,lab.example,home.arpa \
     --dhcp-leasefile="$work/dnsmasq.leases" --dhcp-script="$work/lease-event" \
     --local-ttl=300 --address=/corp.example/$corp_answer --address=/lab.example/$lab_answer --address=/extra.example/$extra_answer \
+    --address=/home.arpa/$home_answer \
     --log-queries --log-facility="$work/dnsmasq.log" --pid-file="$work/dnsmasq.pid" 2>"$work/dnsmasq.err" &
 pids+=($!)
 # Every name dnsmasq was asked, one per line.
@@ -302,6 +306,7 @@ printf '# untouched\n' >"$work/nm/resolv.conf"
 start_network_manager() {
     # Its own mount namespace: /sys read-only (without udev, NetworkManager manages the veth
     # at once), its run and state directories and /etc/resolv.conf private to the test.
+    # shellcheck disable=SC2016 # expanded by that shell
     nsenter --net="/run/netns/$cli" unshare --mount --propagation private sh -c '
         set -e
         mount -o remount,ro /sys
@@ -343,8 +348,9 @@ resolv_conf_has() { grep -qx -- "$1" "$work/run/resolv.conf" 2>/dev/null; }
 resolv_conf_lacks_search() { [[ -f $work/run/resolv.conf ]] && ! grep -q '^search' "$work/run/resolv.conf"; }
 journal_tail() {
     echo "      --- dns-proxy log"
-    tail -n "${1:-20}" "$work/dns-proxy.log" | sed 's/^/      /'
+    tail -n 20 "$work/dns-proxy.log" | sed 's/^/      /'
 }
+indent() { sed 's/^/      /'; }
 
 echo "link test: $(NetworkManager --version 2>/dev/null | head -n 1 | sed 's/^/NetworkManager /'), $(dnsmasq --version | head -n 1 | cut -d' ' -f1-3), $resolvectl_version"
 
@@ -357,10 +363,10 @@ lease_at=$(head -n 1 "$work/lease-events" | cut -d' ' -f1)
 lease_at=${lease_at/./}
 if wait_until 10 answered_by corp.example "$corp_answer"; then
     lease_to_answer=$(ms_since "$lease_at")
-    if ((lease_to_answer <= 10000)) && answered_by lab.example "$lab_answer"; then
-        pass "1 lease -> a name under corp.example answered by the link's server (dnsmasq) ${lease_to_answer} ms after the DHCP lease; lab.example too"
+    if ((lease_to_answer <= 10000)) && answered_by lab.example "$lab_answer" && answered_by home.arpa "$home_answer"; then
+        pass "1 lease -> a name under corp.example answered by the link's server (dnsmasq) ${lease_to_answer} ms after the DHCP lease; lab.example and home.arpa too"
     else
-        fail "1 lease -> answer took ${lease_to_answer} ms (limit 10000), lab.example: '$(ask "$(fresh_name lab.example)")'"
+        fail "1 lease -> answer took ${lease_to_answer} ms (limit 10000); lab.example: '$(ask "$(fresh_name lab.example)")', home.arpa: '$(ask "$(fresh_name home.arpa)")'"
     fi
 else
     fail "1 no answer from the link's server within 10 s of the lease: $(ask "$(fresh_name corp.example)")"
@@ -369,7 +375,7 @@ else
 fi
 
 # --- 2. resolv.conf, status -----------------------------------------------------------------
-if wait_until 2 resolv_conf_has 'search corp.example lab.example' &&
+if wait_until 2 resolv_conf_has 'search corp.example lab.example home.arpa' &&
     resolv_conf_has 'nameserver 127.0.0.1' && resolv_conf_has 'options edns0 trust-ad' &&
     [[ $(cat "$work/nm/resolv.conf") == '# untouched' ]]; then
     pass "2 $work/run/resolv.conf: $(grep -v '^#' "$work/run/resolv.conf" | paste -sd';' | sed 's/;/; /g'); NetworkManager left /etc/resolv.conf alone (dns=none)"
@@ -381,19 +387,19 @@ if [[ $status == *eth0* && $status == *$link_server* && $status == *corp.example
     pass "2 dns-proxy status lists eth0 with $link_server and corp.example, lab.example"
 else
     fail "2 dns-proxy status does not show the link:"
-    echo "$status" | sed 's/^/      /'
+    indent <<<"$status"
 fi
 
 # --- 3. resolvectl as root ------------------------------------------------------------------
 rc_status=$(in_cli "$resolvectl" status 2>&1 || echo "exit status $?")
 rc_query=$(in_cli "$resolvectl" query "probe.corp.example" 2>&1 || echo "exit status $?")
 if [[ $rc_status == *"(eth0)"* && $rc_status == *"DNS Servers: $link_server"* &&
-    $rc_status == *"DNS Domain: corp.example lab.example"* && $rc_query == *"$corp_answer"* ]]; then
-    pass "3 resolvectl status shows eth0 with DNS Servers: $link_server, DNS Domain: corp.example lab.example; resolvectl query probe.corp.example: $corp_answer"
+    $rc_status == *"DNS Domain: corp.example lab.example home.arpa"* && $rc_query == *"$corp_answer"* ]]; then
+    pass "3 resolvectl status shows eth0 with DNS Servers: $link_server, DNS Domain: corp.example lab.example home.arpa; resolvectl query probe.corp.example: $corp_answer"
 else
     fail "3 resolvectl status / query:"
-    echo "$rc_status" | sed 's/^/      /'
-    echo "$rc_query" | sed 's/^/      /'
+    indent <<<"$rc_status"
+    indent <<<"$rc_query"
 fi
 domain_out=$(in_cli "$resolvectl" domain eth0 corp.example lab.example '~extra.example' 2>&1 || echo "exit status $?")
 if [[ -z $domain_out ]] && wait_until 1 answered_by extra.example "$extra_answer" &&
@@ -502,7 +508,7 @@ if wait_until 5 zones_gone; then
         pass "8 nmcli device disconnect eth0: zones and search list gone ${gone} ms after the command (${after} ms after it returned); dns-proxy status lists no link server"
     else
         fail "8 nmcli device disconnect eth0: zones gone after ${gone} ms (limit 2000); status:"
-        echo "$status" | sed 's/^/      /'
+        indent <<<"$status"
     fi
 else
     fail "8 nmcli device disconnect eth0: zones still there after 5 s: corp.example answered '$(ask "$(fresh_name corp.example)")', resolv.conf '$(cat "$work/run/resolv.conf")'"
@@ -521,9 +527,9 @@ else
 fi
 
 # --- 10. the link's server saw only the link's names ----------------------------------------
-strays=$(link_server_saw | grep -vE '(^|\.)(corp|lab|extra)\.example$' || true)
+strays=$(link_server_saw | grep -vE '(^|\.)((corp|lab|extra)\.example|home\.arpa)$' || true)
 if [[ -z $strays ]]; then
-    pass "10 the link's server saw $(link_server_saw | wc -l) queries, all under corp.example, lab.example or extra.example"
+    pass "10 the link's server saw $(link_server_saw | wc -l) queries, all under corp.example, lab.example, home.arpa or extra.example"
 else
     fail "10 the link's server saw other names: $(echo "$strays" | sort -u | paste -sd' ')"
 fi
