@@ -18,6 +18,9 @@
 #   allowlist_checks       (allowlist.sh) the service's IP allow list follows the configuration
 #   tls_checks             (tls.sh) DoT and DoH for clients through the package's example socket
 #                          units, the key passed with LoadCredential=, kdig as the client
+#   link_checks            (link.sh) NetworkManager managing a veth with dnsmasq's DHCP on the other
+#                          end: after boot, before any query, the lease's domain is answered by
+#                          the packaged service under its sandbox; resolvectl of the release
 #
 # then installs the .rpm with `rpm --root` into the Debian 12 tree and boots it (rpm_checks).
 # Prints one line per check and exits non-zero if any fails. Run it as root:
@@ -43,11 +46,13 @@ fi
 suites=("$@")
 ((${#suites[@]})) || suites=(bullseye bookworm trixie)
 # Every tree: systemd itself, dig and ss for the checks. The full tree adds the test upstream
-# (unbound), ca-certificates (and with it openssl) and kdig for DoT and DoH.
+# (unbound), ca-certificates (and with it openssl), kdig for DoT and DoH, and NetworkManager
+# (masked but in link_checks), with the release's systemd-resolved package in apt's cache for
+# its resolvectl (not installed: it would take the bus name and /etc/resolv.conf).
 base_include=systemd,systemd-sysv,dbus,iproute2,bind9-dnsutils
-full_extra="unbound ca-certificates knot-dnsutils"
+full_extra="unbound ca-certificates knot-dnsutils network-manager"
 # Part of the cached tarballs' names: changing what goes into a tree makes new ones.
-tree_key=$(printf '%s\n' "$base_include" "$full_extra" offline-ca-certificates | sha256sum | cut -c1-12)
+tree_key=$(printf '%s\n' "$base_include" "$full_extra" offline-ca-certificates resolved-deb | sha256sum | cut -c1-12)
 answer_one=192.0.2.1 # what upstream 1 answers for probe.test
 answer_two=192.0.2.2 # what upstream 2 answers
 
@@ -63,7 +68,7 @@ die() {
 }
 
 [[ $(id -u) == 0 ]] || skip "needs root for systemd-nspawn and debootstrap"
-for tool in systemd-nspawn debootstrap nsenter rpm zstd openssl; do
+for tool in systemd-nspawn debootstrap nsenter rpm zstd openssl dnsmasq; do
     command -v "$tool" >/dev/null || skip "$tool is not installed"
 done
 
@@ -71,6 +76,7 @@ work=$(mktemp -d /tmp/dns-proxy-system.XXXXXX)
 nspawn_pid=
 cleanup() {
     stop_container
+    link_cleanup
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -125,6 +131,12 @@ build_trees() {
             # The packaged unbound would take port 53 at boot; the test starts its own.
             ln -sf /dev/null "$tree/etc/systemd/system/unbound.service" &&
             ln -sf /dev/null "$tree/etc/systemd/system/unbound-resolvconf.service" &&
+            # NetworkManager only where link_checks enables it.
+            ln -sf /dev/null "$tree/etc/systemd/system/NetworkManager.service" &&
+            ln -sf /dev/null "$tree/etc/systemd/system/NetworkManager-wait-online.service" &&
+            # Debian 12 and later ship resolvectl in systemd-resolved (11 in systemd itself).
+            { "${apt_in_tree[@]}" sh -c 'apt-cache show systemd-resolved >/dev/null 2>&1 || exit 0
+                apt-get install -y -q --download-only systemd-resolved'; } &&
             tar --zstd -C "$tree" -cf "$(tarball "$suite" full).tmp" . &&
             mv "$(tarball "$suite" minimal).tmp" "$(tarball "$suite" minimal)" &&
             mv "$(tarball "$suite" full).tmp" "$(tarball "$suite" full)"
@@ -578,6 +590,7 @@ rpm_checks() {
 # The IP allow list needs a systemd that really filters: nspawn lets it load BPF programs.
 source "$repo/tests/system/allowlist.sh"
 source "$repo/tests/system/tls.sh"
+source "$repo/tests/system/link.sh"
 full_tree_tests=(package_checks
     "allowlist_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN"
     "tls_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN")
@@ -598,6 +611,7 @@ for suite in "${suites[@]}"; do
         read -ra words <<<"$test"
         in_container "$suite" minimal "${words[0]}" "${words[@]:1}"
     done
+    [[ -n $given_deb ]] || link_checks "$suite"
     [[ $suite != "$rpm_suite" ]] || rpm_checks "$suite"
     rm -rf "${work:?}/$suite-full" "${work:?}/$suite-minimal"
     took "$suite done"
