@@ -28,6 +28,8 @@
 #   make system-test                 (or tests/system/run.sh [SUITE...])
 #   tests/system/run.sh --deb FILE [SUITE...]
 #                                    only default_config_checks, with a given .deb, no build
+#   tests/system/run.sh --only link_checks,rpm_checks [SUITE...]
+#                                    only these sub-tests
 #
 # The trees are built once per release and kept as compressed tarballs in
 # $DNS_PROXY_TESTBED_CACHE (default /var/cache/dns-proxy-testbed); only a missing one is
@@ -39,10 +41,17 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cache=${DNS_PROXY_TESTBED_CACHE:-/var/cache/dns-proxy-testbed}
 given_deb=
-if [[ ${1:-} == --deb ]]; then
-    given_deb=$(realpath "${2:?--deb needs a file}")
+only=
+while [[ ${1:-} == --* ]]; do
+    case $1 in
+    --deb) given_deb=$(realpath "${2:?--deb needs a file}") ;;
+    --only) only=,${2:?--only needs sub-test names},  ;;
+    *) echo "system test: unknown option $1" >&2 && exit 64 ;;
+    esac
     shift 2
-fi
+done
+# Whether the sub-test FUNCTION runs (all of them without --only).
+selected() { [[ -z $only || $only == *",$1,"* ]]; }
 suites=("$@")
 ((${#suites[@]})) || suites=(bullseye bookworm trixie)
 # Every tree: systemd itself, dig and ss for the checks. The full tree adds the test upstream
@@ -572,12 +581,18 @@ rpm_checks() {
     config 1 >"$rpmtree/etc/dns-proxy/dns-proxy.toml"
     boot "$rpmtree"
     start_upstreams
+    # The service started at boot, before the test's upstreams: start it again with them up.
+    in_ct systemctl restart dns-proxy.service
+    local owner
+    owner=$(link_bus_owner)
     if [[ $(in_ct systemctl is-enabled dns-proxy.socket) == enabled &&
-        $(in_ct systemctl is-active dns-proxy.socket) == active ]] &&
+        $(in_ct systemctl is-active dns-proxy.socket) == active &&
+        $(in_ct systemctl is-enabled dns-proxy.service) == enabled &&
+        $owner == "$(main_pid) $(in_ct id -u dns-proxy 2>/dev/null)" ]] &&
         expect_answer "$answer_one" @127.0.0.1 && expect_answer "$answer_one" @::1 +tcp; then
-        pass "$suite 7 rpm --root install: %post enabled dns-proxy.socket; after boot it is active and answers"
+        pass "$suite 7 rpm --root install: %post created the dns-proxy user and enabled dns-proxy.socket and .service; after boot the service owns org.freedesktop.resolve1 and answers"
     else
-        fail "$suite 7 rpm: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket)"
+        fail "$suite 7 rpm: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket), service $(in_ct systemctl is-enabled dns-proxy.service), bus owner '$owner'"
         cat "$work/rpm.log"
     fi
     stop_container
@@ -605,14 +620,14 @@ fi
 for suite in "${suites[@]}"; do
     for test in "${full_tree_tests[@]}"; do
         read -ra words <<<"$test"
-        in_container "$suite" full "${words[0]}" "${words[@]:1}"
+        ! selected "${words[0]}" || in_container "$suite" full "${words[0]}" "${words[@]:1}"
     done
     for test in "${minimal_tree_tests[@]}"; do
         read -ra words <<<"$test"
-        in_container "$suite" minimal "${words[0]}" "${words[@]:1}"
+        ! selected "${words[0]}" || in_container "$suite" minimal "${words[0]}" "${words[@]:1}"
     done
-    [[ -n $given_deb ]] || link_checks "$suite"
-    [[ $suite != "$rpm_suite" ]] || rpm_checks "$suite"
+    [[ -n $given_deb ]] || ! selected link_checks || link_checks "$suite"
+    [[ $suite != "$rpm_suite" ]] || ! selected rpm_checks || rpm_checks "$suite"
     rm -rf "${work:?}/$suite-full" "${work:?}/$suite-minimal"
     took "$suite done"
 done
