@@ -190,3 +190,46 @@ link_checks() { # suite
     link_cleanup
     rm -rf "$dir"
 }
+
+# R. Beside systemd-resolved (installed from the release's package in apt's cache; part of
+#    systemd itself on Debian 11): the package enables nothing and says why; switching over as
+#    dns-proxy(8) says gives dns-proxy the bus name; the units conflict both ways.
+resolved_checks() { # suite
+    local suite=$1 out owner
+    if in_ct sh -c 'ls /var/cache/apt/archives/systemd-resolved_*.deb' >/dev/null 2>&1; then
+        in_ct sh -c 'apt-get install -y -q /var/cache/apt/archives/systemd-resolved_*.deb' >"$work/apt.log" 2>&1 ||
+            { cat "$work/apt.log"; fail "$suite R installing systemd-resolved"; return; }
+    fi
+    in_ct systemctl enable --now systemd-resolved.service >/dev/null 2>&1
+    out=$(in_ct apt-get install -y -q "/srv/in/$deb" 2>&1) ||
+        { echo "$out"; fail "$suite R apt install beside systemd-resolved"; return; }
+    if [[ $out == *"systemd-resolved serves this host"* &&
+        $(in_ct systemctl is-enabled dns-proxy.socket dns-proxy.service | sort -u) == disabled &&
+        $(in_ct systemctl is-active dns-proxy.socket dns-proxy.service | sort -u) == inactive &&
+        $(in_ct systemctl is-active systemd-resolved.service) == active ]]; then
+        pass "$suite R apt install beside systemd-resolved: socket and service left disabled and stopped, systemd-resolved still active, and postinst says so"
+    else
+        fail "$suite R apt install beside systemd-resolved: socket/service enabled '$(in_ct systemctl is-enabled dns-proxy.socket dns-proxy.service | paste -sd/)', active '$(in_ct systemctl is-active dns-proxy.socket dns-proxy.service | paste -sd/)', systemd-resolved $(in_ct systemctl is-active systemd-resolved.service)"
+        grep dns-proxy <<<"$out" | sed 's/^/      /'
+    fi
+
+    in_ct systemctl disable --now systemd-resolved.service >/dev/null 2>&1
+    in_ct systemctl enable --now dns-proxy.socket dns-proxy.service >/dev/null 2>&1
+    owner=
+    for _ in $(seq 50); do
+        owner=$(link_bus_owner)
+        [[ $owner == "$(main_pid) "* ]] && break
+        sleep 0.1
+    done
+    local took_over=$owner
+    in_ct systemctl start systemd-resolved.service
+    local after_resolved
+    after_resolved=$(in_ct systemctl is-active dns-proxy.service || true)
+    in_ct systemctl start dns-proxy.service
+    if [[ $took_over == "$(main_pid) $(in_ct id -u dns-proxy)" && $after_resolved == inactive &&
+        $(in_ct systemctl is-active systemd-resolved.service || true) == inactive ]]; then
+        pass "$suite R switched over: dns-proxy owns org.freedesktop.resolve1; starting systemd-resolved stops dns-proxy.service and starting dns-proxy.service stops systemd-resolved (Conflicts=)"
+    else
+        fail "$suite R switched over: bus owner '$took_over' (MainPID $(main_pid)); after starting systemd-resolved dns-proxy.service was '$after_resolved'; systemd-resolved now $(in_ct systemctl is-active systemd-resolved.service || true)"
+    fi
+}

@@ -18,6 +18,8 @@
 #   allowlist_checks       (allowlist.sh) the service's IP allow list follows the configuration
 #   tls_checks             (tls.sh) DoT and DoH for clients through the package's example socket
 #                          units, the key passed with LoadCredential=, kdig as the client
+#   resolved_checks        (link.sh) installed beside systemd-resolved: nothing enabled; switching
+#                          over; the units conflict
 #   link_checks            (link.sh) NetworkManager managing a veth with dnsmasq's DHCP on the other
 #                          end: after boot, before any query, the lease's domain is answered by
 #                          the packaged service under its sandbox; resolvectl of the release
@@ -608,7 +610,8 @@ source "$repo/tests/system/tls.sh"
 source "$repo/tests/system/link.sh"
 full_tree_tests=(package_checks
     "allowlist_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN"
-    "tls_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN")
+    "tls_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN"
+    resolved_checks)
 minimal_tree_tests=(default_config_checks)
 # The .rpm goes into one release's tree: it checks files and scriptlets, not the release.
 rpm_suite=bookworm
