@@ -91,6 +91,7 @@ impl Context {
             degraded: self.problem(),
             upstreams: forwarder.upstreams_snapshot(),
             forward_zones,
+            link_zones: forwarder.learned_snapshot(),
             cache: snapshot::Cache {
                 enabled: cache_size.is_some(),
                 entries,

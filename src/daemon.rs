@@ -20,8 +20,10 @@ use crate::common::metrics::Metrics;
 use crate::common::snapshot::{self, Listener, Status};
 use crate::common::transport::Transport;
 use crate::config::Identity;
-use crate::config::{self, Config, Sources};
+use crate::config::{self, Config, LinkDns, Sources};
 use crate::context::Context;
+use crate::link::bus as link_bus;
+use crate::link::registry::Registry;
 use crate::ops::admin::Admin;
 use crate::ops::control::{self, Control, Handler};
 use crate::ops::notify;
@@ -35,6 +37,8 @@ use crate::upstream::tls::TlsSetupError;
 
 /// How long in-flight queries may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Longest wait at start for the first try at owning `org.freedesktop.resolve1`.
+const BUS_FIRST_TRY: Duration = Duration::from_secs(2);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +159,8 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let mut addresses = Vec::new();
     let mut served = Vec::new();
+    // The addresses DNS is served on: never a link's server, and resolv.conf names them.
+    let mut dns_addresses = Vec::new();
     if !serve_udp && !listeners.udp.is_empty() {
         info!(
             "udp is off: {} UDP sockets left unused",
@@ -168,6 +174,7 @@ pub async fn run(
         );
     }
     for socket in listeners.udp.into_iter().filter(|_| serve_udp) {
+        dns_addresses.extend(socket.local_addr());
         addresses.push(describe("udp", socket.local_addr(), &mut served));
         socket.set_nonblocking(true).map_err(DaemonError::Socket)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(DaemonError::Socket)?;
@@ -179,6 +186,7 @@ pub async fn run(
         ));
     }
     for listener in listeners.tcp.into_iter().filter(|_| serve_tcp) {
+        dns_addresses.extend(listener.local_addr());
         addresses.push(describe("tcp", listener.local_addr(), &mut served));
         tracker.spawn(tcp::serve(
             tokio_listener(listener)?,
@@ -230,6 +238,27 @@ pub async fn run(
             tracker.clone(),
         ));
     }
+    let registry = Arc::new(Registry::new(
+        context.clone(),
+        &context.config(),
+        dns_addresses,
+    ));
+    match context.config().link_dns {
+        LinkDns::Off => registry.set_bus("not asked for (link_dns = \"off\")".to_string()),
+        LinkDns::Domains | LinkDns::All => {
+            registry.write_resolv_conf();
+            // The name is asked for before READY=1, so NetworkManager can push to a started
+            // service; an absent bus delays nothing more than its first try.
+            let (tried, first_try) = tokio::sync::oneshot::channel();
+            tracker.spawn(link_bus::serve(
+                registry.clone(),
+                context.clone(),
+                shutdown.clone(),
+                tried,
+            ));
+            let _ = tokio::time::timeout(BUS_FIRST_TRY, first_try).await;
+        }
+    }
     if let Some(bound) = control_socket {
         info!("control socket: serving {}", bound.path().display());
         served.push(Listener {
@@ -238,6 +267,7 @@ pub async fn run(
         });
         let handler = control_handler(
             &context,
+            &registry,
             &sources,
             &current_identity,
             served.clone(),
@@ -268,7 +298,7 @@ pub async fn run(
         tokio::select! {
             _ = hangup.recv() => {
                 // The outcome is logged; `dns-proxy reload` is the way to wait for it.
-                let _ = reload(&sources, &context, &current_identity);
+                let _ = reload(&sources, &context, &registry, &current_identity);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -291,7 +321,12 @@ pub async fn run(
 /// Loads the configuration again and puts it in force if it is valid, with its certificate and
 /// key: new TLS handshakes get them, connections already open keep their session. SIGHUP and
 /// `dns-proxy reload` both come here; the error is why the new configuration was refused.
-fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) -> Result<(), String> {
+fn reload(
+    sources: &Sources,
+    context: &Context,
+    registry: &Registry,
+    identity: &CurrentIdentity,
+) -> Result<(), String> {
     // One at a time: a signal and a control request may arrive together.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _reloading = lock(&ONE_AT_A_TIME);
@@ -317,13 +352,20 @@ fn reload(sources: &Sources, context: &Context, identity: &CurrentIdentity) -> R
                 || old.metrics != config.metrics
                 || old.threads != config.threads
                 || old.control_socket != config.control_socket
+                || (old.link_dns == LinkDns::Off) != (config.link_dns == LinkDns::Off)
+                || old.resolv_conf != config.resolv_conf
             {
                 warn!(
-                    "listen, listen_tls, listen_https, udp, tcp, tcp_max_connections(_per_client), log_level, threads, control_socket and [metrics] take effect at the next restart"
+                    "listen, listen_tls, listen_https, udp, tcp, tcp_max_connections(_per_client), log_level, threads, control_socket, [metrics], link_dns turned on or off and resolv_conf take effect at the next restart"
                 );
             }
             identity.replace(new_identity.as_ref());
-            context.replace(config, forwarder);
+            // The links' zones go into the new forwarder before it is put in force, under the
+            // registry's lock, so that no link change is lost in between.
+            registry.reload(config.link_dns, |learned| {
+                forwarder.set_learned(learned, &context.metrics);
+                context.replace(config, forwarder);
+            });
             let recovered = if context.problem().is_some() {
                 "; no longer degraded"
             } else {
@@ -372,6 +414,7 @@ fn describe(
 /// cache in force.
 fn control_handler(
     context: &Arc<Context>,
+    registry: &Arc<Registry>,
     sources: &Sources,
     identity: &Arc<CurrentIdentity>,
     served: Vec<Listener>,
@@ -380,22 +423,35 @@ fn control_handler(
     let (status_context, flush_context) = (context.clone(), context.clone());
     let (reload_context, identity) = (context.clone(), identity.clone());
     let (sources, reload_sources) = (sources.clone(), sources.clone());
+    let (status_registry, reload_registry) = (registry.clone(), registry.clone());
     Handler {
-        status: Box::new(move || Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            pid: std::process::id(),
-            started: snapshot::timestamp(started.0),
-            uptime_seconds: started.1.elapsed().as_secs(),
-            config_files: sources
-                .files()
-                .iter()
-                .map(|path| path.display().to_string())
-                .collect(),
-            listeners: served.clone(),
-            ..status_context.snapshot()
+        status: Box::new(move || {
+            let (link_dns, links) = status_registry.snapshot();
+            Status {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+                started: snapshot::timestamp(started.0),
+                uptime_seconds: started.1.elapsed().as_secs(),
+                config_files: sources
+                    .files()
+                    .iter()
+                    .map(|path| path.display().to_string())
+                    .collect(),
+                listeners: served.clone(),
+                link_dns,
+                links,
+                ..status_context.snapshot()
+            }
         }),
         flush: Box::new(move |names| flush_context.forwarder().flush(names)),
-        reload: Box::new(move || reload(&reload_sources, &reload_context, &identity)),
+        reload: Box::new(move || {
+            reload(
+                &reload_sources,
+                &reload_context,
+                &reload_registry,
+                &identity,
+            )
+        }),
     }
 }
 

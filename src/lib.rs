@@ -27,6 +27,8 @@
 //! - `resolve`: a query to an answer: `forwarder` (cache, upstream choice, retry, SERVFAIL on
 //!   failure), `cache`, `coalesce` (identical queries in flight shared), `zones` (split DNS:
 //!   which upstreams a name goes to, or its local answer).
+//! - `link`: per-link DNS over `org.freedesktop.resolve1` (NetworkManager, resolvectl): each
+//!   link's domains answered by its servers, a resolv.conf with their search list.
 //! - `context`: what the daemon shares with the servers (configuration and forwarder in
 //!   force, metrics).
 //! - `serve`: the client side: `listeners` (the sockets, inherited from systemd or bound
@@ -48,6 +50,7 @@ pub(crate) mod common;
 pub mod config;
 pub(crate) mod context;
 pub mod daemon;
+pub(crate) mod link;
 pub mod ops;
 pub(crate) mod policy;
 pub mod resolve;

@@ -75,6 +75,10 @@ pub(crate) struct Metrics {
     pub(crate) tls: TransportMetrics,
     /// Queries that came in over DNS over HTTPS.
     pub(crate) https: TransportMetrics,
+    /// Lookups asked over D-Bus (`org.freedesktop.resolve1`).
+    pub(crate) bus: TransportMetrics,
+    /// What the links pushed over `org.freedesktop.resolve1`.
+    pub(crate) links: LinkMetrics,
     /// Queries being forwarded right now (inside [`crate::resolve::forwarder::Forwarder::answer`]).
     pub(crate) queries_in_flight: Gauge,
     /// Client connections open right now on TCP, DNS over TLS and DNS over HTTPS.
@@ -104,6 +108,41 @@ pub(crate) struct CacheMetrics {
     pub(crate) misses: Counter,
     /// Lookups answered from an expired entry (serve-stale, RFC 8767).
     pub(crate) stale: Counter,
+}
+
+/// The per-link DNS learned over `org.freedesktop.resolve1`.
+pub(crate) struct LinkMetrics {
+    /// Links with DNS settings now.
+    pub(crate) links: Gauge,
+    /// Zones learned from them in force now.
+    pub(crate) zones: Gauge,
+    /// Requests to change them, by outcome, indexed like [`LINK_OUTCOMES`].
+    updates: [Counter; LINK_OUTCOMES.len()],
+}
+
+/// Label values of `outcome` for link updates: put in force, the same as in force already,
+/// refused as invalid, denied to the caller.
+const LINK_OUTCOMES: [&str; 4] = ["applied", "unchanged", "invalid", "denied"];
+
+/// What became of a request to change a link's DNS settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkOutcome {
+    Applied,
+    Unchanged,
+    Invalid,
+    Denied,
+}
+
+impl LinkMetrics {
+    /// Counts a request.
+    pub(crate) fn update(&self, outcome: LinkOutcome) {
+        self.updates[outcome as usize].inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 /// The answers and drops of one client transport.
@@ -171,8 +210,8 @@ impl Metrics {
         let answers = Family::<QueryLabels, Counter>::default();
         registry.register(
             "queries",
-            "Client queries answered, by transport (udp, tcp, tls, https) and response code of the \
-             answer sent",
+            "Client queries answered, by transport (udp, tcp, tls, https, dbus) and response code \
+             of the answer sent",
             answers.clone(),
         );
         let dropped = Family::<TransportLabels, Counter>::default();
@@ -268,8 +307,33 @@ impl Metrics {
              rate_limit_action)",
             rate_limited.clone(),
         );
+        let link_updates = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "link_updates",
+            "Requests over org.freedesktop.resolve1 to change a link's DNS settings, by outcome: \
+             applied, unchanged (already in force), invalid (refused) or denied (caller not \
+             allowed)",
+            link_updates.clone(),
+        );
+        let links = LinkMetrics {
+            links: Gauge::default(),
+            zones: Gauge::default(),
+            updates: LINK_OUTCOMES
+                .map(|outcome| link_updates.get_or_create_owned(&OutcomeLabels { outcome })),
+        };
+        registry.register(
+            "links",
+            "Network links with DNS settings learned over org.freedesktop.resolve1",
+            links.links.clone(),
+        );
+        registry.register(
+            "link_zones",
+            "Zones learned from the links in force: their names go to the link's servers",
+            links.zones.clone(),
+        );
         Metrics {
             registry,
+            links,
             local_answers,
             hedged,
             rate_limited,
@@ -277,6 +341,7 @@ impl Metrics {
             tcp: TransportMetrics::new("tcp", &answers, &dropped),
             tls: TransportMetrics::new("tls", &answers, &dropped),
             https: TransportMetrics::new("https", &answers, &dropped),
+            bus: TransportMetrics::new("dbus", &answers, &dropped),
             queries_in_flight,
             tcp_connections,
             cache,
@@ -334,6 +399,7 @@ impl Metrics {
             Transport::Tcp => &self.tcp,
             Transport::Tls => &self.tls,
             Transport::Https => &self.https,
+            Transport::Bus => &self.bus,
         }
     }
 

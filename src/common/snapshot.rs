@@ -33,6 +33,13 @@ pub struct Status {
     /// The default upstreams, in configuration order.
     pub upstreams: Vec<Upstream>,
     pub forward_zones: Vec<ForwardZone>,
+    /// Per-link DNS over `org.freedesktop.resolve1`.
+    pub link_dns: LinkDns,
+    /// The links with DNS settings, by interface index.
+    pub links: Vec<Link>,
+    /// The zones learned from the links in force, with their servers (`.` for the default
+    /// route under `link_dns = "all"`).
+    pub link_zones: Vec<ForwardZone>,
     pub cache: Cache,
     /// Answers and drops by client transport (`udp`, `tcp`).
     pub queries: BTreeMap<String, Transport>,
@@ -125,6 +132,34 @@ pub struct ForwardZone {
     pub upstreams: Vec<Upstream>,
 }
 
+/// Per-link DNS: the setting and the bus name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinkDns {
+    /// `link_dns`: `domains`, `all` or `off`.
+    pub mode: String,
+    /// Whether this daemon owns `org.freedesktop.resolve1` now, or why not.
+    pub bus: String,
+}
+
+/// A network link with DNS settings, as NetworkManager or `resolvectl` set them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Link {
+    pub ifindex: u32,
+    /// The interface's name when its settings last changed.
+    pub name: String,
+    /// Its DNS servers as given (`10.0.0.1`, `[fe80::1]:5353`); those not used carry the
+    /// reason (`127.0.0.53 (ignored: loopback)`).
+    pub servers: Vec<String>,
+    /// Search domains (`corp.example`) and routing-only ones (`~vpn.example`, `~.`).
+    pub domains: Vec<String>,
+    /// Whether the link asks for names outside every zone (DefaultRoute).
+    pub default_route: bool,
+    /// When its settings last changed (RFC 3339, UTC).
+    pub changed: String,
+}
+
 /// The answer cache. Lookups are counted since the daemon started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -195,6 +230,7 @@ pub fn render(status: &Status, now: SystemTime) -> String {
             render_upstream(&mut section, upstream, now);
         }
     }
+    render_links(&mut section, status, now);
 
     let cache = &status.cache;
     let _ = writeln!(section.out, "\nCache:");
@@ -236,6 +272,37 @@ pub fn render(status: &Status, now: SystemTime) -> String {
     section.line("Hedged", status.hedged.to_string());
     section.line("In flight", status.in_flight.to_string());
     out
+}
+
+/// The links' DNS settings and the zones learned from them.
+fn render_links(section: &mut Section<'_>, status: &Status, now: SystemTime) {
+    if status.link_dns.mode.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        section.out,
+        "\nLinks (link_dns = \"{}\"):",
+        status.link_dns.mode
+    );
+    section.line("Bus", status.link_dns.bus.clone());
+    for link in &status.links {
+        let _ = writeln!(section.out, "  Link {} ({})", link.ifindex, link.name);
+        section.list("Servers", link.servers.iter().cloned());
+        section.list("Domains", link.domains.iter().cloned());
+        let default = match (link.default_route, status.link_dns.mode.as_str()) {
+            (true, "all") => "yes",
+            (true, _) => "yes, not followed (link_dns = \"domains\")",
+            (false, _) => "no",
+        };
+        section.line("Default route", default.to_string());
+        section.line("Changed", when(&link.changed, now));
+    }
+    for zone in &status.link_zones {
+        let _ = writeln!(section.out, "\nLink zone {}:", zone.zones.join(", "));
+        for upstream in &zone.upstreams {
+            render_upstream(section, upstream, now);
+        }
+    }
 }
 
 fn render_upstream(section: &mut Section<'_>, upstream: &Upstream, now: SystemTime) {
@@ -423,6 +490,27 @@ mod tests {
                 upstreams: vec![Upstream {
                     address: "10.0.0.2:53".to_string(),
                     protocol: "udp".to_string(),
+                    since: at.clone(),
+                    ..Upstream::default()
+                }],
+            }],
+            link_dns: LinkDns {
+                mode: "domains".to_string(),
+                bus: "owns org.freedesktop.resolve1".to_string(),
+            },
+            links: vec![Link {
+                ifindex: 5,
+                name: "eth0".to_string(),
+                servers: vec!["10.99.0.1".to_string()],
+                domains: vec!["lab.example".to_string(), "~vpn.example".to_string()],
+                default_route: true,
+                changed: at.clone(),
+            }],
+            link_zones: vec![ForwardZone {
+                zones: vec!["lab.example".to_string(), "vpn.example".to_string()],
+                upstreams: vec![Upstream {
+                    address: "10.99.0.1:53".to_string(),
+                    protocol: "udp".to_string(),
                     since: at,
                     ..Upstream::default()
                 }],
@@ -441,6 +529,15 @@ mod tests {
             "Forward zone corp.example:",
             "  10.0.0.2:53 (plain DNS)",
             "          State: up since",
+            "Links (link_dns = \"domains\"):",
+            "            Bus: owns org.freedesktop.resolve1",
+            "  Link 5 (eth0)",
+            "        Servers: 10.99.0.1",
+            "        Domains: lab.example",
+            "                 ~vpn.example",
+            "  Default route: yes, not followed (link_dns = \"domains\")",
+            "Link zone lab.example, vpn.example:",
+            "  10.99.0.1:53 (plain DNS)",
             "        Entries: none, the cache is off",
         ] {
             assert!(text.contains(expected), "no {expected:?} in:\n{text}");

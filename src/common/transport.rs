@@ -13,15 +13,18 @@ pub(crate) enum Transport {
     Tls,
     /// DNS over HTTPS (RFC 8484).
     Https,
+    /// `ResolveHostname`, `ResolveAddress` and `ResolveRecord` on `org.freedesktop.resolve1`.
+    Bus,
 }
 
 impl Transport {
     /// Every transport, in the order the metrics hold them.
-    pub(crate) const ALL: [Transport; 4] = [
+    pub(crate) const ALL: [Transport; 5] = [
         Transport::Udp,
         Transport::Tcp,
         Transport::Tls,
         Transport::Https,
+        Transport::Bus,
     ];
 
     /// The label value and the word in the query log.
@@ -31,6 +34,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::Https => "https",
+            Transport::Bus => "dbus",
         }
     }
 }

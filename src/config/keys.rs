@@ -19,8 +19,8 @@ use super::layers::origin;
 use super::types::ZoneUpstream;
 use super::types::{
     Between, BootstrapServers, CacheSize, ControlSocket, FilePath, ForwardZone, ForwardZones,
-    Hedge, HttpsPath, ListenAddrs, LogLevel, Metrics, MetricsConfig, Networks, Positive,
-    SocketAddrs, Strategy, Ttl, UpstreamConfig, Upstreams,
+    Hedge, HttpsPath, LinkDns, ListenAddrs, LogLevel, Metrics, MetricsConfig, Networks, Positive,
+    ResolvConf, SocketAddrs, Strategy, Ttl, UpstreamConfig, Upstreams,
 };
 use super::units::toml_duration;
 use crate::policy::access::{DenyAction, Network};
@@ -101,6 +101,13 @@ keys! {
         /// Plain DNS servers (`IP` or `IP:port`) that resolve upstreams given by host name,
         /// and nothing else; never dns-proxy itself nor /etc/resolv.conf.
         pub bootstrap: Vec<SocketAddr> as BootstrapServers = Vec::new();
+        /// Per-link DNS learned over `org.freedesktop.resolve1` (NetworkManager, resolvectl):
+        /// "domains" sends each link's domains to its servers, "all" also its default route,
+        /// "off" takes no bus name.
+        pub(crate) link_dns: LinkDns = LinkDns::Domains;
+        /// The resolv.conf written with the links' search domains: under systemd's
+        /// RuntimeDirectory=, `resolv.conf` in it; otherwise none unless set; "" for none.
+        pub(crate) resolv_conf: Option<PathBuf> as ResolvConf = ResolvConf::default_path();
         /// Unix socket of `dns-proxy status` and `flush`: under systemd's RuntimeDirectory=,
         /// `control` in it; otherwise none unless set.
         pub(crate) control_socket: Option<PathBuf> as ControlSocket = ControlSocket::default_path();

@@ -473,6 +473,86 @@ impl Key for ControlSocket {
     }
 }
 
+/// Which of the links' DNS settings (`link_dns`), pushed over `org.freedesktop.resolve1` by
+/// NetworkManager or `resolvectl`, the daemon follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkDns {
+    /// Each link's domains go to its servers over plain DNS; every other name stays on the
+    /// default upstreams (DoT), whatever the link's default route says.
+    Domains,
+    /// As `Domains`, and names outside every zone go to the links that take the default route
+    /// (`~.`, else DefaultRoute=yes), in plain DNS: for a VPN that must see every name.
+    All,
+    /// The bus name is not taken; nothing is learned.
+    Off,
+}
+
+impl LinkDns {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LinkDns::Domains => "domains",
+            LinkDns::All => "all",
+            LinkDns::Off => "off",
+        }
+    }
+}
+
+impl Key for LinkDns {
+    type Raw = String;
+    type Value = LinkDns;
+
+    fn check(text: String) -> Result<LinkDns, Reason> {
+        [LinkDns::Domains, LinkDns::All, LinkDns::Off]
+            .into_iter()
+            .find(|mode| mode.as_str() == text.trim())
+            .ok_or_else(|| Reason::new(format!("{text:?} is not one of: domains, all, off")))
+    }
+
+    fn toml(value: &LinkDns) -> Option<String> {
+        Some(toml_string(value.as_str()))
+    }
+}
+
+/// The resolv.conf the daemon writes (`resolv_conf`): an absolute file path; `""` for none.
+pub(crate) enum ResolvConf {}
+
+impl ResolvConf {
+    /// `resolv.conf` in the service's runtime directory under systemd
+    /// (`/run/dns-proxy/resolv.conf` for the packaged unit); none for a daemon started by hand,
+    /// which may not own `/run`.
+    pub(crate) fn default_path() -> Option<PathBuf> {
+        let dirs = std::env::var_os(RUNTIME_DIRECTORY)?;
+        let first = std::env::split_paths(&dirs).next()?;
+        let path = first.join("resolv.conf");
+        path.is_absolute().then_some(path)
+    }
+}
+
+impl Key for ResolvConf {
+    type Raw = String;
+    type Value = Option<PathBuf>;
+
+    fn check(raw: String) -> Result<Option<PathBuf>, Reason> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(&raw);
+        if !path.is_absolute() || raw.ends_with('/') || raw.contains('\0') {
+            return Err(Reason::new(format!(
+                "{raw:?} is not an absolute path to a file (e.g. \"/run/dns-proxy/resolv.conf\"; \"\" for none)"
+            )));
+        }
+        Ok(Some(path))
+    }
+
+    fn toml(value: &Option<PathBuf>) -> Option<String> {
+        Some(match value {
+            Some(path) => toml_string(&path.display().to_string()),
+            None => toml_string(""),
+        })
+    }
+}
+
 /// The `[metrics]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MetricsConfig {

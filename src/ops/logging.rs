@@ -36,7 +36,11 @@ pub enum LogError {
 
 /// Installs the global logger.
 pub fn init(target: LogTarget, format: LogFormat, level: &str) -> Result<(), LogError> {
-    let filter = || EnvFilter::try_new(level).map_err(|_| LogError::Level(level.to_string()));
+    // zbus's own events describe its internals, not the daemon: warnings and errors only.
+    let filter = || {
+        EnvFilter::try_new(format!("{level},zbus=warn"))
+            .map_err(|_| LogError::Level(level.to_string()))
+    };
     let journal = match target {
         LogTarget::Journal => true,
         LogTarget::Stderr => false,

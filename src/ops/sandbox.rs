@@ -9,11 +9,34 @@
 //! `check-config` prints the same list. Nothing here opens a socket.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, ExitStatus};
 
-use crate::config::{Config, UpstreamConfig, ZoneUpstream};
+use crate::config::{Config, LinkDns, UpstreamConfig, ZoneUpstream};
 use crate::policy::access::Network;
+
+/// Where the DNS servers that networks hand out live, allowed while `link_dns` is on: the
+/// daemon learns them at run time (NetworkManager, resolvectl), after this list was set, and
+/// only root could widen it then. A fixed list of ranges keeps what the allow list is for, the
+/// Internet at large out of reach of a compromised daemon, without a privileged process
+/// running beside it; the price is that the daemon may reach these networks whether or not a
+/// link named a server there, and that a link server elsewhere is blocked (dns-proxy(8)).
+const LINK_SERVER_NETWORKS: [Network; 8] = [
+    // Private networks (RFC 1918): LANs, VPNs, a cloud VPC's resolver at its base + 2.
+    Network::v4(Ipv4Addr::new(10, 0, 0, 0), 8),
+    Network::v4(Ipv4Addr::new(172, 16, 0, 0), 12),
+    Network::v4(Ipv4Addr::new(192, 168, 0, 0), 16),
+    // Shared address space (RFC 6598): carrier-grade NAT, overlay VPNs.
+    Network::v4(Ipv4Addr::new(100, 64, 0, 0), 10),
+    // Link-local: AWS's resolver 169.254.169.253, Google Cloud's 169.254.169.254.
+    Network::v4(Ipv4Addr::new(169, 254, 0, 0), 16),
+    // Azure's resolver, the one public address every Azure VM is given as its DNS server.
+    Network::v4(Ipv4Addr::new(168, 63, 129, 16), 32),
+    // Unique local (RFC 4193): AWS's fd00:ec2::253, IPv6 LANs and VPNs.
+    Network::v6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
+    // IPv6 link-local: a router advertising itself as the resolver.
+    Network::v6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+];
 
 /// The addresses the daemon may exchange packets with under `config`, in this order:
 ///
@@ -21,6 +44,8 @@ use crate::policy::access::Network;
 ///   `listen_https`, `[metrics] listen`):
 ///   127.0.0.0/8 for an IPv4 one, ::1 for an IPv6 one, both for a wildcard;
 /// - the networks of `allow`, when one of those listeners is beyond loopback: its clients;
+/// - the networks where the links' DNS servers live ([`LINK_SERVER_NETWORKS`]), unless
+///   `link_dns` is off;
 /// - every upstream address, default and forward zones.
 ///
 /// An upstream known only by host name has no address to list: [`needs_addresses`] refuses
@@ -46,6 +71,9 @@ pub fn ip_allow(config: &Config) -> Vec<Network> {
     }
     if listeners.iter().any(|ip| !ip.is_loopback()) {
         wanted.extend(config.allow.iter().copied());
+    }
+    if config.link_dns != LinkDns::Off {
+        wanted.extend(LINK_SERVER_NETWORKS);
     }
     let zones = config.forward_zones.iter().flat_map(|zone| &zone.upstreams);
     let upstreams = config
@@ -189,10 +217,49 @@ mod tests {
         directive_value(&ip_allow(&config))
     }
 
+    /// The list with `link_dns` off: the configuration's own addresses alone.
+    fn list_without_links(toml: &str) -> String {
+        list(&format!("link_dns = \"off\"\n{toml}"))
+    }
+
+    const LINK_RANGES: &str = "10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 100.64.0.0/10 \
+        169.254.0.0/16 168.63.129.16/32 fc00::/7 fe80::/10";
+
     #[test]
-    fn default_configuration_is_loopback_and_cloudflare() {
+    fn default_configuration_is_loopback_the_link_ranges_and_cloudflare() {
         // The same as the unit file's own list, which applies where the step cannot run.
-        assert_eq!(list(""), "127.0.0.0/8 ::1/128 1.1.1.1/32 1.0.0.1/32");
+        assert_eq!(
+            list(""),
+            format!("127.0.0.0/8 ::1/128 {LINK_RANGES} 1.1.1.1/32 1.0.0.1/32")
+        );
+        assert_eq!(
+            list_without_links(""),
+            "127.0.0.0/8 ::1/128 1.1.1.1/32 1.0.0.1/32"
+        );
+    }
+
+    #[test]
+    fn link_ranges_while_link_dns_is_on_and_cover_private_resolvers() {
+        let toml = r#"
+            link_dns = "all"
+            [[upstream]]
+            address = "9.9.9.9"
+            [[forward_zone]]
+            zones = ["corp.example"]
+            [[forward_zone.upstream]]
+            address = "10.0.0.2"
+            protocol = "udp"
+            [[forward_zone]]
+            zones = ["compute.internal"]
+            [[forward_zone.upstream]]
+            address = "169.254.169.253"
+            protocol = "udp"
+        "#;
+        // The private resolvers lie inside the ranges.
+        assert_eq!(
+            list(toml),
+            format!("127.0.0.0/8 ::1/128 {LINK_RANGES} 9.9.9.9/32")
+        );
     }
 
     #[test]
@@ -205,7 +272,10 @@ mod tests {
             address = "[2620:fe::fe]:853"
             tls_name = "dns.quad9.net"
         "#;
-        assert_eq!(list(toml), "127.0.0.0/8 ::1/128 9.9.9.9/32 2620:fe::fe/128");
+        assert_eq!(
+            list_without_links(toml),
+            "127.0.0.0/8 ::1/128 9.9.9.9/32 2620:fe::fe/128"
+        );
     }
 
     #[test]
@@ -228,7 +298,7 @@ mod tests {
             protocol = "udp"
         "#;
         assert_eq!(
-            list(toml),
+            list_without_links(toml),
             "127.0.0.0/8 ::1/128 9.9.9.9/32 10.0.0.2/32 10.0.0.3/32 10.96.0.10/32"
         );
     }
@@ -246,7 +316,7 @@ mod tests {
             address = "9.9.9.9:53"
             protocol = "udp"
         "#;
-        assert_eq!(list(toml), "127.0.0.0/8 ::1/128 9.9.9.9/32");
+        assert_eq!(list_without_links(toml), "127.0.0.0/8 ::1/128 9.9.9.9/32");
     }
 
     #[test]
@@ -256,7 +326,10 @@ mod tests {
             [[upstream]]
             address = "9.9.9.9"
         "#;
-        assert_eq!(list(on_loopback), "127.0.0.0/8 ::1/128 9.9.9.9/32");
+        assert_eq!(
+            list_without_links(on_loopback),
+            "127.0.0.0/8 ::1/128 9.9.9.9/32"
+        );
 
         let on_lan = r#"
             listen = ["192.168.1.5:53"]
@@ -265,7 +338,7 @@ mod tests {
             address = "192.168.1.1"
         "#;
         // The upstream lies inside an allowed network; no loopback listener, no loopback.
-        assert_eq!(list(on_lan), "192.168.1.0/24 fd00::/8");
+        assert_eq!(list_without_links(on_lan), "192.168.1.0/24 fd00::/8");
 
         let wildcard = r#"
             listen = ["0.0.0.0:53"]
@@ -273,7 +346,10 @@ mod tests {
             [[upstream]]
             address = "9.9.9.9"
         "#;
-        assert_eq!(list(wildcard), "127.0.0.0/8 10.0.0.0/8 9.9.9.9/32");
+        assert_eq!(
+            list_without_links(wildcard),
+            "127.0.0.0/8 10.0.0.0/8 9.9.9.9/32"
+        );
 
         let dual_stack = r#"
             listen = ["[::]:53"]
@@ -281,7 +357,7 @@ mod tests {
             [[upstream]]
             address = "9.9.9.9"
         "#;
-        assert_eq!(list(dual_stack), "0.0.0.0/0 ::/0");
+        assert_eq!(list_without_links(dual_stack), "0.0.0.0/0 ::/0");
     }
 
     #[test]
@@ -294,7 +370,10 @@ mod tests {
             [metrics]
             listen = "10.1.2.3:9153"
         "#;
-        assert_eq!(list(metrics_on_lan), "127.0.0.0/8 10.1.0.0/16 9.9.9.9/32");
+        assert_eq!(
+            list_without_links(metrics_on_lan),
+            "127.0.0.0/8 10.1.0.0/16 9.9.9.9/32"
+        );
     }
 
     #[test]
@@ -320,7 +399,10 @@ mod tests {
             address = "9.9.9.9"
         "#
         );
-        assert_eq!(list(&tls_on_lan), "127.0.0.0/8 10.1.0.0/16 9.9.9.9/32");
+        assert_eq!(
+            list_without_links(&tls_on_lan),
+            "127.0.0.0/8 10.1.0.0/16 9.9.9.9/32"
+        );
         let https_on_v6_loopback = format!(
             r#"
             listen = ["127.0.0.1:5300"]
@@ -331,7 +413,7 @@ mod tests {
         "#
         );
         assert_eq!(
-            list(&https_on_v6_loopback),
+            list_without_links(&https_on_v6_loopback),
             "127.0.0.0/8 ::1/128 9.9.9.9/32"
         );
     }
@@ -382,6 +464,6 @@ mod tests {
             [[upstream]]
             address = "9.9.9.9"
         "#;
-        assert_eq!(list(toml), "127.0.0.0/8 9.9.9.9/32");
+        assert_eq!(list_without_links(toml), "127.0.0.0/8 9.9.9.9/32");
     }
 }

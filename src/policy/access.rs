@@ -32,6 +32,16 @@ impl Network {
     pub(crate) const LOOPBACK_V6: Network =
         Network(IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)));
 
+    /// `a.b.c.d/prefix`; the prefix must be at most 32.
+    pub(crate) const fn v4(address: Ipv4Addr, prefix: u8) -> Network {
+        Network(IpNet::V4(Ipv4Net::new_assert(address, prefix)))
+    }
+
+    /// `address/prefix`; the prefix must be at most 128.
+    pub(crate) const fn v6(address: Ipv6Addr, prefix: u8) -> Network {
+        Network(IpNet::V6(Ipv6Net::new_assert(address, prefix)))
+    }
+
     /// Loopback, IPv4 and IPv6: the default `allow`.
     pub(crate) fn loopback() -> Vec<Network> {
         vec![Network::LOOPBACK_V4, Network::LOOPBACK_V6]

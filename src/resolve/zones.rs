@@ -12,9 +12,15 @@
 //! is one of them, or contains one, takes it over: `[[forward_zone]] zones =
 //! ["10.in-addr.arpa"]` sends reverse lookups of 10/8 to the corporate resolver.
 //!
+//! Zones learned at run time (each link's domains, from `org.freedesktop.resolve1`) join the
+//! same table, so a lookup costs the same with them as without: a learned zone loses a tie to
+//! a configured one, takes over the built-in NXDOMAIN zones it equals or contains (a LAN's
+//! `home.arpa`) but never `localhost` or the loopback reverse zones, nor a name inside them.
+//!
 //! Pure functions over wire-form names; nothing here does I/O.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use crate::wire::dns::{LocalRecord, Query, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_SOA};
 use crate::wire::name::{ZoneName, suffixes};
@@ -43,6 +49,8 @@ enum Local {
 pub(crate) enum Route {
     /// The forward zone with this index in the configuration.
     Forward(usize),
+    /// The learned zones with this index in [`LearnedZones::zones`].
+    Learned(usize),
     /// The default upstreams.
     Default,
 }
@@ -50,7 +58,52 @@ pub(crate) enum Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Forward(usize),
+    Learned(usize),
     Local(Local),
+}
+
+/// Zones learned at run time and the plain-DNS servers that answer them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LearnedZones {
+    /// Zones, each list with the servers (in order of preference) that answer it; a zone
+    /// appears in one list only.
+    pub(crate) zones: Vec<(Vec<ZoneName>, Vec<SocketAddr>)>,
+    /// Servers for the names no zone matches, instead of the default upstreams; empty for
+    /// none (always, unless `link_dns = "all"`).
+    pub(crate) default: Vec<SocketAddr>,
+}
+
+impl LearnedZones {
+    /// How many zones there are.
+    pub(crate) fn len(&self) -> usize {
+        self.zones.iter().map(|(zones, _)| zones.len()).sum()
+    }
+
+    /// The zones whose servers differ between `self` and `new` (added, removed or changed),
+    /// or `None` when the default route changed too, so everything may now go elsewhere.
+    pub(crate) fn changed(&self, new: &LearnedZones) -> Option<Vec<ZoneName>> {
+        if self.default != new.default {
+            return None;
+        }
+        let servers = |learned: &LearnedZones| -> HashMap<ZoneName, Vec<SocketAddr>> {
+            let mut map = HashMap::new();
+            for (zones, servers) in &learned.zones {
+                for zone in zones {
+                    map.insert(zone.clone(), servers.clone());
+                }
+            }
+            map
+        };
+        let (old, new) = (servers(self), servers(new));
+        let mut changed: Vec<ZoneName> = old
+            .iter()
+            .filter(|(zone, servers)| new.get(*zone) != Some(servers))
+            .map(|(zone, _)| zone.clone())
+            .chain(new.keys().filter(|zone| !old.contains_key(*zone)).cloned())
+            .collect();
+        changed.sort_by(|a, b| a.wire().cmp(b.wire()));
+        Some(changed)
+    }
 }
 
 /// The zone table, built once per configuration.
@@ -106,20 +159,34 @@ fn builtin_zones() -> Vec<(String, Local)> {
 }
 
 impl Router {
-    /// The table for forward zones `forward[i]` (each a list of zone names): built-in local
-    /// zones that a forward zone equals or contains are left out.
-    pub(crate) fn new(forward: &[Vec<ZoneName>]) -> Router {
-        let mut zones = HashMap::new();
-        for (text, local) in builtin_zones() {
+    /// The table for forward zones `forward[i]` and learned zones `learned[i]` (each a list of
+    /// zone names): built-in local zones that a forward zone equals or contains are left out,
+    /// and so are the NXDOMAIN ones a learned zone equals or contains.
+    pub(crate) fn new(forward: &[Vec<ZoneName>], learned: &[Vec<ZoneName>]) -> Router {
+        let builtin: Vec<(ZoneName, Local)> = builtin_zones()
+            .into_iter()
             // The built-in names are valid; a parse failure would only drop that one zone.
-            let Ok(zone) = ZoneName::parse(&text) else {
-                continue;
-            };
-            let claimed = forward.iter().flatten().any(|f| f.contains(&zone));
+            .filter_map(|(text, local)| Some((ZoneName::parse(&text).ok()?, local)))
+            .collect();
+        let mut zones = HashMap::new();
+        for (zone, local) in &builtin {
+            let claimed = forward.iter().flatten().any(|f| f.contains(zone))
+                || (*local == Local::Empty && learned.iter().flatten().any(|l| l.contains(zone)));
             if !claimed {
-                zones.insert(zone.wire().into(), Target::Local(local));
+                zones.insert(zone.wire().into(), Target::Local(*local));
             }
         }
+        let loopback = |zone: &ZoneName| {
+            builtin
+                .iter()
+                .any(|(local, kind)| *kind != Local::Empty && local.contains(zone))
+        };
+        for (index, names) in learned.iter().enumerate() {
+            for zone in names.iter().filter(|zone| !loopback(zone)) {
+                zones.insert(zone.wire().into(), Target::Learned(index));
+            }
+        }
+        // Last: a configured zone wins a tie with a learned one.
         for (index, names) in forward.iter().enumerate() {
             for zone in names {
                 zones.insert(zone.wire().into(), Target::Forward(index));
@@ -140,6 +207,7 @@ impl Router {
         for suffix in suffixes(name) {
             match self.zones.get(suffix) {
                 Some(Target::Forward(index)) => return Ok(Route::Forward(*index)),
+                Some(Target::Learned(index)) => return Ok(Route::Learned(*index)),
                 Some(Target::Local(local)) => {
                     return Err(local_answer(query, name, suffix, *local));
                 }
@@ -234,7 +302,7 @@ mod tests {
 
     #[test]
     fn longest_zone_wins() {
-        let router = Router::new(&[zones(&["example"]), zones(&["corp.example"])]);
+        let router = Router::new(&[zones(&["example"]), zones(&["corp.example"])], &[]);
         let route = |name: &str| router.route(&query(name, TYPE_A));
         assert_eq!(route("host.CORP.example"), Ok(Route::Forward(1)));
         assert_eq!(route("corp.example"), Ok(Route::Forward(1)));
@@ -249,7 +317,7 @@ mod tests {
 
     #[test]
     fn private_reverse_names_are_answered_locally() {
-        let router = Router::new(&[]);
+        let router = Router::new(&[], &[]);
         for name in [
             "1.0.168.192.in-addr.arpa",
             "4.3.2.10.in-addr.arpa",
@@ -283,7 +351,7 @@ mod tests {
 
     #[test]
     fn localhost_is_loopback() {
-        let router = Router::new(&[]);
+        let router = Router::new(&[], &[]);
         let a = router.route(&query("localhost", TYPE_A)).unwrap_err();
         assert_eq!(rcode(&a), RCODE_NOERROR);
         assert_eq!(&a[a.len() - 4..], &[127, 0, 0, 1]);
@@ -312,7 +380,7 @@ mod tests {
 
     #[test]
     fn resolver_arpa_is_nodata_with_its_soa() {
-        let router = Router::new(&[]);
+        let router = Router::new(&[], &[]);
         const SVCB: u16 = 64;
         for (name, qtype) in [
             ("_dns.resolver.arpa", SVCB),
@@ -338,12 +406,15 @@ mod tests {
 
     #[test]
     fn a_forward_zone_takes_over_the_local_zones_it_covers() {
-        let router = Router::new(&[zones(&["10.in-addr.arpa"]), zones(&["in-addr.arpa"])]);
+        let router = Router::new(
+            &[zones(&["10.in-addr.arpa"]), zones(&["in-addr.arpa"])],
+            &[],
+        );
         let route = |name: &str| router.route(&query(name, TYPE_PTR));
         assert_eq!(route("4.3.2.10.in-addr.arpa"), Ok(Route::Forward(0)));
         assert_eq!(route("1.0.168.192.in-addr.arpa"), Ok(Route::Forward(1)));
         // A forward zone inside a local zone takes only its own names.
-        let router = Router::new(&[zones(&["0.10.in-addr.arpa"])]);
+        let router = Router::new(&[zones(&["0.10.in-addr.arpa"])], &[]);
         assert_eq!(
             router.route(&query("1.0.10.in-addr.arpa", TYPE_PTR)),
             Ok(Route::Forward(0))
@@ -353,5 +424,86 @@ mod tests {
                 .route(&query("1.1.10.in-addr.arpa", TYPE_PTR))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn learned_zones_route_with_the_longest_match_and_lose_ties_to_configured_ones() {
+        let router = Router::new(
+            &[zones(&["corp.example"])],
+            &[
+                zones(&["corp.example", "lab.corp.example", "example"]),
+                zones(&["compute.internal"]),
+            ],
+        );
+        let route = |name: &str| router.route(&query(name, TYPE_A));
+        assert_eq!(route("host.corp.example"), Ok(Route::Forward(0)), "a tie");
+        assert_eq!(route("a.lab.corp.example"), Ok(Route::Learned(0)), "longer");
+        assert_eq!(route("other.example"), Ok(Route::Learned(0)));
+        assert_eq!(route("ip-10-0-0-1.compute.internal"), Ok(Route::Learned(1)));
+        assert_eq!(route("example.com"), Ok(Route::Default));
+    }
+
+    #[test]
+    fn learned_zones_take_over_nxdomain_zones_but_never_localhost() {
+        let router = Router::new(
+            &[],
+            &[zones(&[
+                "home.arpa",
+                "168.192.in-addr.arpa",
+                "localhost",
+                "evil.localhost",
+                "0.0.127.in-addr.arpa",
+            ])],
+        );
+        let route = |name: &str, qtype| router.route(&query(name, qtype));
+        assert_eq!(route("printer.home.arpa", TYPE_A), Ok(Route::Learned(0)));
+        assert_eq!(
+            route("1.0.168.192.in-addr.arpa", TYPE_PTR),
+            Ok(Route::Learned(0))
+        );
+        let localhost = route("localhost", TYPE_A).unwrap_err();
+        assert_eq!(&localhost[localhost.len() - 4..], &[127, 0, 0, 1]);
+        assert!(route("evil.localhost", TYPE_A).is_err(), "answered locally");
+        assert!(route("1.0.0.127.in-addr.arpa", TYPE_PTR).is_err());
+        // A learned zone that contains the loopback reverse zone leaves it alone.
+        let router = Router::new(&[], &[zones(&["in-addr.arpa"])]);
+        assert!(
+            router
+                .route(&query("1.0.0.127.in-addr.arpa", TYPE_PTR))
+                .is_err()
+        );
+        assert_eq!(
+            router.route(&query("1.0.0.10.in-addr.arpa", TYPE_PTR)),
+            Ok(Route::Learned(0))
+        );
+    }
+
+    #[test]
+    fn changed_zones_are_those_added_removed_or_moved() {
+        let server = |last: u8| SocketAddr::from(([10, 0, 0, last], 53));
+        let old = LearnedZones {
+            zones: vec![
+                (zones(&["a.example", "b.example"]), vec![server(1)]),
+                (zones(&["c.example"]), vec![server(2)]),
+            ],
+            default: Vec::new(),
+        };
+        let new = LearnedZones {
+            zones: vec![
+                (zones(&["a.example"]), vec![server(1)]),
+                (zones(&["c.example", "d.example"]), vec![server(3)]),
+            ],
+            default: Vec::new(),
+        };
+        let names =
+            |list: Vec<ZoneName>| -> Vec<String> { list.iter().map(ToString::to_string).collect() };
+        let mut changed = names(old.changed(&new).unwrap());
+        changed.sort();
+        assert_eq!(changed, ["b.example", "c.example", "d.example"]);
+        assert_eq!(old.changed(&old), Some(Vec::new()));
+        let mut all = new.clone();
+        all.default = vec![server(9)];
+        assert_eq!(new.changed(&all), None, "the default route moved");
+        assert_eq!(new.len(), 3);
     }
 }

@@ -50,6 +50,10 @@ pub(crate) trait Exchange: Send + Sync + 'static {
     /// The upstream and its state, for the status line.
     fn describe(&self) -> String;
 
+    /// Forgets what failures taught about it, so the next query may try it at once
+    /// (`ResetServerFeatures`); nothing for kinds that keep no such state.
+    fn forget_failures(&self) {}
+
     /// Whether a try notices a dead upstream by itself (a connection that closes or stalls)
     /// and so may use the whole budget; if not, each try gets a share of what is left.
     fn detects_failure(&self) -> bool;

@@ -84,6 +84,14 @@ impl Exchange for AnyUpstream {
         }
     }
 
+    fn forget_failures(&self) {
+        match self {
+            AnyUpstream::Tls(upstream) => upstream.forget_failures(),
+            AnyUpstream::Https(upstream) => upstream.forget_failures(),
+            AnyUpstream::Plain(upstream) => upstream.forget_failures(),
+        }
+    }
+
     fn detects_failure(&self) -> bool {
         match self {
             AnyUpstream::Tls(upstream) => upstream.detects_failure(),
@@ -255,6 +263,15 @@ impl<R: Exchange> Group<R> {
             _ => fastest()?,
         };
         pick(index)
+    }
+
+    /// Forgets what was learned about each upstream (latency, backoff): the next queries
+    /// measure and try them afresh.
+    pub(crate) fn forget(&self) {
+        for member in &self.members {
+            member.rtt.reset();
+            member.upstream.forget_failures();
+        }
     }
 
     /// How long to wait for `index` before also asking another upstream, if hedging is on.

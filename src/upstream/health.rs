@@ -133,6 +133,11 @@ impl Health {
         }
     }
 
+    /// A down upstream may be tried by the next query, its backoff forgotten.
+    pub(crate) fn retry_now(&self) {
+        self.lock().retry_at = None;
+    }
+
     pub(crate) fn record_success(&self) {
         let mut state = self.lock();
         if state.failures > 0 {

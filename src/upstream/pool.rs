@@ -274,6 +274,10 @@ impl<C: Connector> Exchange for PooledUpstream<C> {
         self.health.describe()
     }
 
+    fn forget_failures(&self) {
+        self.health.retry_now();
+    }
+
     /// A connection notices a close or a stall itself.
     fn detects_failure(&self) -> bool {
         true

@@ -316,9 +316,11 @@ fn recording_systemctl(status: u8, message: &str) -> (tempfile::TempDir, String)
 }
 
 /// Listening on a wildcard: loopback plus the `allow` networks; the loopback upstream is
-/// inside 127.0.0.0/8; the forward zone's plain resolver is added.
+/// inside 127.0.0.0/8; the forward zone's plain resolver is added (with `link_dns` off: no
+/// ranges for the links' servers).
 const ALLOW_TOP: &str = r#"listen = ["0.0.0.0:5300"]
 allow = ["192.168.7.0/24"]
+link_dns = "off"
 [[forward_zone]]
 zones = ["corp.test"]
 [[forward_zone.upstream]]

@@ -20,6 +20,7 @@ mod doh_upstream;
 mod fault_matrix;
 mod harness_selftest;
 mod idle_timeouts;
+mod link_dns;
 mod listen;
 mod malformed;
 mod man_page;

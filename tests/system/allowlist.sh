@@ -19,9 +19,11 @@ unbound_conf '  interface: 198.18.0.1@853' test "$allow_answer_a" >"$work/in/ups
 unbound_conf '  interface: 198.18.0.2@853' test "$allow_answer_b" >"$work/in/upstream-b.conf"
 unbound_conf '  interface: 198.18.0.3@53' corp.test "$allow_answer_c" >"$work/in/upstream-c.conf"
 
-# A configuration: DoT upstream address, then extra top-level lines, then extra tables.
+# A configuration: DoT upstream address, then extra top-level lines, then extra tables. With
+# link_dns off, the list is the configuration's addresses alone (link_checks sees the ranges
+# link_dns adds).
 allow_config() {
-    printf '# written by the allow-list test\n%s\n[[upstream]]\naddress = "%s:853"\ntls_name = "upstream.test"\nca_file = "/etc/dns-proxy-test-ca.pem"\n%s\n' \
+    printf '# written by the allow-list test\nlink_dns = "off"\n%s\n[[upstream]]\naddress = "%s:853"\ntls_name = "upstream.test"\nca_file = "/etc/dns-proxy-test-ca.pem"\n%s\n' \
         "${2:-}" "$1" "${3:-}"
 }
 allow_zone_c='[[forward_zone]]

@@ -18,6 +18,11 @@
 #   allowlist_checks       (allowlist.sh) the service's IP allow list follows the configuration
 #   tls_checks             (tls.sh) DoT and DoH for clients through the package's example socket
 #                          units, the key passed with LoadCredential=, kdig as the client
+#   resolved_checks        (link.sh) installed beside systemd-resolved: nothing enabled; switching
+#                          over; the units conflict
+#   link_checks            (link.sh) NetworkManager managing a veth with dnsmasq's DHCP on the other
+#                          end: after boot, before any query, the lease's domain is answered by
+#                          the packaged service under its sandbox; resolvectl of the release
 #
 # then installs the .rpm with `rpm --root` into the Debian 12 tree and boots it (rpm_checks).
 # Prints one line per check and exits non-zero if any fails. Run it as root:
@@ -25,6 +30,8 @@
 #   make system-test                 (or tests/system/run.sh [SUITE...])
 #   tests/system/run.sh --deb FILE [SUITE...]
 #                                    only default_config_checks, with a given .deb, no build
+#   tests/system/run.sh --only link_checks,rpm_checks [SUITE...]
+#                                    only these sub-tests
 #
 # The trees are built once per release and kept as compressed tarballs in
 # $DNS_PROXY_TESTBED_CACHE (default /var/cache/dns-proxy-testbed); only a missing one is
@@ -36,18 +43,27 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cache=${DNS_PROXY_TESTBED_CACHE:-/var/cache/dns-proxy-testbed}
 given_deb=
-if [[ ${1:-} == --deb ]]; then
-    given_deb=$(realpath "${2:?--deb needs a file}")
+only=
+while [[ ${1:-} == --* ]]; do
+    case $1 in
+    --deb) given_deb=$(realpath "${2:?--deb needs a file}") ;;
+    --only) only=,${2:?--only needs sub-test names},  ;;
+    *) echo "system test: unknown option $1" >&2 && exit 64 ;;
+    esac
     shift 2
-fi
+done
+# Whether the sub-test FUNCTION runs (all of them without --only).
+selected() { [[ -z $only || $only == *",$1,"* ]]; }
 suites=("$@")
 ((${#suites[@]})) || suites=(bullseye bookworm trixie)
 # Every tree: systemd itself, dig and ss for the checks. The full tree adds the test upstream
-# (unbound), ca-certificates (and with it openssl) and kdig for DoT and DoH.
+# (unbound), ca-certificates (and with it openssl), kdig for DoT and DoH, and NetworkManager
+# (masked but in link_checks), with the release's systemd-resolved package in apt's cache for
+# its resolvectl (not installed: it would take the bus name and /etc/resolv.conf).
 base_include=systemd,systemd-sysv,dbus,iproute2,bind9-dnsutils
-full_extra="unbound ca-certificates knot-dnsutils"
+full_extra="unbound ca-certificates knot-dnsutils network-manager"
 # Part of the cached tarballs' names: changing what goes into a tree makes new ones.
-tree_key=$(printf '%s\n' "$base_include" "$full_extra" offline-ca-certificates | sha256sum | cut -c1-12)
+tree_key=$(printf '%s\n' "$base_include" "$full_extra" offline-ca-certificates resolved-deb | sha256sum | cut -c1-12)
 answer_one=192.0.2.1 # what upstream 1 answers for probe.test
 answer_two=192.0.2.2 # what upstream 2 answers
 
@@ -63,7 +79,7 @@ die() {
 }
 
 [[ $(id -u) == 0 ]] || skip "needs root for systemd-nspawn and debootstrap"
-for tool in systemd-nspawn debootstrap nsenter rpm zstd openssl; do
+for tool in systemd-nspawn debootstrap nsenter rpm zstd openssl dnsmasq; do
     command -v "$tool" >/dev/null || skip "$tool is not installed"
 done
 
@@ -71,6 +87,7 @@ work=$(mktemp -d /tmp/dns-proxy-system.XXXXXX)
 nspawn_pid=
 cleanup() {
     stop_container
+    link_cleanup
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -125,6 +142,12 @@ build_trees() {
             # The packaged unbound would take port 53 at boot; the test starts its own.
             ln -sf /dev/null "$tree/etc/systemd/system/unbound.service" &&
             ln -sf /dev/null "$tree/etc/systemd/system/unbound-resolvconf.service" &&
+            # NetworkManager only where link_checks enables it.
+            ln -sf /dev/null "$tree/etc/systemd/system/NetworkManager.service" &&
+            ln -sf /dev/null "$tree/etc/systemd/system/NetworkManager-wait-online.service" &&
+            # Debian 12 and later ship resolvectl in systemd-resolved (11 in systemd itself).
+            { "${apt_in_tree[@]}" sh -c 'apt-cache show systemd-resolved >/dev/null 2>&1 || exit 0
+                apt-get install -y -q --download-only systemd-resolved'; } &&
             tar --zstd -C "$tree" -cf "$(tarball "$suite" full).tmp" . &&
             mv "$(tarball "$suite" minimal).tmp" "$(tarball "$suite" minimal)" &&
             mv "$(tarball "$suite" full).tmp" "$(tarball "$suite" full)"
@@ -560,12 +583,18 @@ rpm_checks() {
     config 1 >"$rpmtree/etc/dns-proxy/dns-proxy.toml"
     boot "$rpmtree"
     start_upstreams
+    # The service started at boot, before the test's upstreams: start it again with them up.
+    in_ct systemctl restart dns-proxy.service
+    local owner
+    owner=$(link_bus_owner)
     if [[ $(in_ct systemctl is-enabled dns-proxy.socket) == enabled &&
-        $(in_ct systemctl is-active dns-proxy.socket) == active ]] &&
+        $(in_ct systemctl is-active dns-proxy.socket) == active &&
+        $(in_ct systemctl is-enabled dns-proxy.service) == enabled &&
+        $owner == "$(main_pid) $(in_ct id -u dns-proxy 2>/dev/null)" ]] &&
         expect_answer "$answer_one" @127.0.0.1 && expect_answer "$answer_one" @::1 +tcp; then
-        pass "$suite 7 rpm --root install: %post enabled dns-proxy.socket; after boot it is active and answers"
+        pass "$suite 7 rpm --root install: %post created the dns-proxy user and enabled dns-proxy.socket and .service; after boot the service owns org.freedesktop.resolve1 and answers"
     else
-        fail "$suite 7 rpm: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket)"
+        fail "$suite 7 rpm: socket $(in_ct systemctl is-enabled dns-proxy.socket)/$(in_ct systemctl is-active dns-proxy.socket), service $(in_ct systemctl is-enabled dns-proxy.service), bus owner '$owner'"
         cat "$work/rpm.log"
     fi
     stop_container
@@ -578,9 +607,11 @@ rpm_checks() {
 # The IP allow list needs a systemd that really filters: nspawn lets it load BPF programs.
 source "$repo/tests/system/allowlist.sh"
 source "$repo/tests/system/tls.sh"
+source "$repo/tests/system/link.sh"
 full_tree_tests=(package_checks
     "allowlist_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN"
-    "tls_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN")
+    "tls_checks --system-call-filter=bpf --capability=CAP_BPF,CAP_SYS_ADMIN,CAP_NET_ADMIN"
+    resolved_checks)
 minimal_tree_tests=(default_config_checks)
 # The .rpm goes into one release's tree: it checks files and scriptlets, not the release.
 rpm_suite=bookworm
@@ -592,13 +623,14 @@ fi
 for suite in "${suites[@]}"; do
     for test in "${full_tree_tests[@]}"; do
         read -ra words <<<"$test"
-        in_container "$suite" full "${words[0]}" "${words[@]:1}"
+        ! selected "${words[0]}" || in_container "$suite" full "${words[0]}" "${words[@]:1}"
     done
     for test in "${minimal_tree_tests[@]}"; do
         read -ra words <<<"$test"
-        in_container "$suite" minimal "${words[0]}" "${words[@]:1}"
+        ! selected "${words[0]}" || in_container "$suite" minimal "${words[0]}" "${words[@]:1}"
     done
-    [[ $suite != "$rpm_suite" ]] || rpm_checks "$suite"
+    [[ -n $given_deb ]] || ! selected link_checks || link_checks "$suite"
+    [[ $suite != "$rpm_suite" ]] || ! selected rpm_checks || rpm_checks "$suite"
     rm -rf "${work:?}/$suite-full" "${work:?}/$suite-minimal"
     took "$suite done"
 done

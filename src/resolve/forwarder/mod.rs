@@ -8,9 +8,14 @@
 //! query that has to wait for a connection to open also asks the next upstream once a share of
 //! its budget has gone by ([`CONNECT_SHARE`]), and one that probes a down upstream asks the
 //! next at once (see [`Forwarder::attempt`]).
+//!
+//! Split DNS is a [`Router`] table with the groups it names. The zones learned at run time
+//! (the links') are swapped in whole, with a new table, while queries run: a query takes the
+//! table in force when it misses the cache and finishes with it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -20,14 +25,15 @@ use tokio_util::either::Either;
 use tracing::{debug, info};
 
 use crate::common::error::UpstreamError;
+use crate::common::lock;
 use crate::common::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::common::snapshot;
 use crate::common::transport::Transport;
-use crate::config::{Config, ZoneUpstream};
+use crate::config::{Config, Hedge, Strategy, ZoneUpstream};
 use crate::policy::ratelimit::RateLimiter;
 use crate::resolve::cache::{Cache, Key, Lookup};
 use crate::resolve::coalesce::{self, Coalescer, Role};
-use crate::resolve::zones::{Route, Router};
+use crate::resolve::zones::{LearnedZones, Route, Router};
 use crate::upstream::bootstrap::{AddressBook, Bootstrap};
 use crate::upstream::build::Encrypted;
 use crate::upstream::exchange::{Exchange, Readiness};
@@ -70,6 +76,44 @@ struct Counts {
     queries_in_flight: Gauge,
 }
 
+/// How a query's answer is had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Privacy {
+    /// Here, by a built-in local zone.
+    Local,
+    /// From encrypted upstreams only (DoT or DoH).
+    Encrypted,
+    /// From an upstream asked in plain DNS (a forward zone's or a link's).
+    Plaintext,
+}
+
+/// The routing table in force and the groups of the learned zones it names; replaced whole.
+struct Routes<R> {
+    router: Router,
+    /// What the table was built from.
+    learned: LearnedZones,
+    /// One group per entry of `learned.zones`, shared with the next table when its servers
+    /// stay the same (so their latency and state carry over).
+    groups: Vec<Arc<Group<R>>>,
+    /// The group of `learned.default`, when there is one.
+    default: Option<Arc<Group<R>>>,
+}
+
+/// A route and the table it was found in, which stays alive while a query uses it.
+struct Routed<R> {
+    routes: Arc<Routes<R>>,
+    route: Route,
+}
+
+impl<R> Clone for Routed<R> {
+    fn clone(&self) -> Self {
+        Routed {
+            routes: Arc::clone(&self.routes),
+            route: self.route,
+        }
+    }
+}
+
 /// Generic over how an upstream is asked so that unit tests can script one; the daemon's is a
 /// `Forwarder<AnyUpstream>`, the real kinds.
 pub(crate) struct Forwarder<R = AnyUpstream> {
@@ -77,7 +121,12 @@ pub(crate) struct Forwarder<R = AnyUpstream> {
     upstreams: Group<R>,
     /// The upstreams of each forward zone, in configuration order.
     zones: Vec<Group<R>>,
-    router: Router,
+    /// The zone names of each forward zone, to build the table again with learned zones.
+    zone_names: Vec<Vec<ZoneName>>,
+    routes: RwLock<Arc<Routes<R>>>,
+    /// How learned zones' groups pick and hedge: in the servers' order, as a stub resolver
+    /// does (the first is the one the network names first).
+    hedge: Hedge,
     timeout: Duration,
     log_queries: bool,
     /// Handles to the series this forwarder counts; the registry outlives reloads.
@@ -130,12 +179,76 @@ impl Forwarder {
             .map(|z| z.zones.clone())
             .collect();
         Ok(Forwarder::assemble(
-            config,
-            metrics,
-            upstreams,
-            zones,
-            Router::new(&zone_names),
+            config, metrics, upstreams, zones, zone_names,
         ))
+    }
+
+    /// Puts `learned` in force (queries already routed finish where they went), asking its
+    /// servers over plain DNS; false when it is already in force.
+    pub(crate) fn set_learned(&self, learned: &LearnedZones, metrics: &Metrics) -> bool {
+        self.set_learned_with(learned, |address| {
+            AnyUpstream::Plain(Box::new(PlainUpstream::new(
+                address,
+                metrics.upstream(address),
+            )))
+        })
+    }
+
+    /// How `query` would be answered: here, over DoT only, or with a plaintext hop.
+    pub(crate) fn privacy(&self, query: &Query) -> Privacy {
+        let routes = self.routes();
+        let Ok(route) = routes.router.route(query) else {
+            return Privacy::Local;
+        };
+        let group = self.group(&routes, route);
+        match group
+            .members
+            .iter()
+            .all(|member| matches!(member.upstream, AnyUpstream::Tls(_) | AnyUpstream::Https(_)))
+        {
+            true => Privacy::Encrypted,
+            false => Privacy::Plaintext,
+        }
+    }
+
+    /// Forgets what was learned about every upstream (latency, backoff), as systemd-resolved's
+    /// `ResetServerFeatures` forgets what it learned about its servers.
+    pub(crate) fn forget_upstream_state(&self) {
+        let routes = self.routes();
+        let learned = routes
+            .groups
+            .iter()
+            .map(|g| &**g)
+            .chain(routes.default.as_deref());
+        for group in std::iter::once(&self.upstreams)
+            .chain(&self.zones)
+            .chain(learned)
+        {
+            group.forget();
+        }
+    }
+
+    /// The learned zones' upstreams, in the order of [`LearnedZones::zones`], for `dns-proxy
+    /// status`.
+    pub(crate) fn learned_snapshot(&self) -> Vec<snapshot::ForwardZone> {
+        let routes = self.routes();
+        let mut zones: Vec<snapshot::ForwardZone> = routes
+            .learned
+            .zones
+            .iter()
+            .zip(&routes.groups)
+            .map(|((zones, _), group)| snapshot::ForwardZone {
+                zones: zones.iter().map(ToString::to_string).collect(),
+                upstreams: group.snapshot(),
+            })
+            .collect();
+        if let Some(group) = &routes.default {
+            zones.push(snapshot::ForwardZone {
+                zones: vec![".".to_string()],
+                upstreams: group.snapshot(),
+            });
+        }
+        zones
     }
 
     /// The default upstreams' state and counts, for `dns-proxy status`.
@@ -153,24 +266,32 @@ impl Forwarder {
     /// or trust store it could not use at start).
     pub(crate) fn local_only(config: &Config, metrics: &Metrics) -> Forwarder {
         let upstreams = Group::new(Vec::new(), config.strategy, config.hedge);
-        Forwarder::assemble(config, metrics, upstreams, Vec::new(), Router::new(&[]))
+        Forwarder::assemble(config, metrics, upstreams, Vec::new(), Vec::new())
     }
 }
 
 impl<R: Exchange> Forwarder<R> {
-    /// A forwarder over groups already built: `zones` holds one per forward zone, in the
-    /// order `router` numbers them.
+    /// A forwarder over groups already built: `zones` holds one per forward zone, with its
+    /// names at the same index of `zone_names`. No learned zone is in force.
     fn assemble(
         config: &Config,
         metrics: &Metrics,
         upstreams: Group<R>,
         zones: Vec<Group<R>>,
-        router: Router,
+        zone_names: Vec<Vec<ZoneName>>,
     ) -> Forwarder<R> {
+        let routes = Routes {
+            router: Router::new(&zone_names, &[]),
+            learned: LearnedZones::default(),
+            groups: Vec::new(),
+            default: None,
+        };
         Forwarder {
             upstreams,
             zones,
-            router,
+            zone_names,
+            routes: RwLock::new(Arc::new(routes)),
+            hedge: config.hedge,
             timeout: config.timeout,
             log_queries: config.log_queries,
             counts: Counts {
@@ -183,6 +304,49 @@ impl<R: Exchange> Forwarder<R> {
             in_flight: Coalescer::default(),
             limiter: (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit)),
         }
+    }
+
+    /// The routing table in force.
+    fn routes(&self) -> Arc<Routes<R>> {
+        lock::read(&self.routes).clone()
+    }
+
+    /// Puts `learned` in force, with `upstream` making each server's upstream; a group whose
+    /// servers were in force already is kept. False when `learned` is in force already.
+    fn set_learned_with(&self, learned: &LearnedZones, upstream: impl Fn(SocketAddr) -> R) -> bool {
+        let old = self.routes();
+        if old.learned == *learned {
+            return false;
+        }
+        let mut kept: HashMap<&[SocketAddr], &Arc<Group<R>>> = old
+            .learned
+            .zones
+            .iter()
+            .map(|(_, servers)| servers.as_slice())
+            .zip(&old.groups)
+            .collect();
+        if let Some(group) = &old.default {
+            kept.insert(&old.learned.default, group);
+        }
+        let group = |servers: &[SocketAddr]| match kept.get(servers) {
+            Some(group) => Arc::clone(group),
+            None => Arc::new(Group::new(
+                servers.iter().map(|s| upstream(*s)).collect(),
+                Strategy::Failover,
+                self.hedge,
+            )),
+        };
+        let groups = learned.zones.iter().map(|(_, s)| group(s)).collect();
+        let default = (!learned.default.is_empty()).then(|| group(&learned.default));
+        let names: Vec<Vec<ZoneName>> = learned.zones.iter().map(|(z, _)| z.clone()).collect();
+        let routes = Routes {
+            router: Router::new(&self.zone_names, &names),
+            learned: learned.clone(),
+            groups,
+            default,
+        };
+        *lock::write(&self.routes) = Arc::new(routes);
+        true
     }
 
     /// Whether a query from `client` is within the per-client rate limit (always, when off).
@@ -280,15 +444,16 @@ impl<R: Exchange> Forwarder<R> {
                 }
             }
         }
-        let route = match self.router.route(query) {
-            Ok(route) => route,
+        let routes = self.routes();
+        let routed = match routes.router.route(query) {
+            Ok(route) => Routed { routes, route },
             Err(answer) => {
                 self.counts.local.inc();
                 return (answer, Source::Local);
             }
         };
         let deadline = started + self.timeout;
-        let failure = match self.resolve_shared(query, &key, route, deadline).await {
+        let failure = match self.resolve_shared(query, &key, &routed, deadline).await {
             Ok((response, upstream))
                 if response.rcode() != dns::RCODE_SERVFAIL || stale.is_none() =>
             {
@@ -317,7 +482,7 @@ impl<R: Exchange> Forwarder<R> {
         self: &Arc<Self>,
         query: &Query,
         key: &Key,
-        route: Route,
+        routed: &Routed<R>,
         deadline: Instant,
     ) -> Resolved {
         let flight = match self.in_flight.join(key.as_bytes()) {
@@ -330,10 +495,10 @@ impl<R: Exchange> Forwarder<R> {
                 if Instant::now() >= deadline {
                     return Err(UpstreamError::Timeout);
                 }
-                return self.resolve(query, route, deadline).await;
+                return self.resolve(query, routed, deadline).await;
             }
         };
-        let mut result = self.resolve(query, route, deadline).await;
+        let mut result = self.resolve(query, routed, deadline).await;
         if let (Ok((response, _)), Some(cache)) = (&mut result, &self.cache) {
             *response = cache.insert(key, response.clone(), Instant::now());
         }
@@ -343,15 +508,17 @@ impl<R: Exchange> Forwarder<R> {
 
     /// Refreshes a cache entry in the background, before it expires.
     fn prefetch(self: &Arc<Self>, query: Query, key: Key) {
+        let routes = self.routes();
         // Cached answers come from upstreams, so the route is one.
-        let Ok(route) = self.router.route(&query) else {
+        let Ok(route) = routes.router.route(&query) else {
             return;
         };
+        let routed = Routed { routes, route };
         let forwarder = self.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + forwarder.timeout;
             if let Err(error) = forwarder
-                .resolve_shared(&query, &key, route, deadline)
+                .resolve_shared(&query, &key, &routed, deadline)
                 .await
             {
                 debug!(error_kind = error.kind(), "prefetch failed: {error}");
@@ -359,16 +526,27 @@ impl<R: Exchange> Forwarder<R> {
         });
     }
 
-    /// The upstreams `route` leads to.
-    fn group(&self, route: Route) -> &Group<R> {
+    /// The group `route` names in `routes` (or in this forwarder's own).
+    fn group<'a>(&'a self, routes: &'a Routes<R>, route: Route) -> &'a Group<R> {
         match route {
             Route::Forward(zone) => self.zones.get(zone).unwrap_or(&self.upstreams),
-            Route::Default => &self.upstreams,
+            Route::Learned(zone) => routes.groups.get(zone).map_or(&self.upstreams, |g| g),
+            Route::Default => routes.default.as_deref().unwrap_or(&self.upstreams),
         }
     }
 
-    async fn resolve(self: &Arc<Self>, query: &Query, route: Route, deadline: Instant) -> Resolved {
-        let group = self.group(route);
+    /// The group `routed` leads to.
+    fn group_of<'a>(&'a self, routed: &'a Routed<R>) -> &'a Group<R> {
+        self.group(&routed.routes, routed.route)
+    }
+
+    async fn resolve(
+        self: &Arc<Self>,
+        query: &Query,
+        routed: &Routed<R>,
+        deadline: Instant,
+    ) -> Resolved {
+        let group = self.group_of(routed);
         let frame = query.upstream_frame();
         let mut tried = vec![false; group.members.len()];
         let mut retried = false;
@@ -380,7 +558,7 @@ impl<R: Exchange> Forwarder<R> {
             };
             tried[pick.index] = true;
             let (result, index) = self
-                .attempt(route, pick, &mut tried, query, &frame, deadline)
+                .attempt(routed, pick, &mut tried, query, &frame, deadline)
                 .await;
             let upstream = &group.members[index].upstream;
             match result {
@@ -412,18 +590,18 @@ impl<R: Exchange> Forwarder<R> {
     /// which upstream it came from.
     async fn attempt(
         self: &Arc<Self>,
-        route: Route,
+        routed: &Routed<R>,
         first: Pick,
         tried: &mut [bool],
         query: &Query,
         frame: &[u8],
         deadline: Instant,
     ) -> (Result<Vec<u8>, UpstreamError>, usize) {
-        let group = self.group(route);
+        let group = self.group_of(routed);
         let delay = self
             .hedge_delay(group, first)
             .filter(|delay| Instant::now() + *delay < deadline);
-        let one = self.start(route, first, tried, query, frame, deadline);
+        let one = self.start(routed, first, tried, query, frame, deadline);
         let Some(delay) = delay else {
             return (one.await, first.index);
         };
@@ -440,7 +618,7 @@ impl<R: Exchange> Forwarder<R> {
         tried[second.index] = true;
         self.counts.hedged.inc();
         // Boxed: another upstream may take its place.
-        let mut other = Box::pin(self.start(route, second, tried, query, frame, deadline));
+        let mut other = Box::pin(self.start(routed, second, tried, query, frame, deadline));
         let mut other_index = second.index;
         let (mut first_error, mut other_done) = (None, false);
         loop {
@@ -457,7 +635,7 @@ impl<R: Exchange> Forwarder<R> {
                     Err(_) => match group.pick(tried).filter(|_| first_error.is_none()) {
                         Some(next) => {
                             tried[next.index] = true;
-                            other = Box::pin(self.start(route, next, tried, query, frame, deadline));
+                            other = Box::pin(self.start(routed, next, tried, query, frame, deadline));
                             other_index = next.index;
                         }
                         None => other_done = true,
@@ -492,22 +670,23 @@ impl<R: Exchange> Forwarder<R> {
     /// wait on again.
     fn start<'a>(
         self: &'a Arc<Self>,
-        route: Route,
+        routed: &'a Routed<R>,
         pick: Pick,
         tried: &[bool],
         query: &'a Query,
         frame: &'a [u8],
         deadline: Instant,
     ) -> impl Future<Output = Result<Vec<u8>, UpstreamError>> + Send + 'a {
-        let group = self.group(route);
+        let group = self.group_of(routed);
         let deadline = attempt_deadline(group, pick.index, tried, deadline);
         if !matches!(pick.readiness, Readiness::Connect | Readiness::Probe) {
             return Either::Left(group.attempt(pick, query, frame, deadline));
         }
         let forwarder = self.clone();
+        let routed = routed.clone();
         let (query, frame) = (query.clone(), frame.to_vec());
         let task = tokio::spawn(async move {
-            let group = forwarder.group(route);
+            let group = forwarder.group_of(&routed);
             group.attempt(pick, &query, &frame, deadline).await
         });
         // The task ends by the deadline; it fails only if it panicked.

@@ -24,7 +24,7 @@ use crate::common::error::UpstreamError;
 use crate::common::metrics::{Metrics, UpstreamMetrics};
 use crate::common::transport::Transport;
 use crate::config::{Config, Hedge, Strategy};
-use crate::resolve::zones::Router;
+use crate::resolve::zones::LearnedZones;
 use crate::upstream::exchange::{Exchange, Readiness};
 use crate::upstream::group::Group;
 use crate::upstream::pool::{Channel, Connector, PooledUpstream};
@@ -192,13 +192,8 @@ impl Upstreams {
         };
         config.cache.enabled = cache;
         let group = Group::new(self.members, strategy, hedge);
-        let forwarder = Forwarder::assemble(
-            &config,
-            &Metrics::new(),
-            group,
-            Vec::new(),
-            Router::new(&[]),
-        );
+        let forwarder =
+            Forwarder::assemble(&config, &Metrics::new(), group, Vec::new(), Vec::new());
         (Arc::new(forwarder), self.log)
     }
 }
@@ -632,16 +627,9 @@ fn pooled_forwarder(
         let (default, _, _) = pooled(&[(9, OPEN)]);
         let default = Group::new(default, strategy, Hedge::Off);
         let zone = vec![ZoneName::parse("zone.test").unwrap()];
-        let router = Router::new(&[zone]);
-        Forwarder::assemble(&config, &Metrics::new(), default, vec![group], router)
+        Forwarder::assemble(&config, &Metrics::new(), default, vec![group], vec![zone])
     } else {
-        Forwarder::assemble(
-            &config,
-            &Metrics::new(),
-            group,
-            Vec::new(),
-            Router::new(&[]),
-        )
+        Forwarder::assemble(&config, &Metrics::new(), group, Vec::new(), Vec::new())
     };
     (Arc::new(forwarder), paths, log)
 }
@@ -878,4 +866,44 @@ async fn a_refused_hedge_beside_a_hanging_probe_hands_over_to_the_next_upstream(
             assert!(query.took <= allowed, "{what} took {:?}", query.took);
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn learned_zones_route_at_once_and_a_query_in_flight_finishes_where_it_went() {
+    let mut upstreams = Upstreams::new()
+        .tls(&[Step::Answer(ms(5))])
+        .plain(&[Step::Answer(ms(100))]);
+    let link = upstreams.members.pop().unwrap();
+    let learned = LearnedZones {
+        zones: vec![(
+            vec![ZoneName::parse("corp.example").unwrap()],
+            vec![link.address],
+        )],
+        default: Vec::new(),
+    };
+    let (forwarder, log) = upstreams.forwarder(Strategy::Failover, Hedge::Off, false);
+    let link = Mutex::new(Some(link));
+    assert!(forwarder.set_learned_with(&learned, |_| link.lock().unwrap().take().unwrap()));
+    assert!(
+        !forwarder.set_learned_with(&learned, |_| unreachable!()),
+        "already in force"
+    );
+    let start = Instant::now();
+    let in_flight = tokio::spawn({
+        let forwarder = forwarder.clone();
+        async move {
+            forwarder
+                .answer(&query(1, "host.corp.example."), CLIENT, Transport::Udp)
+                .await
+        }
+    });
+    tokio::time::sleep(ms(10)).await;
+    assert!(forwarder.set_learned_with(&LearnedZones::default(), |_| unreachable!()));
+    let answer = in_flight.await.unwrap();
+    assert_eq!(read(&answer), (1, ResponseCode::NoError, answered_by(1)));
+    let answer = forwarder
+        .answer(&query(2, "host.corp.example."), CLIENT, Transport::Udp)
+        .await;
+    assert_eq!(read(&answer), (2, ResponseCode::NoError, answered_by(0)));
+    assert_eq!(calls(&log, start), vec![(1, 0), (0, 100)]);
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod encrypted;
 pub mod netns;
 pub mod proxy;
+pub mod system_bus;
 pub mod unbound;
 pub mod upstream;
 
