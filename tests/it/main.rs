@@ -21,7 +21,6 @@ mod idle_timeouts;
 mod listen;
 mod malformed;
 mod man_page;
-mod measure_tmp;
 mod metrics;
 mod nagle_upstream;
 mod padding;
