@@ -225,44 +225,30 @@ impl<R: Exchange> Group<R> {
                 Readiness::Down => {}
             }
         }
-        let pick = |index: usize| {
-            let readiness = candidates
-                .iter()
-                .find(|(i, _)| *i == index)
-                .map(|(_, readiness)| *readiness);
-            readiness.map(|readiness| Pick { index, readiness })
-        };
-        let Some(&(first, _)) = candidates.first() else {
+        if candidates.is_empty() {
             return last_resort.map(|index| Pick {
                 index,
                 readiness: Readiness::LastResort,
             });
-        };
-        if candidates.len() == 1 || self.strategy == Strategy::Failover {
-            return pick(first);
         }
-        let turn = self.picks.fetch_add(1, Ordering::Relaxed);
-        let fastest = || {
-            candidates
-                .iter()
-                .map(|(i, _)| *i)
-                .min_by_key(|&i| self.members[i].rtt.srtt())
-        };
-        let index = match self.strategy {
-            Strategy::RoundRobin => candidates[turn % candidates.len()].0,
-            Strategy::Fastest if turn % PROBE_EVERY == PROBE_EVERY - 1 => {
+        let position = if candidates.len() == 1 || self.strategy == Strategy::Failover {
+            0
+        } else {
+            let turn = self.picks.fetch_add(1, Ordering::Relaxed);
+            let srtt = |&(i, _): &(usize, Readiness)| self.members[i].rtt.srtt();
+            let fastest = (0..candidates.len()).min_by_key(|&p| srtt(&candidates[p]))?;
+            match self.strategy {
+                Strategy::RoundRobin => turn % candidates.len(),
                 // A probe: the others in turn, never the current fastest.
-                let best = fastest()?;
-                let others: Vec<usize> = candidates
-                    .iter()
-                    .map(|(i, _)| *i)
-                    .filter(|&i| i != best)
-                    .collect();
-                *others.get((turn / PROBE_EVERY) % others.len())?
+                Strategy::Fastest if turn % PROBE_EVERY == PROBE_EVERY - 1 => {
+                    let nth = (turn / PROBE_EVERY) % (candidates.len() - 1);
+                    (0..candidates.len()).filter(|&p| p != fastest).nth(nth)?
+                }
+                _ => fastest,
             }
-            _ => fastest()?,
         };
-        pick(index)
+        let (index, readiness) = candidates[position];
+        Some(Pick { index, readiness })
     }
 
     /// Forgets what was learned about each upstream (latency, backoff): the next queries
