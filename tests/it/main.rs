@@ -15,6 +15,7 @@ mod control;
 mod degraded;
 mod dns_over_https;
 mod dns_over_tls;
+mod dnssec;
 mod fault_matrix;
 mod harness_selftest;
 mod idle_timeouts;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod dnssec_world;
 pub mod encrypted;
 pub mod proxy;
 pub mod upstream;
