@@ -724,7 +724,7 @@ pub(crate) fn labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// A wire-form name (at the start of `wire`) as presentation text for logs: it comes from the
 /// network, so every byte that is not printable ASCII is escaped (RFC 1035 §5.1).
-fn name_to_text(wire: &[u8]) -> String {
+pub(crate) fn name_to_text(wire: &[u8]) -> String {
     let mut text = String::new();
     for label in labels(wire) {
         for &byte in label {
