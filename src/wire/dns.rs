@@ -864,11 +864,11 @@ mod tests {
         let mut update = query(7, "example.com", 6, None);
         update[2] = (5 << 3) | FLAG_RD;
         update[3] = FLAG_CD;
-        let Err(Rejection::Answer(a, Rcode::NotImp)) = parse_query(&update) else {
+        let Err(Rejection::Answer(u, Rcode::NotImp)) = parse_query(&update) else {
             panic!("expected NOTIMP");
         };
-        assert_eq!(a[2], FLAG_QR | (5 << 3) | FLAG_RD);
-        assert_eq!(a[3], 4, "RCODE NOTIMP and nothing else");
+        assert_eq!(u[2], FLAG_QR | (5 << 3) | FLAG_RD);
+        assert_eq!(u[3], 4, "RCODE NOTIMP and nothing else");
         assert_eq!(rcode(&a), 4);
         assert_eq!(header_rcode(&a), 4);
         assert_eq!(&a[..2], &[0, 7]);
