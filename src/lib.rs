@@ -16,6 +16,7 @@
 //!   `admission`: whether a client's query is served, refused or dropped, from `access` (who
 //!   may ask) and `ratelimit` (how often).
 //! - `dns`: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
+//! - `dnssec`: DNSSEC validation of upstream answers, from the trust anchors down.
 //! - `framing`: 2-byte length framing shared by TCP clients and TLS upstreams.
 //! - `forwarder`: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
 //! - `group`: picking an upstream (fastest, failover, round-robin) and hedging's delay;
@@ -47,6 +48,7 @@ pub(crate) mod common;
 pub mod config;
 pub(crate) mod context;
 pub mod daemon;
+pub mod dnssec;
 pub mod ops;
 pub(crate) mod policy;
 pub mod resolve;

@@ -16,12 +16,13 @@ use super::ConfigError;
 use super::declare::{Section, keys};
 use super::layers::origin;
 use super::types::{
-    Between, CacheSize, ControlSocket, FilePath, ForwardZone, ForwardZones, Hedge, HttpsPath,
-    ListenAddrs, LogLevel, Metrics, MetricsConfig, Networks, Positive, SocketAddrs, Strategy, Ttl,
-    UpstreamConfig, Upstreams,
+    Between, CacheSize, ControlSocket, Dnssec, FilePath, ForwardZone, ForwardZones, Hedge,
+    HttpsPath, ListenAddrs, LogLevel, Metrics, MetricsConfig, Networks, Positive, SocketAddrs,
+    Strategy, TrustAnchorFile, TrustAnchors, Ttl, UpstreamConfig, Upstreams, Zones,
 };
 use super::units::toml_duration;
 use crate::policy::access::{DenyAction, Network};
+use crate::wire::name::ZoneName;
 
 keys! {
     /// The validated configuration the daemon runs with.
@@ -95,6 +96,14 @@ keys! {
         /// Split DNS: zones with upstreams of their own, in configuration order.
         #[key = "forward_zone"]
         pub forward_zones: Vec<ForwardZone> as ForwardZones = Vec::new();
+        /// DNSSEC: "validate" checks every answer from the trust anchors down; "off" passes
+        /// answers through as the upstream sent them.
+        pub dnssec: Dnssec = Dnssec::Validate;
+        /// A file of DS or DNSKEY records (zone-file syntax) that replaces the built-in root
+        /// trust anchors; "" for the built-in ones.
+        pub trust_anchors: Option<TrustAnchorFile> as TrustAnchors = None;
+        /// Zones not validated (RFC 7646): their answers pass without AD, never SERVFAIL.
+        pub negative_trust_anchors: Vec<ZoneName> as Zones = Vec::new();
         /// Unix socket of `dns-proxy status` and `flush`: under systemd's RuntimeDirectory=,
         /// `control` in it; otherwise none unless set.
         pub(crate) control_socket: Option<PathBuf> as ControlSocket = ControlSocket::default_path();
