@@ -1,17 +1,21 @@
-"""Shared by bench/soak and bench/abuse (not by bench/run). See bench/README.md.
+"""Shared by bench/run, bench/soak and bench/abuse. See bench/README.md.
 
-bench/run is loaded as a module (`R`) for its helpers: certificates, the upstream's
-configuration, dnsperf's output, /proc readings, process handling, installation and build.
-What is added here: the outer phase (root, packages, build, private namespaces with a time
-limit), the inner wrapper (PID 1, signals, cleanup), an upstream that can be killed and
-restarted, and dns-proxy started with a config file, a notify socket (READY=1) and its metrics
-endpoint, from which the daemon's own counters are read while it runs.
+What every script needs: paths, commands with a time limit, the daemons it starts, /proc
+readings, a DNS query over UDP, the machine's description, installation and build, the bench CA
+and certificates, and the DoT upstream (unbound) every forwarder forwards to.
+
+What bench/soak and bench/abuse add (bench/run has its own, see bench/run, peers.py and
+workloads.py): the outer phase (root, packages, build, private namespaces with a time limit),
+the inner wrapper (PID 1, signals, cleanup), an upstream that can be killed and restarted, and
+dns-proxy started with a config file, a notify socket (READY=1) and its metrics endpoint, from
+which the daemon's own counters are read while it runs.
 """
 
-import importlib.machinery
-import importlib.util
 import json
+import math
 import os
+import platform
+import random
 import shutil
 import signal
 import socket
@@ -23,30 +27,411 @@ import threading
 import time
 import urllib.request
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+BINARY = os.path.join(REPO, "target", "release", "dns-proxy")
 
-def _load_run():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run")
-    loader = importlib.machinery.SourceFileLoader("bench_run", path)
-    spec = importlib.util.spec_from_loader("bench_run", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+# Fixed ports are fine: the inner phase has a network namespace of its own.
+UPSTREAM_DOT = 8853
+UPSTREAM_UDP = 8053
+# The name on the forwarders' own certificate (dnsperf does not validate it).
+LISTENER_NAME = "proxy.bench"
+TLS_NAME = "upstream.bench"
+ANSWER_IP = "192.0.2.1"
 
-
-R = _load_run()
-
-RESULTS = R.RESULTS
-BINARY = R.BINARY
 PROXY_PORT = 5301
 PROG = os.path.basename(sys.argv[0])
+# The name in front of every log line; bench/run's is "bench".
+LOG_NAME = "bench" if PROG == "run" else PROG
 
 
 def log(msg):
-    print(f"[{PROG} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f"[{LOG_NAME} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, timeout=60, check=True, **kw):
+    return subprocess.run(cmd, timeout=timeout, check=check, text=True,
+                          capture_output=True, **kw)
+
+# --------------------------------------------------------------------------------------------
+# Installation and build (outer phase, in the host's namespaces)
+
+
+def dpkg_installed(pkg):
+    r = run(["dpkg-query", "-W", "-f=${Status}", pkg], check=False)
+    return r.returncode == 0 and "install ok installed" in r.stdout
+
+
+def stop_services(services):
+    """Make sure the packages' own daemons do not run as system services."""
+    systemd = os.path.isdir("/run/systemd/system")
+    for svc in services:
+        if systemd:
+            run(["systemctl", "disable", "--now", svc], check=False)
+        else:
+            script = "/etc/init.d/" + svc
+            if os.path.exists(script):
+                st = run([script, "status"], check=False)
+                if st.returncode == 0:
+                    log(f"stopping system service {svc}")
+                    run([script, "stop"], check=False)
+                run(["update-rc.d", svc, "disable"], check=False)
+    # Report (never kill: other users of this machine may run these programs themselves)
+    # any of them still running from the packages' default configuration.
+    for name in ["unbound", "stubby", "dnsdist", "kresd"]:
+        r = run(["pgrep", "-a", "-x", name], check=False)
+        for line in r.stdout.splitlines():
+            args = line.split()[2:]
+            if not args or any(x.startswith("/etc/") for x in args):
+                log(f"warning: {name} still runs with its system configuration: {line}")
+
+
+def install(packages, services, no_chart):
+    """apt-get install the `packages` missing (their `services` not started), and matplotlib
+    for the chart unless `no_chart`."""
+    missing = [p for p in packages if not dpkg_installed(p)]
+    if missing:
+        policy = "/usr/sbin/policy-rc.d"
+        created = False
+        if not os.path.exists(policy):
+            with open(policy, "w") as f:
+                f.write("#!/bin/sh\n# temporary, from dns-proxy bench/run: start no service\nexit 101\n")
+            os.chmod(policy, 0o755)
+            created = True
+        try:
+            log("apt-get install " + " ".join(missing))
+            cmd = ["apt-get", "install", "-y", "--no-install-recommends",
+                   "-o", "DPkg::Lock::Timeout=300"] + missing
+            envi = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            r = run(cmd, timeout=900, check=False, env=envi)
+            if r.returncode != 0:
+                log("apt-get install failed; apt-get update and retry")
+                run(["apt-get", "update", "-o", "DPkg::Lock::Timeout=300"], timeout=600,
+                    check=False)
+                r = run(cmd, timeout=900, check=False, env=envi)
+                if r.returncode != 0:
+                    log("apt-get install failed (the missing peers will be reported):\n"
+                        + r.stdout[-2000:] + r.stderr[-2000:])
+        finally:
+            if created:
+                os.remove(policy)
+            stop_services(services)
+    if not no_chart:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            log("pip install matplotlib")
+            r = run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], timeout=600,
+                    check=False)
+            if r.returncode != 0:
+                log("pip install matplotlib failed; no chart:\n" + r.stderr[-1500:])
+
+
+def build():
+    log("cargo build --release")
+    r = subprocess.run(["cargo", "build", "--release"], cwd=REPO, timeout=1800)
+    if r.returncode != 0:
+        log("cargo build --release failed; dns-proxy will be reported as not runnable")
 
 
 # --------------------------------------------------------------------------------------------
-# Outer phase
+# Processes, /proc and a DNS query (inner phase)
+
+
+def dns_query(name, port, timeout=1.0):
+    """One UDP A query to 127.0.0.1:port; returns (rcode, [A addresses]) or raises."""
+    qid = random.randrange(65536)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(q, ("127.0.0.1", port))
+        while True:
+            data, _ = s.recvfrom(4096)
+            if len(data) >= 12 and struct.unpack(">H", data[:2])[0] == qid:
+                break
+    rcode = data[3] & 0xF
+    ancount = struct.unpack(">H", data[6:8])[0]
+    # skip the question
+    i = 12
+    while data[i] != 0:
+        i += data[i] + 1
+    i += 5
+    addrs = []
+    for _ in range(ancount):
+        if data[i] & 0xC0 == 0xC0:
+            i += 2
+        else:
+            while data[i] != 0:
+                i += data[i] + 1
+            i += 1
+        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[i:i + 10])
+        i += 10
+        if rtype == 1 and rdlen == 4:
+            addrs.append(socket.inet_ntoa(data[i:i + 4]))
+        i += rdlen
+    return rcode, addrs
+
+
+def proc_cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+
+
+def proc_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def tcp_passive_opens():
+    """TCP connections accepted in this network namespace (only the upstream accepts any)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("PassiveOpens")])
+
+
+def established_to(port):
+    r = run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"], timeout=5, check=False)
+    return sum(1 for line in r.stdout.splitlines() if line.strip())
+
+
+class ConnSampler(threading.Thread):
+    """Peak number of TLS connections open to the upstream, sampled every 0.25 s."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port, self.peak, self.stop_ev = port, 0, threading.Event()
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            self.peak = max(self.peak, established_to(self.port))
+            self.stop_ev.wait(0.25)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join(5)
+        return self.peak
+
+
+def udp_bound(port):
+    r = run(["ss", "-Hlun", f"( sport = :{port} )"], timeout=5, check=False)
+    return any(line.strip() for line in r.stdout.splitlines())
+
+
+def version_of(cmd):
+    try:
+        r = run(cmd, timeout=10, check=False)
+        out = (r.stdout + r.stderr).strip().splitlines()
+        for line in out:
+            if any(ch.isdigit() for ch in line) and ("ersion" in line or line.split()[0].lower() in cmd[0]):
+                return line.strip()
+        return out[0].strip() if out else "?"
+    except Exception as e:  # noqa: BLE001
+        return f"? ({e})"
+
+
+def version_of_all(cmd):
+    try:
+        r = run(cmd, timeout=10, check=False)
+        return r.stdout + r.stderr
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/etc/os-release") as f:
+            osr = dict(line.rstrip().split("=", 1) for line in f if "=" in line)
+        osname = osr.get("PRETTY_NAME", "?").strip('"')
+    except OSError:
+        osname = "?"
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "os": osname, "hostname": socket.gethostname(),
+            "loadavg_at_start": os.getloadavg()}
+
+
+class Procs:
+    """Every daemon started by the inner phase, stopped in reverse order on exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, name, cmd, logfile, cwd=None, env=None):
+        lf = open(logfile, "w")
+        p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             cwd=cwd, start_new_session=True,
+                             env=None if env is None else {**os.environ, **env})
+        lf.close()
+        p.bench_name = name
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, grace=3.0):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in reversed(list(self.procs)):
+            self.stop(p, grace=2.0)
+
+
+def tail(path, n=8):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.rstrip() for line in f if line.strip()]
+        return " | ".join(lines[-n:])
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Certificates and the DoT upstream
+
+
+def make_certs(d):
+    def ossl(*args):
+        run(["openssl", *args], cwd=d, timeout=60)
+
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dns-proxy bench CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "upstream.key", "-out", "upstream.csr", "-subj", "/CN=" + TLS_NAME)
+    with open(os.path.join(d, "upstream.ext"), "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\n"
+                "extendedKeyUsage=serverAuth\n"
+                f"subjectAltName=DNS:{TLS_NAME},IP:127.0.0.1\n")
+    ossl("x509", "-req", "-in", "upstream.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "upstream.pem", "-days", "2", "-extfile", "upstream.ext")
+    os.chmod(os.path.join(d, "upstream.key"), 0o644)  # daemons may drop privileges
+    # The forwarders' own certificate, for their DoT and DoH listeners.
+    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "listener.key", "-out", "listener.csr", "-subj", "/CN=" + LISTENER_NAME)
+    with open(os.path.join(d, "listener.ext"), "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\n"
+                "extendedKeyUsage=serverAuth\n"
+                f"subjectAltName=DNS:{LISTENER_NAME},IP:127.0.0.1\n")
+    ossl("x509", "-req", "-in", "listener.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "listener.pem", "-days", "2", "-extfile", "listener.ext")
+    os.chmod(os.path.join(d, "listener.key"), 0o644)
+
+
+UNBOUND_COMMON = """\
+  username: ""
+  chroot: ""
+  directory: "{d}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  do-ip6: no
+  do-ip4: yes
+  do-udp: yes
+  do-tcp: yes
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+  module-config: "iterator"
+  qname-minimisation: no
+"""
+
+
+def upstream_conf(d):
+    return f"""server:
+{UNBOUND_COMMON.format(d=d)}
+  interface: 127.0.0.1@{UPSTREAM_DOT}
+  interface: 127.0.0.1@{UPSTREAM_UDP}
+  tls-port: {UPSTREAM_DOT}
+  tls-service-key: "{d}/upstream.key"
+  tls-service-pem: "{d}/upstream.pem"
+  incoming-num-tcp: 1000
+  so-reuseport: no
+  extended-statistics: yes
+  statistics-interval: 0
+  statistics-cumulative: yes
+  # Never recurse: bench. and everything under it from local data, the rest refused.
+  local-zone: "." refuse
+  local-zone: "bench." redirect
+  local-data: "bench. 60 IN A {ANSWER_IP}"
+remote-control:
+  control-enable: yes
+  control-interface: "{d}/upstream.ctl"
+  control-use-cert: no
+"""
+
+
+def upstream_stats(d):
+    r = run(["unbound-control", "-c", f"{d}/upstream.conf", "stats_noreset"], timeout=10, check=False)
+    stats = {}
+    for line in r.stdout.splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            try:
+                stats[k] = float(v)
+            except ValueError:
+                pass
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# Query files
+
+
+def write_names(path, prefix, count):
+    """`count` unique names under bench.: a random run token plus a counter."""
+    token = "%08x" % random.getrandbits(32)
+    with open(path, "w") as f:
+        chunk = []
+        for i in range(count):
+            chunk.append(f"{prefix}{i:x}-{token}.bench A\n")
+            if len(chunk) == 50000:
+                f.write("".join(chunk))
+                chunk = []
+        f.write("".join(chunk))
+    return count
+
+
+def percentile(sorted_vals, q):
+    if not sorted_vals:
+        return None
+    # nearest rank
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(q / 100.0 * len(sorted_vals)) - 1))
+    return sorted_vals[k]
+
+
+# --------------------------------------------------------------------------------------------
+# Outer phase of bench/soak and bench/abuse
 
 
 def outer(script, inner_args, budget_s, no_install=False, no_build=False, no_chart=False):
@@ -58,15 +443,12 @@ def outer(script, inner_args, budget_s, no_install=False, no_build=False, no_cha
         if not shutil.which(tool):
             sys.exit(f"{PROG}: {tool} is required")
     if not no_install:
-        # bench/run's installer, limited to what these scripts use.
-        R.APT_PACKAGES = ["dnsperf", "unbound"]
-        R.SERVICES = ["unbound", "unbound-resolvconf"]
-        R.install(type("A", (), {"no_chart": no_chart})())
+        install(["dnsperf", "unbound"], ["unbound", "unbound-resolvconf"], no_chart)
     for tool in ["dnsperf", "unbound"]:
         if not shutil.which(tool):
             sys.exit(f"{PROG}: {tool} is required (apt-get install dnsperf unbound)")
     if not no_build:
-        R.build()
+        build()
     if not os.path.exists(BINARY):
         sys.exit(f"{PROG}: {BINARY} missing (cargo build --release failed?)")
     workdir = tempfile.mkdtemp(prefix=f"dns-proxy-{PROG}.")
@@ -107,10 +489,10 @@ def inner(main, workdir):
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
-    procs = R.Procs()
+    procs = Procs()
     rc = 0
     try:
-        R.run(["ip", "link", "set", "lo", "up"], timeout=10)
+        run(["ip", "link", "set", "lo", "up"], timeout=10)
         rc = main(procs) or 0
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); cleaning up")
@@ -135,7 +517,7 @@ class Upstream:
         self.logf = f"{d}/upstream.log"
         self.p = None
         with open(self.conf, "w") as f:
-            f.write(R.upstream_conf(d))
+            f.write(upstream_conf(d))
 
     def start(self, wait=True):
         try:
@@ -153,15 +535,15 @@ class Upstream:
         deadline = t0 + seconds
         while time.monotonic() < deadline:
             if self.p.poll() is not None:
-                raise RuntimeError(f"upstream exited with {self.p.returncode}: {R.tail(self.logf)}")
+                raise RuntimeError(f"upstream exited with {self.p.returncode}: {tail(self.logf)}")
             try:
-                rcode, addrs = R.dns_query("ready.bench", R.UPSTREAM_UDP, timeout=0.3)
-                if rcode == 0 and R.ANSWER_IP in addrs:
+                rcode, addrs = dns_query("ready.bench", UPSTREAM_UDP, timeout=0.3)
+                if rcode == 0 and ANSWER_IP in addrs:
                     return time.monotonic() - t0
             except (OSError, IndexError, struct.error):
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"upstream not ready in {seconds} s: {R.tail(self.logf)}")
+        raise RuntimeError(f"upstream not ready in {seconds} s: {tail(self.logf)}")
 
     def kill(self):
         """SIGKILL, no goodbye: its TLS connections just break."""
@@ -217,8 +599,8 @@ class Proxy:
         lines = [f'listen = ["127.0.0.1:{PROXY_PORT}"]', 'timeout = "2000ms"', 'log_level = "info"']
         for k, v in (extra or {}).items():
             lines.append(f"{k} = {json.dumps(v)}")
-        lines += ["", "[[upstream]]", f'address = "127.0.0.1:{R.UPSTREAM_DOT}"',
-                  f'tls_name = "{R.TLS_NAME}"', f'ca_file = "{d}/ca.pem"',
+        lines += ["", "[[upstream]]", f'address = "127.0.0.1:{UPSTREAM_DOT}"',
+                  f'tls_name = "{TLS_NAME}"', f'ca_file = "{d}/ca.pem"',
                   "", "[metrics]", f'listen = "127.0.0.1:{METRICS_PORT}"']
         self.config_text = "\n".join(lines) + "\n"
         with open(self.conf, "w") as f:
@@ -241,20 +623,20 @@ class Proxy:
         ready = threading.Event()
         threading.Thread(target=self._read_notify, args=(ready,), daemon=True).start()
         if not ready.wait(10):
-            raise RuntimeError(f"{self.name}: no READY=1 in 10 s: {R.tail(self.logf)}")
+            raise RuntimeError(f"{self.name}: no READY=1 in 10 s: {tail(self.logf)}")
         deadline = time.time() + 10
         while True:
             self.ready_queries += 1
             if self.p.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.p.returncode}: {R.tail(self.logf)}")
+                raise RuntimeError(f"{self.name} exited with {self.p.returncode}: {tail(self.logf)}")
             try:
-                rcode, addrs = R.dns_query("ready.bench", PROXY_PORT, timeout=0.5)
-                if rcode == 0 and R.ANSWER_IP in addrs:
+                rcode, addrs = dns_query("ready.bench", PROXY_PORT, timeout=0.5)
+                if rcode == 0 and ANSWER_IP in addrs:
                     return self.p
             except (OSError, IndexError, struct.error):
                 pass
             if time.time() > deadline:
-                raise RuntimeError(f"{self.name}: no answer in 10 s: {R.tail(self.logf)}")
+                raise RuntimeError(f"{self.name}: no answer in 10 s: {tail(self.logf)}")
             time.sleep(0.1)
 
     def _read_notify(self, ready):
@@ -328,7 +710,7 @@ def parse_summary(path):
                     if parts[i].isalpha() and parts[i].isupper() and parts[i + 1].isdigit():
                         res["rcodes"][parts[i]] = int(parts[i + 1])
     if res["sent"] is None:
-        raise RuntimeError("dnsperf gave no statistics: " + R.tail(path, 4))
+        raise RuntimeError("dnsperf gave no statistics: " + tail(path, 4))
     return res
 
 

@@ -70,7 +70,7 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let started = (SystemTime::now(), Instant::now());
     let activated = inherited.is_some();
-    if rustix::process::geteuid().is_root() {
+    if nix::unistd::geteuid().is_root() {
         warn!(
             "running as root: dns-proxy needs no privilege; let systemd pass port 53 \
              (dns-proxy.socket) or listen on a port above 1023"

@@ -3,43 +3,41 @@
 //! resolvers over DNS-over-TLS, validating their certificates.
 //!
 //! # Layout
-//! Most modules are private to the crate; the binary and the fuzz targets use `cli`, `config`,
-//! `daemon`, `listeners`, `logging`, `sandbox`, `tls`, `tls_server`, `dns`, `doh_request`,
-//! `cache`, `framing` and `control`.
+//! The modules are the folders of `src/` and the files at its top, listed bottom up: each
+//! imports only those above it (`.ci/module-cycles` checks folders and files). The binary and
+//! the fuzz targets use `cli`, `config`, `daemon` and the public modules inside the folders.
 //!
-//! - `cli`, `config`: what to run and with which settings (layered TOML, environment, flags).
-//! - `listeners`: the client sockets, inherited from systemd or bound here.
-//! - `udp`, `tcp`: the client-facing servers; `dot`, `doh`: DNS over TLS (on `tcp`'s
-//!   connection loop) and DNS over HTTPS (hyper, requests decoded by `doh_request`, an answer
-//!   per TLS record on HTTP/2 by `answer_records`), with
-//!   `tls_server` holding their certificate and TLS settings; `transport`: their names;
-//!   `admission`: whether a client's query is served, refused or dropped, from `access` (who
-//!   may ask) and `ratelimit` (how often).
-//! - `dns`: DNS rules as pure functions over bytes (validation, padding, answers, truncation).
+//! - `common`: shared types below everything: `lock` (taking a lock whose holder panicked),
+//!   `defer` (yielding behind queued tasks), `error` (why an upstream query failed, the kinds of
+//!   upstream outcomes), `transport` (names), `snapshot` (the status `control` reports, which
+//!   the forwarder, groups, cache and metrics fill in) and `metrics` (the counters, also behind
+//!   the systemd status line, and their Prometheus rendering).
+//! - `wire`: DNS as pure functions over bytes: `dns` (validation, padding, answers,
+//!   truncation), `framing` (2-byte length framing shared by TCP clients and TLS upstreams),
+//!   `name` (zone names).
+//! - `policy`: `access` (who may ask) and `ratelimit` (how often).
+//! - `config`: what to run with (layered TOML, environment, flags), each key declared once.
 //! - `dnssec`: DNSSEC validation of upstream answers, from the trust anchors down.
-//! - `framing`: 2-byte length framing shared by TCP clients and TLS upstreams.
-//! - `forwarder`: a query to an answer: cache, upstream choice, retry, SERVFAIL on failure.
-//! - `group`: picking an upstream (fastest, failover, round-robin) and hedging's delay;
-//!   `exchange`: the trait every kind of upstream is asked through.
-//! - `cache`, `coalesce`: answers kept for their TTL; identical queries in flight shared.
-//! - `zones`: split DNS: which upstreams a name goes to, or its local answer.
-//! - `upstream` (`TlsUpstream`), `connection`, `tls`: a DoT upstream's health, its pipelined
-//!   TLS connection, and certificate validation; `plain`: a forward zone's plain-DNS upstream;
-//!   `group::AnyUpstream`: either kind.
-//! - `daemon`, `notify`, `logging`: lifecycle, systemd, logs; `context`: what the
-//!   daemon shares with the servers (configuration and forwarder in force, metrics);
-//!   `sandbox`: the service's IP allow list, computed from the configuration.
-//! - `metrics`: the counters (also behind the systemd status line) and their Prometheus
-//!   rendering; `admin`: the HTTP endpoint serving them and a health check (hyper).
-//! - `control`: the control socket (`dns-proxy status` and `flush`), server and client;
-//!   `snapshot`: the status it reports, which the forwarder, groups, cache and metrics fill in.
-//! - `lock`, `defer`: taking a lock whose holder panicked; yielding behind queued tasks.
-//! - `error`: why an upstream query failed and the kinds of upstream outcomes, which the
-//!   upstream code, the plain-DNS resolver and the metrics use.
-//!
-//! Modules depend on each other one way, with no cycle (`.ci/module-cycles` checks it): the
-//! daemon wires the servers, the forwarder and the metrics together, and none of them
-//! imports the daemon.
+//! - `upstream`: `exchange` (the trait every kind of upstream is asked through), `dot`
+//!   (`TlsUpstream`: a DoT upstream's health) with its pipelined TLS `connection` and
+//!   certificate validation (`tls`), `plain` (a forward zone's plain-DNS upstream), `group`
+//!   (picking an upstream: fastest, failover, round-robin; hedging; `AnyUpstream`, either kind).
+//! - `resolve`: a query to an answer: `forwarder` (cache, upstream choice, retry, SERVFAIL on
+//!   failure), `cache`, `coalesce` (identical queries in flight shared), `zones` (split DNS:
+//!   which upstreams a name goes to, or its local answer).
+//! - `context`: what the daemon shares with the servers (configuration and forwarder in
+//!   force, metrics).
+//! - `serve`: the client side: `listeners` (the sockets, inherited from systemd or bound
+//!   here), `udp`, `tcp`, `dot` (DNS over TLS, on `tcp`'s connection loop), `doh` (DNS over
+//!   HTTPS: hyper, requests decoded by `doh_request`, an answer per TLS record on HTTP/2 by
+//!   `answer_records`), `tls_server` (their certificate and TLS settings), `admission` (whether
+//!   a client's query is served, refused or dropped, from `policy`).
+//! - `ops`: running the daemon: `admin` (the HTTP endpoint serving the metrics and a health
+//!   check), `control` (the control socket: `dns-proxy status`, `flush` and `reload`, server
+//!   and client), `notify` (systemd), `logging`, `sandbox` (the service's IP allow list,
+//!   computed from the configuration).
+//! - `cli`, `daemon`: the command line; lifecycle, reload and signals, wiring the servers,
+//!   the forwarder and the metrics together; no module imports the daemon.
 //!
 //! `ARCHITECTURE.md` follows one query through these modules.
 

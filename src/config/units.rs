@@ -64,7 +64,7 @@ pub(crate) fn toml_duration(duration: Duration) -> String {
     ];
     match units
         .iter()
-        .find(|(factor, _)| millis > 0 && millis % factor == 0)
+        .find(|(factor, _)| millis > 0 && millis.is_multiple_of(*factor))
     {
         Some((factor, unit)) => format!("\"{}{unit}\"", millis / factor),
         None => format!("\"{millis}ms\""),
@@ -131,7 +131,7 @@ pub(crate) fn toml_size(bytes: usize) -> String {
     let units = [(30, "GiB"), (20, "MiB"), (10, "KiB")];
     match units
         .iter()
-        .find(|(shift, _)| bytes > 0 && bytes % (1 << shift) == 0)
+        .find(|(shift, _)| bytes > 0 && bytes.is_multiple_of(1 << shift))
     {
         Some((shift, unit)) => format!("\"{}{unit}\"", bytes >> shift),
         None => bytes.to_string(),

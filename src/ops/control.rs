@@ -36,6 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::unix::OwnedWriteHalf;
@@ -305,7 +307,7 @@ impl Control {
     pub(crate) fn new(handler: Handler) -> Control {
         Control {
             handler,
-            own_uid: rustix::process::geteuid().as_raw(),
+            own_uid: nix::unistd::geteuid().as_raw(),
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
         }
     }
@@ -682,12 +684,12 @@ pub fn reload_command(path: &Path, pid: Option<i32>) -> Result<String, ClientErr
     match (ask(path, &Request::Reload), pid) {
         (Ok(answer), _) => Ok(format!("{}\n", answer.message.unwrap_or_default())),
         (Err(ClientError::Unavailable { path, error }), Some(pid)) => {
-            let signal = rustix::process::Pid::from_raw(pid)
-                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
-                .and_then(|pid| {
-                    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
-                        .map_err(io::Error::from)
-                });
+            // Only a process: 0 and negative numbers would signal process groups.
+            let signal = if pid > 0 {
+                kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(io::Error::from)
+            } else {
+                Err(io::Error::from(io::ErrorKind::InvalidInput))
+            };
             match signal {
                 Ok(()) => Ok(format!(
                     "no control socket at {} ({error}): sent SIGHUP to {pid}; the daemon reloads without waiting, and logs the outcome\n",

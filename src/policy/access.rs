@@ -80,11 +80,11 @@ impl FromStr for Network {
             }
         };
         // `::ffff:a.b.c.d/n` names IPv4 addresses, which is how clients are matched.
-        if let IpNet::V6(v6) = net {
-            if let (Some(v4), 96..) = (v6.addr().to_ipv4_mapped(), v6.prefix_len()) {
-                let net = Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|_| syntax())?;
-                return Ok(Network(IpNet::V4(net)));
-            }
+        if let IpNet::V6(v6) = net
+            && let (Some(v4), 96..) = (v6.addr().to_ipv4_mapped(), v6.prefix_len())
+        {
+            let net = Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|_| syntax())?;
+            return Ok(Network(IpNet::V4(net)));
         }
         Ok(Network(net))
     }

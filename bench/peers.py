@@ -1,0 +1,188 @@
+"""The forwarders bench/run compares, and the second upstream of the light load. See bench/README.md.
+
+Each forwarder has a row name, a plain DNS port, a DoT and a DoH port for its client-facing
+listeners, a program, a version command and a configuration (`config_for`) forwarding over
+DoT to the upstream on loopback and validating its certificate. The DoT upstream itself and the
+certificates are in common.py.
+"""
+
+import os
+import shutil
+
+from common import BINARY, TLS_NAME, UNBOUND_COMMON, UPSTREAM_DOT, UPSTREAM_UDP, version_of_all
+
+APT_PACKAGES = ["dnsperf", "unbound", "stubby", "dnsdist", "knot-resolver"]
+# Services those packages may register (Debian 12); stopped/disabled after installation.
+SERVICES = ["unbound", "unbound-resolvconf", "stubby", "dnsdist", "kresd@1", "knot-resolver"]
+
+# The second kind of upstream: dnsdist serving DoT (it sets TCP_NODELAY on its TLS sockets,
+# unbound 1.17 does not) and plain DNS, in front of the same unbound over UDP.
+NODELAY_DOT = 8854
+NODELAY_UDP = 8054
+# Upstream kinds of the light-load workloads: (DoT port, plain UDP port of the same server).
+UPSTREAM_KINDS = {"unbound": (UPSTREAM_DOT, UPSTREAM_UDP), "dnsdist": (NODELAY_DOT, NODELAY_UDP)}
+UPSTREAM_KIND_LABEL = {"unbound": "unbound 1.17 DoT (Nagle on)",
+                       "dnsdist": "dnsdist DoT (TCP_NODELAY)"}
+FWD_PORT = {
+    "dns-proxy": 5301,
+    "unbound": 5302,
+    "stubby": 5303,
+    "dnsdist": 5304,
+    "dnsdist+cache": 5305,
+    "kresd": 5306,
+}
+FORWARDERS = list(FWD_PORT)
+# Client-facing DNS over TLS and DNS over HTTPS (the DoT-in and DoH-in workloads): a listener of
+# that kind beside the forwarder's plain port.
+TRANSPORTS = {"dot": "DNS over TLS", "doh": "DNS over HTTPS"}
+ENCRYPTED_PORT = {"dot": {name: port + 100 for name, port in FWD_PORT.items()},
+                  "doh": {name: port + 200 for name, port in FWD_PORT.items()}}
+DOH_PATH = "/dns-query"
+
+
+def nodelay_upstream_conf(d):
+    """dnsdist as a DoT server with TCP_NODELAY, answering from the unbound upstream's UDP port."""
+    return f"""setSecurityPollSuffix("")
+setLocal("127.0.0.1:{NODELAY_UDP}")
+addTLSLocal("127.0.0.1:{NODELAY_DOT}", "{d}/upstream.pem", "{d}/upstream.key", {{provider="openssl"}})
+setACL({{"127.0.0.0/8"}})
+newServer({{address="127.0.0.1:{UPSTREAM_UDP}", checkName="bench."}})
+"""
+
+
+def encrypted_unsupported(name, transport):
+    """Why `name` cannot serve `transport` ("dot" or "doh") to clients, or None if it can (as
+    far as its build says; a forwarder that then does not come up is reported as such)."""
+    if name == "stubby":
+        return "stubby is a stub resolver: it serves only plain DNS to its clients"
+    if name == "unbound" and transport == "doh" and "--with-libnghttp2" not in version_of_all(["unbound", "-V"]):
+        return "this unbound is built without libnghttp2: no DNS over HTTPS"
+    if name in ("dnsdist", "dnsdist+cache"):
+        feature = {"dot": "dns-over-tls", "doh": "dns-over-https(DOH)"}[transport]
+        if feature not in version_of_all(["dnsdist", "--version"]):
+            return f"this dnsdist is built without {feature}"
+    return None
+
+
+def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None):
+    """(command, files to write {path: text}, cwd) for one forwarder of the DoT server on
+    127.0.0.1:`upstream`, with a DoT ("dot") or DoH ("doh") listener for clients on
+    ENCRYPTED_PORT if `encrypted` says so."""
+    UPSTREAM_DOT = upstream  # noqa: N806 (the templates below name the port so)
+    ca = f"{d}/ca.pem"
+    cert, key = f"{d}/listener.pem", f"{d}/listener.key"
+    enc_port = ENCRYPTED_PORT[encrypted][name] if encrypted else None
+    if name == "dns-proxy":
+        conf = f"{d}/dns-proxy.toml"
+        listener = ""
+        if encrypted:
+            listener = (f'listen_{"tls" if encrypted == "dot" else "https"} = ["127.0.0.1:{enc_port}"]\n'
+                        f'tls_certificate = "{cert}"\ntls_key = "{key}"\n')
+        text = (f'listen = ["127.0.0.1:{port}"]\n{listener}timeout = "2000ms"\nlog_level = "warn"\n\n'
+                f'[[upstream]]\naddress = "127.0.0.1:{UPSTREAM_DOT}"\ntls_name = "{TLS_NAME}"\n'
+                f'ca_file = "{ca}"\n')
+        return ([BINARY, "--config", conf, "--listen", f"127.0.0.1:{port}", "--log", "stderr"],
+                {conf: text}, d)
+    if name == "unbound":
+        conf = f"{d}/unbound-fwd.conf"
+        listener = ""
+        if encrypted:
+            listener = (f"  interface: 127.0.0.1@{enc_port}\n"
+                        f"  {'tls-port' if encrypted == 'dot' else 'https-port'}: {enc_port}\n"
+                        f'  tls-service-key: "{key}"\n  tls-service-pem: "{cert}"\n'
+                        f'  http-endpoint: "{DOH_PATH}"\n  incoming-num-tcp: 100\n')
+        text = f"""server:
+{UNBOUND_COMMON.format(d=d)}
+  interface: 127.0.0.1@{port}
+{listener}  do-not-query-localhost: no
+  tls-cert-bundle: "{ca}"
+  so-reuseport: no
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@{UPSTREAM_DOT}#{TLS_NAME}
+  forward-tls-upstream: yes
+remote-control:
+  control-enable: no
+"""
+        return (["unbound", "-d", "-c", conf], {conf: text}, d)
+    if name == "stubby":
+        conf = f"{d}/stubby.yml"
+        appdir = f"{d}/stubby"
+        os.makedirs(appdir, exist_ok=True)
+        text = f"""resolution_type: GETDNS_RESOLUTION_STUB
+dns_transport_list:
+  - GETDNS_TRANSPORT_TLS
+tls_authentication: GETDNS_AUTHENTICATION_REQUIRED
+tls_query_padding_blocksize: 128
+edns_client_subnet_private: 1
+round_robin_upstreams: 0
+idle_timeout: 10000
+timeout: 2000
+tls_ca_file: "{ca}"
+appdata_dir: "{appdir}"
+listen_addresses:
+  - 127.0.0.1@{port}
+upstream_recursive_servers:
+  - address_data: 127.0.0.1
+    tls_port: {UPSTREAM_DOT}
+    tls_auth_name: "{TLS_NAME}"
+"""
+        return (["stubby", "-C", conf, "-v", "4"], {conf: text}, d)
+    if name in ("dnsdist", "dnsdist+cache"):
+        conf = f"{d}/{name.replace('+', '-')}.conf"
+        cache = ""
+        if name == "dnsdist+cache":
+            cache = ('pc = newPacketCache(100000, {maxTTL=86400, minTTL=0})\n'
+                     'getPool(""):setCache(pc)\n')
+        text = f"""setSecurityPollSuffix("")
+setLocal("127.0.0.1:{port}")
+setACL({{"127.0.0.0/8"}})
+-- maxInFlight > 0 pipelines queries on the DoT backend; the default, 0, opens a
+-- connection for every query in flight.
+newServer({{address="127.0.0.1:{UPSTREAM_DOT}", tls="openssl", subjectName="{TLS_NAME}",
+           caStore="{ca}", validateCertificates=true, checkName="bench.", maxInFlight=1000}})
+{cache}"""
+        if encrypted == "dot":
+            text += f'addTLSLocal("127.0.0.1:{enc_port}", "{cert}", "{key}", {{provider="openssl"}})\n'
+        elif encrypted == "doh":
+            text += f'addDOHLocal("127.0.0.1:{enc_port}", "{cert}", "{key}", "{DOH_PATH}")\n'
+        return (["dnsdist", "--supervised", "--disable-syslog", "-C", conf], {conf: text}, d)
+    if name == "kresd":
+        conf = f"{d}/kresd.conf"
+        rundir = f"{d}/kresd"
+        os.makedirs(rundir, exist_ok=True)
+        listener = ""
+        if encrypted:
+            listener = (f"net.tls('{cert}', '{key}')\n"
+                        f"net.listen('127.0.0.1', {enc_port}, {{ kind = '{'tls' if encrypted == 'dot' else 'doh2'}' }})\n")
+        text = f"""net.ipv6 = false
+net.listen('127.0.0.1', {port}, {{ kind = 'dns' }})
+{listener}-- no DNSSEC validation (none of the forwarders validates) and no root priming
+pcall(function() trust_anchors.remove('.') end)
+pcall(function() modules.unload('priming') end)
+pcall(function() modules.unload('detect_time_skew') end)
+cache.size = 100 * MB
+policy.add(policy.all(policy.TLS_FORWARD({{
+  {{'127.0.0.1@{UPSTREAM_DOT}', hostname='{TLS_NAME}', ca_file='{ca}'}}
+}})))
+"""
+        return (["kresd", "-n", "-c", conf, rundir], {conf: text}, rundir)
+    raise ValueError(name)
+
+
+def binary_of(name):
+    return {"dns-proxy": BINARY, "unbound": "unbound", "stubby": "stubby", "dnsdist": "dnsdist",
+            "dnsdist+cache": "dnsdist", "kresd": "kresd"}[name]
+
+
+def version_cmd(name):
+    return {"dns-proxy": [BINARY, "--version"], "unbound": ["unbound", "-V"],
+            "stubby": ["stubby", "-V"], "dnsdist": ["dnsdist", "--version"],
+            "dnsdist+cache": ["dnsdist", "--version"], "kresd": ["kresd", "--version"]}[name]
+
+
+
+def installed(name):
+    """Whether the program of forwarder `name` is there (dns-proxy: built)."""
+    exe = binary_of(name)
+    return os.path.exists(exe) if os.path.isabs(exe) else shutil.which(exe) is not None
