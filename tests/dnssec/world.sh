@@ -19,7 +19,7 @@
 #   alg8.test           RSASHA256 (8), NSEC
 #   alg15.test          Ed25519 (15), NSEC
 #   wild.test           13, NSEC; wildcard *.wild.test (A and TXT) beside host.wild.test
-#   insecure.test       unsigned, delegated without DS
+#   insecure.test       unsigned, delegated without DS; wildcard *.any.insecure.test
 #   optout.test         13, NSEC3 with opt-out; unsigned.optout.test is delegated without DS
 #   iter200.test        13, NSEC3 with 200 iterations (over the RFC 9276 limits)
 #   bogus.test          13; www's A changed after signing
@@ -33,6 +33,8 @@
 #                       zone under a signed parent, for forward zones)
 # Every zone has `www` A 192.0.2.N (N per zone, see ADDRESSES below) and no TXT at `www`.
 # secure.test also has to-insecure, to-bogus and to-nsec3 (CNAMEs to www in those zones).
+# The wildcards answer any number of unique names (bench/run's cold DNSSEC workloads):
+# *.wild.test (signed) and *.any.insecure.test (unsigned).
 # Every NS is ns.nic.test., whose address (127.0.53.53) nothing listens on: a resolver reaches
 # knotd through its configured address only, and knotd answers for every zone itself.
 set -euo pipefail
@@ -170,7 +172,7 @@ EOF
         "$dir" "$dir" "$policies" >"$dir/decoy.conf"
 
     # The unsigned zones.
-    zone_source insecure.test "$dir/signed/insecure.test.zone" </dev/null
+    printf '*.any A 192.0.2.31\n' | zone_source insecure.test "$dir/signed/insecure.test.zone"
     zone_source unsigned.optout.test "$dir/signed/unsigned.optout.test.zone" </dev/null
     zone_source corp.test "$dir/signed/corp.test.zone" </dev/null
 
