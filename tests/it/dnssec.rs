@@ -792,6 +792,56 @@ async fn validation_off_passes_everything_through_untouched() {
     }
 }
 
+/// Validated DNSKEY and DS sets are kept per zone: once a zone is known, a cold name in it
+/// costs the one upstream query for the name itself, signed zone or unsigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_name_in_a_known_zone_costs_one_upstream_query() {
+    if !world_tools_present() {
+        return;
+    }
+    let servers = WorldServers::start().await;
+    let proxy = validating_proxy(&servers, Resolution::IteratorOnly, &[]).await;
+    let token = crate::support::Rng::from_entropy().next_u64();
+    let signed = |i: u32| format!("c{i}-{token:x}.wild.test.");
+    let unsigned = |i: u32| format!("c{i}-{token:x}.any.insecure.test.");
+    let mut failures = Vec::new();
+    let mut check = |name: &str, msg: Result<Message, String>, secure: bool| match msg {
+        Ok(msg)
+            if msg.metadata.response_code == ResponseCode::NoError
+                && msg.metadata.authentic_data == secure => {}
+        Ok(msg) => failures.push(format!(
+            "{name}: want NOERROR, AD={secure}; got {}",
+            summary(&msg)
+        )),
+        Err(e) => failures.push(format!("{name}: {e}")),
+    };
+    // Learns both zones' keys (and test.'s proof that insecure.test has no DS).
+    check(&signed(0), ask(proxy.udp4(), &signed(0), A, DO).await, true);
+    check(
+        &unsigned(0),
+        ask(proxy.udp4(), &unsigned(0), A, DO).await,
+        false,
+    );
+    let before = servers.iterator.queries_answered().await;
+    const COLD: u32 = 10;
+    for i in 1..=COLD {
+        check(&signed(i), ask(proxy.udp4(), &signed(i), A, DO).await, true);
+        check(
+            &unsigned(i),
+            ask(proxy.udp4(), &unsigned(i), A, DO).await,
+            false,
+        );
+    }
+    let asked = servers.iterator.queries_answered().await - before;
+    report("cold names in known zones", failures);
+    assert_eq!(
+        asked,
+        u64::from(2 * COLD),
+        "{} cold names of known zones cost {asked} upstream queries",
+        2 * COLD
+    );
+}
+
 /// A `[[forward_zone]]` table for `zones` answered by knotd over plain DNS, with `dnssec`.
 fn forward_zone(zones: &str, server: SocketAddr, dnssec: Option<&str>) -> String {
     let mut table = format!("[[forward_zone]]\nzones = [{zones}]\n");

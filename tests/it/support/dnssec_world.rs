@@ -251,7 +251,9 @@ forward-zone:
     name: "."
     forward-addr: {knot_ip}@{knot_port}
 remote-control:
-    control-enable: no
+    control-enable: yes
+    control-interface: "{dir}/control.sock"
+    control-use-cert: no
 "#,
             key = key_file.display(),
             pem = pem_file.display(),
@@ -310,6 +312,30 @@ remote-control:
 
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lines()
+    }
+
+    /// Queries it has answered so far, from any client (`unbound-control stats_noreset`:
+    /// `total.num.queries`).
+    pub async fn queries_answered(&self) -> u64 {
+        let control = find_tool("unbound-control").expect("unbound-control");
+        let out = within(
+            Duration::from_secs(10),
+            "unbound-control stats_noreset",
+            tokio::process::Command::new(control)
+                .arg("-c")
+                .arg(self.dir.path().join("unbound.conf"))
+                .arg("stats_noreset")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("run unbound-control");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("total.num.queries="))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total.num.queries in:\n{text}"))
     }
 }
 
