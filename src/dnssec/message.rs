@@ -153,11 +153,11 @@ impl<'m> Message<'m> {
     fn group(&mut self) {
         // Sort indices by (section, owner, type or covered type, class); RRsets are then runs.
         let key = |r: &Record| {
-            let (t, sig) = match r.rtype {
-                TYPE_RRSIG => (r.covered, true),
-                other => (other, false),
+            let t = match r.rtype {
+                TYPE_RRSIG => r.covered,
+                other => other,
             };
-            (r.section, t, r.class, sig)
+            (r.section, t, r.class)
         };
         let mut order: Vec<u16> = (0..self.records.len() as u16).collect();
         order.sort_by(|&a, &b| {
@@ -279,6 +279,23 @@ mod tests {
                 .find(Section::Answer, b"\x07example\x00", TYPE_CNAME)
                 .is_some()
         );
+        // Two RRsets of one type, their RRSIGs after both: each gets its own.
+        let mut m2 = vec![0, 0, 0x81, 0x83, 0, 0, 0, 0, 0, 4, 0, 0];
+        for owner in [b"\x01a\x00", b"\x01b\x00"] {
+            m2.extend_from_slice(owner);
+            m2.extend_from_slice(&[0, 47, 0, 1, 0, 0, 0, 60, 0, 1, 0]);
+        }
+        for owner in [b"\x01b\x00", b"\x01a\x00"] {
+            m2.extend_from_slice(owner);
+            m2.extend_from_slice(&[0, 46, 0, 1, 0, 0, 0, 60, 0, 2, 0, 47]);
+        }
+        let two = Message::parse(&m2).unwrap();
+        assert_eq!(two.rrsets.len(), 2);
+        for rrset in &two.rrsets {
+            assert_eq!((rrset.records.len(), rrset.sigs.len()), (1, 1));
+            let sig = two.record(rrset.sigs[0]);
+            assert_eq!(two.owner(sig), two.rrset_owner(rrset));
+        }
         for cut in 12..m.len() {
             assert!(Message::parse(&m[..cut]).is_err(), "cut at {cut}");
         }
