@@ -38,6 +38,9 @@ const RCODES: [&str; 8] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other",
 ];
 
+/// Label values of `verdict` for DNSSEC validation, indexed as in [`Metrics::dnssec`].
+pub(crate) const DNSSEC_VERDICTS: [&str; 4] = ["secure", "insecure", "bogus", "indeterminate"];
+
 /// Label values of `outcome` for TLS handshakes, indexed as in [`UpstreamMetrics::handshakes`].
 const HANDSHAKE_OUTCOMES: [&str; 3] = ["full", "resumed", "failed"];
 
@@ -86,6 +89,8 @@ pub(crate) struct Metrics {
     pub(crate) hedged: Counter,
     /// Client queries over the per-client rate limit.
     pub(crate) rate_limited: Counter,
+    /// Answers by DNSSEC verdict, indexed like [`DNSSEC_VERDICTS`].
+    pub(crate) dnssec: [Counter; DNSSEC_VERDICTS.len()],
     upstream_queries: Family<UpstreamLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     upstream_latency: Family<UpstreamLabels, LatencyHistogram>,
@@ -145,6 +150,11 @@ struct UpstreamLabels {
 struct UpstreamErrorLabels {
     upstream: String,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -266,8 +276,18 @@ impl Metrics {
              rate_limit_action)",
             rate_limited.clone(),
         );
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "dnssec_answers",
+            "Answers from upstreams validated here, by DNSSEC verdict (secure, insecure, bogus, \
+             indeterminate), cache hits included",
+            verdicts.clone(),
+        );
+        let dnssec =
+            DNSSEC_VERDICTS.map(|verdict| verdicts.get_or_create_owned(&VerdictLabels { verdict }));
         Metrics {
             registry,
+            dnssec,
             local_answers,
             hedged,
             rate_limited,

@@ -31,8 +31,6 @@ use crate::dnssec::verify::{
 use crate::wire::dns::Response;
 use crate::wire::name::suffixes;
 
-/// Key and delegation queries per client query.
-pub(crate) const MAX_FETCHES: u32 = 24;
 /// A chain that failed is remembered this long at most.
 pub(crate) const BOGUS_TTL: Duration = Duration::from_secs(60);
 /// Bounds on how long a zone's keys or cut are remembered, whatever their TTL says.
@@ -108,12 +106,18 @@ pub(crate) struct Chain {
     anchors: Vec<(Box<[u8]>, Vec<Anchor>)>,
     /// Names at and below which nothing is validated: negative trust anchors, forward zones
     /// without validation, local zones.
-    insecure: Vec<Box<[u8]>>,
+    exempt: Vec<Box<[u8]>>,
+    /// Forward zones that ask for validation: inside an exempt zone, they are validated.
+    validated: Vec<Box<[u8]>>,
     zones: quick_cache::sync::Cache<Box<[u8]>, Arc<Entry>>,
 }
 
 impl Chain {
-    pub(crate) fn new(anchors: Vec<Anchor>, insecure: Vec<Box<[u8]>>) -> Chain {
+    pub(crate) fn new(
+        anchors: Vec<Anchor>,
+        exempt: Vec<Box<[u8]>>,
+        validated: Vec<Box<[u8]>>,
+    ) -> Chain {
         let mut by_zone: Vec<(Box<[u8]>, Vec<Anchor>)> = Vec::new();
         for anchor in anchors {
             match by_zone.iter_mut().find(|(zone, _)| *zone == anchor.zone) {
@@ -123,7 +127,8 @@ impl Chain {
         }
         Chain {
             anchors: by_zone,
-            insecure,
+            exempt,
+            validated,
             zones: quick_cache::sync::Cache::new(ZONE_CACHE_ITEMS),
         }
     }
@@ -140,11 +145,20 @@ impl Chain {
         });
     }
 
-    /// Whether `name` is at or below a name that is not validated.
+    /// Whether `name` is not validated: at or below an exempt zone, and not closer to a
+    /// zone that asks for validation.
     pub(crate) fn is_exempt(&self, name: &[u8]) -> bool {
-        self.insecure
-            .iter()
-            .any(|zone| name::is_at_or_below(name, zone))
+        let closest = |zones: &[Box<[u8]>]| {
+            zones
+                .iter()
+                .filter(|zone| name::is_at_or_below(name, zone))
+                .map(|zone| zone.len())
+                .max()
+        };
+        match (closest(&self.exempt), closest(&self.validated)) {
+            (Some(exempt), validated) => validated.is_none_or(|v| exempt > v),
+            (None, _) => false,
+        }
     }
 
     /// Where the chain of trust leaves `target`: the keys of its zone, or why there are none.

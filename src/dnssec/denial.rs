@@ -19,8 +19,6 @@ use crate::dnssec::verify::Work;
 
 /// NSEC3 iterations above this make an answer insecure, not bogus (RFC 9276 §3.2).
 pub(crate) const MAX_ITERATIONS: u16 = 100;
-/// NSEC3 hashes computed per query: a closest-encloser proof needs one per label.
-pub(crate) const MAX_HASHES: u32 = 48;
 const TYPE_NS: u16 = 2;
 /// NSEC3 hash algorithm SHA-1, the only one defined.
 const SHA1: u8 = 1;
@@ -118,10 +116,6 @@ impl<'a> Proofs<'a> {
             }
         }
         proofs
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.nsec.is_empty() && self.nsec3.is_empty()
     }
 
     /// What is left when no usable record proves anything: unsupported NSEC3 make the

@@ -12,9 +12,7 @@ pub(crate) const TYPE_DNAME: u16 = 39;
 pub(crate) const TYPE_DS: u16 = 43;
 pub(crate) const TYPE_RRSIG: u16 = 46;
 pub(crate) const TYPE_NSEC: u16 = 47;
-pub(crate) const TYPE_DNSKEY: u16 = 48;
 pub(crate) const TYPE_NSEC3: u16 = 50;
-pub(crate) const CLASS_IN: u16 = 1;
 const HEADER_LEN: usize = 12;
 /// Most records read from one message: far more than any answer of a stub's question has,
 /// and a bound on the work a crafted one can cause.
@@ -155,11 +153,11 @@ impl<'m> Message<'m> {
     fn group(&mut self) {
         // Sort indices by (section, owner, type or covered type, class); RRsets are then runs.
         let key = |r: &Record| {
-            let (t, sig) = match r.rtype {
-                TYPE_RRSIG => (r.covered, true),
-                other => (other, false),
+            let t = match r.rtype {
+                TYPE_RRSIG => r.covered,
+                other => other,
             };
-            (r.section, t, r.class, sig)
+            (r.section, t, r.class)
         };
         let mut order: Vec<u16> = (0..self.records.len() as u16).collect();
         order.sort_by(|&a, &b| {
@@ -238,11 +236,6 @@ impl<'m> Message<'m> {
             .find(|r| r.section == section && r.rtype == rtype && self.rrset_owner(r) == owner)
     }
 
-    /// Whether any record of the message is an RRSIG.
-    pub(crate) fn has_signatures(&self) -> bool {
-        self.records.iter().any(|r| r.rtype == TYPE_RRSIG)
-    }
-
     /// The smallest TTL of an RRset's records.
     pub(crate) fn ttl(&self, rrset: &RRset) -> u32 {
         rrset
@@ -286,7 +279,23 @@ mod tests {
                 .find(Section::Answer, b"\x07example\x00", TYPE_CNAME)
                 .is_some()
         );
-        assert!(message.has_signatures());
+        // Two RRsets of one type, their RRSIGs after both: each gets its own.
+        let mut m2 = vec![0, 0, 0x81, 0x83, 0, 0, 0, 0, 0, 4, 0, 0];
+        for owner in [b"\x01a\x00", b"\x01b\x00"] {
+            m2.extend_from_slice(owner);
+            m2.extend_from_slice(&[0, 47, 0, 1, 0, 0, 0, 60, 0, 1, 0]);
+        }
+        for owner in [b"\x01b\x00", b"\x01a\x00"] {
+            m2.extend_from_slice(owner);
+            m2.extend_from_slice(&[0, 46, 0, 1, 0, 0, 0, 60, 0, 2, 0, 47]);
+        }
+        let two = Message::parse(&m2).unwrap();
+        assert_eq!(two.rrsets.len(), 2);
+        for rrset in &two.rrsets {
+            assert_eq!((rrset.records.len(), rrset.sigs.len()), (1, 1));
+            let sig = two.record(rrset.sigs[0]);
+            assert_eq!(two.owner(sig), two.rrset_owner(rrset));
+        }
         for cut in 12..m.len() {
             assert!(Message::parse(&m[..cut]).is_err(), "cut at {cut}");
         }

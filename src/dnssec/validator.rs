@@ -40,10 +40,12 @@ pub struct Validator {
 
 impl Validator {
     /// A validator starting from `anchors`, validating nothing at or below the `exempt` zones
-    /// (negative trust anchors, forward zones without validation, local zones).
-    pub fn new(anchors: Vec<Anchor>, exempt: &[ZoneName]) -> Validator {
+    /// (negative trust anchors, forward zones without validation, local zones) unless a
+    /// `validated` zone (a forward zone that asks for validation) is closer to the name.
+    pub fn new(anchors: Vec<Anchor>, exempt: &[ZoneName], validated: &[ZoneName]) -> Validator {
+        let wire = |zones: &[ZoneName]| zones.iter().map(|z| z.wire().into()).collect();
         Validator {
-            chain: Chain::new(anchors, exempt.iter().map(|z| z.wire().into()).collect()),
+            chain: Chain::new(anchors, wire(exempt), wire(validated)),
             clock_warned: AtomicBool::new(false),
         }
     }

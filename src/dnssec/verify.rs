@@ -21,6 +21,10 @@ pub(crate) const MAX_KEY_TAG_COLLISIONS: usize = 2;
 /// Signature checks per query: a cold chain of several zones and an answer with its proofs
 /// need a dozen or two.
 pub(crate) const MAX_VERIFICATIONS: u32 = 64;
+/// NSEC3 hashes computed per query: a closest-encloser proof needs one per label.
+pub(crate) const MAX_HASHES: u32 = 48;
+/// Key and delegation queries per client query.
+pub(crate) const MAX_FETCHES: u32 = 24;
 /// Keys kept per zone: more is no real zone's key set.
 pub(crate) const MAX_KEYS: usize = 32;
 /// The DNSKEY flag of a zone key (RFC 4034 §2.1.1).
@@ -52,8 +56,8 @@ impl Work {
             now,
             check_time,
             verifications: MAX_VERIFICATIONS,
-            hashes: crate::dnssec::denial::MAX_HASHES,
-            fetches: crate::dnssec::chain::MAX_FETCHES,
+            hashes: MAX_HASHES,
+            fetches: MAX_FETCHES,
             signed: Vec::new(),
             scratch: Vec::new(),
         }
@@ -65,9 +69,6 @@ impl Work {
 pub(crate) struct Key {
     pub(crate) tag: u16,
     pub(crate) algorithm: u8,
-    pub(crate) flags: u16,
-    /// The DNSKEY's data, as in the zone.
-    pub(crate) rdata: Box<[u8]>,
     public: PublicKeyBuf,
 }
 
@@ -85,8 +86,6 @@ impl Key {
         Some(Key {
             tag: key_tag(rdata),
             algorithm,
-            flags,
-            rdata: rdata.into(),
             public: PublicKeyBuf::new(rdata[4..].to_vec(), Algorithm::from_u8(algorithm)),
         })
     }

@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 
 use hickory_proto::op::{Message, MessageType, OpCode};
 
+pub(crate) use crate::wire::field::read_u32;
+use crate::wire::field::{read_u16, skip_name};
 use crate::wire::tsig;
 
 /// Length of the fixed DNS header.
@@ -124,7 +126,12 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, Rejection> {
             Rcode::NotImp,
         ));
     }
-    if let Some(answer) = tsig::badkey_answer(packet, sent_opt(packet)) {
+    if let Some(tsig) = tsig::badkey_record(packet) {
+        // NOTAUTH, then the TSIG record, which must be the last (after OPT, if any).
+        let mut answer = error_answer(packet, Rcode::NotAuth, sent_opt(packet));
+        answer.extend_from_slice(&tsig);
+        let additional = read_u16(&answer, 10).unwrap_or(0) + 1;
+        answer[10..12].copy_from_slice(&additional.to_be_bytes());
         return Err(Rejection::Answer(answer, Rcode::NotAuth));
     }
     let formerr = || {
@@ -700,32 +707,6 @@ pub(in crate::wire) fn question_end(message: &[u8]) -> Option<usize> {
     }
     let end = pos + 4;
     (end <= message.len()).then_some(end)
-}
-
-/// Offset just past the name at `pos`; a compression pointer ends a name.
-pub(in crate::wire) fn skip_name(message: &[u8], mut pos: usize) -> Option<usize> {
-    loop {
-        let len = *message.get(pos)?;
-        match len & 0xc0 {
-            0x00 if len == 0 => return Some(pos + 1),
-            0x00 => pos += 1 + usize::from(len),
-            0xc0 => return (pos + 2 <= message.len()).then_some(pos + 2),
-            _ => return None,
-        }
-    }
-}
-
-/// The 4-byte big-endian field at `at` (a TTL, an SOA minimum), if the message has it.
-pub(crate) fn read_u32(message: &[u8], at: usize) -> Option<u32> {
-    let bytes = message.get(at..at + 4)?;
-    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-}
-
-pub(in crate::wire) fn read_u16(message: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([
-        *message.get(at)?,
-        *message.get(at + 1)?,
-    ]))
 }
 
 /// The labels of the wire-form name at the start of `wire`, up to the root label or the first

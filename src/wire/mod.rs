@@ -2,6 +2,7 @@
 //! framing of TCP and TLS (`framing`), zone names and their suffixes (`name`), where names sit in record data (`rdata`).
 
 pub mod dns;
+pub(crate) mod field;
 pub mod framing;
 pub mod name;
 pub(crate) mod rdata;

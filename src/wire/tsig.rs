@@ -4,19 +4,19 @@
 //! with an unsigned TSIG record carrying error BADKEY (RFC 8945 §5.2, §5.3.2), which tells the
 //! client its key is unknown here.
 
-use crate::wire::dns::{
-    Edns, HEADER_LEN, OPT_FIXED_LEN, Rcode, error_answer, push_opt_header, read_u16, skip_name,
-};
+use crate::wire::field::{read_u16, skip_name};
 
+const HEADER_LEN: usize = 12;
 const TYPE_TSIG: u16 = 250;
 const CLASS_ANY: u16 = 255;
 /// TSIG error BADKEY.
 const BADKEY: u16 = 17;
 
-/// The NOTAUTH answer to `packet` if it carries a TSIG record (the last record of the
-/// additional section, RFC 8945 §5.1), with OPT when `edns` is given; `None` for an unsigned
-/// packet or one whose TSIG record cannot be read, which the other checks then judge.
-pub(crate) fn badkey_answer(packet: &[u8], edns: Option<Edns>) -> Option<Vec<u8>> {
+/// The TSIG record to answer `packet` with, if it carries one (the last record of the
+/// additional section, RFC 8945 §5.1): the client's key name, algorithm, time and fudge, no
+/// MAC, its original id and error BADKEY. `None` for an unsigned packet or one whose TSIG
+/// record cannot be read, which the other checks then judge.
+pub(crate) fn badkey_record(packet: &[u8]) -> Option<Vec<u8>> {
     let [questions, answers, authority, additional] =
         [4, 6, 8, 10].map(|at| usize::from(read_u16(packet, at).unwrap_or(0)));
     if additional == 0 {
@@ -46,12 +46,8 @@ pub(crate) fn badkey_answer(packet: &[u8], edns: Option<Edns>) -> Option<Vec<u8>
     let time_and_fudge = rdata.get(algorithm_end..algorithm_end + 8)?;
     let mac_len = usize::from(read_u16(rdata, algorithm_end + 8)?);
     let original_id = rdata.get(algorithm_end + 10 + mac_len..algorithm_end + 12 + mac_len)?;
-    let mut owner = Vec::new();
-    read_owner(packet, owner_at, &mut owner)?;
-
-    let mut answer = error_answer(packet, Rcode::NotAuth, None);
-    let mut tsig = Vec::with_capacity(owner.len() + 10 + algorithm.len() + 16);
-    tsig.extend_from_slice(&owner);
+    let mut tsig = Vec::with_capacity(64 + algorithm.len());
+    read_owner(packet, owner_at, &mut tsig)?;
     tsig.extend_from_slice(&TYPE_TSIG.to_be_bytes());
     tsig.extend_from_slice(&CLASS_ANY.to_be_bytes());
     tsig.extend_from_slice(&[0, 0, 0, 0]);
@@ -64,16 +60,7 @@ pub(crate) fn badkey_answer(packet: &[u8], edns: Option<Edns>) -> Option<Vec<u8>
     tsig.extend_from_slice(original_id);
     tsig.extend_from_slice(&BADKEY.to_be_bytes());
     tsig.extend_from_slice(&[0, 0]);
-    if let Some(edns) = edns {
-        let mut opt = Vec::with_capacity(OPT_FIXED_LEN);
-        push_opt_header(&mut opt, 0, edns.dnssec_ok, 0);
-        // error_answer was given no OPT: the OPT, then the TSIG, which must come last.
-        answer.extend_from_slice(&opt);
-    }
-    answer.extend_from_slice(&tsig);
-    let additional = 1 + u16::from(edns.is_some());
-    answer[10..12].copy_from_slice(&additional.to_be_bytes());
-    Some(answer)
+    Some(tsig)
 }
 
 /// The possibly compressed name at `pos`, written out uncompressed into `out`.
@@ -108,7 +95,7 @@ mod tests {
     use hickory_proto::op::Message;
 
     use super::*;
-    use crate::wire::dns::{Rejection, parse_query};
+    use crate::wire::dns::{Rcode, Rejection, parse_query};
 
     /// A query for example.com A with a TSIG record (key "key.example", hmac-sha256) and,
     /// if `opt`, an OPT record before it.
@@ -168,8 +155,8 @@ mod tests {
     fn unsigned_and_unreadable_queries_are_left_to_the_other_checks() {
         let mut q = signed_query(false);
         q[11] = 0;
-        assert_eq!(badkey_answer(&q, None), None);
+        assert_eq!(badkey_record(&q), None);
         let q = signed_query(false);
-        assert_eq!(badkey_answer(&q[..q.len() - 10], None), None);
+        assert_eq!(badkey_record(&q[..q.len() - 10]), None);
     }
 }

@@ -5,9 +5,10 @@
 //! why an answer failed or is insecure.
 
 use crate::wire::dns::{
-    ADVERTISED_UDP_PAYLOAD, EDNS_DO, Edns, FLAG_AD, FLAG_CD, FLAG_RD, HEADER_LEN, Query, Rcode,
-    Response, TYPE_OPT, error_answer, push_opt_header, read_u16, skip_name,
+    ADVERTISED_UDP_PAYLOAD, Edns, FLAG_AD, FLAG_CD, FLAG_RD, HEADER_LEN, Query, Rcode, Response,
+    TYPE_OPT, error_answer, push_opt_header,
 };
+use crate::wire::field::{read_u16, skip_name};
 use crate::wire::rdata::{Field, layout};
 
 const TYPE_RRSIG: u16 = 46;
@@ -330,7 +331,7 @@ impl Rewriter<'_> {
 /// Whether an OPT record's flags have DO set, from its TTL field at `ttl_at`.
 #[cfg(test)]
 fn opt_do(bytes: &[u8], ttl_at: usize) -> bool {
-    read_u16(bytes, ttl_at + 2).is_some_and(|flags| flags & EDNS_DO != 0)
+    read_u16(bytes, ttl_at + 2).is_some_and(|flags| flags & crate::wire::dns::EDNS_DO != 0)
 }
 
 #[cfg(test)]
