@@ -822,24 +822,32 @@ async fn a_cold_name_in_a_known_zone_costs_one_upstream_query() {
         ask(proxy.udp4(), &unsigned(0), A, DO).await,
         false,
     );
-    let before = servers.iterator.queries_answered().await;
     const COLD: u32 = 10;
-    for i in 1..=COLD {
-        check(&signed(i), ask(proxy.udp4(), &signed(i), A, DO).await, true);
-        check(
-            &unsigned(i),
-            ask(proxy.udp4(), &unsigned(i), A, DO).await,
-            false,
-        );
+    let mut costs = Vec::new();
+    for (kind, name, secure) in [
+        ("signed", &signed as &dyn Fn(u32) -> String, true),
+        ("unsigned", &unsigned as &dyn Fn(u32) -> String, false),
+    ] {
+        let before = servers.iterator.queries_answered().await;
+        let mark = servers.iterator.log_lines().len();
+        for i in 1..=COLD {
+            check(&name(i), ask(proxy.udp4(), &name(i), A, DO).await, secure);
+        }
+        let asked = servers.iterator.queries_answered().await - before;
+        if asked != u64::from(COLD) {
+            let queries: Vec<String> = servers.iterator.log_lines()[mark..]
+                .iter()
+                .filter(|l| l.contains("info: 127."))
+                .cloned()
+                .collect();
+            costs.push(format!(
+                "{COLD} cold names of the known {kind} zone cost {asked} upstream queries:\n{}",
+                queries.join("\n")
+            ));
+        }
     }
-    let asked = servers.iterator.queries_answered().await - before;
     report("cold names in known zones", failures);
-    assert_eq!(
-        asked,
-        u64::from(2 * COLD),
-        "{} cold names of known zones cost {asked} upstream queries",
-        2 * COLD
-    );
+    report("upstream queries", costs);
 }
 
 /// A `[[forward_zone]]` table for `zones` answered by knotd over plain DNS, with `dnssec`.

@@ -236,6 +236,7 @@ impl WorldResolver {
     use-syslog: no
     logfile: ""
     verbosity: 1
+    log-queries: yes
     val-log-level: 2
     num-threads: 1
     outgoing-range: 64
