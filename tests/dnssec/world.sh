@@ -2,7 +2,8 @@
 # A private signed DNS world for the DNSSEC tests and benchmarks, built offline with Knot DNS
 # (kzonesign, keymgr) and served by knotd on loopback.
 #
-#   world.sh build DIR                  sign every zone into DIR (DIR must not exist yet)
+#   world.sh build DIR [N]              sign every zone into DIR (DIR must not exist yet); with
+#                                       N, also bulk.test: n0 ... n<N-1 in hex> A 192.0.2.200
 #   world.sh knot-conf DIR ADDR@PORT RUN  print a knotd configuration serving DIR's zones there,
 #                                         with its state in the directory RUN
 #
@@ -33,8 +34,8 @@
 #                       zone under a signed parent, for forward zones)
 # Every zone has `www` A 192.0.2.N (N per zone, see ADDRESSES below) and no TXT at `www`.
 # secure.test also has to-insecure, to-bogus and to-nsec3 (CNAMEs to www in those zones).
-# The wildcards answer any number of unique names (bench/run's cold DNSSEC workloads):
-# *.wild.test (signed) and *.any.insecure.test (unsigned).
+# bench/run's cold DNSSEC workloads ask unique names: of *.any.insecure.test (unsigned) and of
+# bulk.test (signed, 13, NSEC; only built when asked for, as signing takes a while).
 # Every NS is ns.nic.test., whose address (127.0.53.53) nothing listens on: a resolver reaches
 # knotd through its configured address only, and knotd answers for every zone itself.
 set -euo pipefail
@@ -58,7 +59,7 @@ UNSIGNED=(insecure.test unsigned.optout.test corp.test)
 NS_ADDRESS=127.0.53.53
 
 usage() {
-    echo "usage: $0 build DIR | knot-conf DIR ADDR@PORT RUN" >&2
+    echo "usage: $0 build DIR [N] | knot-conf DIR ADDR@PORT RUN" >&2
     exit 2
 }
 
@@ -99,6 +100,9 @@ drop_records() {
 
 build() {
     dir=$1
+    local bulk=${2:-0}
+    [[ $bulk =~ ^[0-9]+$ ]] || usage
+    ((bulk == 0)) || SIGNED[bulk.test]=p13
     [[ -e $dir ]] && { echo "world.sh: $dir exists" >&2; exit 1; }
     mkdir -p "$dir/src" "$dir/signed" "$dir/kasp" "$dir/decoy-kasp"
     local now policies zones
@@ -186,6 +190,7 @@ EOF
         nsec3.test) printf '*.wild A 192.0.2.22\n' ;;
         wild.test) printf '* A 192.0.2.20\n* TXT "wildcard"\nhost A 192.0.2.21\n' ;;
         optout.test) printf 'unsigned NS ns.nic.test.\n' ;;
+        bulk.test) awk -v n="$bulk" 'BEGIN { for (i = 0; i < n; i++) printf "n%x A 192.0.2.200\n", i }' ;;
         esac | zone_source "$zone" "$dir/src/$zone.zone"
         # wild.test's records sit below the apex only.
         [[ $zone == wild.test ]] && sed -i '/^www A /d' "$dir/src/$zone.zone"
@@ -275,7 +280,7 @@ EOF
 }
 
 case ${1:-} in
-build) [[ $# == 2 ]] || usage; build "$2" ;;
+build) [[ $# == 2 || $# == 3 ]] || usage; build "$2" "${3:-0}" ;;
 knot-conf) [[ $# == 4 ]] || usage; knot_conf "$2" "$3" "$4" ;;
 *) usage ;;
 esac
