@@ -11,9 +11,9 @@ use base64::engine::general_purpose::STANDARD;
 use crate::dnssec::name;
 
 /// Record type DS.
-pub(crate) const TYPE_DS: u16 = 43;
+pub const TYPE_DS: u16 = 43;
 /// Record type DNSKEY.
-pub(crate) const TYPE_DNSKEY: u16 = 48;
+pub const TYPE_DNSKEY: u16 = 48;
 
 /// The root zone's key-signing keys as DS records (SHA-256 digests).
 const ROOT_DS: [(u16, &str); 2] = [
@@ -35,6 +35,23 @@ pub struct Anchor {
     /// [`TYPE_DS`] or [`TYPE_DNSKEY`].
     pub(crate) rtype: u16,
     pub(crate) rdata: Box<[u8]>,
+}
+
+impl Anchor {
+    /// An anchor of `zone` (wire form, any case) with the data of a DS or DNSKEY record
+    /// (`rtype`); `None` for another type or a malformed name.
+    pub fn new(zone: &[u8], rtype: u16, rdata: &[u8]) -> Option<Anchor> {
+        if rtype != TYPE_DS && rtype != TYPE_DNSKEY {
+            return None;
+        }
+        let mut lower = Vec::new();
+        let end = name::read_name(zone, 0, &mut lower)?;
+        (end == zone.len()).then(|| Anchor {
+            zone: lower.into(),
+            rtype,
+            rdata: rdata.into(),
+        })
+    }
 }
 
 /// Why a trust anchor file was refused: the line and the reason.
