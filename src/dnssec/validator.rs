@@ -4,6 +4,7 @@
 //! proof; the CNAME and DNAME chain is followed to the name the answer is about. The verdict
 //! is the worst of its parts.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use crate::dnssec::message::{
 };
 use crate::dnssec::name::{self, read_name};
 use crate::dnssec::verdict::{Ede, EdeCode, Verdict};
-use crate::dnssec::verify::{self, Rrsig, Verified, Work};
+use crate::dnssec::verify::{self, Rrsig, Verifications, Verified, Work};
 use crate::wire::dns::Response;
 use crate::wire::name::ZoneName;
 
@@ -34,6 +35,8 @@ const RCODE_NXDOMAIN: u16 = 3;
 /// The validator: trust anchors, what is known of each zone, and the names not validated.
 pub struct Validator {
     chain: Chain,
+    /// Signatures that verified, and what over.
+    seen: Arc<Verifications>,
     /// Set once the wrong clock has been logged.
     clock_warned: AtomicBool,
 }
@@ -46,6 +49,7 @@ impl Validator {
         let wire = |zones: &[ZoneName]| zones.iter().map(|z| z.wire().into()).collect();
         Validator {
             chain: Chain::new(anchors, wire(exempt), wire(validated)),
+            seen: Arc::new(Verifications::new()),
             clock_warned: AtomicBool::new(false),
         }
     }
@@ -110,7 +114,7 @@ impl Validator {
                  checked, and answers get no AD, until the clock is set"
             );
         }
-        Work::new(now as u32, sane)
+        Work::new(now as u32, sane, self.seen.clone())
     }
 }
 
