@@ -11,9 +11,9 @@ use base64::engine::general_purpose::STANDARD;
 use crate::dnssec::name;
 
 /// Record type DS.
-pub(crate) const TYPE_DS: u16 = 43;
+pub const TYPE_DS: u16 = 43;
 /// Record type DNSKEY.
-pub(crate) const TYPE_DNSKEY: u16 = 48;
+pub const TYPE_DNSKEY: u16 = 48;
 
 /// The root zone's key-signing keys as DS records (SHA-256 digests).
 const ROOT_DS: [(u16, &str); 2] = [
@@ -35,6 +35,23 @@ pub struct Anchor {
     /// [`TYPE_DS`] or [`TYPE_DNSKEY`].
     pub(crate) rtype: u16,
     pub(crate) rdata: Box<[u8]>,
+}
+
+impl Anchor {
+    /// An anchor of `zone` (wire form, any case) with the data of a DS or DNSKEY record
+    /// (`rtype`); `None` for another type or a malformed name.
+    pub fn new(zone: &[u8], rtype: u16, rdata: &[u8]) -> Option<Anchor> {
+        if rtype != TYPE_DS && rtype != TYPE_DNSKEY {
+            return None;
+        }
+        let mut lower = Vec::new();
+        let end = name::read_name(zone, 0, &mut lower)?;
+        (end == zone.len()).then(|| Anchor {
+            zone: lower.into(),
+            rtype,
+            rdata: rdata.into(),
+        })
+    }
 }
 
 /// Why a trust anchor file was refused: the line and the reason.
@@ -72,7 +89,12 @@ pub fn parse(text: &str) -> Result<Vec<Anchor>, AnchorError> {
     let mut anchors = Vec::new();
     let mut origin: Option<Vec<u8>> = None;
     let mut owner: Option<Vec<u8>> = None;
-    for (line, tokens, starts_blank) in entries(text)? {
+    for Entry {
+        line,
+        tokens,
+        blank,
+    } in entries(text)?
+    {
         let error = |reason: String| AnchorError { line, reason };
         let mut tokens = tokens.iter().map(String::as_str).peekable();
         let Some(&first) = tokens.peek() else {
@@ -98,7 +120,7 @@ pub fn parse(text: &str) -> Result<Vec<Anchor>, AnchorError> {
             }
             continue;
         }
-        if !starts_blank {
+        if !blank {
             tokens.next();
             owner = Some(
                 absolute(first, origin.as_deref())
@@ -165,22 +187,33 @@ impl fmt::Display for Anchor {
     }
 }
 
-/// The records of a zone file: each with the line it starts on, its tokens (comments and
-/// parentheses removed) and whether it starts with a blank (no owner name).
-fn entries(text: &str) -> Result<Vec<(usize, Vec<String>, bool)>, AnchorError> {
+/// One record of a zone file, its comments and parentheses removed.
+struct Entry {
+    /// The line it starts on.
+    line: usize,
+    tokens: Vec<String>,
+    /// It starts with a blank: no owner name, the previous one's.
+    blank: bool,
+}
+
+/// The records of a zone file.
+fn entries(text: &str) -> Result<Vec<Entry>, AnchorError> {
     let mut entries = Vec::new();
-    // The entry being read, and how many parentheses are open after what was read of it.
-    let mut open: Option<((usize, Vec<String>, bool), u32)> = None;
+    // A record whose opening parenthesis is not closed yet.
+    let mut open: Option<Entry> = None;
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
         let content = line.split(';').next().unwrap_or("");
-        let (mut entry, mut depth) = open
-            .take()
-            .unwrap_or_else(|| ((number, Vec::new(), line.starts_with([' ', '\t'])), 0));
+        let mut inside = open.is_some();
+        let mut entry = open.take().unwrap_or_else(|| Entry {
+            line: number,
+            tokens: Vec::new(),
+            blank: line.starts_with([' ', '\t']),
+        });
         for c in content.chars() {
             match c {
-                '(' if depth == 0 => depth = 1,
-                ')' if depth == 1 => depth = 0,
+                '(' if !inside => inside = true,
+                ')' if inside => inside = false,
                 '(' | ')' => {
                     return Err(AnchorError {
                         line: number,
@@ -191,16 +224,18 @@ fn entries(text: &str) -> Result<Vec<(usize, Vec<String>, bool)>, AnchorError> {
             }
         }
         let tokens = content.replace(['(', ')'], " ");
-        entry.1.extend(tokens.split_whitespace().map(String::from));
-        if depth > 0 {
-            open = Some((entry, depth));
-        } else if !entry.1.is_empty() {
+        entry
+            .tokens
+            .extend(tokens.split_whitespace().map(String::from));
+        if inside {
+            open = Some(entry);
+        } else if !entry.tokens.is_empty() {
             entries.push(entry);
         }
     }
-    if let Some(((line, _, _), _)) = open {
+    if let Some(entry) = open {
         return Err(AnchorError {
-            line,
+            line: entry.line,
             reason: "parenthesis not closed".to_string(),
         });
     }

@@ -12,6 +12,7 @@
 //! Keys and delegations are asked through [`Fetch`], which the forwarder implements with the
 //! same upstreams as the answer, DO and CD set.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,11 +105,10 @@ enum Step {
 pub(crate) struct Chain {
     /// The anchors, by zone.
     anchors: Vec<(Box<[u8]>, Vec<Anchor>)>,
-    /// Names at and below which nothing is validated: negative trust anchors, forward zones
-    /// without validation, local zones.
-    exempt: Vec<Box<[u8]>>,
-    /// Forward zones that ask for validation: inside an exempt zone, they are validated.
-    validated: Vec<Box<[u8]>>,
+    /// Names at and below which validation does not apply (`false`: negative trust anchors,
+    /// forward zones without validation, local zones) or applies again (`true`: forward zones
+    /// that ask for it, which may lie inside an exempt zone). The closest to a name decides.
+    exempt: HashMap<Box<[u8]>, bool>,
     zones: quick_cache::sync::Cache<Box<[u8]>, Arc<Entry>>,
 }
 
@@ -125,10 +125,12 @@ impl Chain {
                 None => by_zone.push((anchor.zone.clone(), vec![anchor])),
             }
         }
+        let mut rules = HashMap::new();
+        rules.extend(exempt.into_iter().map(|zone| (zone, false)));
+        rules.extend(validated.into_iter().map(|zone| (zone, true)));
         Chain {
             anchors: by_zone,
-            exempt,
-            validated,
+            exempt: rules,
             zones: quick_cache::sync::Cache::new(ZONE_CACHE_ITEMS),
         }
     }
@@ -148,17 +150,12 @@ impl Chain {
     /// Whether `name` is not validated: at or below an exempt zone, and not closer to a
     /// zone that asks for validation.
     pub(crate) fn is_exempt(&self, name: &[u8]) -> bool {
-        let closest = |zones: &[Box<[u8]>]| {
-            zones
-                .iter()
-                .filter(|zone| name::is_at_or_below(name, zone))
-                .map(|zone| zone.len())
-                .max()
-        };
-        match (closest(&self.exempt), closest(&self.validated)) {
-            (Some(exempt), validated) => validated.is_none_or(|v| exempt > v),
-            (None, _) => false,
+        if self.exempt.is_empty() {
+            return false;
         }
+        suffixes(name)
+            .find_map(|suffix| self.exempt.get(suffix))
+            .is_some_and(|validated| !validated)
     }
 
     /// Where the chain of trust leaves `target`: the keys of its zone, or why there are none.

@@ -4,6 +4,7 @@
 //! proof; the CNAME and DNAME chain is followed to the name the answer is about. The verdict
 //! is the worst of its parts.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use crate::dnssec::message::{
 };
 use crate::dnssec::name::{self, read_name};
 use crate::dnssec::verdict::{Ede, EdeCode, Verdict};
-use crate::dnssec::verify::{self, Rrsig, Verified, Work};
+use crate::dnssec::verify::{self, Rrsig, Verifications, Verified, Work};
 use crate::wire::dns::Response;
 use crate::wire::name::ZoneName;
 
@@ -34,6 +35,8 @@ const RCODE_NXDOMAIN: u16 = 3;
 /// The validator: trust anchors, what is known of each zone, and the names not validated.
 pub struct Validator {
     chain: Chain,
+    /// Signatures that verified, and what over.
+    seen: Arc<Verifications>,
     /// Set once the wrong clock has been logged.
     clock_warned: AtomicBool,
 }
@@ -46,6 +49,7 @@ impl Validator {
         let wire = |zones: &[ZoneName]| zones.iter().map(|z| z.wire().into()).collect();
         Validator {
             chain: Chain::new(anchors, wire(exempt), wire(validated)),
+            seen: Arc::new(Verifications::new()),
             clock_warned: AtomicBool::new(false),
         }
     }
@@ -110,7 +114,7 @@ impl Validator {
                  checked, and answers get no AD, until the clock is set"
             );
         }
-        Work::new(now as u32, sane)
+        Work::new(now as u32, sane, self.seen.clone())
     }
 }
 
@@ -212,7 +216,8 @@ impl<F: Fetch> Answer<'_, F> {
     async fn rrset(&self, rrset: &RRset, work: &mut Work) -> (Verdict, Option<Verified>) {
         let message = self.message;
         let owner = message.rrset_owner(rrset);
-        let what = format!("{} {}", name::to_text(owner), type_name(rrset.rtype));
+        // Only a failure needs the RRset's name as text.
+        let what = || format!("{} {}", name::to_text(owner), type_name(rrset.rtype));
         // The zone the signatures claim: the signer of the first usable RRSIG. A DS belongs to
         // the parent side of its cut, so its signer is strictly above it.
         let signer = rrset.sigs.iter().find_map(|&i| {
@@ -239,15 +244,16 @@ impl<F: Fetch> Answer<'_, F> {
         };
         if signer.is_none() {
             // Inside a signed zone, yet unsigned.
-            let ede = verify::Failure::Unsigned.ede(&what, &keys.zone);
+            let ede = verify::Failure::Unsigned.ede(&what(), &keys.zone);
             return (Verdict::Bogus(ede), None);
         }
         if signer.as_deref() != Some(&*keys.zone) {
             let ede = Ede::new(
                 EdeCode::BOGUS,
                 format!(
-                    "{}: {what} is signed by {}, which is no zone",
+                    "{}: {} is signed by {}, which is no zone",
                     name::to_text(&keys.zone),
+                    what(),
                     name::to_text(&lookup)
                 ),
             );
@@ -255,7 +261,7 @@ impl<F: Fetch> Answer<'_, F> {
         }
         match verify::verify_rrset(message, rrset, &keys, work) {
             Ok(verified) => (Verdict::Secure, Some(verified)),
-            Err(failure) => (Verdict::Bogus(failure.ede(&what, &keys.zone)), None),
+            Err(failure) => (Verdict::Bogus(failure.ede(&what(), &keys.zone)), None),
         }
     }
 
@@ -303,15 +309,17 @@ impl<F: Fetch> Answer<'_, F> {
             Found::Indeterminate(ede) => return Verdict::Indeterminate(ede),
         };
         let (mut proofs, failure) = verified_proofs(self.message, &keys, work);
-        let what = format!(
-            "no closer name than the wildcard matches {}",
-            name::to_text(owner)
-        );
+        let what = || {
+            format!(
+                "no closer name than the wildcard matches {}",
+                name::to_text(owner)
+            )
+        };
         denial_verdict(
             proofs.wildcard(owner, labels, work),
             &keys.zone,
             failure,
-            &what,
+            what,
         )
     }
 
@@ -352,33 +360,30 @@ impl<F: Fetch> Answer<'_, F> {
             }
         };
         let (mut proofs, failure) = verified_proofs(message, &keys, work);
-        let (denial, what) = if nxdomain {
-            (
-                proofs.nxdomain(current, work),
-                format!("{} does not exist", name::to_text(current)),
-            )
-        } else {
-            (
-                proofs.nodata(current, qtype, work),
-                format!("{} has no {}", name::to_text(current), type_name(qtype)),
-            )
+        let denial = match nxdomain {
+            true => proofs.nxdomain(current, work),
+            false => proofs.nodata(current, qtype, work),
         };
-        verdict.and(denial_verdict(denial, &keys.zone, failure, &what))
+        let what = || match nxdomain {
+            true => format!("{} does not exist", name::to_text(current)),
+            false => format!("{} has no {}", name::to_text(current), type_name(qtype)),
+        };
+        verdict.and(denial_verdict(denial, &keys.zone, failure, what))
     }
 }
 
-/// The verdict a denial proof gives.
+/// The verdict a denial proof gives; `what` names what it had to prove, for the error.
 fn denial_verdict(
     denial: Denial,
     zone: &[u8],
     failure: Option<verify::Failure>,
-    what: &str,
+    what: impl FnOnce() -> String,
 ) -> Verdict {
     match denial {
         Denial::Proven => Verdict::Secure,
         Denial::OptOut => Verdict::Insecure(None),
         Denial::Unsupported => Verdict::Insecure(Some(iterations_ede(zone))),
-        Denial::NotProven => Verdict::Bogus(no_proof(zone, failure, what)),
+        Denial::NotProven => Verdict::Bogus(no_proof(zone, failure, &what())),
     }
 }
 

@@ -4,10 +4,18 @@
 //! signature checks per query. Signature validity is checked with a clock-skew allowance.
 //! The cryptography is hickory-proto's (`dnssec-ring`): key tags, DS digests and the
 //! signature checks themselves.
+//!
+//! A signature that verified is remembered ([`Verifications`]) with the exact key and data it
+//! verified over: the same SOA, NSEC or NSEC3 record set in the next answer of its zone costs
+//! a comparison of bytes instead of a public-key operation, as unbound's cache of validated
+//! record sets saves it.
+
+use std::sync::Arc;
 
 use hickory_proto::dnssec::crypto::Digest;
 use hickory_proto::dnssec::rdata::DNSKEY;
 use hickory_proto::dnssec::{Algorithm, DigestType, PublicKey, PublicKeyBuf};
+use quick_cache::Weighter;
 
 use crate::dnssec::canonical;
 use crate::dnssec::message::{Message, RRset};
@@ -36,6 +44,56 @@ const FLAG_REVOKE: u16 = 0x0080;
 const MIN_SKEW: u32 = 3600;
 const MAX_SKEW: u32 = 86_400;
 
+/// Bytes of verified signatures remembered.
+const VERIFICATIONS_SIZE: u64 = 4 << 20;
+
+/// Signatures that verified: the signature's bytes → the key's bytes and the data signed.
+pub(crate) struct Verifications {
+    entries: quick_cache::sync::Cache<Box<[u8]>, Arc<Proven>, ProvenBytes>,
+}
+
+/// What a signature verified over.
+struct Proven {
+    key: Box<[u8]>,
+    data: Box<[u8]>,
+}
+
+#[derive(Clone)]
+struct ProvenBytes;
+
+impl Weighter<Box<[u8]>, Arc<Proven>> for ProvenBytes {
+    fn weight(&self, signature: &Box<[u8]>, proven: &Arc<Proven>) -> u64 {
+        (signature.len() + proven.key.len() + proven.data.len() + 64) as u64
+    }
+}
+
+impl Verifications {
+    pub(crate) fn new() -> Verifications {
+        Verifications {
+            entries: quick_cache::sync::Cache::with_weighter(
+                (VERIFICATIONS_SIZE / 512) as usize,
+                VERIFICATIONS_SIZE,
+                ProvenBytes,
+            ),
+        }
+    }
+
+    /// Whether `signature` was seen to verify with exactly `key` over exactly `data`.
+    fn seen(&self, signature: &[u8], key: &[u8], data: &[u8]) -> bool {
+        self.entries
+            .get(signature)
+            .is_some_and(|p| *p.key == *key && *p.data == *data)
+    }
+
+    fn remember(&self, signature: &[u8], key: &[u8], data: &[u8]) {
+        let proven = Proven {
+            key: key.into(),
+            data: data.into(),
+        };
+        self.entries.insert(signature.into(), Arc::new(proven));
+    }
+}
+
 /// What one query's validation may still spend, and its reusable buffers.
 pub(crate) struct Work {
     /// Now, in seconds since 1970 modulo 2^32 (RRSIG times are compared in serial number
@@ -48,10 +106,12 @@ pub(crate) struct Work {
     pub(crate) fetches: u32,
     signed: Vec<u8>,
     scratch: Vec<u8>,
+    /// The validator's memory of signatures that verified.
+    seen: Arc<Verifications>,
 }
 
 impl Work {
-    pub(crate) fn new(now: u32, check_time: bool) -> Work {
+    pub(crate) fn new(now: u32, check_time: bool, seen: Arc<Verifications>) -> Work {
         Work {
             now,
             check_time,
@@ -60,6 +120,7 @@ impl Work {
             fetches: MAX_FETCHES,
             signed: Vec::new(),
             scratch: Vec::new(),
+            seen,
         }
     }
 }
@@ -70,6 +131,13 @@ pub(crate) struct Key {
     pub(crate) tag: u16,
     pub(crate) algorithm: u8,
     public: PublicKeyBuf,
+}
+
+impl Key {
+    /// The public key's bytes.
+    fn bytes(&self) -> &[u8] {
+        self.public.public_bytes()
+    }
 }
 
 impl Key {
@@ -322,11 +390,19 @@ pub(crate) fn verify_rrset(
             continue;
         }
         for key in candidates {
-            if work.verifications == 0 {
+            let seen = work.seen.seen(sig.signature, key.bytes(), &work.signed);
+            if !seen && work.verifications == 0 {
                 return Err(Failure::Budget);
             }
-            work.verifications -= 1;
-            if key.verify(&work.signed, sig.signature) {
+            let verified = seen || {
+                work.verifications -= 1;
+                let good = key.verify(&work.signed, sig.signature);
+                if good {
+                    work.seen.remember(sig.signature, key.bytes(), &work.signed);
+                }
+                good
+            };
+            if verified {
                 let to_expiry = if work.check_time {
                     sig.expiration.wrapping_sub(work.now).min(i32::MAX as u32)
                 } else {

@@ -389,6 +389,11 @@ impl Response {
         })
     }
 
+    /// The question section: name, type and class.
+    pub fn question(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..self.question_end]
+    }
+
     /// The message as prepared (with the id and question spelling of the upstream query).
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes

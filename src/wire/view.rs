@@ -4,6 +4,8 @@
 //! only for a client that set DO (RFC 4035 §3.2.1), an Extended DNS Error (RFC 8914) saying
 //! why an answer failed or is insecure.
 
+use std::sync::Arc;
+
 use crate::wire::dns::{
     ADVERTISED_UDP_PAYLOAD, Edns, FLAG_AD, FLAG_CD, FLAG_RD, HEADER_LEN, Query, Rcode, Response,
     TYPE_OPT, error_answer, push_opt_header,
@@ -110,21 +112,37 @@ impl Query {
 
 impl Response {
     /// This response as a client asking with `view` gets it: AD and CD set as `view` says,
-    /// RRSIG, NSEC and NSEC3 records left out unless the client set DO or asked for that type
-    /// (`qtype`), and `ede` added to the OPT record.
-    pub(crate) fn for_client(&self, qtype: u16, view: View, ede: Option<(u16, &str)>) -> Response {
+    /// the OPT record's DO bit echoing the client's, RRSIG, NSEC and NSEC3 records left out
+    /// unless the client set DO or asked for that type (`qtype`), and `ede` added to the OPT
+    /// record. The same response when nothing changes.
+    pub(crate) fn for_client(
+        self: &Arc<Self>,
+        qtype: u16,
+        view: View,
+        ede: Option<(u16, &str)>,
+    ) -> Arc<Response> {
         let stripped = match view.dnssec_ok {
             true => None,
             false => strip_dnssec(self, qtype),
         };
-        let mut response = stripped.unwrap_or_else(|| self.clone());
-        let flags = &mut response.bytes[3];
-        *flags &= !(FLAG_AD | FLAG_CD);
+        let mut flags = self.bytes[3] & !(FLAG_AD | FLAG_CD);
         if view.authentic {
-            *flags |= FLAG_AD;
+            flags |= FLAG_AD;
         }
         if view.checking_disabled {
-            *flags |= FLAG_CD;
+            flags |= FLAG_CD;
+        }
+        // DO lives in the first byte of the OPT record's flags, 7 bytes into the record.
+        let do_at = self.opt_start.map(|start| start + 7);
+        let do_as_asked = do_at.is_none_or(|at| (self.bytes[at] & 0x80 != 0) == view.dnssec_ok);
+        if stripped.is_none() && ede.is_none() && flags == self.bytes[3] && do_as_asked {
+            return self.clone();
+        }
+        let mut response = stripped.unwrap_or_else(|| Response::clone(self));
+        response.bytes[3] = flags;
+        if let Some(at) = response.opt_start.map(|start| start + 7) {
+            response.bytes[at] =
+                (response.bytes[at] & 0x7f) | if view.dnssec_ok { 0x80 } else { 0 };
         }
         if let Some((code, text)) = ede {
             match response.opt_start {
@@ -141,14 +159,17 @@ impl Response {
                 }
             }
         }
-        response
+        Arc::new(response)
     }
 
     /// This response with AD clear: for answers that were not validated here.
-    pub(crate) fn without_ad(&self) -> Response {
-        let mut response = self.clone();
+    pub(crate) fn without_ad(self: &Arc<Self>) -> Arc<Response> {
+        if self.bytes[3] & FLAG_AD == 0 {
+            return self.clone();
+        }
+        let mut response = Response::clone(self);
         response.bytes[3] &= !FLAG_AD;
-        response
+        Arc::new(response)
     }
 }
 
@@ -397,7 +418,7 @@ mod tests {
         let q = query(0, Some(true));
         let mut upstream = q.error_answer(Rcode::ServFail);
         upstream[3] = 0x80 | FLAG_AD | FLAG_CD;
-        let response = Response::prepare(&upstream).unwrap();
+        let response = Arc::new(Response::prepare(&upstream).unwrap());
         let view = |authentic, checking_disabled| View {
             dnssec_ok: true,
             authentic,
@@ -476,7 +497,7 @@ mod tests {
 
     #[test]
     fn dnssec_records_are_stripped_for_clients_without_do_and_pointers_still_hold() {
-        let upstream = Response::prepare(&signed_response()).unwrap();
+        let upstream = Arc::new(Response::prepare(&signed_response()).unwrap());
         let view = View {
             dnssec_ok: false,
             authentic: false,

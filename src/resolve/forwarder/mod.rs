@@ -418,7 +418,7 @@ impl<R: Exchange> Forwarder<R> {
                 // Validation off: as the upstream sent it.
                 (false, _) => (response.clone(), Security::Unchecked),
                 // A forward zone not validated: never AD.
-                (true, false) => (Arc::new(response.without_ad()), Security::Insecure),
+                (true, false) => (response.without_ad(), Security::Insecure),
                 // Validated route, but an upstream error: nothing to validate.
                 (true, true) => {
                     let view = View {
@@ -427,7 +427,7 @@ impl<R: Exchange> Forwarder<R> {
                         checking_disabled: query.checking_disabled(),
                     };
                     (
-                        Arc::new(response.for_client(query.qtype(), view, None)),
+                        response.for_client(query.qtype(), view, None),
                         Security::Unchecked,
                     )
                 }
@@ -440,7 +440,7 @@ impl<R: Exchange> Forwarder<R> {
                 authentic: authentic && query.wants_ad(),
                 checking_disabled: query.checking_disabled(),
             };
-            Arc::new(response.for_client(query.qtype(), view, ede))
+            response.for_client(query.qtype(), view, ede)
         };
         let secure = security == Security::Secure;
         if query.checking_disabled() {
