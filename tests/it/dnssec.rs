@@ -302,19 +302,15 @@ fn addresses(msg: &Message) -> Vec<String> {
         .collect()
 }
 
-const DNSSEC_TYPES: [RecordType; 4] = [
-    RecordType::RRSIG,
-    RecordType::NSEC,
-    RecordType::NSEC3,
-    RecordType::DS,
-];
+/// The records a client without DO must not get (RFC 4035 §3.2.1).
+const DNSSEC_TYPES: [RecordType; 3] = [RecordType::RRSIG, RecordType::NSEC, RecordType::NSEC3];
 
-/// Whether any section carries a signature or a denial record.
+/// Whether the answer or authority section carries a signature or a denial record.
 fn has_dnssec_records(msg: &Message) -> bool {
     msg.answers
         .iter()
         .chain(&msg.authorities)
-        .any(|r| DNSSEC_TYPES[..3].contains(&r.record_type()))
+        .any(|r| DNSSEC_TYPES.contains(&r.record_type()))
 }
 
 /// A one-line summary of an answer, for failure messages.
