@@ -396,8 +396,8 @@ remote-control:
 """
 
 
-def upstream_stats(d):
-    r = run(["unbound-control", "-c", f"{d}/upstream.conf", "stats_noreset"], timeout=10, check=False)
+def upstream_stats(d, conf="upstream.conf"):
+    r = run(["unbound-control", "-c", f"{d}/{conf}", "stats_noreset"], timeout=10, check=False)
     stats = {}
     for line in r.stdout.splitlines():
         if "=" in line:
@@ -413,13 +413,13 @@ def upstream_stats(d):
 # Query files
 
 
-def write_names(path, prefix, count):
-    """`count` unique names under bench.: a random run token plus a counter."""
+def write_names(path, prefix, count, zone="bench"):
+    """`count` unique names under `zone`: a random run token plus a counter."""
     token = "%08x" % random.getrandbits(32)
     with open(path, "w") as f:
         chunk = []
         for i in range(count):
-            chunk.append(f"{prefix}{i:x}-{token}.bench A\n")
+            chunk.append(f"{prefix}{i:x}-{token}.{zone} A\n")
             if len(chunk) == 50000:
                 f.write("".join(chunk))
                 chunk = []

@@ -12,7 +12,10 @@ import shutil
 from common import (BINARY, TLS_NAME, UNBOUND_COMMON, UPSTREAM_DOH, UPSTREAM_DOT, UPSTREAM_UDP,
                     version_of_all)
 
-APT_PACKAGES = ["dnsperf", "unbound", "stubby", "dnsdist", "knot-resolver"]
+APT_PACKAGES = ["dnsperf", "unbound", "stubby", "dnsdist", "knot-resolver",
+                # The signed world of the DNSSEC workloads (tests/dnssec/world.sh): knotd, keymgr,
+                # kzonesign.
+                "knot", "knot-dnssecutils"]
 # Services those packages may register (Debian 12); stopped/disabled after installation.
 SERVICES = ["unbound", "unbound-resolvconf", "stubby", "dnsdist", "kresd@1", "knot-resolver"]
 
@@ -53,6 +56,45 @@ newServer({{address="127.0.0.1:{UPSTREAM_UDP}", checkName="bench."}})
 """
 
 
+# The DNSSEC workloads' upstream: the signed test world (tests/dnssec/world.sh, built in
+# WORLD_DIR under the work dir) served by knotd on WORLD_AUTH, resolved by an unbound that
+# does not validate, serving DoT on WORLD_DOT and plain DNS on WORLD_UDP (its DNSSEC records
+# and AD-less answers pass on to the forwarders, which validate or not).
+WORLD_DOT = 8855
+WORLD_UDP = 8055
+WORLD_AUTH = 8056
+WORLD_DIR = "world"
+# The forwarders the DNSSEC workloads compare, each validating against the world's root
+# anchor and not validating.
+VALIDATORS = ["dns-proxy", "unbound"]
+
+
+def world_upstream_conf(d):
+    """The DNSSEC workloads' upstream: unbound, iterator only, forwarding to knotd."""
+    return f"""server:
+{UNBOUND_COMMON.format(d=d)}
+  interface: 127.0.0.1@{WORLD_DOT}
+  interface: 127.0.0.1@{WORLD_UDP}
+  tls-port: {WORLD_DOT}
+  tls-service-key: "{d}/upstream.key"
+  tls-service-pem: "{d}/upstream.pem"
+  incoming-num-tcp: 1000
+  so-reuseport: no
+  extended-statistics: yes
+  statistics-interval: 0
+  statistics-cumulative: yes
+  do-not-query-localhost: no
+  local-zone: "test." nodefault
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@{WORLD_AUTH}
+remote-control:
+  control-enable: yes
+  control-interface: "{d}/world-upstream.ctl"
+  control-use-cert: no
+"""
+
+
 def encrypted_unsupported(name, transport):
     """Why `name` cannot serve `transport` ("dot" or "doh") to clients, or None if it can (as
     far as its build says; a forwarder that then does not come up is reported as such)."""
@@ -81,10 +123,13 @@ def upstream_unsupported(name, upstream):
     return f"{name} cannot forward over DNS over HTTPS"
 
 
-def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None):
+def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None, dnssec=False):
     """(command, files to write {path: text}, cwd) for one forwarder of the DoT server on
     127.0.0.1:`upstream` (its DoH service when `upstream` is UPSTREAM_DOH), with a DoT ("dot")
-    or DoH ("doh") listener for clients on ENCRYPTED_PORT if `encrypted` says so."""
+    or DoH ("doh") listener for clients on ENCRYPTED_PORT if `encrypted` says so, validating
+    DNSSEC against the test world's root anchor if `dnssec` (dns-proxy and unbound only;
+    nobody validates otherwise)."""
+    anchor = f"{d}/{WORLD_DIR}/root.ds"
     UPSTREAM_DOT = upstream  # noqa: N806 (the templates below name the port so)
     doh = upstream == UPSTREAM_DOH
     ca = f"{d}/ca.pem"
@@ -98,8 +143,10 @@ def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None):
                         f'tls_certificate = "{cert}"\ntls_key = "{key}"\n')
         where = (f'url = "https://{TLS_NAME}:{UPSTREAM_DOT}{DOH_PATH}"\naddress = "127.0.0.1"\n' if doh
                  else f'address = "127.0.0.1:{UPSTREAM_DOT}"\ntls_name = "{TLS_NAME}"\n')
-        text = (f'listen = ["127.0.0.1:{port}"]\n{listener}timeout = "2000ms"\nlog_level = "warn"\n\n'
-                f'[[upstream]]\n{where}ca_file = "{ca}"\n')
+        validation = (f'dnssec = "validate"\ntrust_anchors = "{anchor}"\n' if dnssec
+                      else 'dnssec = "off"\n')
+        text = (f'listen = ["127.0.0.1:{port}"]\n{listener}timeout = "2000ms"\nlog_level = "warn"\n'
+                f'{validation}\n[[upstream]]\n{where}ca_file = "{ca}"\n')
         return ([BINARY, "--config", conf, "--listen", f"127.0.0.1:{port}", "--log", "stderr"],
                 {conf: text}, d)
     if name == "unbound":
@@ -110,10 +157,15 @@ def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None):
                         f"  {'tls-port' if encrypted == 'dot' else 'https-port'}: {enc_port}\n"
                         f'  tls-service-key: "{key}"\n  tls-service-pem: "{cert}"\n'
                         f'  http-endpoint: "{DOH_PATH}"\n  incoming-num-tcp: 100\n')
+        common = UNBOUND_COMMON.format(d=d)
+        if dnssec:
+            common = common.replace('module-config: "iterator"',
+                                    f'module-config: "validator iterator"\n  trust-anchor-file: "{anchor}"')
         text = f"""server:
-{UNBOUND_COMMON.format(d=d)}
+{common}
   interface: 127.0.0.1@{port}
 {listener}  do-not-query-localhost: no
+  local-zone: "test." nodefault
   tls-cert-bundle: "{ca}"
   so-reuseport: no
 forward-zone:

@@ -27,8 +27,9 @@ from common import (ANSWER_IP, HERE, TLS_NAME, UPSTREAM_DOH, UPSTREAM_DOT, UPSTR
                     tail, tcp_passive_opens, udp_bound, upstream_conf, upstream_stats,
                     version_of, write_names)
 from peers import (DOH_PATH, ENCRYPTED_PORT, FWD_PORT, NODELAY_UDP, TRANSPORTS, UPSTREAM_KINDS,
-                   binary_of, config_for, encrypted_unsupported, installed,
-                   nodelay_upstream_conf, upstream_unsupported, version_cmd)
+                   VALIDATORS, WORLD_AUTH, WORLD_DIR, WORLD_DOT, WORLD_UDP, binary_of,
+                   config_for, encrypted_unsupported, installed, nodelay_upstream_conf,
+                   upstream_unsupported, version_cmd, world_upstream_conf)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class Workload:
     # The row's name in the table, the JSON and the chart.
     name: str
     # The names asked, which also set dnsperf's pace: "hot" (100 names, looped), "cold"
-    # (unique names, -n 1), "paced" (unique names at --rate q/s, -n 1).
+    # (unique names, -n 1), "paced" (unique names at --rate q/s, -n 1); in the DNSSEC test
+    # world: "unsigned" (unique names of an unsigned zone, -n 1), "signed" (the names of a
+    # signed zone, each once, -n 1), "signed-hot" (100 names of the signed zone, looped).
     names: str
     # How the clients reach the forwarder: None for plain DNS over UDP, "dot" or "doh" (dnsperf
     # -m) to the setup's listener.
@@ -66,6 +69,10 @@ class Setup:
     startup: bool = False
     # Seconds of the run's time limit per forwarder start, beyond (duration + 25) per workload.
     slack_s: int = 30
+    # Forwards to the DNSSEC test world's upstream (WORLD_DOT) instead of the bench. one.
+    world: bool = False
+    # Whether the forwarder validates DNSSEC (checked before measuring: AD on a signed name).
+    validating: bool = False
 
     @property
     def label(self):
@@ -93,15 +100,52 @@ DOH_UPSTREAM = Setup("doh-upstream", (Workload("doh-up-hot", "hot"), Workload("d
                      enabled=lambda a: not a.encrypted_only, config={"upstream": UPSTREAM_DOH},
                      unsupported=lambda name: upstream_unsupported(name, UPSTREAM_DOH))
 
+
+def dnssec_setup(validating):
+    """The DNSSEC workloads, validating or not: unique names under an unsigned zone and under a
+    signed one, then names of the signed zone looped (cache hits). dns-proxy and unbound only."""
+    mode = "on" if validating else "off"
+
+    def unsupported(name):
+        if name in VALIDATORS:
+            return None
+        return "the DNSSEC workloads compare " + " and ".join(VALIDATORS) + " only"
+    return Setup(f"dnssec-{mode}", (Workload(f"unsigned-cold-{mode}", "unsigned"),
+                                    Workload(f"signed-cold-{mode}", "signed"),
+                                    Workload(f"signed-hot-{mode}", "signed-hot")),
+                 enabled=lambda a: not a.no_dnssec and not a.encrypted_only,
+                 config={"upstream": WORLD_DOT, "dnssec": validating}, unsupported=unsupported,
+                 world=True, validating=validating,
+                 # Signing the world and filling its upstream's cache, once per run.
+                 slack_s=60)
+
+
+DNSSEC_SETUPS = [dnssec_setup(False), dnssec_setup(True)]
+
 ROUNDS = [
     [PLAIN],
     [listener_setup(t) for t in TRANSPORTS],
     [DOH_UPSTREAM],
+    DNSSEC_SETUPS,
 ]
 SETUPS = [s for r in ROUNDS for s in r]
 ALL_WORKLOADS = [w.name for s in SETUPS for w in s.workloads]
 # Workloads whose clients use TLS (their connections are accepted in the namespace too).
 ENCRYPTED_WORKLOADS = [w.name for s in SETUPS for w in s.workloads if w.transport]
+DNSSEC_WORKLOADS = [w.name for s in DNSSEC_SETUPS for w in s.workloads]
+# Names files of unique names (dnsperf -n 1: each name asked once).
+UNIQUE_NAMES = {"cold", "unsigned", "signed"}
+# A name of the signed zone that every forwarder in the DNSSEC setups must answer (with AD when
+# validating), and its address (tests/dnssec/world.sh: *.wild.test).
+WORLD_PROBE = ("ready.wild.test", "192.0.2.20")
+
+
+def signed_names(a):
+    """How many names the signed zone of the DNSSEC workloads has (tests/dnssec/world.sh
+    bulk.test, signed at each run: about 10 s of CPU per 50 000 names): enough for a validating
+    forwarder at several thousand q/s for the duration. Running out ends a cold run early (a
+    `*` row); its CPU per query is still valid."""
+    return int(min(100_000, max(20_000, 6_000 * a.duration)))
 
 LIGHT_RATES = [100, 500, 1000]
 LIGHT_SOCKETS = 10
@@ -141,7 +185,7 @@ def dnsperf(a, port, datafile, workload, out):
     outstanding = a.outstanding
     if workload.names == "paced":
         cmd += ["-Q", str(a.rate), "-q", str(max(outstanding, 100)), "-n", "1"]
-    elif workload.names == "cold":
+    elif workload.names in UNIQUE_NAMES:
         cmd += ["-q", str(outstanding), "-n", "1"]
     else:
         cmd += ["-q", str(outstanding)]
@@ -198,6 +242,26 @@ def parse_dnsperf(path):
     return res
 
 
+def ad_bit(name, port, timeout=2.0):
+    """The AD bit of the answer to an A query for `name` with AD=1 (RFC 6840 5.7: the client
+    understands it) and no EDNS, over UDP to 127.0.0.1:`port`; raises RuntimeError without one."""
+    qid = random.randrange(65536)
+    q = struct.pack(">HHHHHH", qid, 0x0120, 1, 0, 0, 0)  # RD, AD
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(q, ("127.0.0.1", port))
+        try:
+            while True:
+                data, _ = s.recvfrom(4096)
+                if len(data) >= 12 and struct.unpack(">H", data[:2])[0] == qid:
+                    return bool(data[3] & 0x20)
+        except OSError as e:
+            raise RuntimeError(f"no answer to {name} with AD=1: {e}") from e
+
+
 def light_fields(res):
     """The figures of one open-loop run kept in a light-load row."""
     out = {}
@@ -225,15 +289,16 @@ class Bench:
         self.extras = {}
         self.started = None
 
-    def wait_ready(self, p, port, logfile, seconds=15):
+    def wait_ready(self, p, port, logfile, seconds=15, probe=("ready.bench", ANSWER_IP)):
         deadline = time.time() + seconds
         last = "no answer"
+        name, answer = probe
         while time.time() < deadline:
             if p is not None and p.poll() is not None:
                 raise RuntimeError(f"exited with status {p.returncode}: {tail(logfile)}")
             try:
-                rcode, addrs = dns_query("ready.bench", port, timeout=0.5)
-                if rcode == 0 and ANSWER_IP in addrs:
+                rcode, addrs = dns_query(name, port, timeout=0.5)
+                if rcode == 0 and answer in addrs:
                     return
                 last = f"rcode {rcode}, answer {addrs}"
             except (OSError, IndexError, struct.error) as e:
@@ -254,6 +319,43 @@ class Bench:
                  "-verify_return_error", "-brief"], input="", timeout=10, check=False)
         if "Verification: OK" not in r.stdout + r.stderr:
             raise RuntimeError("upstream DoT certificate check failed: " + (r.stdout + r.stderr)[-500:])
+
+    def start_world(self, files):
+        """The DNSSEC workloads' upstream (see peers.WORLD_DOT): the signed world built with
+        tests/dnssec/world.sh, knotd serving it, an unbound that only iterates in front, its
+        cache filled with every name of the workloads (so each forwarder, whichever runs
+        first, finds the same warm upstream). None when it worked, else why not (logged)."""
+        world = f"{self.d}/{WORLD_DIR}"
+        script = os.path.join(os.path.dirname(HERE), "tests", "dnssec", "world.sh")
+        try:
+            log(f"signing the DNSSEC test world ({signed_names(self.a)} names in bulk.test)")
+            run([script, "build", world, str(signed_names(self.a))], timeout=600)
+            knot_run = f"{self.d}/knot"
+            os.makedirs(knot_run, exist_ok=True)
+            conf = run([script, "knot-conf", world, f"127.0.0.1@{WORLD_AUTH}", knot_run],
+                       timeout=30).stdout
+            with open(f"{self.d}/knot.conf", "w") as f:
+                f.write(conf)
+            logf = f"{self.d}/knotd.log"
+            knot = self.procs.start("knotd", ["knotd", "-c", f"{self.d}/knot.conf"], logf)
+            self.wait_ready(knot, WORLD_AUTH, logf, probe=WORLD_PROBE)
+            with open(f"{self.d}/world-upstream.conf", "w") as f:
+                f.write(world_upstream_conf(self.d))
+            logf = f"{self.d}/world-upstream.log"
+            up = self.procs.start("world-upstream",
+                                  ["unbound", "-d", "-c", f"{self.d}/world-upstream.conf"], logf)
+            self.wait_ready(up, WORLD_UDP, logf, probe=WORLD_PROBE)
+            for names in ("unsigned", "signed"):
+                log(f"filling the DNSSEC upstream's cache with the {names} names")
+                run(["dnsperf", "-s", "127.0.0.1", "-p", str(WORLD_UDP), "-d", files[names],
+                     "-n", "1", "-l", "300", "-c", str(self.a.clients), "-q",
+                     str(self.a.outstanding), "-t", "2"], timeout=330)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            why = f"the DNSSEC test world did not come up: {e}".replace("\n", " ")[:300]
+            log(why)
+            return why
+        self.versions["DNSSEC world knotd"] = version_of(["knotd", "--version"])
+        return None
 
     def start_nodelay_upstream(self):
         """The second upstream kind (see NODELAY_DOT); None, with the reason logged, if dnsdist
@@ -348,14 +450,16 @@ class Bench:
                         self.procs.stop(p)
                     self.light.append(row)
 
-    def measure(self, forwarder, workload, port, datafile, pid, upstream=UPSTREAM_DOT):
+    def measure(self, forwarder, workload, port, datafile, pid, upstream=UPSTREAM_DOT, world=False):
         """One row: `workload` (a Workload) against `port`, with the CPU and RSS of `pid`;
-        the connections and queries counted are those to the upstream's port `upstream`."""
+        the connections and queries counted are those to the upstream's port `upstream`, or
+        to the DNSSEC world's upstream if `world`."""
         ticks = os.sysconf("SC_CLK_TCK")
-        st0 = upstream_stats(self.d)
+        up_conf = "world-upstream.conf" if world else "upstream.conf"
+        st0 = upstream_stats(self.d, up_conf)
         opens0 = tcp_passive_opens()
         cpu0 = proc_cpu_ticks(pid) if pid else None
-        sampler = ConnSampler(upstream)
+        sampler = ConnSampler(WORLD_DOT if world else upstream)
         stat = "num.query.https" if upstream == UPSTREAM_DOH else "num.query.tls"
         sampler.start()
         out = f"{self.d}/dnsperf-{forwarder}-{workload.name}.txt"
@@ -365,7 +469,7 @@ class Bench:
             peak = sampler.stop()
         cpu1 = proc_cpu_ticks(pid) if pid else None
         opens1 = tcp_passive_opens()
-        st1 = upstream_stats(self.d)
+        st1 = upstream_stats(self.d, up_conf)
         try:
             os.remove(out)
         except OSError:
@@ -402,8 +506,17 @@ class Bench:
         write_names(f"{self.d}/cold.txt", "c", n_cold)
         n_paced = int(a.rate * a.duration * 1.2) + 1000
         write_names(f"{self.d}/paced.txt", "p", n_paced)
-        return {"hot": hot, "cold": f"{self.d}/cold.txt", "paced": f"{self.d}/paced.txt",
-                "ceiling": hot}
+        files = {"hot": hot, "cold": f"{self.d}/cold.txt", "paced": f"{self.d}/paced.txt",
+                 "ceiling": hot}
+        if any(s.enabled(a) for s in DNSSEC_SETUPS):
+            # The world's unsigned wildcard *.any.insecure.test, and bulk.test's signed names.
+            write_names(f"{self.d}/unsigned.txt", "u", 2 * signed_names(a), zone="any.insecure.test")
+            with open(f"{self.d}/signed.txt", "w") as f:
+                f.write("".join(f"n{i:x}.bulk.test A\n" for i in range(signed_names(a))))
+            with open(f"{self.d}/signed-hot.txt", "w") as f:
+                f.write("".join(f"n{i:x}.bulk.test A\n" for i in range(100)))
+            files.update({k: f"{self.d}/{k}.txt" for k in ("unsigned", "signed", "signed-hot")})
+        return files
 
     def run_ceiling(self, setup, files):
         for w in setup.workloads:
@@ -461,9 +574,14 @@ class Bench:
                 notify.close()
         try:
             try:
-                self.wait_ready(p, port, logf)
+                self.wait_ready(p, port, logf, probe=WORLD_PROBE if setup.world else ("ready.bench", ANSWER_IP))
                 if setup.listener:
                     self.wait_encrypted(p, client_port, setup.listener, logf)
+                if setup.world:
+                    ad = ad_bit(WORLD_PROBE[0], port)
+                    if ad != setup.validating:
+                        raise RuntimeError(f"AD={int(ad)} on {WORLD_PROBE[0]} (validating: "
+                                           f"{setup.validating}): {tail(logf)}")
             except RuntimeError as e:
                 self.skip(name, f"{setup.label} did not come up: {e}" if setup.label
                           else f"did not come up: {e}", workloads)
@@ -478,7 +596,7 @@ class Bench:
                 log(f"{name} / {w.name}")
                 try:
                     row = self.measure(name, w, client_port, files[w.names], p.pid,
-                                       setup.config.get("upstream", UPSTREAM_DOT))
+                                       setup.config.get("upstream", UPSTREAM_DOT), world=setup.world)
                 except (RuntimeError, OSError) as e:
                     self.skip(name, f"{w.name} failed: {e}", [w.name])
                     continue
@@ -558,8 +676,16 @@ class Bench:
             if "Queries per second:" in line:
                 cal_qps = float(line.split()[3])
         files = self.files(cal_qps)
+        world_down = None
         for rnd in ROUNDS:
             setups = [s for s in rnd if s.enabled(a)]
+            if any(s.world for s in setups):
+                world_down = self.start_world(files)
+            if world_down:
+                for setup in [s for s in setups if s.world]:
+                    for name in a.only:
+                        self.skip(name, world_down, [w.name for w in setup.workloads])
+                setups = [s for s in setups if not s.world]
             for setup in setups:
                 if setup.ceiling:
                     self.run_ceiling(setup, files)

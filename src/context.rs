@@ -106,6 +106,14 @@ impl Context {
             local_answers: metrics.local_answers.get(),
             hedged: metrics.hedged.get(),
             in_flight: metrics.queries_in_flight.get(),
+            dnssec: snapshot::Dnssec {
+                mode: config.dnssec.as_str().to_string(),
+                zones_cached: forwarder.zones_cached(),
+                secure: metrics.dnssec[0].get(),
+                insecure: metrics.dnssec[1].get(),
+                bogus: metrics.dnssec[2].get(),
+                indeterminate: metrics.dnssec[3].get(),
+            },
             ..Status::default()
         }
     }

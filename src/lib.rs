@@ -17,6 +17,7 @@
 //!   `name` (zone names).
 //! - `policy`: `access` (who may ask) and `ratelimit` (how often).
 //! - `config`: what to run with (layered TOML, environment, flags), each key declared once.
+//! - `dnssec`: DNSSEC validation of upstream answers, from the trust anchors down.
 //! - `upstream`: `exchange` (the trait every kind of upstream is asked through), `health`
 //!   (backoff, probing), `pool` (an upstream over connections it keeps), `dot` (DNS over TLS,
 //!   its pipelined TLS `connection`), `doh` (DNS over HTTPS on hyper's HTTP/2 client, responses
@@ -50,6 +51,7 @@ pub(crate) mod common;
 pub mod config;
 pub(crate) mod context;
 pub mod daemon;
+pub mod dnssec;
 pub(crate) mod link;
 pub mod ops;
 pub(crate) mod policy;

@@ -38,6 +38,9 @@ const RCODES: [&str; 8] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other",
 ];
 
+/// Label values of `verdict` for DNSSEC validation, indexed as in [`Metrics::dnssec`].
+pub(crate) const DNSSEC_VERDICTS: [&str; 4] = ["secure", "insecure", "bogus", "indeterminate"];
+
 /// Label values of `outcome` for TLS handshakes, indexed as in [`UpstreamMetrics::handshakes`].
 const HANDSHAKE_OUTCOMES: [&str; 3] = ["full", "resumed", "failed"];
 
@@ -91,6 +94,8 @@ pub(crate) struct Metrics {
     pub(crate) hedged: Counter,
     /// Client queries over the per-client rate limit.
     pub(crate) rate_limited: Counter,
+    /// Answers by DNSSEC verdict, indexed like [`DNSSEC_VERDICTS`].
+    pub(crate) dnssec: [Counter; DNSSEC_VERDICTS.len()],
     upstream_queries: Family<UpstreamLabels, Counter>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     upstream_latency: Family<UpstreamLabels, LatencyHistogram>,
@@ -185,6 +190,11 @@ struct UpstreamLabels {
 struct UpstreamErrorLabels {
     upstream: String,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -331,9 +341,19 @@ impl Metrics {
             "Zones learned from the links in force: their names go to the link's servers",
             links.zones.clone(),
         );
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "dnssec_answers",
+            "Answers from upstreams validated here, by DNSSEC verdict (secure, insecure, bogus, \
+             indeterminate), cache hits included",
+            verdicts.clone(),
+        );
+        let dnssec =
+            DNSSEC_VERDICTS.map(|verdict| verdicts.get_or_create_owned(&VerdictLabels { verdict }));
         Metrics {
             registry,
             links,
+            dnssec,
             local_answers,
             hedged,
             rate_limited,

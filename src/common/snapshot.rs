@@ -51,6 +51,21 @@ pub struct Status {
     pub hedged: u64,
     /// Client queries being forwarded now.
     pub in_flight: i64,
+    pub dnssec: Dnssec,
+}
+
+/// DNSSEC validation: its mode and the verdicts on answers since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Dnssec {
+    /// `validate` or `off`.
+    pub mode: String,
+    /// Zones and names whose keys, unsigned delegation or failure is cached.
+    pub zones_cached: u64,
+    pub secure: u64,
+    pub insecure: u64,
+    pub bogus: u64,
+    pub indeterminate: u64,
 }
 
 /// A socket the daemon serves.
@@ -248,6 +263,23 @@ pub fn render(status: &Status, now: SystemTime) -> String {
     section.line("Hits", cache.hits.to_string());
     section.line("Misses", cache.misses.to_string());
     section.line("Stale answers", cache.stale.to_string());
+
+    let dnssec = &status.dnssec;
+    let _ = writeln!(section.out, "\nDNSSEC:");
+    section.line(
+        "Validation",
+        match dnssec.mode.as_str() {
+            "validate" => format!("on, {} zones cached", dnssec.zones_cached),
+            _ => "off, answers passed as the upstreams send them".to_string(),
+        },
+    );
+    section.line(
+        "Verdicts",
+        format!(
+            "{} secure, {} insecure, {} bogus, {} indeterminate",
+            dnssec.secure, dnssec.insecure, dnssec.bogus, dnssec.indeterminate
+        ),
+    );
 
     let _ = writeln!(section.out, "\nQueries:");
     for (transport, counts) in &status.queries {

@@ -18,12 +18,14 @@ use super::endpoint::Endpoint;
 use super::layers::origin;
 use super::types::ZoneUpstream;
 use super::types::{
-    Between, BootstrapServers, CacheSize, ControlSocket, FilePath, ForwardZone, ForwardZones,
-    Hedge, HttpsPath, LinkDns, ListenAddrs, LogLevel, Metrics, MetricsConfig, Networks, Positive,
-    ResolvConf, SocketAddrs, Strategy, Ttl, UpstreamConfig, Upstreams,
+    Between, BootstrapServers, CacheSize, ControlSocket, Dnssec, FilePath, ForwardZone,
+    ForwardZones, Hedge, HttpsPath, LinkDns, ListenAddrs, LogLevel, Metrics, MetricsConfig,
+    Networks, Positive, ResolvConf, SocketAddrs, Strategy, TrustAnchorFile, TrustAnchors, Ttl,
+    UpstreamConfig, Upstreams, Zones,
 };
 use super::units::toml_duration;
 use crate::policy::access::{DenyAction, Network};
+use crate::wire::name::ZoneName;
 
 keys! {
     /// The validated configuration the daemon runs with.
@@ -108,6 +110,14 @@ keys! {
         /// The resolv.conf written with the links' search domains: under systemd's
         /// RuntimeDirectory=, `resolv.conf` in it; otherwise none unless set; "" for none.
         pub(crate) resolv_conf: Option<PathBuf> as ResolvConf = ResolvConf::default_path();
+        /// DNSSEC: "validate" checks every answer from the trust anchors down; "off" passes
+        /// answers through as the upstream sent them.
+        pub dnssec: Dnssec = Dnssec::Validate;
+        /// A file of DS or DNSKEY records (zone-file syntax) that replaces the built-in root
+        /// trust anchors; "" for the built-in ones.
+        pub trust_anchors: Option<TrustAnchorFile> as TrustAnchors = None;
+        /// Zones not validated (RFC 7646): their answers pass without AD, never SERVFAIL.
+        pub negative_trust_anchors: Vec<ZoneName> as Zones = Vec::new();
         /// Unix socket of `dns-proxy status` and `flush`: under systemd's RuntimeDirectory=,
         /// `control` in it; otherwise none unless set.
         pub(crate) control_socket: Option<PathBuf> as ControlSocket = ControlSocket::default_path();

@@ -44,7 +44,7 @@ pub use endpoint::{Endpoint, HttpsUrl};
 pub use keys::{CacheConfig, Config};
 pub use layers::{Flags, Sources, TlsFiles};
 use layers::{Layer, env_layers, file_layers, flag_layers, key_path, keys_set, origin, toml_layer};
-pub use types::{ForwardZone, UpstreamConfig, ZoneUpstream};
+pub use types::{Dnssec, ForwardZone, TrustAnchorFile, UpstreamConfig, ZoneUpstream};
 pub(crate) use types::{Hedge, LinkDns, Strategy};
 
 pub use identity::{Identity, IdentityError};

@@ -74,9 +74,10 @@ impl Loaded {
                 .map(|name| toml_string(&name.to_string()))
                 .collect();
             out.push_str(&format!(
-                "\n[[forward_zone]]  # {}\nzones = [{}]\n",
+                "\n[[forward_zone]]  # {}\nzones = [{}]\ndnssec = {}\n",
                 self.origin("forward_zone"),
-                names.join(", ")
+                names.join(", "),
+                toml_string(zone.dnssec.as_str())
             ));
             for upstream in &zone.upstreams {
                 out.push_str("[[forward_zone.upstream]]\n");

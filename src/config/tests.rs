@@ -215,6 +215,68 @@ fn forward_zones() {
 }
 
 #[test]
+fn dnssec_keys() {
+    let defaults = Config::default();
+    assert_eq!(defaults.dnssec, Dnssec::Validate);
+    assert_eq!(defaults.trust_anchors, None);
+    assert!(defaults.negative_trust_anchors.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("anchors");
+    fs::write(&file, "test. IN DS 1 13 2 00ff\n").unwrap();
+    let config = Config::from_toml_str(&format!(
+        "dnssec = \"off\"\ntrust_anchors = {:?}\nnegative_trust_anchors = [\"Broken.Example.\"]\n\
+         [[forward_zone]]\nzones = [\"corp.example\"]\ndnssec = \"validate\"\n\
+         [[forward_zone.upstream]]\naddress = \"10.0.0.2\"\n\
+         [[forward_zone]]\nzones = [\"lan\"]\n[[forward_zone.upstream]]\naddress = \"10.0.0.3\"\n",
+        file.display().to_string()
+    ))
+    .unwrap();
+    assert_eq!(config.dnssec, Dnssec::Off);
+    let anchors = config.trust_anchors.as_ref().unwrap();
+    assert_eq!(anchors.path, file);
+    assert_eq!(anchors.anchors.len(), 1);
+    assert_eq!(
+        config.negative_trust_anchors[0].to_string(),
+        "broken.example"
+    );
+    assert_eq!(config.forward_zones[0].dnssec, Dnssec::Validate);
+    assert_eq!(
+        config.forward_zones[1].dnssec,
+        Dnssec::Off,
+        "off by default"
+    );
+
+    fs::write(&file, ". IN DS 1 13 2 00\n. IN A 192.0.2.1\n").unwrap();
+    let bad_file = format!("trust_anchors = {:?}", file.display().to_string());
+    for (toml, expected) in [
+        (
+            "dnssec = \"yes\"",
+            r#"key "dnssec": "yes" is not one of: validate, off"#,
+        ),
+        (
+            "trust_anchors = \"/nonexistent/anchors\"",
+            r#"key "trust_anchors": cannot read /nonexistent/anchors"#,
+        ),
+        (
+            &bad_file,
+            "line 2: A record: a trust anchor is a DS or DNSKEY record",
+        ),
+        (
+            "negative_trust_anchors = [\"a\", \".\"]",
+            r#"key "negative_trust_anchors[1]": "." is the root zone"#,
+        ),
+        (
+            "[[forward_zone]]\nzones = [\"a\"]\ndnssec = \"on\"\n[[forward_zone.upstream]]\naddress = \"10.0.0.2\"",
+            r#"key "forward_zone[0].dnssec": "on" is not one of: validate, off"#,
+        ),
+    ] {
+        let message = toml_error(toml);
+        assert!(message.contains(expected), "{toml}: {message}");
+    }
+}
+
+#[test]
 fn cache_keys() {
     let config = Config::from_toml_str(
         "cache_size = \"64MiB\"\ncache_min_ttl = \"30s\"\ncache_max_ttl = \"2h\"\n\

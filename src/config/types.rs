@@ -17,8 +17,9 @@ use super::endpoint::{Endpoint, HttpsUrl, parse_host_endpoint, parse_https_url};
 use super::units::{
     RawDuration, RawSize, parse_duration, toml_duration, toml_list, toml_size, toml_string,
 };
+use crate::dnssec::anchors::{self, Anchor};
 use crate::policy::access::{DenyAction, Network};
-use crate::wire::name::ZoneName;
+use crate::wire::name::{ZoneName, ZoneNameError};
 
 /// DoT port (RFC 7858), used when an upstream address has none.
 pub(crate) const DOT_PORT: u16 = 853;
@@ -553,6 +554,107 @@ impl Key for ResolvConf {
     }
 }
 
+/// Whether answers are validated (`dnssec`, and `dnssec` in a `[[forward_zone]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dnssec {
+    /// Every answer is checked from the trust anchors down.
+    Validate,
+    /// Answers pass as the upstream sent them.
+    Off,
+}
+
+impl Dnssec {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Dnssec::Validate => "validate",
+            Dnssec::Off => "off",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Dnssec, String> {
+        match text.trim() {
+            "validate" => Ok(Dnssec::Validate),
+            "off" => Ok(Dnssec::Off),
+            _ => Err(format!("{text:?} is not one of: validate, off")),
+        }
+    }
+}
+
+impl Key for Dnssec {
+    type Raw = String;
+    type Value = Dnssec;
+
+    fn check(text: String) -> Result<Dnssec, Reason> {
+        Dnssec::parse(&text).map_err(Reason::new)
+    }
+
+    fn toml(value: &Dnssec) -> Option<String> {
+        Some(toml_string(value.as_str()))
+    }
+}
+
+/// The `trust_anchors` file, read and checked when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustAnchorFile {
+    pub(crate) path: PathBuf,
+    pub(crate) anchors: Vec<Anchor>,
+}
+
+/// `trust_anchors`: a file of DS or DNSKEY records; `""` for the built-in root anchors.
+pub(crate) enum TrustAnchors {}
+
+impl Key for TrustAnchors {
+    type Raw = PathBuf;
+    type Value = Option<TrustAnchorFile>;
+
+    fn check(path: PathBuf) -> Result<Option<TrustAnchorFile>, Reason> {
+        if path.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Reason::new(format!("cannot read {}: {e}", path.display())))?;
+        let anchors =
+            anchors::parse(&text).map_err(|e| Reason::new(format!("{}: {e}", path.display())))?;
+        Ok(Some(TrustAnchorFile { path, anchors }))
+    }
+
+    fn toml(value: &Option<TrustAnchorFile>) -> Option<String> {
+        Some(match value {
+            Some(file) => toml_string(&file.path.display().to_string()),
+            None => toml_string(""),
+        })
+    }
+}
+
+/// A list of zones below the root (`negative_trust_anchors`).
+pub(crate) enum Zones {}
+
+impl Key for Zones {
+    type Raw = Vec<String>;
+    type Value = Vec<ZoneName>;
+
+    fn check(raw: Vec<String>) -> Result<Vec<ZoneName>, Reason> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                ZoneName::parse(text).map_err(|e| {
+                    let reason = match e {
+                        ZoneNameError::Root => {
+                            "is the root zone: set dnssec = \"off\" to validate nothing".to_string()
+                        }
+                        other => other.to_string(),
+                    };
+                    Reason::at(format!("[{i}]"), format!("{text:?} {reason}"))
+                })
+            })
+            .collect()
+    }
+
+    fn toml(value: &Vec<ZoneName>) -> Option<String> {
+        Some(toml_list(value))
+    }
+}
+
 /// The `[metrics]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MetricsConfig {
@@ -647,6 +749,9 @@ pub struct ForwardZone {
     pub(crate) zones: Vec<ZoneName>,
     /// In order of preference. Never empty.
     pub upstreams: Vec<ZoneUpstream>,
+    /// Off by default: a zone served inside a network is usually unsigned, and validating it
+    /// under a signed public parent would fail every answer.
+    pub(crate) dnssec: Dnssec,
 }
 
 /// An upstream of a forward zone.
@@ -717,6 +822,7 @@ impl Key for ForwardZones {
 pub(crate) struct RawForwardZone {
     zones: Vec<String>,
     upstream: Vec<RawUpstream>,
+    dnssec: Option<String>,
 }
 
 /// One `[[upstream]]` as written.
@@ -762,7 +868,15 @@ impl RawForwardZone {
                     .map_err(|(field, reason)| (format!("upstream[{i}].{field}"), reason))
             })
             .collect::<Result<_, _>>()?;
-        Ok(ForwardZone { zones, upstreams })
+        let dnssec = match self.dnssec {
+            Some(text) => Dnssec::parse(&text).map_err(|reason| ("dnssec".to_string(), reason))?,
+            None => Dnssec::Off,
+        };
+        Ok(ForwardZone {
+            zones,
+            upstreams,
+            dnssec,
+        })
     }
 }
 

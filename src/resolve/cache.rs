@@ -12,7 +12,12 @@
 //!   most `cache_negative_ttl`; without an SOA they are not cached.
 //! - SERVFAIL from an upstream: a few seconds (RFC 9520), so a broken zone is not asked for on
 //!   every query; it never replaces an answer that can still be served stale.
+//! - An answer that failed DNSSEC validation (its SERVFAIL, or the data for a client that set
+//!   CD): 60 s at most, so a zone that is fixed is soon answered again.
 //! - Nothing else (REFUSED, truncated, TTL 0).
+//!
+//! Each entry keeps the DNSSEC verdict on its answer, for the counters and the query log: a
+//! hit is never validated again.
 //!
 //! Expired entries stay until evicted: within `cache_serve_stale` of expiry the forwarder may
 //! serve one with a 30 s TTL when every upstream fails (RFC 8767). Eviction is by weight (bytes)
@@ -27,6 +32,7 @@ use quick_cache::Weighter;
 use tokio::time::Instant;
 
 use crate::config::CacheConfig;
+use crate::dnssec::verdict::Security;
 use crate::wire::dns::{self, Query, Response, Section};
 use crate::wire::name::{ZoneName, suffixes};
 
@@ -34,6 +40,8 @@ use crate::wire::name::{ZoneName, suffixes};
 pub(crate) const STALE_TTL: u32 = 30;
 /// How long an upstream's SERVFAIL is kept.
 const SERVFAIL_TTL: Duration = Duration::from_secs(5);
+/// Longest an answer that failed validation is kept (unbound's `val-bogus-ttl`).
+const BOGUS_TTL: Duration = Duration::from_secs(60);
 /// A hit within the last tenth of an entry's lifetime triggers a background refresh, so a
 /// name in steady use never expires in front of a client.
 const PREFETCH_FRACTION: u32 = 10;
@@ -90,6 +98,8 @@ pub struct Entry {
     lifetime: Duration,
     /// Set by the first hit that asks for a refresh, so one is started per entry.
     prefetching: AtomicBool,
+    /// The DNSSEC verdict on the answer.
+    security: Security,
 }
 
 impl Entry {
@@ -104,6 +114,11 @@ impl Entry {
         }
         answer
     }
+
+    /// The DNSSEC verdict on the entry's answer.
+    pub(crate) fn security(&self) -> Security {
+        self.security
+    }
 }
 
 /// What the cache holds for a question.
@@ -112,6 +127,7 @@ pub enum Lookup {
     Hit {
         answer: Vec<u8>,
         prefetch: bool,
+        security: Security,
     },
     /// An expired entry still within the serve-stale window: the answer of last resort.
     Stale(Arc<Entry>),
@@ -157,7 +173,11 @@ impl Cache {
                 && entry.lifetime >= PREFETCH_MIN_LIFETIME
                 && entry.lifetime - age < entry.lifetime / PREFETCH_FRACTION
                 && !entry.prefetching.swap(true, Ordering::Relaxed);
-            return Lookup::Hit { answer, prefetch };
+            return Lookup::Hit {
+                answer,
+                prefetch,
+                security: entry.security,
+            };
         }
         if age < entry.lifetime + self.config.serve_stale
             && entry.response.rcode() != dns::RCODE_SERVFAIL
@@ -173,14 +193,23 @@ impl Cache {
         entry.answer(query, |stored| stored.min(STALE_TTL))
     }
 
-    /// Keeps `response` for `key` if it may be cached. Returns the response to answer with:
-    /// the cached copy, whose TTLs are clamped like every later hit's, or `response` itself.
-    pub fn insert(&self, key: &Key, response: Arc<Response>, now: Instant) -> Arc<Response> {
-        let Some(entry) = self.entry(&response, now) else {
+    /// Keeps `response`, with its DNSSEC verdict `security`, for `key` if it may be cached.
+    /// Returns the response to answer with: the cached copy, whose TTLs are clamped like every
+    /// later hit's, or `response` itself.
+    pub fn insert(
+        &self,
+        key: &Key,
+        response: Arc<Response>,
+        now: Instant,
+        security: Security,
+    ) -> Arc<Response> {
+        let Some(entry) = self.entry(&response, now, security) else {
             return response;
         };
         let clamped = Arc::new(entry.response.clone());
-        if response.rcode() == dns::RCODE_SERVFAIL {
+        // A validation failure replaces what was there: the old answer must not be served
+        // stale in its place.
+        if response.rcode() == dns::RCODE_SERVFAIL && security != Security::Bogus {
             // A stale answer is worth more than a remembered failure.
             let servable = |old: &Arc<Entry>| {
                 old.response.rcode() != dns::RCODE_SERVFAIL
@@ -200,14 +229,14 @@ impl Cache {
     }
 
     /// The entry for a response, with its TTLs clamped, or `None` if it must not be cached.
-    fn entry(&self, response: &Response, now: Instant) -> Option<Entry> {
+    fn entry(&self, response: &Response, now: Instant, security: Security) -> Option<Entry> {
         let config = &self.config;
         let negative = response.rcode() == dns::RCODE_NXDOMAIN
             || (response.rcode() == dns::RCODE_NOERROR && response.answer_count() == 0);
-        let max_ttl = if negative {
-            config.negative_ttl
-        } else {
-            config.max_ttl
+        let max_ttl = match (negative, security) {
+            (_, Security::Bogus) => BOGUS_TTL.min(config.max_ttl.max(config.min_ttl)),
+            (true, _) => config.negative_ttl,
+            (false, _) => config.max_ttl,
         };
         // max, then min: a minimum above the maximum wins instead of panicking.
         let clamp = |ttl: u32| {
@@ -222,6 +251,7 @@ impl Cache {
         let mut response = response.clone();
         let records: Vec<dns::Record> = response.records().collect();
         let lifetime = match response.rcode() {
+            dns::RCODE_SERVFAIL if security == Security::Bogus => BOGUS_TTL,
             dns::RCODE_SERVFAIL => SERVFAIL_TTL,
             _ if negative => {
                 let soa = records
@@ -251,6 +281,7 @@ impl Cache {
             stored_at: now,
             lifetime,
             prefetching: AtomicBool::new(false),
+            security,
         })
     }
 
@@ -394,6 +425,7 @@ mod tests {
             &key,
             response("example.com", 0, &[300, 60], None),
             Instant::now(),
+            Security::Unchecked,
         );
 
         let answer = hit(cache.lookup(&key, &q, Instant::now()));
@@ -421,6 +453,7 @@ mod tests {
             &Key::of(&lower),
             response("example.com", 0, &[60], None),
             Instant::now(),
+            Security::Unchecked,
         );
         let mixed = query(2, "ExAmPlE.CoM", None, 0);
         let answer = hit(cache.lookup(&Key::of(&mixed), &mixed, Instant::now()));
@@ -436,6 +469,7 @@ mod tests {
             &Key::of(&plain),
             response("example.com", 0, &[60], None),
             Instant::now(),
+            Security::Unchecked,
         );
         for other in [
             query(2, "example.com", Some(true), 0),
@@ -462,16 +496,19 @@ mod tests {
             &Key::of(&nx),
             response("nx.example.com", 3, &[], Some((3600, 30))),
             now,
+            Security::Unchecked,
         );
         cache.insert(
             &Key::of(&nodata),
             response("nodata.example.com", 0, &[], Some((20, 900))),
             now,
+            Security::Unchecked,
         );
         cache.insert(
             &Key::of(&no_soa),
             response("nosoa.example.com", 3, &[], None),
             now,
+            Security::Unchecked,
         );
 
         let answer = hit(cache.lookup(&Key::of(&nx), &nx, now));
@@ -507,6 +544,7 @@ mod tests {
             &Key::of(&q),
             response("example.com", 0, &[5, 86_400], None),
             Instant::now(),
+            Security::Unchecked,
         );
         assert_eq!(
             ttls(&hit(cache.lookup(&Key::of(&q), &q, Instant::now()))),
@@ -518,6 +556,7 @@ mod tests {
             &Key::of(&nx),
             response("nx.example.com", 3, &[], Some((3600, 3600))),
             Instant::now(),
+            Security::Unchecked,
         );
         assert_eq!(
             ttls(&hit(cache.lookup(&Key::of(&nx), &nx, Instant::now()))),
@@ -534,6 +573,7 @@ mod tests {
             &key,
             response("example.com", 0, &[300], None),
             Instant::now(),
+            Security::Unchecked,
         );
 
         tokio::time::advance(Duration::from_secs(301)).await;
@@ -545,7 +585,12 @@ mod tests {
         assert_eq!(ttls(&answer), vec![STALE_TTL]);
 
         // An upstream's SERVFAIL does not replace it.
-        cache.insert(&key, response("example.com", 2, &[], None), Instant::now());
+        cache.insert(
+            &key,
+            response("example.com", 2, &[], None),
+            Instant::now(),
+            Security::Unchecked,
+        );
         assert!(matches!(
             cache.lookup(&key, &q, Instant::now()),
             Lookup::Stale(_)
@@ -567,6 +612,7 @@ mod tests {
             &key,
             response("broken.example", 2, &[], None),
             Instant::now(),
+            Security::Unchecked,
         );
         let answer = hit(cache.lookup(&key, &q, Instant::now()));
         assert_eq!(answer[3] & 0x0f, 2);
@@ -586,14 +632,21 @@ mod tests {
             &key,
             response("example.com", 5, &[60], None),
             Instant::now(),
+            Security::Unchecked,
         );
-        cache.insert(&key, response("example.com", 0, &[0], None), Instant::now());
+        cache.insert(
+            &key,
+            response("example.com", 0, &[0], None),
+            Instant::now(),
+            Security::Unchecked,
+        );
         let mut truncated = response("example.com", 0, &[60], None).bytes().to_vec();
         truncated[2] |= 0x02;
         cache.insert(
             &key,
             Response::prepare(&truncated).unwrap().into(),
             Instant::now(),
+            Security::Unchecked,
         );
         assert!(cache.is_empty());
     }
@@ -607,6 +660,7 @@ mod tests {
             &key,
             response("example.com", 0, &[100], None),
             Instant::now(),
+            Security::Unchecked,
         );
         let prefetch = |cache: &Cache| match cache.lookup(&key, &q, Instant::now()) {
             Lookup::Hit { prefetch, .. } => prefetch,
@@ -636,6 +690,7 @@ mod tests {
                 &Key::of(&q),
                 response(qname, 0, &[60], None),
                 Instant::now(),
+                Security::Unchecked,
             );
         }
         // The same name with DO set is another entry, flushed with it.
@@ -644,6 +699,7 @@ mod tests {
             &Key::of(&dnssec),
             response("a.example.com", 0, &[60], None),
             Instant::now(),
+            Security::Unchecked,
         );
         assert_eq!(cache.len(), names.len() + 1);
 
@@ -679,6 +735,7 @@ mod tests {
                 &Key::of(&q),
                 response(&qname, 0, &[300, 300, 300], None),
                 Instant::now(),
+                Security::Unchecked,
             );
         }
         assert!(cache.weight() <= size as u64, "{} > {size}", cache.weight());

@@ -195,6 +195,29 @@ impl Router {
         Router { zones }
     }
 
+    /// Where a name of dns-proxy's own queries goes (lower-case wire form); `None` for a name
+    /// in a local zone, which no upstream is asked about.
+    pub(crate) fn route_name(&self, name: &[u8]) -> Option<Route> {
+        for suffix in suffixes(name) {
+            match self.zones.get(suffix) {
+                Some(Target::Forward(index)) => return Some(Route::Forward(*index)),
+                Some(Target::Learned(index)) => return Some(Route::Learned(*index)),
+                Some(Target::Local(_)) => return None,
+                None => {}
+            }
+        }
+        Some(Route::Default)
+    }
+
+    /// The local zones answered here, which no upstream is asked about.
+    pub(crate) fn local_zones(&self) -> Vec<ZoneName> {
+        self.zones
+            .iter()
+            .filter(|(_, target)| matches!(target, Target::Local(_)))
+            .filter_map(|(wire, _)| ZoneName::from_wire(wire))
+            .collect()
+    }
+
     /// Where `query` goes, or its answer when a local zone answers it.
     pub(crate) fn route(&self, query: &Query) -> Result<Route, Vec<u8>> {
         let question = query.question();

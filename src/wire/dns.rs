@@ -11,6 +11,10 @@ use std::fmt::Write as _;
 
 use hickory_proto::op::{Message, MessageType, OpCode};
 
+pub(crate) use crate::wire::field::read_u32;
+use crate::wire::field::{read_u16, skip_name};
+use crate::wire::tsig;
+
 /// Length of the fixed DNS header.
 pub const HEADER_LEN: usize = 12;
 /// Largest UDP answer for a client that did not send EDNS (RFC 1035 §4.2.1).
@@ -26,20 +30,20 @@ pub(crate) const RCODE_NOERROR: u16 = 0;
 pub(crate) const RCODE_SERVFAIL: u16 = 2;
 pub(crate) const RCODE_NXDOMAIN: u16 = 3;
 
-const TYPE_OPT: u16 = 41;
+pub(in crate::wire) const TYPE_OPT: u16 = 41;
 const TYPE_IXFR: u16 = 251;
 const TYPE_AXFR: u16 = 252;
 const OPTION_PADDING: u16 = 12;
 /// Size of an OPT record with no options: root name, type, class, TTL, RDLENGTH.
-const OPT_FIXED_LEN: usize = 11;
-const FLAG_QR: u8 = 0x80;
+pub(in crate::wire) const OPT_FIXED_LEN: usize = 11;
+pub(in crate::wire) const FLAG_QR: u8 = 0x80;
 const FLAG_AA: u8 = 0x04;
 const FLAG_TC: u8 = 0x02;
-const FLAG_RD: u8 = 0x01;
-const FLAG_RA: u8 = 0x80;
-const FLAG_AD: u8 = 0x20;
-const FLAG_CD: u8 = 0x10;
-const EDNS_DO: u16 = 0x8000;
+pub(in crate::wire) const FLAG_RD: u8 = 0x01;
+pub(in crate::wire) const FLAG_RA: u8 = 0x80;
+pub(in crate::wire) const FLAG_AD: u8 = 0x20;
+pub(in crate::wire) const FLAG_CD: u8 = 0x10;
+pub(in crate::wire) const EDNS_DO: u16 = 0x8000;
 
 /// Response codes this crate produces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +52,8 @@ pub enum Rcode {
     ServFail,
     NotImp,
     Refused,
+    /// A TSIG-signed query: no key is shared with any client (RFC 8945 §5.2).
+    NotAuth,
     /// Extended RCODE 16 (RFC 6891): an EDNS version we do not speak.
     BadVers,
 }
@@ -60,6 +66,7 @@ impl Rcode {
             Rcode::ServFail => 2,
             Rcode::NotImp => 4,
             Rcode::Refused => 5,
+            Rcode::NotAuth => 9,
             Rcode::BadVers => 16,
         }
     }
@@ -78,10 +85,10 @@ pub struct Edns {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     /// The packet as received; the answer echoes its id and question bytes exactly.
-    raw: Vec<u8>,
+    pub(in crate::wire) raw: Vec<u8>,
     /// End of the question section in `raw`.
-    question_end: usize,
-    edns: Option<Edns>,
+    pub(in crate::wire) question_end: usize,
+    pub(in crate::wire) edns: Option<Edns>,
 }
 
 /// Why a client packet gets no forwarded answer.
@@ -90,7 +97,7 @@ pub enum Rejection {
     /// Not worth an answer: too short to carry a header, or itself a response (answering a
     /// response would let two resolvers bounce packets off each other forever).
     Drop,
-    /// Answer the client with this message (FORMERR, NOTIMP, BADVERS or REFUSED), whose
+    /// Answer the client with this message (FORMERR, NOTIMP, NOTAUTH, BADVERS or REFUSED), whose
     /// response code is the second field.
     Answer(Vec<u8>, Rcode),
 }
@@ -118,6 +125,14 @@ pub fn parse_query(packet: &[u8]) -> Result<Query, Rejection> {
             error_answer(packet, Rcode::NotImp, sent_opt(packet)),
             Rcode::NotImp,
         ));
+    }
+    if let Some(tsig) = tsig::badkey_record(packet) {
+        // NOTAUTH, then the TSIG record, which must be the last (after OPT, if any).
+        let mut answer = error_answer(packet, Rcode::NotAuth, sent_opt(packet));
+        answer.extend_from_slice(&tsig);
+        let additional = read_u16(&answer, 10).unwrap_or(0) + 1;
+        answer[10..12].copy_from_slice(&additional.to_be_bytes());
+        return Err(Rejection::Answer(answer, Rcode::NotAuth));
     }
     let formerr = || {
         Rejection::Answer(
@@ -348,10 +363,10 @@ pub(crate) struct LocalRecord<'a> {
 /// size and no padding. Building a client's answer from it is a copy and two small edits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
-    bytes: Vec<u8>,
-    question_end: usize,
+    pub(in crate::wire) bytes: Vec<u8>,
+    pub(in crate::wire) question_end: usize,
     /// Where the OPT record starts; it is cut off for clients that sent none.
-    opt_start: Option<usize>,
+    pub(in crate::wire) opt_start: Option<usize>,
 }
 
 impl Response {
@@ -372,6 +387,11 @@ impl Response {
             question_end: layout.question_end,
             opt_start,
         })
+    }
+
+    /// The question section: name, type and class.
+    pub fn question(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..self.question_end]
     }
 
     /// The message as prepared (with the id and question spelling of the upstream query).
@@ -530,7 +550,7 @@ pub fn truncate_for_udp(answer: Vec<u8>, limit: usize) -> Vec<u8> {
 /// the first record of type OPT in the additional section, whatever its owner name or options,
 /// once the records before it can be walked. A client that sent OPT gets OPT back even with
 /// FORMERR (RFC 6891 §7), so that it can tell a format error from a server without EDNS.
-fn sent_opt(packet: &[u8]) -> Option<Edns> {
+pub(in crate::wire) fn sent_opt(packet: &[u8]) -> Option<Edns> {
     let [questions, answers, authorities, additionals] =
         [4, 6, 8, 10].map(|at| usize::from(read_u16(packet, at).unwrap_or(0)));
     let mut pos = HEADER_LEN;
@@ -551,9 +571,13 @@ fn sent_opt(packet: &[u8]) -> Option<Edns> {
     None
 }
 
-/// An answer with `rcode` to the packet `request`: its id, opcode, RD and CD bits, and its
-/// question when the question can be read; with an OPT record when `edns` is given.
-fn error_answer(request: &[u8], rcode: Rcode, edns: Option<Edns>) -> Vec<u8> {
+/// An answer with `rcode` to the packet `request`: its id, opcode, RD bit and, for a QUERY,
+/// RA and its CD bit; its question when the question can be read; with an OPT record when
+/// `edns` is given.
+///
+/// RA and CD are defined for QUERY only (RFC 1035 §4.1.1, RFC 4035 §3.1.6); for other
+/// opcodes they are zero, as RFC 2136 §3.8 says for UPDATE.
+pub(in crate::wire) fn error_answer(request: &[u8], rcode: Rcode, edns: Option<Edns>) -> Vec<u8> {
     let question = match (read_u16(request, 4), question_end(request)) {
         (Some(1), Some(end)) => &request[HEADER_LEN..end],
         _ => &[][..],
@@ -561,7 +585,11 @@ fn error_answer(request: &[u8], rcode: Rcode, edns: Option<Edns>) -> Vec<u8> {
     let mut answer = Vec::with_capacity(HEADER_LEN + question.len() + OPT_FIXED_LEN);
     answer.extend_from_slice(&request[..2]);
     answer.push(FLAG_QR | (request[2] & (0x78 | FLAG_RD)));
-    answer.push(FLAG_RA | (request[3] & FLAG_CD) | (rcode.value() & 0x0f) as u8);
+    let query_bits = match (request[2] >> 3) & 0x0f {
+        0 => FLAG_RA | (request[3] & FLAG_CD),
+        _ => 0,
+    };
+    answer.push(query_bits | (rcode.value() & 0x0f) as u8);
     answer.extend_from_slice(&[0, u8::from(!question.is_empty()), 0, 0, 0, 0]);
     answer.push(0);
     answer.push(u8::from(edns.is_some()));
@@ -573,7 +601,12 @@ fn error_answer(request: &[u8], rcode: Rcode, edns: Option<Edns>) -> Vec<u8> {
 }
 
 /// Appends an OPT record header advertising our payload size; `rdlength` bytes of options follow.
-fn push_opt_header(out: &mut Vec<u8>, extended_rcode: u8, dnssec_ok: bool, rdlength: u16) {
+pub(in crate::wire) fn push_opt_header(
+    out: &mut Vec<u8>,
+    extended_rcode: u8,
+    dnssec_ok: bool,
+    rdlength: u16,
+) {
     out.push(0);
     out.extend_from_slice(&TYPE_OPT.to_be_bytes());
     out.extend_from_slice(&ADVERTISED_UDP_PAYLOAD.to_be_bytes());
@@ -660,7 +693,7 @@ impl Layout {
 /// End of the first question when it is a plain name (no compression pointer) plus type and
 /// class. The first name of a message has nothing before it to point to, so a pointer there is
 /// malformed.
-fn question_end(message: &[u8]) -> Option<usize> {
+pub(in crate::wire) fn question_end(message: &[u8]) -> Option<usize> {
     let mut pos = HEADER_LEN;
     loop {
         let len = usize::from(*message.get(pos)?);
@@ -681,32 +714,6 @@ fn question_end(message: &[u8]) -> Option<usize> {
     (end <= message.len()).then_some(end)
 }
 
-/// Offset just past the name at `pos`; a compression pointer ends a name.
-fn skip_name(message: &[u8], mut pos: usize) -> Option<usize> {
-    loop {
-        let len = *message.get(pos)?;
-        match len & 0xc0 {
-            0x00 if len == 0 => return Some(pos + 1),
-            0x00 => pos += 1 + usize::from(len),
-            0xc0 => return (pos + 2 <= message.len()).then_some(pos + 2),
-            _ => return None,
-        }
-    }
-}
-
-/// The 4-byte big-endian field at `at` (a TTL, an SOA minimum), if the message has it.
-pub(crate) fn read_u32(message: &[u8], at: usize) -> Option<u32> {
-    let bytes = message.get(at..at + 4)?;
-    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-}
-
-fn read_u16(message: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([
-        *message.get(at)?,
-        *message.get(at + 1)?,
-    ]))
-}
-
 /// The labels of the wire-form name at the start of `wire`, up to the root label or the first
 /// byte that is no label length (a compression pointer).
 pub(crate) fn labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -724,7 +731,7 @@ pub(crate) fn labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// A wire-form name (at the start of `wire`) as presentation text for logs: it comes from the
 /// network, so every byte that is not printable ASCII is escaped (RFC 1035 §5.1).
-fn name_to_text(wire: &[u8]) -> String {
+pub(crate) fn name_to_text(wire: &[u8]) -> String {
     let mut text = String::new();
     for label in labels(wire) {
         for &byte in label {
@@ -747,7 +754,7 @@ fn name_to_text(wire: &[u8]) -> String {
     text
 }
 
-fn type_name(qtype: u16) -> String {
+pub(crate) fn type_name(qtype: u16) -> String {
     let name = match qtype {
         1 => "A",
         2 => "NS",
@@ -758,8 +765,12 @@ fn type_name(qtype: u16) -> String {
         16 => "TXT",
         28 => "AAAA",
         33 => "SRV",
+        39 => "DNAME",
         43 => "DS",
+        46 => "RRSIG",
+        47 => "NSEC",
         48 => "DNSKEY",
+        50 => "NSEC3",
         64 => "SVCB",
         65 => "HTTPS",
         255 => "ANY",
@@ -830,15 +841,36 @@ mod tests {
     fn other_opcodes_get_notimp_with_question() {
         let mut q = query(7, "example.com", 1, None);
         q[2] |= 2 << 3; // STATUS
+        q[3] |= FLAG_CD;
         let Err(Rejection::Answer(a, Rcode::NotImp)) = parse_query(&q) else {
             panic!("expected NOTIMP");
         };
+        // RA and CD are defined for QUERY only: zero for any other opcode.
+        assert_eq!(a[3] & (FLAG_RA | FLAG_CD), 0);
+        let mut update = query(7, "example.com", 6, None);
+        update[2] = (5 << 3) | FLAG_RD;
+        update[3] = FLAG_CD;
+        let Err(Rejection::Answer(u, Rcode::NotImp)) = parse_query(&update) else {
+            panic!("expected NOTIMP");
+        };
+        assert_eq!(u[2], FLAG_QR | (5 << 3) | FLAG_RD);
+        assert_eq!(u[3], 4, "RCODE NOTIMP and nothing else");
         assert_eq!(rcode(&a), 4);
         assert_eq!(header_rcode(&a), 4);
         assert_eq!(&a[..2], &[0, 7]);
         assert_eq!(a[2] & FLAG_QR, FLAG_QR);
         assert_eq!(read_u16(&a, 4), Some(1));
         assert_eq!(&a[12..], &q[12..]);
+    }
+
+    #[test]
+    fn error_answers_to_queries_keep_ra_and_cd() {
+        let mut q = query(7, "example.com", TYPE_AXFR, None);
+        q[3] |= FLAG_CD;
+        let Err(Rejection::Answer(a, Rcode::Refused)) = parse_query(&q) else {
+            panic!("expected REFUSED");
+        };
+        assert_eq!(a[3], FLAG_RA | FLAG_CD | 5);
     }
 
     #[test]

@@ -56,6 +56,25 @@ impl ZoneName {
         Ok(ZoneName { wire: wire.into() })
     }
 
+    /// The zone of a name in wire form, lower case, uncompressed; `None` for the root or a
+    /// malformed name.
+    pub(crate) fn from_wire(wire: &[u8]) -> Option<ZoneName> {
+        let mut pos = 0;
+        loop {
+            let len = usize::from(*wire.get(pos)?);
+            if len == 0 {
+                break;
+            }
+            if len > 63 {
+                return None;
+            }
+            pos += 1 + len;
+        }
+        let wire = wire.get(..=pos)?;
+        let valid = pos > 0 && wire.len() <= 255 && !wire.iter().any(u8::is_ascii_uppercase);
+        valid.then(|| ZoneName { wire: wire.into() })
+    }
+
     /// The name in wire form, lower case.
     pub(crate) fn wire(&self) -> &[u8] {
         &self.wire

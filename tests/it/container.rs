@@ -7,7 +7,8 @@
 //!   file holding the ConfigMap's text unchanged;
 //! - a drop-in file beside it (the daemon's own override mechanism) replaces `listen` with an
 //!   ephemeral loopback port, the `[[upstream]]` list with the fake DoT upstream and its CA,
-//!   and `metrics.listen` with another loopback port.
+//!   and `metrics.listen` with another loopback port, and turns DNSSEC validation off (the
+//!   fake upstream serves no signed root).
 //!
 //! The YAML is read line by line: the manifests are ours and simple, and a YAML parser would be
 //! a dependency for two lookups. The remaining tests keep the image, the manifests and the
@@ -297,7 +298,8 @@ impl Container {
         let spec = upstream.spec();
         let mut adaptations = format!(
             "# The test's changes to the ConfigMap's configuration.\n\
-             listen = [\"{dns}\"]\n\n\
+             listen = [\"{dns}\"]\n\
+             dnssec = \"off\"\n\n\
              [[upstream]]\n\
              address = \"{}\"\n\
              tls_name = \"{}\"\n\

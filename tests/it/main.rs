@@ -16,6 +16,7 @@ mod control;
 mod degraded;
 mod dns_over_https;
 mod dns_over_tls;
+mod dnssec;
 mod doh_upstream;
 mod fault_matrix;
 mod harness_selftest;

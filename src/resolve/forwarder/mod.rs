@@ -12,6 +12,12 @@
 //! Split DNS is a [`Router`] table with the groups it names. The zones learned at run time
 //! (the links') are swapped in whole, with a new table, while queries run: a query takes the
 //! table in force when it misses the cache and finishes with it.
+//!
+//! With `dnssec = "validate"`, an answer from the default upstreams (or a forward zone that
+//! asks for it) is fetched with DO and CD set, whatever the client set, and validated once
+//! (`dnssec::validator`), asking the same upstreams for keys and delegations (`Fetcher`); each
+//! client then gets its own view of it (AD, DNSSEC records, SERVFAIL with an Extended DNS
+//! Error when bogus, the data itself when it set CD), cached under its own key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,7 +35,11 @@ use crate::common::lock;
 use crate::common::metrics::{CacheMetrics, GaugeGuard, Metrics};
 use crate::common::snapshot;
 use crate::common::transport::Transport;
-use crate::config::{Config, Hedge, Strategy, ZoneUpstream};
+use crate::config::{Config, Dnssec, Hedge, Strategy, ZoneUpstream};
+use crate::dnssec::anchors;
+use crate::dnssec::chain::{Fetch, FetchError};
+use crate::dnssec::validator::Validator;
+use crate::dnssec::verdict::{Security, Verdict};
 use crate::policy::ratelimit::RateLimiter;
 use crate::resolve::cache::{Cache, Key, Lookup};
 use crate::resolve::coalesce::{self, Coalescer, Role};
@@ -42,9 +52,20 @@ use crate::upstream::plain::PlainUpstream;
 use crate::upstream::tls::TlsSetupError;
 use crate::wire::dns::{self, Query, Rcode, Response};
 use crate::wire::name::ZoneName;
+use crate::wire::view::View;
 
 /// An upstream's response and who sent it, shared by every client of a coalesced query.
-type Resolved = Result<(Arc<Response>, SocketAddr), UpstreamError>;
+type Resolved = Result<(Arc<Checked>, SocketAddr), UpstreamError>;
+
+/// An upstream's response and, when it was validated, the verdict on it.
+#[derive(Debug)]
+struct Checked {
+    response: Arc<Response>,
+    verdict: Option<Verdict>,
+}
+
+/// Record type DS, whose owner's parent zone holds it.
+const TYPE_DS: u16 = 43;
 
 /// A query that has to wait for a connection to an upstream to open waits this share of
 /// `timeout` (a quarter) before it also asks the next upstream, and takes the first answer.
@@ -74,6 +95,8 @@ struct Counts {
     local: Counter,
     hedged: Counter,
     queries_in_flight: Gauge,
+    /// Indexed like `metrics::DNSSEC_VERDICTS`.
+    dnssec: [Counter; 4],
 }
 
 /// How a query's answer is had.
@@ -137,6 +160,12 @@ pub(crate) struct Forwarder<R = AnyUpstream> {
     in_flight: Coalescer<Resolved>,
     /// `None` when `rate_limit` is 0. Lives here so a reload resets it with the rest.
     limiter: Option<RateLimiter>,
+    /// `None` when `dnssec = "off"`.
+    validator: Option<Validator>,
+    /// For each forward zone, whether its answers are validated.
+    zone_validates: Vec<bool>,
+    /// The validator's key and delegation queries in flight, shared like clients' queries.
+    fetches: Coalescer<Result<Arc<Response>, UpstreamError>>,
 }
 
 impl Forwarder {
@@ -286,6 +315,8 @@ impl<R: Exchange> Forwarder<R> {
             groups: Vec::new(),
             default: None,
         };
+        let validator =
+            (config.dnssec == Dnssec::Validate).then(|| validator(config, &routes.router));
         Forwarder {
             upstreams,
             zones,
@@ -299,10 +330,18 @@ impl<R: Exchange> Forwarder<R> {
                 local: metrics.local_answers.clone(),
                 hedged: metrics.hedged.clone(),
                 queries_in_flight: metrics.queries_in_flight.clone(),
+                dnssec: metrics.dnssec.clone(),
             },
             cache: config.cache.enabled.then(|| Cache::new(&config.cache)),
             in_flight: Coalescer::default(),
             limiter: (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit)),
+            validator,
+            zone_validates: config
+                .forward_zones
+                .iter()
+                .map(|zone| zone.dnssec == Dnssec::Validate)
+                .collect(),
+            fetches: Coalescer::default(),
         }
     }
 
@@ -349,6 +388,39 @@ impl<R: Exchange> Forwarder<R> {
         true
     }
 
+    /// Whether answers on `route` are validated: the default upstreams' and those of a forward
+    /// zone that asks for it; a link's zones are insecure, as forward zones are by default.
+    fn validates(&self, route: Route) -> bool {
+        self.validator.is_some()
+            && match route {
+                Route::Default => true,
+                Route::Forward(zone) => self.zone_validates.get(zone).copied().unwrap_or(false),
+                Route::Learned(_) => false,
+            }
+    }
+
+    /// Counts an answer's verdict, when validation is on.
+    fn count(&self, security: Security) {
+        if self.validator.is_none() {
+            return;
+        }
+        let index = match security {
+            Security::Secure => 0,
+            Security::Insecure => 1,
+            Security::Bogus => 2,
+            Security::Indeterminate => 3,
+            Security::Unchecked => return,
+        };
+        self.counts.dnssec[index].inc();
+    }
+
+    /// Names whose chain-of-trust state the validator holds.
+    pub(crate) fn zones_cached(&self) -> u64 {
+        self.validator
+            .as_ref()
+            .map_or(0, |v| v.zones_cached() as u64)
+    }
+
     /// Whether a query from `client` is within the per-client rate limit (always, when off).
     pub(crate) fn admit(&self, client: std::net::IpAddr) -> bool {
         self.limiter
@@ -369,8 +441,9 @@ impl<R: Exchange> Forwarder<R> {
         let started = Instant::now();
         // Boxed: the resolution's state is some 5 KiB, and a task's future is copied on
         // spawn and on completion; a pointer is cheaper to move than that.
-        let (answer, source) = Box::pin(self.find_answer(query, started)).await;
-        self.log(query, client, transport, &answer, source, started);
+        let (answer, source, security) = Box::pin(self.find_answer(query, started)).await;
+        self.count(security);
+        self.log(query, client, transport, &answer, source, security, started);
         answer
     }
 
@@ -385,17 +458,32 @@ impl<R: Exchange> Forwarder<R> {
         let cache = self.cache.as_ref()?;
         let started = Instant::now();
         let key = Key::of(query);
-        let Lookup::Hit { answer, prefetch } = cache.lookup(&key, query, started) else {
+        let Lookup::Hit {
+            answer,
+            prefetch,
+            security,
+        } = cache.lookup(&key, query, started)
+        else {
             return None;
         };
         self.counts.cache.hits.inc();
         if prefetch {
             self.prefetch(query.clone(), key);
         }
-        self.log(query, client, transport, &answer, Source::Cache, started);
+        self.count(security);
+        self.log(
+            query,
+            client,
+            transport,
+            &answer,
+            Source::Cache,
+            security,
+            started,
+        );
         Some(answer)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log(
         &self,
         query: &Query,
@@ -403,6 +491,7 @@ impl<R: Exchange> Forwarder<R> {
         transport: Transport,
         answer: &[u8],
         source: Source,
+        security: Security,
         started: Instant,
     ) {
         if self.log_queries {
@@ -419,23 +508,32 @@ impl<R: Exchange> Forwarder<R> {
                 question = %query.describe(),
                 rcode = answer.get(3).map_or(0, |b| b & 0x0f),
                 upstream = source,
+                dnssec = security.as_str(),
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "query"
             );
         }
     }
 
-    async fn find_answer(self: &Arc<Self>, query: &Query, started: Instant) -> (Vec<u8>, Source) {
+    async fn find_answer(
+        self: &Arc<Self>,
+        query: &Query,
+        started: Instant,
+    ) -> (Vec<u8>, Source, Security) {
         let key = Key::of(query);
         let mut stale = None;
         if let Some(cache) = &self.cache {
             match cache.lookup(&key, query, started) {
-                Lookup::Hit { answer, prefetch } => {
+                Lookup::Hit {
+                    answer,
+                    prefetch,
+                    security,
+                } => {
                     self.counts.cache.hits.inc();
                     if prefetch {
                         self.prefetch(query.clone(), key);
                     }
-                    return (answer, Source::Cache);
+                    return (answer, Source::Cache, security);
                 }
                 // Counted as stale or as a miss once it is known whether it was served.
                 Lookup::Stale(entry) => stale = Some(entry),
@@ -449,20 +547,28 @@ impl<R: Exchange> Forwarder<R> {
             Ok(route) => Routed { routes, route },
             Err(answer) => {
                 self.counts.local.inc();
-                return (answer, Source::Local);
+                return (answer, Source::Local, Security::Unchecked);
             }
         };
         let deadline = started + self.timeout;
-        let failure = match self.resolve_shared(query, &key, &routed, deadline).await {
-            Ok((response, upstream))
-                if response.rcode() != dns::RCODE_SERVFAIL || stale.is_none() =>
-            {
-                if stale.is_some() {
-                    self.counts.cache.misses.inc();
+        let failure = match self.resolve_for(query, &routed, deadline).await {
+            Ok((checked, upstream)) => {
+                let (view, security) = self.client_view(query, routed.route, &checked);
+                // A failed validation is an answer; an upstream's failure is not, when a
+                // stale answer can stand in for it.
+                let failed = view.rcode() == dns::RCODE_SERVFAIL && security != Security::Bogus;
+                if !failed || stale.is_none() {
+                    if stale.is_some() {
+                        self.counts.cache.misses.inc();
+                    }
+                    let view = self.store(&key, view, security);
+                    return (query.answer(&view), Source::Upstream(upstream), security);
                 }
-                return (query.answer(&response), Source::Upstream(upstream));
+                match checked.verdict.as_ref().and_then(Verdict::ede) {
+                    Some(ede) => ede.to_string(),
+                    None => "upstream answered SERVFAIL".to_string(),
+                }
             }
-            Ok(_) => "upstream answered SERVFAIL".to_string(),
             Err(error) => {
                 debug!(error_kind = error.kind(), "query failed: {error}");
                 error.to_string()
@@ -471,13 +577,99 @@ impl<R: Exchange> Forwarder<R> {
         if let Some(entry) = stale {
             debug!("serving a stale answer: {failure}");
             self.counts.cache.stale.inc();
-            return (Cache::stale_answer(&entry, query), Source::Stale);
+            return (
+                Cache::stale_answer(&entry, query),
+                Source::Stale,
+                entry.security(),
+            );
         }
-        (query.error_answer(Rcode::ServFail), Source::Failed)
+        (
+            query.error_answer(Rcode::ServFail),
+            Source::Failed,
+            Security::Unchecked,
+        )
     }
 
-    /// Resolves `query` upstream, or waits for the identical query already in flight. The
-    /// one that resolves caches the response.
+    /// Keeps a client's view under its key; returns what to answer with (TTLs clamped).
+    fn store(&self, key: &Key, view: Arc<Response>, security: Security) -> Arc<Response> {
+        match &self.cache {
+            Some(cache) => cache.insert(key, view, Instant::now(), security),
+            None => view,
+        }
+    }
+
+    /// The response `query`'s client gets from what the upstream answered on `route`, and
+    /// the verdict it carries.
+    fn client_view(
+        &self,
+        query: &Query,
+        route: Route,
+        checked: &Checked,
+    ) -> (Arc<Response>, Security) {
+        let response = &checked.response;
+        let Some(verdict) = &checked.verdict else {
+            return match (self.validator.is_some(), self.validates(route)) {
+                // Validation off: as the upstream sent it.
+                (false, _) => (response.clone(), Security::Unchecked),
+                // A forward zone not validated: never AD.
+                (true, false) => (response.without_ad(), Security::Insecure),
+                // Validated route, but an upstream error: nothing to validate.
+                (true, true) => {
+                    let view = View {
+                        dnssec_ok: query.dnssec_ok(),
+                        authentic: false,
+                        checking_disabled: query.checking_disabled(),
+                    };
+                    (
+                        response.for_client(query.qtype(), view, None),
+                        Security::Unchecked,
+                    )
+                }
+            };
+        };
+        let security = verdict.security();
+        let data = |authentic: bool, ede: Option<(u16, &str)>| {
+            let view = View {
+                dnssec_ok: query.dnssec_ok(),
+                authentic: authentic && query.wants_ad(),
+                checking_disabled: query.checking_disabled(),
+            };
+            response.for_client(query.qtype(), view, ede)
+        };
+        let secure = security == Security::Secure;
+        if query.checking_disabled() {
+            // CD: the data, whatever the verdict (RFC 4035 §3.2.2).
+            return (data(secure, None), security);
+        }
+        let view = match verdict {
+            Verdict::Secure => data(true, None),
+            Verdict::Insecure(info) => data(false, info.as_ref().map(|e| (e.code.0, &*e.text))),
+            Verdict::Bogus(ede) | Verdict::Indeterminate(ede) => {
+                Arc::new(query.error_response(Rcode::ServFail, Some((ede.code.0, &ede.text))))
+            }
+        };
+        (view, security)
+    }
+
+    /// Resolves `query` on `route`: as the client asked, or, when validated, with DO and CD
+    /// and then validated.
+    async fn resolve_for(
+        self: &Arc<Self>,
+        query: &Query,
+        routed: &Routed<R>,
+        deadline: Instant,
+    ) -> Resolved {
+        if self.validates(routed.route) {
+            let asked = query.validating();
+            self.resolve_shared(&asked, &Key::of(&asked), routed, deadline)
+                .await
+        } else {
+            self.resolve_shared(query, &Key::of(query), routed, deadline)
+                .await
+        }
+    }
+
+    /// Resolves `query` upstream, or waits for the identical query already in flight.
     async fn resolve_shared(
         self: &Arc<Self>,
         query: &Query,
@@ -495,15 +687,44 @@ impl<R: Exchange> Forwarder<R> {
                 if Instant::now() >= deadline {
                     return Err(UpstreamError::Timeout);
                 }
-                return self.resolve(query, routed, deadline).await;
+                return self.resolve_checked(query, routed, deadline).await;
             }
         };
-        let mut result = self.resolve(query, routed, deadline).await;
-        if let (Ok((response, _)), Some(cache)) = (&mut result, &self.cache) {
-            *response = cache.insert(key, response.clone(), Instant::now());
-        }
+        let result = self.resolve_checked(query, routed, deadline).await;
         flight.finish(result.clone());
         result
+    }
+
+    /// Resolves `query` upstream and validates the response when the route is validated.
+    async fn resolve_checked(
+        self: &Arc<Self>,
+        query: &Query,
+        routed: &Routed<R>,
+        deadline: Instant,
+    ) -> Resolved {
+        let (response, upstream) = self.resolve(query, routed, deadline).await?;
+        let validator = self
+            .validator
+            .as_ref()
+            .filter(|_| self.validates(routed.route));
+        let verdict = match validator {
+            Some(validator)
+                if matches!(response.rcode(), dns::RCODE_NOERROR | dns::RCODE_NXDOMAIN) =>
+            {
+                let fetcher = Fetcher {
+                    forwarder: self,
+                    routes: &routed.routes,
+                    deadline,
+                };
+                Some(
+                    validator
+                        .validate(query.question(), &response, &fetcher)
+                        .await,
+                )
+            }
+            _ => None,
+        };
+        Ok((Arc::new(Checked { response, verdict }), upstream))
     }
 
     /// Refreshes a cache entry in the background, before it expires.
@@ -517,13 +738,37 @@ impl<R: Exchange> Forwarder<R> {
         let forwarder = self.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + forwarder.timeout;
-            if let Err(error) = forwarder
-                .resolve_shared(&query, &key, &routed, deadline)
-                .await
-            {
-                debug!(error_kind = error.kind(), "prefetch failed: {error}");
+            match forwarder.resolve_for(&query, &routed, deadline).await {
+                Ok((checked, _)) => {
+                    let (view, security) = forwarder.client_view(&query, routed.route, &checked);
+                    forwarder.store(&key, view, security);
+                }
+                Err(error) => debug!(error_kind = error.kind(), "prefetch failed: {error}"),
             }
         });
+    }
+
+    /// Asks `query` (one of the validator's own) on `routed`, sharing the flight with
+    /// identical ones in progress.
+    async fn fetch(
+        self: &Arc<Self>,
+        query: &Query,
+        routed: &Routed<R>,
+        deadline: Instant,
+    ) -> Result<Arc<Response>, UpstreamError> {
+        let key = Key::of(query);
+        let flight = match self.fetches.join(key.as_bytes()) {
+            Role::Leader(flight) => flight,
+            Role::Follower(receiver) => {
+                if let Some(result) = coalesce::follow(receiver, deadline).await {
+                    return result;
+                }
+                return self.resolve(query, routed, deadline).await.map(|(r, _)| r);
+            }
+        };
+        let result = self.resolve(query, routed, deadline).await.map(|(r, _)| r);
+        flight.finish(result.clone());
+        result
     }
 
     /// The group `route` names in `routes` (or in this forwarder's own).
@@ -545,7 +790,7 @@ impl<R: Exchange> Forwarder<R> {
         query: &Query,
         routed: &Routed<R>,
         deadline: Instant,
-    ) -> Resolved {
+    ) -> Result<(Arc<Response>, SocketAddr), UpstreamError> {
         let group = self.group_of(routed);
         let frame = query.upstream_frame();
         let mut tried = vec![false; group.members.len()];
@@ -702,6 +947,9 @@ impl<R: Exchange> Forwarder<R> {
     /// Removes `zones` and every name below them from the cache, or everything when `zones`
     /// is empty; returns how many entries went.
     pub(crate) fn flush(&self, zones: &[ZoneName]) -> u64 {
+        if let Some(validator) = &self.validator {
+            validator.flush(zones);
+        }
         self.cache.as_ref().map_or(0, |cache| cache.flush(zones))
     }
 
@@ -725,6 +973,61 @@ impl<R: Exchange> Forwarder<R> {
             text.push_str(&format!("; forward zones: {}", zones.join(", ")));
         }
         text
+    }
+}
+
+/// The validator of a configuration: its trust anchors, and the zones it leaves alone
+/// (negative trust anchors, forward zones not validated, the local zones).
+fn validator(config: &Config, router: &Router) -> Validator {
+    let anchors = config
+        .trust_anchors
+        .as_ref()
+        .map_or_else(anchors::builtin, |file| file.anchors.clone());
+    let mut exempt = config.negative_trust_anchors.clone();
+    let mut validated = Vec::new();
+    for zone in &config.forward_zones {
+        match zone.dnssec {
+            Dnssec::Off => exempt.extend(zone.zones.iter().cloned()),
+            Dnssec::Validate => validated.extend(zone.zones.iter().cloned()),
+        }
+    }
+    exempt.extend(router.local_zones());
+    Validator::new(anchors, &exempt, &validated)
+}
+
+/// How the validator asks for keys and delegations: through the upstreams the name routes
+/// to (a DS by its parent's name, the side of the cut that holds it), within the query's
+/// budget.
+struct Fetcher<'a, R> {
+    forwarder: &'a Arc<Forwarder<R>>,
+    /// The routing table of the query being validated.
+    routes: &'a Arc<Routes<R>>,
+    deadline: Instant,
+}
+
+impl<R: Exchange> Fetch for Fetcher<'_, R> {
+    async fn fetch(&self, name: &[u8], qtype: u16) -> Result<Arc<Response>, FetchError> {
+        let routed = match (qtype, name.first()) {
+            (TYPE_DS, Some(&len)) if len > 0 => name.get(1 + usize::from(len)..).unwrap_or(name),
+            _ => name,
+        };
+        let Some(route) = self.routes.router.route_name(routed) else {
+            return Err(FetchError::Failed(
+                "the name is in a local zone".to_string(),
+            ));
+        };
+        let routed = Routed {
+            routes: Arc::clone(self.routes),
+            route,
+        };
+        let query = Query::internal(name, qtype);
+        self.forwarder
+            .fetch(&query, &routed, self.deadline)
+            .await
+            .map_err(|error| match error {
+                UpstreamError::Timeout => FetchError::Timeout,
+                other => FetchError::Failed(other.to_string()),
+            })
     }
 }
 

@@ -23,7 +23,7 @@ use super::Forwarder;
 use crate::common::error::UpstreamError;
 use crate::common::metrics::{Metrics, UpstreamMetrics};
 use crate::common::transport::Transport;
-use crate::config::{Config, Hedge, Strategy};
+use crate::config::{Config, Dnssec, Hedge, Strategy};
 use crate::resolve::zones::LearnedZones;
 use crate::upstream::exchange::{Exchange, Readiness};
 use crate::upstream::group::Group;
@@ -184,10 +184,12 @@ impl Upstreams {
         hedge: Hedge,
         cache: bool,
     ) -> (Arc<Forwarder<Scripted>>, Log) {
+        // These tests are about upstreams, not validation: see `dnssec` for that.
         let mut config = Config {
             timeout: BUDGET,
             strategy,
             hedge,
+            dnssec: Dnssec::Off,
             ..Config::default()
         };
         config.cache.enabled = cache;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod dnssec_world;
 pub mod encrypted;
 pub mod netns;
 pub mod proxy;

@@ -104,6 +104,16 @@ impl ProxyConfig {
         if let Some(timeout) = &self.timeout {
             writeln!(out, "timeout = {}", toml_str(timeout)).unwrap();
         }
+        // The fake upstreams serve no signed root, so a test validates only when it sets up
+        // DNSSEC itself (a `dnssec` or `trust_anchors` line). Before the extra lines, which
+        // may open a table.
+        let dnssec_set = self.extra.iter().any(|line| {
+            let line = line.trim_start();
+            line.starts_with("dnssec") || line.starts_with("trust_anchors")
+        });
+        if !dnssec_set {
+            writeln!(out, "dnssec = \"off\"").unwrap();
+        }
         for line in &self.extra {
             writeln!(out, "{line}").unwrap();
         }
