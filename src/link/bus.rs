@@ -231,6 +231,9 @@ fn is_lookup(header: &Header<'_>) -> bool {
 impl Server {
     /// Serves `connection` until it closes (false) or `shutdown` (true).
     async fn run(self: Arc<Self>, connection: Connection, shutdown: &CancellationToken) -> bool {
+        // Unique names are unique on one bus only: another bus may give a known one to
+        // someone else.
+        lock::lock(&self.uids).clear();
         let mut stream = MessageStream::from(&connection);
         let (queue, mut calls) = mpsc::channel::<Message>(QUEUE);
         let worker = {
