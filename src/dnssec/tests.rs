@@ -891,6 +891,35 @@ async fn unsupported_algorithms_and_iterations_are_insecure_with_the_reason() {
 }
 
 #[tokio::test]
+async fn a_clock_before_2026_refuses_nothing_for_time_and_proves_nothing() {
+    let world = world();
+    let v = validator(&world);
+    // 2025-06-01: every signature is "not yet valid", the expired ones are "valid".
+    let clock = 1_748_736_000;
+    for qname in ["www.secure.test.", "www.expired.test."] {
+        let response = world.response(&name(qname), RecordType::A);
+        let result = v
+            .validate_at(clock, &question(qname, RecordType::A), &response, &world)
+            .await;
+        assert_eq!(result, Verdict::Insecure(None), "{qname}");
+    }
+    // Everything else is still checked.
+    world.tamper("www.ed.test.", RecordType::A, |m| {
+        m.answers[0].data = RData::A(A::new(192, 0, 2, 99));
+    });
+    let response = world.response(&name("www.ed.test."), RecordType::A);
+    let result = v
+        .validate_at(
+            clock,
+            &question("www.ed.test.", RecordType::A),
+            &response,
+            &world,
+        )
+        .await;
+    assert_eq!(code(&result), Some(EdeCode::BOGUS.0), "{result:?}");
+}
+
+#[tokio::test]
 async fn exempt_zones_are_not_validated() {
     let world = world();
     let exempt = [ZoneName::parse("test").unwrap()];

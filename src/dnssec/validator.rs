@@ -74,7 +74,21 @@ impl Validator {
         response: &Response,
         fetch: &F,
     ) -> Verdict {
-        let mut work = self.work();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.validate_at(now, question, response, fetch).await
+    }
+
+    /// [`Validator::validate`] with the clock reading `now` (seconds since 1970).
+    pub(crate) async fn validate_at<F: Fetch>(
+        &self,
+        now: u64,
+        question: &[u8],
+        response: &Response,
+        fetch: &F,
+    ) -> Verdict {
+        let mut work = self.work(now);
         let mut qname = Vec::new();
         if read_name(question, 0, &mut qname).is_none() || question.len() < qname.len() + 4 {
             return Verdict::Bogus(Ede::new(EdeCode::BOGUS, "malformed question"));
@@ -102,11 +116,8 @@ impl Validator {
         .await
     }
 
-    /// A fresh budget, with the clock as it is now.
-    fn work(&self) -> Work {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    /// A fresh budget, with the clock reading `now`.
+    fn work(&self, now: u64) -> Work {
         let sane = now >= CLOCK_FLOOR;
         if !sane && !self.clock_warned.swap(true, Ordering::Relaxed) {
             warn!(

@@ -94,7 +94,7 @@ ds_of() {
 
 # The records of the signed zone file $1 except those for which the awk condition $2 holds.
 drop_records() {
-    awk -v OFS='\t' "!($2)" "$1" >"$1.tmp"
+    awk "!($2)" "$1" >"$1.tmp"
     mv "$1.tmp" "$1"
 }
 
