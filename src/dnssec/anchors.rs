@@ -248,13 +248,13 @@ fn absolute(text: &str, origin: Option<&[u8]>) -> Option<Vec<u8>> {
         return origin.map(<[u8]>::to_vec);
     }
     let mut wire = name::from_text(text)?;
-    if !text.ends_with('.') {
-        if let Some(origin) = origin {
-            wire.pop();
-            wire.extend_from_slice(origin);
-            if wire.len() > name::MAX_NAME {
-                return None;
-            }
+    if !text.ends_with('.')
+        && let Some(origin) = origin
+    {
+        wire.pop();
+        wire.extend_from_slice(origin);
+        if wire.len() > name::MAX_NAME {
+            return None;
         }
     }
     Some(wire)
@@ -334,7 +334,7 @@ fn algorithm_number(text: &str) -> Result<u8, String> {
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -171,11 +171,12 @@ impl Zone {
             .filter(|r| r.name == *owner && r.record_type() == rtype)
             .cloned()
             .collect();
-        if rtype == RecordType::DNSKEY && *owner == self.apex {
-            if let Some(signer) = &self.signer {
-                let key = RData::DNSSEC(DNSSECRData::DNSKEY(signer.dnskey.clone()));
-                rrset.push(Record::from_rdata(owner.clone(), TTL, key));
-            }
+        if rtype == RecordType::DNSKEY
+            && *owner == self.apex
+            && let Some(signer) = &self.signer
+        {
+            let key = RData::DNSSEC(DNSSECRData::DNSKEY(signer.dnskey.clone()));
+            rrset.push(Record::from_rdata(owner.clone(), TTL, key));
         }
         rrset
     }

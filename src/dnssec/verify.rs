@@ -356,11 +356,11 @@ pub(crate) fn verify_rrset(
             note(Failure::BadSignature);
             continue;
         }
-        if work.check_time {
-            if let Err(f) = sig.check_time(work.now) {
-                note(f);
-                continue;
-            }
+        if work.check_time
+            && let Err(f) = sig.check_time(work.now)
+        {
+            note(f);
+            continue;
         }
         if tried == MAX_SIGNATURES {
             break;

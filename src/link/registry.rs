@@ -317,7 +317,13 @@ mod tests {
         };
         let metrics = Arc::new(Metrics::new());
         let forwarder = Forwarder::local_only(&config, &metrics);
-        let context = Arc::new(Context::new(config.clone(), forwarder, None, metrics));
+        let context = Arc::new(Context::new(
+            config.clone(),
+            forwarder,
+            None,
+            metrics,
+            Arc::default(),
+        ));
         let listen = vec!["127.0.0.1:53".parse().unwrap()];
         (Registry::new(context.clone(), &config, listen), context)
     }
