@@ -313,7 +313,15 @@ impl<F: Fetch> Answer<'_, F> {
     /// A wildcard expansion at `owner` from a closest encloser of `labels` labels: the zone
     /// must prove no closer name exists.
     async fn wildcard(&self, owner: &[u8], labels: usize, work: &mut Work) -> Verdict {
-        let keys = match self.validator.chain.zone_of(owner, self.fetch, work).await {
+        // The wildcard's zone holds the closest encloser: no delegation between it and the
+        // expanded name is to be looked for (a cold name under a known wildcard costs nothing).
+        let encloser = name::trim_to(owner, labels);
+        let keys = match self
+            .validator
+            .chain
+            .zone_of(encloser, self.fetch, work)
+            .await
+        {
             Found::Secure(keys) => keys,
             Found::Insecure(info) => return Verdict::Insecure(info),
             Found::Bogus(ede) => return Verdict::Bogus(ede),
