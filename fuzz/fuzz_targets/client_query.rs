@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use dns_proxy::resolve::cache::{Cache, Key, Lookup};
 use dns_proxy::config::CacheConfig;
+use dns_proxy::dnssec::verdict::Security;
 use dns_proxy::wire::dns::Response;
 use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::Name;
@@ -74,10 +75,15 @@ fn cache_paths(query: &Query, response: &[u8]) {
     });
     let key = Key::of(query);
     let now = Instant::now();
-    let stored = cache.insert(&key, Arc::new(prepared), now);
+    let stored = cache.insert(&key, Arc::new(prepared), now, Security::Unchecked);
     match cache.lookup(&key, query, now) {
-        Lookup::Hit { answer, prefetch } => {
+        Lookup::Hit {
+            answer,
+            prefetch,
+            security,
+        } => {
             assert!(!prefetch, "no prefetch for an entry just stored");
+            assert_eq!(security, Security::Unchecked, "a hit keeps its verdict");
             assert_eq!(answer, query.answer(&stored), "a hit is the stored answer");
             assert_eq!(answer[..2], query.id().to_be_bytes());
             assert_eq!(&answer[12..12 + query.question().len()], query.question());
@@ -139,6 +145,7 @@ fn check_error_answer(packet: &[u8], answer: &[u8], from: Option<(&Query, Rcode)
         Rcode::ServFail => 2,
         Rcode::NotImp => 4,
         Rcode::Refused => 5,
+        Rcode::NotAuth => 9,
         Rcode::BadVers => 16,
     };
     // Without OPT only the low four bits of an extended rcode can be sent.
