@@ -146,8 +146,9 @@ link_checks() { # suite
     short=$(in_ct getent ahostsv4 printer 2>/dev/null | awk 'NR == 1 {print $1}' || true)
     resolv=$(in_ct grep -v '^#' /etc/resolv.conf 2>/dev/null | paste -sd';' || true)
     if [[ $answer == "$link_answer" && $(link_server_saw | grep -cx probe.corp.example) == 1 &&
-        $short == "$link_home" && $resolv == *"search corp.example home.arpa"* ]]; then
-        pass "$suite L3 dig probe.corp.example: $answer from the link's server (dnsmasq logged it); getent ahostsv4 printer: $short via /etc/resolv.conf -> /run/dns-proxy/resolv.conf ($resolv)"
+        $short == "$link_answer" && $(link_server_saw | grep -cx printer.corp.example) == 1 &&
+        $resolv == *"search corp.example home.arpa"* ]]; then
+        pass "$suite L3 dig probe.corp.example: $answer from the link's server (dnsmasq logged it); getent ahostsv4 printer: $short, asked as printer.corp.example through /etc/resolv.conf -> /run/dns-proxy/resolv.conf ($resolv)"
     else
         fail "$suite L3 dig probe.corp.example: '$answer' (dnsmasq saw: $(link_server_saw | paste -sd' ')); getent printer: '$short'; /etc/resolv.conf: '$resolv'"
         in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat | sed 's/^/      /'
@@ -195,7 +196,7 @@ link_checks() { # suite
 #    systemd itself on Debian 11): the package enables nothing and says why; switching over as
 #    dns-proxy(8) says gives dns-proxy the bus name; the units conflict both ways.
 resolved_checks() { # suite
-    local suite=$1 out owner
+    local suite=$1 out
     if in_ct sh -c 'ls /var/cache/apt/archives/systemd-resolved_*.deb' >/dev/null 2>&1; then
         in_ct sh -c 'apt-get install -y -q /var/cache/apt/archives/systemd-resolved_*.deb' >"$work/apt.log" 2>&1 ||
             { cat "$work/apt.log"; fail "$suite R installing systemd-resolved"; return; }
@@ -215,21 +216,21 @@ resolved_checks() { # suite
 
     in_ct systemctl disable --now systemd-resolved.service >/dev/null 2>&1
     in_ct systemctl enable --now dns-proxy.socket dns-proxy.service >/dev/null 2>&1
-    owner=
+    local took_over expected
     for _ in $(seq 50); do
-        owner=$(link_bus_owner)
-        [[ $owner == "$(main_pid) "* ]] && break
+        took_over=$(link_bus_owner)
+        expected="$(main_pid) $(in_ct id -u dns-proxy)"
+        [[ $took_over == "$expected" ]] && break
         sleep 0.1
     done
-    local took_over=$owner
     in_ct systemctl start systemd-resolved.service
     local after_resolved
     after_resolved=$(in_ct systemctl is-active dns-proxy.service || true)
     in_ct systemctl start dns-proxy.service
-    if [[ $took_over == "$(main_pid) $(in_ct id -u dns-proxy)" && $after_resolved == inactive &&
+    if [[ $took_over == "$expected" && $after_resolved == inactive &&
         $(in_ct systemctl is-active systemd-resolved.service || true) == inactive ]]; then
         pass "$suite R switched over: dns-proxy owns org.freedesktop.resolve1; starting systemd-resolved stops dns-proxy.service and starting dns-proxy.service stops systemd-resolved (Conflicts=)"
     else
-        fail "$suite R switched over: bus owner '$took_over' (MainPID $(main_pid)); after starting systemd-resolved dns-proxy.service was '$after_resolved'; systemd-resolved now $(in_ct systemctl is-active systemd-resolved.service || true)"
+        fail "$suite R switched over: bus owner '$took_over' (want pid and uid '$expected'); after starting systemd-resolved dns-proxy.service was '$after_resolved'; systemd-resolved now $(in_ct systemctl is-active systemd-resolved.service || true)"
     fi
 }

@@ -86,8 +86,9 @@ done
 work=$(mktemp -d /tmp/dns-proxy-system.XXXXXX)
 nspawn_pid=
 cleanup() {
-    stop_container
-    link_cleanup
+    # Defined further down: an early exit has nothing to stop.
+    ! declare -F stop_container >/dev/null || stop_container
+    ! declare -F link_cleanup >/dev/null || link_cleanup
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -111,12 +112,18 @@ if [[ -n $given_deb ]]; then
     cp "$given_deb" "$work/in/$deb"
 else
     make -s -C "$repo" deb >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; die "make deb failed"; }
-    make -s -C "$repo" deb DEB_VERSION="$newer" >>"$work/build.log" 2>&1 ||
-        { tail -40 "$work/build.log"; die "make deb DEB_VERSION=$newer failed"; }
-    make -s -C "$repo" rpm >>"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; die "make rpm failed"; }
-    cp "$repo/target/pkg/$deb" "$repo/target/pkg/dns-proxy_${newer}_$arch.deb" "$work/in/"
-    rpm_file=$(ls -t "$repo"/target/pkg/dns-proxy-"$version"-*.rpm | head -n 1)
-    cp "$rpm_file" "$work/in/dns-proxy.rpm"
+    cp "$repo/target/pkg/$deb" "$work/in/"
+    # The upgrade's package for package_checks, the .rpm for rpm_checks.
+    if selected package_checks; then
+        make -s -C "$repo" deb DEB_VERSION="$newer" >>"$work/build.log" 2>&1 ||
+            { tail -40 "$work/build.log"; die "make deb DEB_VERSION=$newer failed"; }
+        cp "$repo/target/pkg/dns-proxy_${newer}_$arch.deb" "$work/in/"
+    fi
+    if selected rpm_checks; then
+        make -s -C "$repo" rpm >>"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; die "make rpm failed"; }
+        rpm_file=$(ls -t "$repo"/target/pkg/dns-proxy-"$version"-*.rpm | head -n 1)
+        cp "$rpm_file" "$work/in/dns-proxy.rpm"
+    fi
     took "packages built"
 fi
 
