@@ -429,7 +429,7 @@ mod tests {
             url = "https://[2620:fe::fe]:8443/dns-query"
         "#;
         assert_eq!(
-            list(toml),
+            list_without_links(toml),
             "127.0.0.0/8 ::1/128 149.112.112.112/32 2620:fe::fe/128"
         );
         let config = Config::from_toml_str(toml).unwrap();
@@ -437,6 +437,7 @@ mod tests {
 
         let named = Config::from_toml_str(
             r#"
+            link_dns = "off"
             bootstrap = ["9.9.9.9"]
             [[upstream]]
             address = "9.9.9.9"

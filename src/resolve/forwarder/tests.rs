@@ -621,6 +621,7 @@ fn pooled_forwarder(
     let config = Config {
         timeout: LONG_BUDGET,
         strategy,
+        dnssec: Dnssec::Off,
         ..Config::default()
     };
     let (members, paths, log) = pooled(upstreams);
