@@ -18,10 +18,11 @@ use crate::support::unbound::{DOH_NAME, PlainServer, Unbound, UnboundPorts};
 use crate::support::upstream::{FakeUpstream, open_temp_dir, untrusted_ca_pem, write_file};
 use crate::support::{require_tool, within};
 
-/// A configuration forwarding to unbound's DoH service at its address, trusting `ca_file`.
+/// A configuration forwarding to unbound's DoH service at its address, trusting `ca_file`
+/// (not validating: the test unbound serves no signed root).
 fn doh_config(unbound: &Unbound, ca_file: &str, extra: &str) -> String {
     format!(
-        "timeout = \"1500ms\"\n{extra}\n[[upstream]]\nurl = \"{}\"\naddress = \"127.0.0.1\"\nca_file = {ca_file:?}\n",
+        "timeout = \"1500ms\"\ndnssec = \"off\"\n{extra}\n[[upstream]]\nurl = \"{}\"\naddress = \"127.0.0.1\"\nca_file = {ca_file:?}\n",
         unbound.url(DOH_NAME),
     )
 }
@@ -174,7 +175,7 @@ async fn a_host_name_upstream_is_resolved_only_through_bootstrap_and_kept() {
     let addresses: Vec<IpAddr> = vec![[127, 0, 0, 2].into(), [127, 0, 0, 1].into()];
     let bootstrap = PlainServer::start(DOH_NAME, addresses, 60).await;
     let toml = format!(
-        "timeout = \"1500ms\"\nbootstrap = [\"{}\"]\n[[upstream]]\nurl = \"{}\"\nca_file = {:?}\n",
+        "timeout = \"1500ms\"\ndnssec = \"off\"\nbootstrap = [\"{}\"]\n[[upstream]]\nurl = \"{}\"\nca_file = {:?}\n",
         bootstrap.addr,
         unbound.url(DOH_NAME),
         ca(&unbound),
