@@ -252,6 +252,8 @@ listen = ["127.0.0.1:53"]
 control_socket = "$work/run/control"
 resolv_conf = "$work/run/resolv.conf"
 log_level = "debug"
+# The test's DoT upstream serves no signed root.
+dnssec = "off"
 [[upstream]]
 address = "127.0.0.1:853"
 tls_name = "upstream.test"

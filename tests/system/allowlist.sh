@@ -23,7 +23,7 @@ unbound_conf '  interface: 198.18.0.3@53' corp.test "$allow_answer_c" >"$work/in
 # link_dns off, the list is the configuration's addresses alone (link_checks sees the ranges
 # link_dns adds).
 allow_config() {
-    printf '# written by the allow-list test\nlink_dns = "off"\n%s\n[[upstream]]\naddress = "%s:853"\ntls_name = "upstream.test"\nca_file = "/etc/dns-proxy-test-ca.pem"\n%s\n' \
+    printf '# written by the allow-list test\nlink_dns = "off"\ndnssec = "off"\n%s\n[[upstream]]\naddress = "%s:853"\ntls_name = "upstream.test"\nca_file = "/etc/dns-proxy-test-ca.pem"\n%s\n' \
         "${2:-}" "$1" "${3:-}"
 }
 allow_zone_c='[[forward_zone]]

@@ -225,8 +225,9 @@ Description=DoT test upstream %i
 [Service]
 ExecStart=/usr/sbin/unbound -d -c /srv/in/upstream-%i.conf
 EOF
+# The test upstreams serve no signed root, so the configurations do not validate DNSSEC.
 config() { # upstream number, then extra lines
-    printf '# edited by the system test\nlog_level = "debug"\n%s\n[[upstream]]\naddress = "127.0.0.%s:853"\ntls_name = "upstream.test"\nca_file = "/etc/dns-proxy-test-ca.pem"\n' "${2:-}" "$1"
+    printf '# edited by the system test\nlog_level = "debug"\ndnssec = "off"\n%s\n[[upstream]]\naddress = "127.0.0.%s:853"\ntls_name = "upstream.test"\nca_file = "/etc/dns-proxy-test-ca.pem"\n' "${2:-}" "$1"
 }
 
 # --- the container --------------------------------------------------------------------------

@@ -82,7 +82,7 @@ tls_checks() { # suite
     in_ct systemctl start test-upstream@tls.service
     in_ct apt-get install -y -q "/srv/in/$deb" >"$work/apt.log" 2>&1 ||
         { cat "$work/apt.log"; die "apt install failed"; }
-    printf '# edited by the TLS system test\n[[upstream]]\naddress = "127.0.0.2:8853"\ntls_name = "upstream.test"\nca_file = "/etc/dns-proxy-test-ca.pem"\n' |
+    printf '# edited by the TLS system test\ndnssec = "off"\n[[upstream]]\naddress = "127.0.0.2:8853"\ntls_name = "upstream.test"\nca_file = "/etc/dns-proxy-test-ca.pem"\n' |
         in_ct tee /etc/dns-proxy/dns-proxy.toml >/dev/null
     local before
     before=$(in_ct systemd-analyze security --no-pager dns-proxy.service 2>/dev/null |
