@@ -143,12 +143,14 @@ link_checks() { # suite
     #     the service's file).
     answer=$(in_ct dig +short +tries=1 +timeout=3 @127.0.0.1 probe.corp.example A 2>/dev/null | head -n 1 || true)
     local short resolv
-    short=$(in_ct getent ahostsv4 printer 2>/dev/null | awk 'NR == 1 {print $1}' || true)
+    # As a user: /etc/resolv.conf and the file it links to must be readable by everyone.
+    short=$(in_ct setpriv --reuid=nobody --regid=nogroup --clear-groups getent ahostsv4 printer 2>/dev/null |
+        awk 'NR == 1 {print $1}' || true)
     resolv=$(in_ct grep -v '^#' /etc/resolv.conf 2>/dev/null | paste -sd';' || true)
     if [[ $answer == "$link_answer" && $(link_server_saw | grep -cx probe.corp.example) == 1 &&
         $short == "$link_answer" && $(link_server_saw | grep -cx printer.corp.example) == 1 &&
         $resolv == *"search corp.example home.arpa"* ]]; then
-        pass "$suite L3 dig probe.corp.example: $answer from the link's server (dnsmasq logged it); getent ahostsv4 printer: $short, asked as printer.corp.example through /etc/resolv.conf -> /run/dns-proxy/resolv.conf ($resolv)"
+        pass "$suite L3 dig probe.corp.example: $answer from the link's server (dnsmasq logged it); getent ahostsv4 printer as nobody: $short, asked as printer.corp.example through /etc/resolv.conf -> /run/dns-proxy/resolv.conf ($resolv)"
     else
         fail "$suite L3 dig probe.corp.example: '$answer' (dnsmasq saw: $(link_server_saw | paste -sd' ')); getent printer: '$short'; /etc/resolv.conf: '$resolv'"
         in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat | sed 's/^/      /'
