@@ -238,6 +238,9 @@ impl Server {
         mut stream: MessageStream,
         shutdown: &CancellationToken,
     ) -> bool {
+        // Unique names are unique on one bus only: another bus may give a known one to
+        // someone else.
+        lock::lock(&self.uids).clear();
         let (queue, mut calls) = mpsc::channel::<Message>(QUEUE);
         let worker = {
             let (server, connection) = (self.clone(), connection.clone());

@@ -302,3 +302,104 @@ fn host_addresses() -> Vec<IpAddr> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::metrics::Metrics;
+    use crate::link::input;
+    use crate::resolve::forwarder::Forwarder;
+
+    fn registry(dir: &std::path::Path) -> (Registry, Arc<Context>) {
+        let config = Config {
+            resolv_conf: Some(dir.join("resolv.conf")),
+            ..Config::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let forwarder = Forwarder::local_only(&config, &metrics);
+        let context = Arc::new(Context::new(config.clone(), forwarder, None, metrics));
+        let listen = vec!["127.0.0.1:53".parse().unwrap()];
+        (Registry::new(context.clone(), &config, listen), context)
+    }
+
+    fn domains(list: &[(&str, bool)]) -> Change {
+        let list: Vec<(String, bool)> = list.iter().map(|(d, r)| (d.to_string(), *r)).collect();
+        Change::Domains(input::domains(&list).unwrap())
+    }
+
+    fn servers(ips: &[[u8; 4]]) -> Change {
+        Change::Servers(
+            ips.iter()
+                .map(|ip| input::server(2, input::AF_INET, ip, 0, "").unwrap())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn changes_reach_the_forwarder_the_cache_and_resolv_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, context) = registry(dir.path());
+        registry.write_resolv_conf();
+        let read = || std::fs::read_to_string(dir.path().join("resolv.conf")).unwrap();
+        assert!(read().starts_with("#") && read().contains("nameserver 127.0.0.1\n"));
+        let update = |change| registry.update(2, "eth0".to_string(), change, 0);
+
+        assert_eq!(
+            update(domains(&[("corp.example", false)])),
+            (true, None),
+            "no server yet"
+        );
+        assert!(read().contains("\nsearch corp.example\n"));
+        let (changed, flush) = update(servers(&[[10, 0, 0, 1]]));
+        assert!(changed);
+        let zone = ZoneName::parse("corp.example").unwrap();
+        assert_eq!(flush, Some(Flush::Zones(vec![zone.clone()])));
+        let zones = context.forwarder().learned_snapshot();
+        assert_eq!(zones.len(), 1);
+        assert_eq!(zones[0].zones, ["corp.example"]);
+        assert_eq!(zones[0].upstreams[0].address, "10.0.0.1:53");
+        assert_eq!(context.metrics.links.zones.get(), 1);
+        assert_eq!(
+            update(servers(&[[10, 0, 0, 1]])),
+            (false, None),
+            "unchanged"
+        );
+
+        // The wildcard and the default route do nothing under "domains"; under "all" they
+        // take every other name, and a reload that switches hands that to its forwarder.
+        assert_eq!(update(Change::DefaultRoute(true)), (true, None));
+        let mut handed = None;
+        registry.reload(LinkDns::All, |learned| handed = Some(learned.clone()));
+        assert_eq!(
+            handed.unwrap().default,
+            vec!["10.0.0.1:53".parse().unwrap()]
+        );
+
+        let (_, snapshot) = registry.snapshot();
+        assert_eq!(snapshot[0].name, "eth0");
+        assert_eq!(snapshot[0].servers, ["10.0.0.1"]);
+        assert!(snapshot[0].default_route);
+
+        // Reverted, the link is forgotten and its zone goes.
+        assert_eq!(update(Change::Revert), (true, Some(Flush::All)));
+        assert!(registry.links().is_empty());
+        assert!(context.forwarder().learned_snapshot().is_empty());
+        assert!(!read().contains("\nsearch "));
+        assert_eq!(context.metrics.links.links.get(), 0);
+    }
+
+    #[test]
+    fn links_whose_interface_is_gone_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _) = registry(dir.path());
+        registry.update(7, "tun0".to_string(), domains(&[("vpn.example", true)]), 0);
+        registry.update(7, "tun0".to_string(), servers(&[[10, 8, 0, 1]]), 0);
+        assert_eq!(registry.prune(|_, _| true), None);
+        let flush = registry.prune(|index, _| index != 7);
+        assert_eq!(
+            flush,
+            Some(Flush::Zones(vec![ZoneName::parse("vpn.example").unwrap()]))
+        );
+        assert!(registry.links().is_empty());
+    }
+}
