@@ -169,6 +169,9 @@ link_checks() { # suite
         pass "$suite L4 sandbox: IPAddressAllow=$allow; from the service's cgroup $link_server:53 connects, $link_public:53 (not private) is blocked"
     else
         fail "$suite L4 sandbox: IPAddressAllow='$allow'"
+        # Whether a fresh start of the service (a new control group and filter) changes it.
+        in_ct systemctl restart dns-proxy.service
+        echo "      after a restart: $link_server:53 $(reach_word "$link_server" 53), $link_public:53 $(reach_word "$link_public" 53)"
     fi
 
     # L5. resolvectl of this release (its systemd-resolved package unpacked, not installed):
@@ -187,6 +190,7 @@ link_checks() { # suite
         fail "$suite L5 resolvectl:"
         sed 's/^/      /' <<<"$rc_status"
         sed 's/^/      /' <<<"$rc_query"
+        in_ct journalctl -u dns-proxy.service -n 10 --no-pager -o cat | sed 's/^/      /'
     fi
 
     stop_container
@@ -229,10 +233,15 @@ resolved_checks() { # suite
     local after_resolved
     after_resolved=$(in_ct systemctl is-active dns-proxy.service || true)
     in_ct systemctl start dns-proxy.service
-    if [[ $took_over == "$expected" && $after_resolved == inactive &&
-        $(in_ct systemctl is-active systemd-resolved.service || true) == inactive ]]; then
+    local resolved_now=
+    for _ in $(seq 50); do
+        resolved_now=$(in_ct systemctl is-active systemd-resolved.service || true)
+        [[ $resolved_now == inactive ]] && break
+        sleep 0.1
+    done
+    if [[ $took_over == "$expected" && $after_resolved == inactive && $resolved_now == inactive ]]; then
         pass "$suite R switched over: dns-proxy owns org.freedesktop.resolve1; starting systemd-resolved stops dns-proxy.service and starting dns-proxy.service stops systemd-resolved (Conflicts=)"
     else
-        fail "$suite R switched over: bus owner '$took_over' (want pid and uid '$expected'); after starting systemd-resolved dns-proxy.service was '$after_resolved'; systemd-resolved now $(in_ct systemctl is-active systemd-resolved.service || true)"
+        fail "$suite R switched over: bus owner '$took_over' (want pid and uid '$expected'); after starting systemd-resolved dns-proxy.service was '$after_resolved'; systemd-resolved now $resolved_now"
     fi
 }
