@@ -143,12 +143,14 @@ link_checks() { # suite
     #     the service's file).
     answer=$(in_ct dig +short +tries=1 +timeout=3 @127.0.0.1 probe.corp.example A 2>/dev/null | head -n 1 || true)
     local short resolv
-    short=$(in_ct getent ahostsv4 printer 2>/dev/null | awk 'NR == 1 {print $1}' || true)
+    # As a user: /etc/resolv.conf and the file it links to must be readable by everyone.
+    short=$(in_ct setpriv --reuid=nobody --regid=nogroup --clear-groups getent ahostsv4 printer 2>/dev/null |
+        awk 'NR == 1 {print $1}' || true)
     resolv=$(in_ct grep -v '^#' /etc/resolv.conf 2>/dev/null | paste -sd';' || true)
     if [[ $answer == "$link_answer" && $(link_server_saw | grep -cx probe.corp.example) == 1 &&
         $short == "$link_answer" && $(link_server_saw | grep -cx printer.corp.example) == 1 &&
         $resolv == *"search corp.example home.arpa"* ]]; then
-        pass "$suite L3 dig probe.corp.example: $answer from the link's server (dnsmasq logged it); getent ahostsv4 printer: $short, asked as printer.corp.example through /etc/resolv.conf -> /run/dns-proxy/resolv.conf ($resolv)"
+        pass "$suite L3 dig probe.corp.example: $answer from the link's server (dnsmasq logged it); getent ahostsv4 printer as nobody: $short, asked as printer.corp.example through /etc/resolv.conf -> /run/dns-proxy/resolv.conf ($resolv)"
     else
         fail "$suite L3 dig probe.corp.example: '$answer' (dnsmasq saw: $(link_server_saw | paste -sd' ')); getent printer: '$short'; /etc/resolv.conf: '$resolv'"
         in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat | sed 's/^/      /'
@@ -167,6 +169,9 @@ link_checks() { # suite
         pass "$suite L4 sandbox: IPAddressAllow=$allow; from the service's cgroup $link_server:53 connects, $link_public:53 (not private) is blocked"
     else
         fail "$suite L4 sandbox: IPAddressAllow='$allow'"
+        # Whether a fresh start of the service (a new control group and filter) changes it.
+        in_ct systemctl restart dns-proxy.service
+        echo "      after a restart: $link_server:53 $(reach_word "$link_server" 53), $link_public:53 $(reach_word "$link_public" 53)"
     fi
 
     # L5. resolvectl of this release (its systemd-resolved package unpacked, not installed):
@@ -185,6 +190,7 @@ link_checks() { # suite
         fail "$suite L5 resolvectl:"
         sed 's/^/      /' <<<"$rc_status"
         sed 's/^/      /' <<<"$rc_query"
+        in_ct journalctl -u dns-proxy.service -n 10 --no-pager -o cat | sed 's/^/      /'
     fi
 
     stop_container
@@ -227,10 +233,15 @@ resolved_checks() { # suite
     local after_resolved
     after_resolved=$(in_ct systemctl is-active dns-proxy.service || true)
     in_ct systemctl start dns-proxy.service
-    if [[ $took_over == "$expected" && $after_resolved == inactive &&
-        $(in_ct systemctl is-active systemd-resolved.service || true) == inactive ]]; then
+    local resolved_now=
+    for _ in $(seq 50); do
+        resolved_now=$(in_ct systemctl is-active systemd-resolved.service || true)
+        [[ $resolved_now == inactive ]] && break
+        sleep 0.1
+    done
+    if [[ $took_over == "$expected" && $after_resolved == inactive && $resolved_now == inactive ]]; then
         pass "$suite R switched over: dns-proxy owns org.freedesktop.resolve1; starting systemd-resolved stops dns-proxy.service and starting dns-proxy.service stops systemd-resolved (Conflicts=)"
     else
-        fail "$suite R switched over: bus owner '$took_over' (want pid and uid '$expected'); after starting systemd-resolved dns-proxy.service was '$after_resolved'; systemd-resolved now $(in_ct systemctl is-active systemd-resolved.service || true)"
+        fail "$suite R switched over: bus owner '$took_over' (want pid and uid '$expected'); after starting systemd-resolved dns-proxy.service was '$after_resolved'; systemd-resolved now $resolved_now"
     fi
 }

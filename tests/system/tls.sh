@@ -97,8 +97,10 @@ tls_checks() { # suite
     in_ct sed 's|^allow = .*|allow = ["127.0.0.0/8", "::1/128", "198.18.0.1/32"]|' \
         "$tls_examples/tls.toml" | in_ct tee /etc/dns-proxy/dns-proxy.d/tls.toml >/dev/null
     in_ct systemctl daemon-reload
+    # The package started the service: systemd starts no new socket for a running service.
+    in_ct systemctl stop dns-proxy.service
     in_ct systemctl enable --now dns-proxy-tls.socket dns-proxy-https.socket >/dev/null 2>&1
-    in_ct systemctl restart dns-proxy.service
+    in_ct systemctl start dns-proxy.service
 
     # tls 1: PID 1 holds port 853 and 443; kdig gets answers over DoT and DoH (HTTP/2, POST and
     # GET), IPv4 and IPv6, validating the private CA and the name; a client trusting another
