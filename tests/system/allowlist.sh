@@ -81,6 +81,13 @@ expect_reach() {
     return 1
 }
 
+# On a failure: the service's last lines, and what systemd said about installing the filter
+# (a program it could not attach leaves the service unfiltered with only a warning).
+allow_diagnose() {
+    in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+    in_ct journalctl -b _PID=1 --no-pager -o cat | grep -iE 'bpf|firewall|IPAddress' | tail -n 10 || true
+}
+
 allowlist_checks() { # suite
     in_ct ip link add al0 type veth peer name al1
     in_ct ip addr add 198.18.0.1/32 dev al0
@@ -116,7 +123,7 @@ allowlist_checks() { # suite
         pass "allow-list 1 start: IPAddressAllow=$(allow_list) (as check-config prints), answered by A; from the service's cgroup A connects, B and C are blocked (both reachable from outside it)"
     else
         fail "allow-list 1 start: list '$(allow_list)', check-config '$(allow_list_checked)', want '$want'"
-        in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+        allow_diagnose
     fi
 
     # allow-list 2: reload onto B, an address outside the running list: answered by B with no unit
@@ -136,7 +143,7 @@ allowlist_checks() { # suite
         pass "allow-list 2 reload to upstream B: answered by B, IPAddressAllow=$(allow_list), no unit file or drop-in but set-property's; A is now blocked from the service"
     else
         fail "allow-list 2 reload to B: list '$(allow_list)', want '$want'; drop-ins: '$unit_edits'"
-        in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+        allow_diagnose
     fi
 
     # allow-list 3: a broken configuration naming A again fails the reload; B's list and answers stay.
@@ -170,7 +177,7 @@ allowlist_checks() { # suite
         pass "allow-list 4 config the daemon cannot read (ca_file in /root) at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, B still answers"
     else
         fail "allow-list 4 ca_file in /root: reload status $reload_status, list '$(allow_list)', want '$want'"
-        in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+        allow_diagnose
     fi
 
     # allow-list 5: a forward zone to the plain resolver C, outside the list, at reload.
@@ -188,7 +195,7 @@ allowlist_checks() { # suite
         pass "allow-list 5 forward zone to plain resolver C at reload: probe.corp.test answered by C ($got_c), IPAddressAllow=$(allow_list); A still blocked"
     else
         fail "allow-list 5 forward zone: probe.corp.test '$got_c', list '$(allow_list)', want '$want'"
-        in_ct journalctl -u dns-proxy.service -n 20 --no-pager -o cat
+        allow_diagnose
     fi
 
     # allow-list 6: a broken configuration moving the zone to A fails the reload; C stays.
@@ -206,5 +213,6 @@ allowlist_checks() { # suite
         pass "allow-list 6 broken forward-zone config at reload: reload failed (status $reload_status), IPAddressAllow=$(allow_list) kept, C still answers probe.corp.test"
     else
         fail "allow-list 6 broken forward-zone config: reload status $reload_status, list '$(allow_list)', want '$want', probe.corp.test '$got_c'"
+        allow_diagnose
     fi
 }
