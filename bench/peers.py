@@ -10,7 +10,7 @@ import os
 import shutil
 
 from common import (BINARY, TLS_NAME, UNBOUND_COMMON, UPSTREAM_DOH, UPSTREAM_DOT, UPSTREAM_UDP,
-                    version_of_all)
+                    unbound_remote_control, unbound_upstream_server, version_of_all)
 
 APT_PACKAGES = ["dnsperf", "unbound", "stubby", "dnsdist", "knot-resolver",
                 # The signed world of the DNSSEC workloads (tests/dnssec/world.sh): knotd, keymgr,
@@ -71,28 +71,13 @@ VALIDATORS = ["dns-proxy", "unbound"]
 
 def world_upstream_conf(d):
     """The DNSSEC workloads' upstream: unbound, iterator only, forwarding to knotd."""
-    return f"""server:
-{UNBOUND_COMMON.format(d=d)}
-  interface: 127.0.0.1@{WORLD_DOT}
-  interface: 127.0.0.1@{WORLD_UDP}
-  tls-port: {WORLD_DOT}
-  tls-service-key: "{d}/upstream.key"
-  tls-service-pem: "{d}/upstream.pem"
-  incoming-num-tcp: 1000
-  so-reuseport: no
-  extended-statistics: yes
-  statistics-interval: 0
-  statistics-cumulative: yes
+    return unbound_upstream_server(d, WORLD_DOT, WORLD_UDP) + f"""\
   do-not-query-localhost: no
   local-zone: "test." nodefault
 forward-zone:
   name: "."
   forward-addr: 127.0.0.1@{WORLD_AUTH}
-remote-control:
-  control-enable: yes
-  control-interface: "{d}/world-upstream.ctl"
-  control-use-cert: no
-"""
+""" + unbound_remote_control(d, "world-upstream.ctl")
 
 
 def encrypted_unsupported(name, transport):

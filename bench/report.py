@@ -190,6 +190,22 @@ def light_verdict(summary):
     return lines
 
 
+def table_lines(hdr, table, widths, short):
+    """The header, a rule and the rows (the first two columns to the left, the others to the
+    right), a blank line between forwarders; `short(row)` is the line of a row that does not
+    fill every column, None for one that does."""
+    def full(cells):
+        return "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(cells))
+    lines = [full(hdr), "  ".join("-" * w for w in widths)]
+    prev = None
+    for row in table:
+        if prev is not None and row[0] != prev:
+            lines.append("")
+        prev = row[0]
+        lines.append(short(row) or full(row))
+    return lines
+
+
 def render_light(doc):
     light = doc.get("light") or {}
     summary = light.get("summary") or []
@@ -219,17 +235,8 @@ def render_light(doc):
                       str(r["lost"]), str(r["failed"])])
     full = [row for row in table if len(row) == len(hdr)]
     widths = [max([len(hdr[i])] + [len(row[i]) for row in full]) for i in range(len(hdr))]
-    lines.append("  ".join(h.ljust(widths[i]) if i < 2 else h.rjust(widths[i]) for i, h in enumerate(hdr)))
-    lines.append("  ".join("-" * w for w in widths))
-    prev = None
-    for row in table:
-        if prev is not None and row[0] != prev:
-            lines.append("")
-        prev = row[0]
-        if len(row) != len(hdr):
-            lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}")
-            continue
-        lines.append("  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)))
+    lines.extend(table_lines(hdr, table, widths, lambda row: None if len(row) == len(hdr) else
+                             f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}"))
     lines.append("ceiling = the same open-loop load straight at the upstream's plain UDP port.")
     verdict = light_verdict(summary)
     if verdict:
@@ -321,18 +328,8 @@ def render_table(doc):
                       mib("rss_after_kib"), fmt(r.get("tls_connections_opened"), "d"),
                       fmt(r.get("tls_connections_peak"), "d"), fmt(r.get("upstream_tls_queries"), "d")])
     widths = [max(len(hdr[i]), *(len(row[i]) for row in table if row[2] != "not run (see below)" or i < 3)) for i in range(len(hdr))]
-    def line(cells):
-        if cells[2] == "not run (see below)":
-            return f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]}"
-        return "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(cells))
-    lines.append(line(hdr))
-    lines.append("  ".join("-" * w for w in widths))
-    prev = None
-    for row in table:
-        if prev is not None and row[0] != prev:
-            lines.append("")
-        prev = row[0]
-        lines.append(line(row))
+    lines.extend(table_lines(hdr, table, widths, lambda cells: None if cells[2] != "not run (see below)" else
+                             f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]}"))
     lines.append("")
     lines.append("ceiling = dnsperf straight at the upstream's plain UDP port (its CPU/RSS columns are the upstream's).")
     lines.append("fail = answers other than NOERROR; lost = no answer within 2 s; TLS conns = TCP connections the")

@@ -24,8 +24,8 @@ from typing import Callable, Optional
 
 from common import (ANSWER_IP, HERE, TLS_NAME, UPSTREAM_DOH, UPSTREAM_DOT, UPSTREAM_UDP, ConnSampler, Procs,
                     dns_query, log, make_certs, percentile, proc_cpu_ticks, proc_rss_kib, run,
-                    tail, tcp_passive_opens, udp_bound, upstream_conf, upstream_stats,
-                    version_of, write_names)
+                    summary_line, tail, tcp_passive_opens, udp_bound, udp_exchange, upstream_conf,
+                    upstream_stats, version_of, write_names)
 from peers import (DOH_PATH, ENCRYPTED_PORT, FWD_PORT, NODELAY_UDP, TRANSPORTS, UPSTREAM_KINDS,
                    VALIDATORS, WORLD_AUTH, WORLD_DIR, WORLD_DOT, WORLD_UDP, binary_of,
                    config_for, encrypted_unsupported, installed, nodelay_upstream_conf,
@@ -218,21 +218,7 @@ def parse_dnsperf(path):
                 else:
                     res["failed"] += 1
                 continue
-            s = line.strip()
-            if s.startswith("Queries sent:"):
-                res["sent"] = int(s.split()[2])
-            elif s.startswith("Queries completed:"):
-                res["completed"] = int(s.split()[2])
-            elif s.startswith("Queries lost:"):
-                res["lost"] = int(s.split()[2])
-            elif s.startswith("Queries per second:"):
-                res["qps"] = float(s.split()[3])
-            elif s.startswith("Run time (s):"):
-                res["runtime_s"] = float(s.split()[3])
-            elif s.startswith("Average Latency (s):"):
-                res["mean_ms"] = float(s.split()[3]) * 1000
-            elif "end of file" in s:
-                res["file_exhausted"] = True
+            summary_line(line.strip(), res)
     lat.sort()
     if lat:
         res["p50_ms"] = percentile(lat, 50) * 1000
@@ -245,21 +231,11 @@ def parse_dnsperf(path):
 def ad_bit(name, port, timeout=2.0):
     """The AD bit of the answer to an A query for `name` with AD=1 (RFC 6840 5.7: the client
     understands it) and no EDNS, over UDP to 127.0.0.1:`port`; raises RuntimeError without one."""
-    qid = random.randrange(65536)
-    q = struct.pack(">HHHHHH", qid, 0x0120, 1, 0, 0, 0)  # RD, AD
-    for label in name.rstrip(".").split("."):
-        q += bytes([len(label)]) + label.encode()
-    q += b"\x00" + struct.pack(">HH", 1, 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(q, ("127.0.0.1", port))
-        try:
-            while True:
-                data, _ = s.recvfrom(4096)
-                if len(data) >= 12 and struct.unpack(">H", data[:2])[0] == qid:
-                    return bool(data[3] & 0x20)
-        except OSError as e:
-            raise RuntimeError(f"no answer to {name} with AD=1: {e}") from e
+    try:
+        data = udp_exchange(name, port, timeout, flags=0x0120)  # RD, AD
+    except OSError as e:
+        raise RuntimeError(f"no answer to {name} with AD=1: {e}") from e
+    return bool(data[3] & 0x20)
 
 
 def light_fields(res):
