@@ -30,7 +30,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-BINARY = os.path.join(REPO, "target", "release", "dns-proxy")
+# Where `cargo build --release` (run in REPO) puts it: CARGO_TARGET_DIR if set, else target/.
+BINARY = os.path.join(REPO, os.environ.get("CARGO_TARGET_DIR") or "target", "release", "dns-proxy")
 
 # Fixed ports are fine: the inner phase has a network namespace of its own.
 UPSTREAM_DOT = 8853
@@ -141,8 +142,8 @@ def build():
 # Processes, /proc and a DNS query (inner phase)
 
 
-def udp_exchange(name, port, timeout=1.0, flags=0x0100):
-    """One A query for `name` with header `flags` (RD; no EDNS) over UDP to 127.0.0.1:`port`;
+def udp_exchange(name, port, timeout=1.0, flags=0x0100, host="127.0.0.1"):
+    """One A query for `name` with header `flags` (RD; no EDNS) over UDP to `host`:`port`;
     the answer with its ID, or raises OSError (socket.timeout) without one."""
     qid = random.randrange(65536)
     q = struct.pack(">HHHHHH", qid, flags, 1, 0, 0, 0)
@@ -151,16 +152,16 @@ def udp_exchange(name, port, timeout=1.0, flags=0x0100):
     q += b"\x00" + struct.pack(">HH", 1, 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
-        s.sendto(q, ("127.0.0.1", port))
+        s.sendto(q, (host, port))
         while True:
             data, _ = s.recvfrom(4096)
             if len(data) >= 12 and struct.unpack(">H", data[:2])[0] == qid:
                 return data
 
 
-def dns_query(name, port, timeout=1.0):
-    """One UDP A query to 127.0.0.1:port; returns (rcode, [A addresses]) or raises."""
-    data = udp_exchange(name, port, timeout)
+def dns_query(name, port, timeout=1.0, host="127.0.0.1"):
+    """One UDP A query to `host`:`port`; returns (rcode, [A addresses]) or raises."""
+    data = udp_exchange(name, port, timeout, host=host)
     rcode = data[3] & 0xF
     ancount = struct.unpack(">H", data[6:8])[0]
     # skip the question

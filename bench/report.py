@@ -9,8 +9,9 @@ import os
 
 from common import RESULTS, fmt, log, machine_info
 from peers import DOH_PATH, UPSTREAM_KIND_LABEL
+from links import DOMAINS_PER_LINK, LINKS
 from workloads import (ALL_WORKLOADS, DNSSEC_WORKLOADS, ENCRYPTED_WORKLOADS, LIGHT_RATES,
-                       LIGHT_SOCKETS)
+                       LIGHT_SOCKETS, LINKS_WORKLOADS)
 
 
 def report(a, rows, versions, started, extras=None, light=None):
@@ -24,10 +25,15 @@ def report(a, rows, versions, started, extras=None, light=None):
                         "encrypted": ("not run" if a.no_encrypted else
                                       f"dot-*: dnsperf -m dot; doh-*: dnsperf -m doh, HTTP/2, "
                                       f"{a.doh_method} {DOH_PATH}; hot and cold as above"),
-                        "encrypted_only": a.encrypted_only},
+                        "encrypted_only": a.encrypted_only,
+                        "links": ("not run" if a.no_links or a.encrypted_only else
+                                  f"links-*: dns-proxy with {LINKS} links x {DOMAINS_PER_LINK} "
+                                  "domains over org.freedesktop.resolve1, hot and cold as above; "
+                                  "the other rows: link_dns = \"off\"")},
            "versions": versions, "rows": rows, "ratios_dns_proxy_to_best_peer": ratios,
            "dns_proxy": extras or {},
            "dnssec": dnssec_checks(rows),
+           "links": links_checks(rows),
            "light": {"rates_qps": LIGHT_RATES, "duration_s": a.light_duration,
                      "fresh_starts": a.light_starts, "sockets": LIGHT_SOCKETS,
                      "upstreams": UPSTREAM_KIND_LABEL, "runs": light or [],
@@ -98,14 +104,32 @@ DNSSEC_TARGETS = [
 ]
 
 
+# dns-proxy's per-link DNS target, CPU per query, in the same shape: with LINKS links of
+# DOMAINS_PER_LINK domains each, hot and cold unchanged within the noise of one run (10 %)
+# against no link configured.
+LINKS_TARGETS = [
+    (kind, f"{kind} names, dns-proxy with {LINKS} links x {DOMAINS_PER_LINK} domains / no link",
+     ("dns-proxy", f"links-{kind}"), ("dns-proxy", kind), 1.10)
+    for kind in ("hot", "cold")
+]
+
+
 def dnssec_checks(rows):
-    """Each DNSSEC target with its figures, ratio and whether it holds (None: not measured, or
-    a row with more than 1 % lost or failed)."""
+    return cpu_checks(rows, DNSSEC_TARGETS)
+
+
+def links_checks(rows):
+    return cpu_checks(rows, LINKS_TARGETS)
+
+
+def cpu_checks(rows, targets):
+    """Each target with its figures, ratio and whether it holds (None: not measured, or a row
+    with more than 1 % lost or failed)."""
     def cpu(fwd, workload):
         r = next((r for r in rows if r["forwarder"] == fwd and r["workload"] == workload), None)
         return r.get("cpu_us_per_query") if r and usable(r) else None
     out = []
-    for check, what, figure, reference, limit in DNSSEC_TARGETS:
+    for check, what, figure, reference, limit in targets:
         value, ref = cpu(*figure), cpu(*reference)
         ratio = value / ref if value is not None and ref else None
         out.append({"check": check, "what": what, "cpu_us_per_query": value,
@@ -115,13 +139,25 @@ def dnssec_checks(rows):
 
 
 def render_dnssec(doc):
-    rows = [r for r in doc["rows"] if r["workload"] in DNSSEC_WORKLOADS and "skipped" not in r]
-    if not rows:
+    return render_checks(doc, DNSSEC_WORKLOADS, doc["dnssec"], [
+        "DNSSEC: the signed test world (tests/dnssec/world.sh) served by knotd, behind an "
+        "unbound that does not validate;", "-on rows validate against the world's root anchor, "
+        "-off rows do not. CPU us per query of the forwarder:"])
+
+
+def render_links(doc):
+    return render_checks(doc, LINKS_WORKLOADS, doc["links"], [
+        f"Per-link DNS: links-* rows = dns-proxy with {LINKS} links of {DOMAINS_PER_LINK} domains each "
+        "pushed over org.freedesktop.resolve1", "(none matching the names asked); hot and cold rows = "
+        "link_dns = \"off\", no link. CPU us per query:"])
+
+
+def render_checks(doc, workloads, checks, intro):
+    """The lines of `checks` (cpu_checks), under `intro`, if a row of `workloads` was run."""
+    if not any(r["workload"] in workloads and "skipped" not in r for r in doc["rows"]):
         return []
-    lines = ["", "DNSSEC: the signed test world (tests/dnssec/world.sh) served by knotd, behind an "
-             "unbound that does not validate;", "-on rows validate against the world's root anchor, "
-             "-off rows do not. CPU us per query of the forwarder:"]
-    for c in doc["dnssec"]:
+    lines = [""] + intro
+    for c in checks:
         verdict = {True: "holds", False: "FAILS", None: "not measured"}[c["holds"]]
         lines.append(f"  {c['check']:<13} {fmt(c['cpu_us_per_query'], '.1f')} / "
                      f"{fmt(c['reference_cpu_us_per_query'], '.1f')} = "
@@ -366,6 +402,7 @@ def render_table(doc):
                 seen.add(n)
     lines.extend(render_encrypted(doc))
     lines.extend(render_dnssec(doc))
+    lines.extend(render_links(doc))
     lines.extend(render_light(doc))
     lines.append("")
     x = doc.get("dns_proxy") or {}
