@@ -106,7 +106,14 @@ class LinkWorld:
 
     def start(self):
         """Raises RuntimeError (or OSError, SubprocessError) with the reason if a part does not
-        come up."""
+        come up, with what did come up removed again."""
+        try:
+            self.bring_up()
+        except BaseException:
+            self.stop()
+            raise
+
+    def bring_up(self):
         why = missing_tool()
         if why:
             raise RuntimeError(why)

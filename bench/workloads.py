@@ -264,6 +264,13 @@ def light_fields(res):
 
 
 
+def not_up(what, error):
+    """Why `what` is not measured (`error` stopped it coming up), logged."""
+    why = f"{what} did not come up: {error}".replace("\n", " ")[:300]
+    log(why)
+    return why
+
+
 # --------------------------------------------------------------------------------------------
 # The runner (inner phase)
 
@@ -344,9 +351,7 @@ class Bench:
                      "-n", "1", "-l", "300", "-c", str(self.a.clients), "-q",
                      str(self.a.outstanding), "-t", "2"], timeout=330)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            why = f"the DNSSEC test world did not come up: {e}".replace("\n", " ")[:300]
-            log(why)
-            return why
+            return not_up("the DNSSEC test world", e)
         self.versions["DNSSEC world knotd"] = version_of(["knotd", "--version"])
         return None
 
@@ -357,10 +362,7 @@ class Bench:
         try:
             self.links.start()
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            self.links.stop()
-            why = f"the per-link DNS scenario did not come up: {e}".replace("\n", " ")[:300]
-            log(why)
-            return why
+            return not_up("the per-link DNS scenario", e)
         self.versions["links bus"] = version_of(["dbus-daemon", "--version"])
         return None
 
