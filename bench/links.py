@@ -109,6 +109,9 @@ class LinkWorld:
         come up, with what did come up removed again."""
         try:
             self.bring_up()
+        except subprocess.CalledProcessError as e:
+            self.stop()
+            raise RuntimeError(f"{' '.join(e.cmd)}: {(e.stderr or '').strip()}") from e
         except BaseException:
             self.stop()
             raise
@@ -159,7 +162,16 @@ class LinkWorld:
         return run(["busctl", f"--address={self.address}", *args], timeout=20, check=check)
 
     def push(self, seconds=15):
-        """Once dns-proxy owns the bus name, each link's server and domains, as root."""
+        """Once dns-proxy owns the bus name, each link's server and domains, as root; raises
+        RuntimeError if a call fails or all take more than 2 x `seconds`."""
+        try:
+            self.push_calls(seconds)
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"busctl {' '.join(e.cmd[2:])} failed: {e.stderr.strip()}") from e
+        except subprocess.SubprocessError as e:
+            raise RuntimeError(f"busctl: {e}") from e
+
+    def push_calls(self, seconds):
         deadline = time.time() + seconds
         while "true" not in self.busctl("call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
                                         "org.freedesktop.DBus", "NameHasOwner", "s", NAME).stdout:
@@ -167,28 +179,28 @@ class LinkWorld:
                 raise RuntimeError(f"nobody owns {NAME} on the private bus after {seconds} s")
             time.sleep(0.1)
         manager = [NAME, "/org/freedesktop/resolve1", "org.freedesktop.resolve1.Manager"]
+        deadline = time.time() + seconds
         for i in range(LINKS):
+            if time.time() > deadline:
+                raise RuntimeError(f"setting {LINKS} links took more than {seconds} s")
             index = ifindex(interface(i))
-            try:
-                self.busctl("call", *manager, "SetLinkDNS", "ia(iay)", index, "1", "2", "4",
-                            *server_address(i).split("."))
-                names = domains(i)
-                self.busctl("call", *manager, "SetLinkDomains", "ia(sb)", index, str(len(names)),
-                            *[x for name in names for x in (name, "false")])
-            except subprocess.CalledProcessError as e:
-                raise RuntimeError(f"busctl {' '.join(e.cmd[2:])} failed: {e.stderr.strip()}") from e
+            self.busctl("call", *manager, "SetLinkDNS", "ia(iay)", index, "1", "2", "4",
+                        *server_address(i).split("."))
+            names = domains(i)
+            self.busctl("call", *manager, "SetLinkDomains", "ia(sb)", index, str(len(names)),
+                        *[x for name in names for x in (name, "false")])
 
     def verify(self, port, seconds=10):
         """That dns-proxy on 127.0.0.1:`port` lists every link with its domains and sends a
         name under each link's domains to the link server; raises RuntimeError if not."""
         deadline = time.time() + seconds
         while True:
-            r = run([BINARY, "status", "--json", "--control", control_socket(self.d)], timeout=10,
-                    check=False)
             try:
+                r = run([BINARY, "status", "--json", "--control", control_socket(self.d)],
+                        timeout=10, check=False)
                 status = json.loads(r.stdout)
-            except ValueError:
-                status = {}
+            except (ValueError, subprocess.SubprocessError) as e:
+                r, status = subprocess.CompletedProcess([], 1, "", str(e)), {}
             links = {link.get("name"): link for link in status.get("links", [])}
             missing = [interface(i) for i in range(LINKS)
                        if set(domains(i)) - set(links.get(interface(i), {}).get("domains", []))]

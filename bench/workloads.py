@@ -363,7 +363,7 @@ class Bench:
             self.links.start()
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             return not_up("the per-link DNS scenario", e)
-        self.versions["links bus"] = version_of(["dbus-daemon", "--version"])
+        self.versions["links: dbus-daemon"] = version_of(["dbus-daemon", "--version"])
         return None
 
     def start_nodelay_upstream(self):
