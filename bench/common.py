@@ -30,7 +30,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-BINARY = os.path.join(REPO, "target", "release", "dns-proxy")
+# Where `cargo build --release` (run in REPO) puts it: CARGO_TARGET_DIR if set, else target/.
+BINARY = os.path.join(REPO, os.environ.get("CARGO_TARGET_DIR") or "target", "release", "dns-proxy")
 
 # Fixed ports are fine: the inner phase has a network namespace of its own.
 UPSTREAM_DOT = 8853
@@ -141,20 +142,26 @@ def build():
 # Processes, /proc and a DNS query (inner phase)
 
 
-def dns_query(name, port, timeout=1.0):
-    """One UDP A query to 127.0.0.1:port; returns (rcode, [A addresses]) or raises."""
+def udp_exchange(name, port, timeout=1.0, flags=0x0100, host="127.0.0.1"):
+    """One A query for `name` with header `flags` (RD; no EDNS) over UDP to `host`:`port`;
+    the answer with its ID, or raises OSError (socket.timeout) without one."""
     qid = random.randrange(65536)
-    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q = struct.pack(">HHHHHH", qid, flags, 1, 0, 0, 0)
     for label in name.rstrip(".").split("."):
         q += bytes([len(label)]) + label.encode()
     q += b"\x00" + struct.pack(">HH", 1, 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
-        s.sendto(q, ("127.0.0.1", port))
+        s.sendto(q, (host, port))
         while True:
             data, _ = s.recvfrom(4096)
             if len(data) >= 12 and struct.unpack(">H", data[:2])[0] == qid:
-                break
+                return data
+
+
+def dns_query(name, port, timeout=1.0, host="127.0.0.1"):
+    """One UDP A query to `host`:`port`; returns (rcode, [A addresses]) or raises."""
+    data = udp_exchange(name, port, timeout, host=host)
     rcode = data[3] & 0xF
     ancount = struct.unpack(">H", data[6:8])[0]
     # skip the question
@@ -327,27 +334,22 @@ def make_certs(d):
          "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dns-proxy bench CA",
          "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", "upstream.key", "-out", "upstream.csr", "-subj", "/CN=" + TLS_NAME)
-    with open(os.path.join(d, "upstream.ext"), "w") as f:
-        f.write("basicConstraints=critical,CA:FALSE\n"
-                "keyUsage=critical,digitalSignature\n"
-                "extendedKeyUsage=serverAuth\n"
-                f"subjectAltName=DNS:{TLS_NAME},IP:127.0.0.1\n")
-    ossl("x509", "-req", "-in", "upstream.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-         "-CAcreateserial", "-out", "upstream.pem", "-days", "2", "-extfile", "upstream.ext")
-    os.chmod(os.path.join(d, "upstream.key"), 0o644)  # daemons may drop privileges
+    def server_cert(stem, name):
+        """STEM.key and STEM.pem: a server certificate for `name` and 127.0.0.1 from the CA."""
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", f"{stem}.key", "-out", f"{stem}.csr", "-subj", "/CN=" + name)
+        with open(os.path.join(d, f"{stem}.ext"), "w") as f:
+            f.write("basicConstraints=critical,CA:FALSE\n"
+                    "keyUsage=critical,digitalSignature\n"
+                    "extendedKeyUsage=serverAuth\n"
+                    f"subjectAltName=DNS:{name},IP:127.0.0.1\n")
+        ossl("x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", f"{stem}.pem", "-days", "2", "-extfile", f"{stem}.ext")
+        os.chmod(os.path.join(d, f"{stem}.key"), 0o644)  # daemons may drop privileges
+
+    server_cert("upstream", TLS_NAME)
     # The forwarders' own certificate, for their DoT and DoH listeners.
-    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", "listener.key", "-out", "listener.csr", "-subj", "/CN=" + LISTENER_NAME)
-    with open(os.path.join(d, "listener.ext"), "w") as f:
-        f.write("basicConstraints=critical,CA:FALSE\n"
-                "keyUsage=critical,digitalSignature\n"
-                "extendedKeyUsage=serverAuth\n"
-                f"subjectAltName=DNS:{LISTENER_NAME},IP:127.0.0.1\n")
-    ossl("x509", "-req", "-in", "listener.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-         "-CAcreateserial", "-out", "listener.pem", "-days", "2", "-extfile", "listener.ext")
-    os.chmod(os.path.join(d, "listener.key"), 0o644)
+    server_cert("listener", LISTENER_NAME)
 
 
 UNBOUND_COMMON = """\
@@ -369,15 +371,14 @@ UNBOUND_COMMON = """\
 """
 
 
-def upstream_conf(d):
+def unbound_upstream_server(d, dot, udp):
+    """The start of an upstream unbound's `server:` clause: DoT on 127.0.0.1:`dot` with the
+    bench certificate, plain DNS on 127.0.0.1:`udp`, and the statistics the runner reads."""
     return f"""server:
 {UNBOUND_COMMON.format(d=d)}
-  interface: 127.0.0.1@{UPSTREAM_DOT}
-  interface: 127.0.0.1@{UPSTREAM_UDP}
-  tls-port: {UPSTREAM_DOT}
-  interface: 127.0.0.1@{UPSTREAM_DOH}
-  https-port: {UPSTREAM_DOH}
-  http-endpoint: "/dns-query"
+  interface: 127.0.0.1@{dot}
+  interface: 127.0.0.1@{udp}
+  tls-port: {dot}
   tls-service-key: "{d}/upstream.key"
   tls-service-pem: "{d}/upstream.pem"
   incoming-num-tcp: 1000
@@ -385,15 +386,28 @@ def upstream_conf(d):
   extended-statistics: yes
   statistics-interval: 0
   statistics-cumulative: yes
+"""
+
+
+def unbound_remote_control(d, name):
+    """unbound's `remote-control:` clause on the Unix socket d/`name` (for stats_noreset)."""
+    return f"""remote-control:
+  control-enable: yes
+  control-interface: "{d}/{name}"
+  control-use-cert: no
+"""
+
+
+def upstream_conf(d):
+    return unbound_upstream_server(d, UPSTREAM_DOT, UPSTREAM_UDP) + f"""\
+  interface: 127.0.0.1@{UPSTREAM_DOH}
+  https-port: {UPSTREAM_DOH}
+  http-endpoint: "/dns-query"
   # Never recurse: bench. and everything under it from local data, the rest refused.
   local-zone: "." refuse
   local-zone: "bench." redirect
   local-data: "bench. 60 IN A {ANSWER_IP}"
-remote-control:
-  control-enable: yes
-  control-interface: "{d}/upstream.ctl"
-  control-use-cert: no
-"""
+""" + unbound_remote_control(d, "upstream.ctl")
 
 
 def upstream_stats(d, conf="upstream.conf"):
@@ -682,6 +696,27 @@ class Proxy:
             self._sock.close()
 
 
+# dnsperf's summary lines: (start, key, index of the figure among the words, its conversion).
+SUMMARY_FIELDS = [("Queries sent:", "sent", 2, int), ("Queries completed:", "completed", 2, int),
+                  ("Queries lost:", "lost", 2, int), ("Queries per second:", "qps", 3, float),
+                  ("Run time (s):", "runtime_s", 3, float),
+                  ("Average Latency (s):", "mean_ms", 3, lambda v: float(v) * 1000)]
+
+
+def summary_line(s, res):
+    """Takes the figure of one stripped line of dnsperf's summary into `res` (sent, completed,
+    lost, qps, runtime_s, mean_ms; file_exhausted when it ran out of names); whether it was
+    one of those."""
+    for start, key, index, conv in SUMMARY_FIELDS:
+        if s.startswith(start):
+            res[key] = conv(s.split()[index])
+            return True
+    if "end of file" in s:
+        res["file_exhausted"] = True
+        return True
+    return False
+
+
 def parse_summary(path):
     """dnsperf's summary: sent, completed, lost, the response codes, QPS; with -v, the first 50
     answers other than NOERROR as [rcode, name, latency s]."""
@@ -697,21 +732,9 @@ def parse_summary(path):
                         fails.append([parts[1], parts[2], float(parts[4])])
                 continue
             s = line.strip()
-            if s.startswith("Queries sent:"):
-                res["sent"] = int(s.split()[2])
-            elif s.startswith("Queries completed:"):
-                res["completed"] = int(s.split()[2])
-            elif s.startswith("Queries lost:"):
-                res["lost"] = int(s.split()[2])
-            elif s.startswith("Queries per second:"):
-                res["qps"] = float(s.split()[3])
-            elif s.startswith("Run time (s):"):
-                res["runtime_s"] = float(s.split()[3])
-            elif s.startswith("Average Latency (s):"):
-                res["mean_ms"] = float(s.split()[3]) * 1000
-            elif "end of file" in s:
-                res["file_exhausted"] = True
-            elif s.startswith("Response codes:"):
+            if summary_line(s, res):
+                continue
+            if s.startswith("Response codes:"):
                 parts = s.split(":", 1)[1].replace(",", " ").split()
                 # "NOERROR 2000 (100.00%) SERVFAIL 3 (0.15%)"
                 for i in range(0, len(parts) - 1):

@@ -10,12 +10,15 @@ import os
 import shutil
 
 from common import (BINARY, TLS_NAME, UNBOUND_COMMON, UPSTREAM_DOH, UPSTREAM_DOT, UPSTREAM_UDP,
-                    version_of_all)
+                    unbound_remote_control, unbound_upstream_server, version_of_all)
+from links import control_socket
 
 APT_PACKAGES = ["dnsperf", "unbound", "stubby", "dnsdist", "knot-resolver",
                 # The signed world of the DNSSEC workloads (tests/dnssec/world.sh): knotd, keymgr,
                 # kzonesign.
-                "knot", "knot-dnssecutils"]
+                "knot", "knot-dnssecutils",
+                # The per-link DNS workloads (links.py): dbus-daemon; busctl is systemd's.
+                "dbus"]
 # Services those packages may register (Debian 12); stopped/disabled after installation.
 SERVICES = ["unbound", "unbound-resolvconf", "stubby", "dnsdist", "kresd@1", "knot-resolver"]
 
@@ -71,28 +74,13 @@ VALIDATORS = ["dns-proxy", "unbound"]
 
 def world_upstream_conf(d):
     """The DNSSEC workloads' upstream: unbound, iterator only, forwarding to knotd."""
-    return f"""server:
-{UNBOUND_COMMON.format(d=d)}
-  interface: 127.0.0.1@{WORLD_DOT}
-  interface: 127.0.0.1@{WORLD_UDP}
-  tls-port: {WORLD_DOT}
-  tls-service-key: "{d}/upstream.key"
-  tls-service-pem: "{d}/upstream.pem"
-  incoming-num-tcp: 1000
-  so-reuseport: no
-  extended-statistics: yes
-  statistics-interval: 0
-  statistics-cumulative: yes
+    return unbound_upstream_server(d, WORLD_DOT, WORLD_UDP) + f"""\
   do-not-query-localhost: no
   local-zone: "test." nodefault
 forward-zone:
   name: "."
   forward-addr: 127.0.0.1@{WORLD_AUTH}
-remote-control:
-  control-enable: yes
-  control-interface: "{d}/world-upstream.ctl"
-  control-use-cert: no
-"""
+""" + unbound_remote_control(d, "world-upstream.ctl")
 
 
 def encrypted_unsupported(name, transport):
@@ -123,12 +111,13 @@ def upstream_unsupported(name, upstream):
     return f"{name} cannot forward over DNS over HTTPS"
 
 
-def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None, dnssec=False):
+def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None, dnssec=False, links=False):
     """(command, files to write {path: text}, cwd) for one forwarder of the DoT server on
     127.0.0.1:`upstream` (its DoH service when `upstream` is UPSTREAM_DOH), with a DoT ("dot")
     or DoH ("doh") listener for clients on ENCRYPTED_PORT if `encrypted` says so, validating
     DNSSEC against the test world's root anchor if `dnssec` (dns-proxy and unbound only;
-    nobody validates otherwise)."""
+    nobody validates otherwise). dns-proxy takes per-link DNS over the system bus (links.py)
+    only if `links`: otherwise `link_dns = "off"`, no link configured."""
     anchor = f"{d}/{WORLD_DIR}/root.ds"
     UPSTREAM_DOT = upstream  # noqa: N806 (the templates below name the port so)
     doh = upstream == UPSTREAM_DOH
@@ -145,8 +134,10 @@ def config_for(name, d, port, upstream=UPSTREAM_DOT, encrypted=None, dnssec=Fals
                  else f'address = "127.0.0.1:{UPSTREAM_DOT}"\ntls_name = "{TLS_NAME}"\n')
         validation = (f'dnssec = "validate"\ntrust_anchors = "{anchor}"\n' if dnssec
                       else 'dnssec = "off"\n')
+        link_dns = (f'link_dns = "domains"\ncontrol_socket = "{control_socket(d)}"\n' if links
+                    else 'link_dns = "off"\n')
         text = (f'listen = ["127.0.0.1:{port}"]\n{listener}timeout = "2000ms"\nlog_level = "warn"\n'
-                f'{validation}\n[[upstream]]\n{where}ca_file = "{ca}"\n')
+                f'{validation}{link_dns}\n[[upstream]]\n{where}ca_file = "{ca}"\n')
         return ([BINARY, "--config", conf, "--listen", f"127.0.0.1:{port}", "--log", "stderr"],
                 {conf: text}, d)
     if name == "unbound":

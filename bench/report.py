@@ -9,8 +9,9 @@ import os
 
 from common import RESULTS, fmt, log, machine_info
 from peers import DOH_PATH, UPSTREAM_KIND_LABEL
+from links import DOMAINS_PER_LINK, LINKS
 from workloads import (ALL_WORKLOADS, DNSSEC_WORKLOADS, ENCRYPTED_WORKLOADS, LIGHT_RATES,
-                       LIGHT_SOCKETS)
+                       LIGHT_SOCKETS, LINKS_WORKLOADS)
 
 
 def report(a, rows, versions, started, extras=None, light=None):
@@ -24,10 +25,15 @@ def report(a, rows, versions, started, extras=None, light=None):
                         "encrypted": ("not run" if a.no_encrypted else
                                       f"dot-*: dnsperf -m dot; doh-*: dnsperf -m doh, HTTP/2, "
                                       f"{a.doh_method} {DOH_PATH}; hot and cold as above"),
-                        "encrypted_only": a.encrypted_only},
+                        "encrypted_only": a.encrypted_only,
+                        "links": ("not run" if a.no_links or a.encrypted_only else
+                                  f"links-*: dns-proxy with {LINKS} links x {DOMAINS_PER_LINK} "
+                                  "domains over org.freedesktop.resolve1, hot and cold as above; "
+                                  "the other rows: link_dns = \"off\"")},
            "versions": versions, "rows": rows, "ratios_dns_proxy_to_best_peer": ratios,
            "dns_proxy": extras or {},
            "dnssec": dnssec_checks(rows),
+           "links": links_checks(rows),
            "light": {"rates_qps": LIGHT_RATES, "duration_s": a.light_duration,
                      "fresh_starts": a.light_starts, "sockets": LIGHT_SOCKETS,
                      "upstreams": UPSTREAM_KIND_LABEL, "runs": light or [],
@@ -98,14 +104,32 @@ DNSSEC_TARGETS = [
 ]
 
 
+# dns-proxy's per-link DNS target, CPU per query, in the same shape: with LINKS links of
+# DOMAINS_PER_LINK domains each, hot and cold unchanged within the noise of one run (10 %)
+# against no link configured.
+LINKS_TARGETS = [
+    (kind, f"{kind} names, dns-proxy with {LINKS} links x {DOMAINS_PER_LINK} domains / no link",
+     ("dns-proxy", f"links-{kind}"), ("dns-proxy", kind), 1.10)
+    for kind in ("hot", "cold")
+]
+
+
 def dnssec_checks(rows):
-    """Each DNSSEC target with its figures, ratio and whether it holds (None: not measured, or
-    a row with more than 1 % lost or failed)."""
+    return cpu_checks(rows, DNSSEC_TARGETS)
+
+
+def links_checks(rows):
+    return cpu_checks(rows, LINKS_TARGETS)
+
+
+def cpu_checks(rows, targets):
+    """Each target with its figures, ratio and whether it holds (None: not measured, or a row
+    with more than 1 % lost or failed)."""
     def cpu(fwd, workload):
         r = next((r for r in rows if r["forwarder"] == fwd and r["workload"] == workload), None)
         return r.get("cpu_us_per_query") if r and usable(r) else None
     out = []
-    for check, what, figure, reference, limit in DNSSEC_TARGETS:
+    for check, what, figure, reference, limit in targets:
         value, ref = cpu(*figure), cpu(*reference)
         ratio = value / ref if value is not None and ref else None
         out.append({"check": check, "what": what, "cpu_us_per_query": value,
@@ -115,13 +139,25 @@ def dnssec_checks(rows):
 
 
 def render_dnssec(doc):
-    rows = [r for r in doc["rows"] if r["workload"] in DNSSEC_WORKLOADS and "skipped" not in r]
-    if not rows:
+    return render_checks(doc, DNSSEC_WORKLOADS, doc["dnssec"], [
+        "DNSSEC: the signed test world (tests/dnssec/world.sh) served by knotd, behind an "
+        "unbound that does not validate;", "-on rows validate against the world's root anchor, "
+        "-off rows do not. CPU us per query of the forwarder:"])
+
+
+def render_links(doc):
+    return render_checks(doc, LINKS_WORKLOADS, doc["links"], [
+        f"Per-link DNS: links-* rows = dns-proxy with {LINKS} links of {DOMAINS_PER_LINK} domains each "
+        "pushed over org.freedesktop.resolve1", "(none matching the names asked); hot and cold rows = "
+        "link_dns = \"off\", no link. CPU us per query:"])
+
+
+def render_checks(doc, workloads, checks, intro):
+    """The lines of `checks` (cpu_checks), under `intro`, if a row of `workloads` was run."""
+    if not any(r["workload"] in workloads and "skipped" not in r for r in doc["rows"]):
         return []
-    lines = ["", "DNSSEC: the signed test world (tests/dnssec/world.sh) served by knotd, behind an "
-             "unbound that does not validate;", "-on rows validate against the world's root anchor, "
-             "-off rows do not. CPU us per query of the forwarder:"]
-    for c in doc["dnssec"]:
+    lines = [""] + intro
+    for c in checks:
         verdict = {True: "holds", False: "FAILS", None: "not measured"}[c["holds"]]
         lines.append(f"  {c['check']:<13} {fmt(c['cpu_us_per_query'], '.1f')} / "
                      f"{fmt(c['reference_cpu_us_per_query'], '.1f')} = "
@@ -190,6 +226,22 @@ def light_verdict(summary):
     return lines
 
 
+def table_lines(hdr, table, widths, short):
+    """The header, a rule and the rows (the first two columns to the left, the others to the
+    right), a blank line between forwarders; `short(row)` is the line of a row that does not
+    fill every column, None for one that does."""
+    def full(cells):
+        return "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(cells))
+    lines = [full(hdr), "  ".join("-" * w for w in widths)]
+    prev = None
+    for row in table:
+        if prev is not None and row[0] != prev:
+            lines.append("")
+        prev = row[0]
+        lines.append(short(row) or full(row))
+    return lines
+
+
 def render_light(doc):
     light = doc.get("light") or {}
     summary = light.get("summary") or []
@@ -219,17 +271,8 @@ def render_light(doc):
                       str(r["lost"]), str(r["failed"])])
     full = [row for row in table if len(row) == len(hdr)]
     widths = [max([len(hdr[i])] + [len(row[i]) for row in full]) for i in range(len(hdr))]
-    lines.append("  ".join(h.ljust(widths[i]) if i < 2 else h.rjust(widths[i]) for i, h in enumerate(hdr)))
-    lines.append("  ".join("-" * w for w in widths))
-    prev = None
-    for row in table:
-        if prev is not None and row[0] != prev:
-            lines.append("")
-        prev = row[0]
-        if len(row) != len(hdr):
-            lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}")
-            continue
-        lines.append("  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)))
+    lines.extend(table_lines(hdr, table, widths, lambda row: None if len(row) == len(hdr) else
+                             f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}"))
     lines.append("ceiling = the same open-loop load straight at the upstream's plain UDP port.")
     verdict = light_verdict(summary)
     if verdict:
@@ -321,18 +364,8 @@ def render_table(doc):
                       mib("rss_after_kib"), fmt(r.get("tls_connections_opened"), "d"),
                       fmt(r.get("tls_connections_peak"), "d"), fmt(r.get("upstream_tls_queries"), "d")])
     widths = [max(len(hdr[i]), *(len(row[i]) for row in table if row[2] != "not run (see below)" or i < 3)) for i in range(len(hdr))]
-    def line(cells):
-        if cells[2] == "not run (see below)":
-            return f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]}"
-        return "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(cells))
-    lines.append(line(hdr))
-    lines.append("  ".join("-" * w for w in widths))
-    prev = None
-    for row in table:
-        if prev is not None and row[0] != prev:
-            lines.append("")
-        prev = row[0]
-        lines.append(line(row))
+    lines.extend(table_lines(hdr, table, widths, lambda cells: None if cells[2] != "not run (see below)" else
+                             f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]}"))
     lines.append("")
     lines.append("ceiling = dnsperf straight at the upstream's plain UDP port (its CPU/RSS columns are the upstream's).")
     lines.append("fail = answers other than NOERROR; lost = no answer within 2 s; TLS conns = TCP connections the")
@@ -369,6 +402,7 @@ def render_table(doc):
                 seen.add(n)
     lines.extend(render_encrypted(doc))
     lines.extend(render_dnssec(doc))
+    lines.extend(render_links(doc))
     lines.extend(render_light(doc))
     lines.append("")
     x = doc.get("dns_proxy") or {}

@@ -24,8 +24,9 @@ from typing import Callable, Optional
 
 from common import (ANSWER_IP, HERE, TLS_NAME, UPSTREAM_DOH, UPSTREAM_DOT, UPSTREAM_UDP, ConnSampler, Procs,
                     dns_query, log, make_certs, percentile, proc_cpu_ticks, proc_rss_kib, run,
-                    tail, tcp_passive_opens, udp_bound, upstream_conf, upstream_stats,
-                    version_of, write_names)
+                    summary_line, tail, tcp_passive_opens, udp_bound, udp_exchange, upstream_conf,
+                    upstream_stats, version_of, write_names)
+from links import LinkWorld
 from peers import (DOH_PATH, ENCRYPTED_PORT, FWD_PORT, NODELAY_UDP, TRANSPORTS, UPSTREAM_KINDS,
                    VALIDATORS, WORLD_AUTH, WORLD_DIR, WORLD_DOT, WORLD_UDP, binary_of,
                    config_for, encrypted_unsupported, installed, nodelay_upstream_conf,
@@ -73,6 +74,9 @@ class Setup:
     world: bool = False
     # Whether the forwarder validates DNSSEC (checked before measuring: AD on a signed name).
     validating: bool = False
+    # dns-proxy with per-link DNS: the private system bus and the links of links.py, their
+    # servers and domains pushed over it and checked before measuring.
+    links: bool = False
 
     @property
     def label(self):
@@ -81,6 +85,15 @@ class Setup:
 
 PLAIN = Setup("plain", (Workload("hot", "hot"), Workload("cold", "cold"), Workload("paced", "paced")),
               enabled=lambda a: not a.encrypted_only, ceiling=True, startup=True)
+
+# The same hot and cold names with LINKS links of DOMAINS_PER_LINK domains each pushed over
+# org.freedesktop.resolve1: every query is looked up among the links' zones, none matches, all
+# go to the DoT upstream as in the plain rows (which run with link_dns = "off").
+LINKS_SETUP = Setup("links", (Workload("links-hot", "hot"), Workload("links-cold", "cold")),
+                    enabled=lambda a: not a.no_links and not a.encrypted_only,
+                    config={"links": True}, links=True, slack_s=40,
+                    unsupported=lambda name: None if name == "dns-proxy" else
+                    "per-link DNS over org.freedesktop.resolve1 (systemd-resolved's API) is dns-proxy's own")
 
 
 def listener_setup(transport):
@@ -123,7 +136,8 @@ def dnssec_setup(validating):
 DNSSEC_SETUPS = [dnssec_setup(False), dnssec_setup(True)]
 
 ROUNDS = [
-    [PLAIN],
+    # dns-proxy's links rows right after its plain ones, for a comparison in the same minutes.
+    [PLAIN, LINKS_SETUP],
     [listener_setup(t) for t in TRANSPORTS],
     [DOH_UPSTREAM],
     DNSSEC_SETUPS,
@@ -133,6 +147,7 @@ ALL_WORKLOADS = [w.name for s in SETUPS for w in s.workloads]
 # Workloads whose clients use TLS (their connections are accepted in the namespace too).
 ENCRYPTED_WORKLOADS = [w.name for s in SETUPS for w in s.workloads if w.transport]
 DNSSEC_WORKLOADS = [w.name for s in DNSSEC_SETUPS for w in s.workloads]
+LINKS_WORKLOADS = [w.name for w in LINKS_SETUP.workloads]
 # Names files of unique names (dnsperf -n 1: each name asked once).
 UNIQUE_NAMES = {"cold", "unsigned", "signed"}
 # A name of the signed zone that every forwarder in the DNSSEC setups must answer (with AD when
@@ -218,21 +233,7 @@ def parse_dnsperf(path):
                 else:
                     res["failed"] += 1
                 continue
-            s = line.strip()
-            if s.startswith("Queries sent:"):
-                res["sent"] = int(s.split()[2])
-            elif s.startswith("Queries completed:"):
-                res["completed"] = int(s.split()[2])
-            elif s.startswith("Queries lost:"):
-                res["lost"] = int(s.split()[2])
-            elif s.startswith("Queries per second:"):
-                res["qps"] = float(s.split()[3])
-            elif s.startswith("Run time (s):"):
-                res["runtime_s"] = float(s.split()[3])
-            elif s.startswith("Average Latency (s):"):
-                res["mean_ms"] = float(s.split()[3]) * 1000
-            elif "end of file" in s:
-                res["file_exhausted"] = True
+            summary_line(line.strip(), res)
     lat.sort()
     if lat:
         res["p50_ms"] = percentile(lat, 50) * 1000
@@ -245,21 +246,11 @@ def parse_dnsperf(path):
 def ad_bit(name, port, timeout=2.0):
     """The AD bit of the answer to an A query for `name` with AD=1 (RFC 6840 5.7: the client
     understands it) and no EDNS, over UDP to 127.0.0.1:`port`; raises RuntimeError without one."""
-    qid = random.randrange(65536)
-    q = struct.pack(">HHHHHH", qid, 0x0120, 1, 0, 0, 0)  # RD, AD
-    for label in name.rstrip(".").split("."):
-        q += bytes([len(label)]) + label.encode()
-    q += b"\x00" + struct.pack(">HH", 1, 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(q, ("127.0.0.1", port))
-        try:
-            while True:
-                data, _ = s.recvfrom(4096)
-                if len(data) >= 12 and struct.unpack(">H", data[:2])[0] == qid:
-                    return bool(data[3] & 0x20)
-        except OSError as e:
-            raise RuntimeError(f"no answer to {name} with AD=1: {e}") from e
+    try:
+        data = udp_exchange(name, port, timeout, flags=0x0120)  # RD, AD
+    except OSError as e:
+        raise RuntimeError(f"no answer to {name} with AD=1: {e}") from e
+    return bool(data[3] & 0x20)
 
 
 def light_fields(res):
@@ -271,6 +262,13 @@ def light_fields(res):
                                          "max_ms", "send_late_p99_ms")}
     return out
 
+
+
+def not_up(what, error):
+    """Why `what` is not measured (`error` stopped it coming up), logged."""
+    why = f"{what} did not come up: {error}".replace("\n", " ")[:300]
+    log(why)
+    return why
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +286,8 @@ class Bench:
         # dns-proxy only: exec to READY=1, RSS with a full cache.
         self.extras = {}
         self.started = None
+        # The links setup's bus, links and server (links.LinkWorld), while it runs.
+        self.links = None
 
     def wait_ready(self, p, port, logfile, seconds=15, probe=("ready.bench", ANSWER_IP)):
         deadline = time.time() + seconds
@@ -351,10 +351,19 @@ class Bench:
                      "-n", "1", "-l", "300", "-c", str(self.a.clients), "-q",
                      str(self.a.outstanding), "-t", "2"], timeout=330)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            why = f"the DNSSEC test world did not come up: {e}".replace("\n", " ")[:300]
-            log(why)
-            return why
+            return not_up("the DNSSEC test world", e)
         self.versions["DNSSEC world knotd"] = version_of(["knotd", "--version"])
+        return None
+
+    def start_links(self):
+        """The bus, the links and their server of the links setup (links.py); None when they
+        came up, else why not (logged)."""
+        self.links = LinkWorld(self.procs, self.d)
+        try:
+            self.links.start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            return not_up("the per-link DNS scenario", e)
+        self.versions["links: dbus-daemon"] = version_of(["dbus-daemon", "--version"])
         return None
 
     def start_nodelay_upstream(self):
@@ -554,13 +563,13 @@ class Bench:
         else:
             log(f"{name}: starting on 127.0.0.1:{port}")
         notify = None
-        env = None
+        env = {"DBUS_SYSTEM_BUS_ADDRESS": self.links.address} if setup.links else None
         if setup.startup and name == "dns-proxy":
             # Exec to READY=1, as systemd sees it: a notify socket like the one it passes.
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             notify.bind(f"{self.d}/notify.sock")
             notify.settimeout(5.0)
-            env = {"NOTIFY_SOCKET": f"{self.d}/notify.sock"}
+            env = {**(env or {}), "NOTIFY_SOCKET": f"{self.d}/notify.sock"}
         started = time.monotonic()
         p = self.procs.start(name, cmd, logf, cwd=cwd, env=env)
         if notify is not None:
@@ -582,6 +591,9 @@ class Bench:
                     if ad != setup.validating:
                         raise RuntimeError(f"AD={int(ad)} on {WORLD_PROBE[0]} (validating: "
                                            f"{setup.validating}): {tail(logf)}")
+                if setup.links:
+                    self.links.push()
+                    self.links.verify(port)
             except RuntimeError as e:
                 self.skip(name, f"{setup.label} did not come up: {e}" if setup.label
                           else f"did not come up: {e}", workloads)
@@ -676,22 +688,30 @@ class Bench:
             if "Queries per second:" in line:
                 cal_qps = float(line.split()[3])
         files = self.files(cal_qps)
-        world_down = None
+        world_down = links_down = None
         for rnd in ROUNDS:
             setups = [s for s in rnd if s.enabled(a)]
             if any(s.world for s in setups):
                 world_down = self.start_world(files)
-            if world_down:
-                for setup in [s for s in setups if s.world]:
-                    for name in a.only:
-                        self.skip(name, world_down, [w.name for w in setup.workloads])
-                setups = [s for s in setups if not s.world]
-            for setup in setups:
-                if setup.ceiling:
-                    self.run_ceiling(setup, files)
-            for name in a.only:
+            if any(s.links for s in setups) and "dns-proxy" in a.only:
+                links_down = self.start_links()
+            try:
                 for setup in setups:
-                    self.run_setup(name, setup, files)
+                    down = world_down if setup.world else links_down if setup.links else None
+                    for name in a.only if down else []:
+                        self.skip(name, setup.unsupported(name) or down,
+                                  [w.name for w in setup.workloads])
+                setups = [s for s in setups if not (s.world and world_down)
+                          and not (s.links and links_down)]
+                for setup in setups:
+                    if setup.ceiling:
+                        self.run_ceiling(setup, files)
+                for name in a.only:
+                    for setup in setups:
+                        self.run_setup(name, setup, files)
+            finally:
+                if self.links is not None:
+                    self.links.stop()
         if not a.no_light:
             kinds = {"unbound": UPSTREAM_KINDS["unbound"]}
             if not a.encrypted_only:
