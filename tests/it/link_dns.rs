@@ -132,6 +132,30 @@ async fn refused(bus: &PrivateBus, uid: Option<u32>, args: &[&str], message: &st
     );
 }
 
+/// A `dbus-send` call of the manager's `method` as `uid` (root when `None`); its reply.
+async fn send(bus: &PrivateBus, uid: Option<u32>, method: &str, args: &[&str]) -> String {
+    let member = format!("org.freedesktop.resolve1.Manager.{method}");
+    let mut all = vec![
+        "--dest=org.freedesktop.resolve1",
+        "/org/freedesktop/resolve1",
+        &member,
+    ];
+    all.extend_from_slice(args);
+    bus.dbus_send(uid, &all).await
+}
+
+/// The link object's `properties` at `link_path`, as `busctl get-property` prints them.
+async fn link_properties(bus: &PrivateBus, link_path: &str, properties: &[&str]) -> String {
+    let mut args = vec![
+        "get-property",
+        "org.freedesktop.resolve1",
+        link_path,
+        "org.freedesktop.resolve1.Link",
+    ];
+    args.extend_from_slice(properties);
+    ok(bus, &args).await
+}
+
 /// The A records the daemon answers for `name`.
 async fn resolve(proxy: &Proxy, name: &str) -> Vec<Ipv4Addr> {
     a_records(&udp_query(proxy.udp4(), name, RecordType::A, None, false).await)
@@ -188,31 +212,20 @@ fn a_links_domains_go_to_its_server_and_no_other_name_does() {
             &["ia(iay)", &lan0, "1", "2", "4", "10", "77", "0", "53"],
         );
         refused(&bus, Some(NOBODY), &servers, "Access denied").await;
-        let dest = [
-            "--dest=org.freedesktop.resolve1",
-            "/org/freedesktop/resolve1",
-        ];
         for method in ["FlushCaches", "ResetServerFeatures"] {
-            let member = format!("org.freedesktop.resolve1.Manager.{method}");
-            let reply = bus
-                .dbus_send(Some(NOBODY), &[dest[0], dest[1], &member])
-                .await;
+            let reply = send(&bus, Some(NOBODY), method, &[]).await;
             assert!(
                 reply.contains("org.freedesktop.DBus.Error.AccessDenied"),
                 "{method} as nobody: {reply}"
             );
         }
-        let revert = bus
-            .dbus_send(
-                Some(NOBODY),
-                &[
-                    dest[0],
-                    dest[1],
-                    "org.freedesktop.resolve1.Manager.RevertLink",
-                    &format!("int32:{lan0}"),
-                ],
-            )
-            .await;
+        let revert = send(
+            &bus,
+            Some(NOBODY),
+            "RevertLink",
+            &[&format!("int32:{lan0}")],
+        )
+        .await;
         assert!(
             revert.contains("org.freedesktop.DBus.Error.AccessDenied"),
             "{revert}"
@@ -297,19 +310,8 @@ fn a_links_domains_go_to_its_server_and_no_other_name_does() {
         );
 
         // What the link's object, the manager, status and resolv.conf show.
-        let shown = ok(
-            &bus,
-            &[
-                "get-property",
-                "org.freedesktop.resolve1",
-                &link_path,
-                "org.freedesktop.resolve1.Link",
-                "Domains",
-                "DNS",
-                "CurrentDNSServer",
-            ],
-        )
-        .await;
+        let shown =
+            link_properties(&bus, &link_path, &["Domains", "DNS", "CurrentDNSServer"]).await;
         assert_eq!(
             shown,
             "a(sb) 3 \"corp.example\" false \"vpn.example\" true \".\" true\n\
@@ -359,85 +361,47 @@ fn a_links_domains_go_to_its_server_and_no_other_name_does() {
         );
 
         // Bad input changes nothing.
-        let before = ok(
-            &bus,
-            &[
-                "get-property",
-                "org.freedesktop.resolve1",
-                &link_path,
-                "org.freedesktop.resolve1.Link",
-                "Domains",
-                "DNS",
-            ],
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+        let before = link_properties(&bus, &link_path, &["Domains", "DNS"]).await;
+        let bad: [(&str, &[&str], &str); 7] = [
+            (
                 "SetLinkDNS",
                 &["ia(iay)", &lan0, "1", "7", "4", "10", "0", "0", "1"],
+                "Unknown address family 7",
             ),
-            "Unknown address family 7",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
                 "SetLinkDNS",
                 &["ia(iay)", &lan0, "1", "2", "3", "10", "0", "0"],
+                "Invalid address size",
             ),
-            "Invalid address size",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
                 "SetLinkDNS",
                 &["ia(iay)", &lan0, "1", "10", "4", "10", "0", "0", "1"],
+                "Invalid address size",
             ),
-            "Invalid address size",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager("SetLinkDomains", &["ia(sb)", &lan0, "1", "a..b", "false"]),
-            "Invalid search domain",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
+                "SetLinkDomains",
+                &["ia(sb)", &lan0, "1", "a..b", "false"],
+                "Invalid search domain",
+            ),
+            (
                 "SetLinkDomains",
                 &["ia(sb)", &lan0, "1", "has space", "false"],
+                "Invalid search domain",
             ),
-            "Invalid search domain",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
                 "SetLinkDomains",
                 &["ia(sb)", "9999", "1", "x.example", "false"],
+                "Link 9999 not known",
             ),
-            "Link 9999 not known",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
                 "SetLinkDomains",
                 &["ia(sb)", "1", "1", "x.example", "false"],
+                "loopback",
             ),
-            "loopback",
-        )
-        .await;
+        ];
+        for (method, args, message) in bad {
+            refused(&bus, None, &manager(method, args), message).await;
+        }
         let many: Vec<String> = (0..10_000)
             .flat_map(|i| [format!("d{i}.example"), "false".to_string()])
             .collect();
@@ -450,60 +414,21 @@ fn a_links_domains_go_to_its_server_and_no_other_name_does() {
             "10000 domains on one link",
         )
         .await;
-        let reply = bus
-            .dbus_send(
-                None,
-                &[
-                    dest[0],
-                    dest[1],
-                    "org.freedesktop.resolve1.Manager.RevertLink",
-                    "int32:9999",
-                ],
-            )
-            .await;
+        let reply = send(&bus, None, "RevertLink", &["int32:9999"]).await;
         assert!(
             reply.contains("org.freedesktop.resolve1.NoSuchLink"),
             "{reply}"
         );
-        let reply = bus
-            .dbus_send(
-                None,
-                &[
-                    dest[0],
-                    dest[1],
-                    "org.freedesktop.resolve1.Manager.RegisterService",
-                ],
-            )
-            .await;
+        let reply = send(&bus, None, "RegisterService", &[]).await;
         assert!(
             reply.contains("org.freedesktop.DBus.Error.UnknownMethod"),
             "{reply}"
         );
-        let after = ok(
-            &bus,
-            &[
-                "get-property",
-                "org.freedesktop.resolve1",
-                &link_path,
-                "org.freedesktop.resolve1.Link",
-                "Domains",
-                "DNS",
-            ],
-        )
-        .await;
+        let after = link_properties(&bus, &link_path, &["Domains", "DNS"]).await;
         assert_eq!(before, after);
 
         // Root flushes, then reverts: the link's names go back to the DoT upstream.
-        let reply = bus
-            .dbus_send(
-                None,
-                &[
-                    dest[0],
-                    dest[1],
-                    "org.freedesktop.resolve1.Manager.FlushCaches",
-                ],
-            )
-            .await;
+        let reply = send(&bus, None, "FlushCaches", &[]).await;
         assert!(!reply.contains("Error"), "{reply}");
         ok(&bus, &manager("RevertLink", &["i", &lan0])).await;
         let asked = link_server.names().len();
