@@ -250,6 +250,28 @@ async fn ask<R: Exchange>(
     )
 }
 
+/// What became of one client query.
+struct Outcome {
+    /// The response code and who answered.
+    answer: (ResponseCode, Vec<Ipv4Addr>),
+    /// The upstream calls made from the query on, as `calls` gives them.
+    calls: Vec<(usize, u64)>,
+    took: Duration,
+}
+
+/// Asks `forwarder` the client's A query for `example.com.` (id 7) now; `log` is its
+/// upstreams' call log.
+async fn ask_once<R: Exchange>(forwarder: &Arc<Forwarder<R>>, log: &Log) -> Outcome {
+    let start = Instant::now();
+    let (id, rcode, by) = ask(forwarder, 7, "example.com.").await;
+    assert_eq!(id, 7);
+    Outcome {
+        answer: (rcode, by),
+        calls: calls(log, start),
+        took: start.elapsed(),
+    }
+}
+
 /// The IPv4 address of the `index`th upstream, as its answers carry it.
 fn answered_by(index: usize) -> Vec<Ipv4Addr> {
     match upstream(index).ip() {
@@ -287,13 +309,10 @@ async fn a_dead_connection_is_retried_once_on_the_same_upstream() {
         ])
         .tls(&[])
         .forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::NoError, answered_by(0))
-    );
-    assert_eq!(calls(&log, start), vec![(0, 0), (0, 10)]);
-    assert_eq!(start.elapsed(), ms(30));
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(0)));
+    assert_eq!(asked.calls, vec![(0, 0), (0, 10)]);
+    assert_eq!(asked.took, ms(30));
 }
 
 #[tokio::test(start_paused = true)]
@@ -305,12 +324,9 @@ async fn a_second_dead_connection_goes_to_the_next_upstream() {
         ])
         .tls(&[Step::Answer(ms(5))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::NoError, answered_by(1))
-    );
-    assert_eq!(calls(&log, start), vec![(0, 0), (0, 10), (1, 20)]);
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(1)));
+    assert_eq!(asked.calls, vec![(0, 0), (0, 10), (1, 20)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -319,12 +335,9 @@ async fn a_dead_connection_to_an_upstream_now_down_is_retried_on_the_next() {
         .tls(&[Step::FailDown(UpstreamError::Closed)])
         .tls(&[Step::Answer(ms(5))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::NoError, answered_by(1))
-    );
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 0)]);
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(1)));
+    assert_eq!(asked.calls, vec![(0, 0), (1, 0)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -333,17 +346,10 @@ async fn a_slow_upstream_is_hedged_after_the_delay_and_the_first_answer_wins() {
         .tls(&[Step::Answer(ms(500))])
         .tls(&[Step::Answer(ms(10))])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::NoError, answered_by(1))
-    );
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
-    assert_eq!(
-        start.elapsed(),
-        ms(60),
-        "the hedge's answer, not the first's"
-    );
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(1)));
+    assert_eq!(asked.calls, vec![(0, 0), (1, 50)]);
+    assert_eq!(asked.took, ms(60), "the hedge's answer, not the first's");
     assert_eq!(forwarder.counts.hedged.get(), 1);
 }
 
@@ -353,13 +359,10 @@ async fn a_hedged_upstream_that_answers_first_still_wins() {
         .tls(&[Step::Answer(ms(70))])
         .tls(&[Step::Answer(ms(100))])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::NoError, answered_by(0))
-    );
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
-    assert_eq!(start.elapsed(), ms(70));
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(0)));
+    assert_eq!(asked.calls, vec![(0, 0), (1, 50)]);
+    assert_eq!(asked.took, ms(70));
 }
 
 #[tokio::test(start_paused = true)]
@@ -368,13 +371,10 @@ async fn a_failed_hedge_leaves_the_first_upstream_to_answer() {
         .tls(&[Step::Answer(ms(200))])
         .tls(&[Step::Fail(ms(10), refused())])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::NoError, answered_by(0))
-    );
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
-    assert_eq!(start.elapsed(), ms(200));
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(0)));
+    assert_eq!(asked.calls, vec![(0, 0), (1, 50)]);
+    assert_eq!(asked.took, ms(200));
 }
 
 #[tokio::test(start_paused = true)]
@@ -437,13 +437,10 @@ async fn an_exhausted_budget_is_servfail_and_no_other_upstream_is_asked() {
         Hedge::Off,
         false,
     );
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::ServFail, vec![])
-    );
-    assert_eq!(start.elapsed(), BUDGET);
-    assert_eq!(calls(&log, start), vec![(0, 0)]);
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::ServFail, vec![]));
+    assert_eq!(asked.took, BUDGET);
+    assert_eq!(asked.calls, vec![(0, 0)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -453,13 +450,10 @@ async fn plain_upstreams_share_the_budget_so_the_last_gets_its_try() {
         .plain(&[Step::Hang])
         .plain(&[Step::Answer(ms(10))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::NoError, answered_by(2))
-    );
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(2)));
     // A third of the budget each, then half of the rest (the timer rounds up to the ms).
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 334), (2, 667)]);
+    assert_eq!(asked.calls, vec![(0, 0), (1, 334), (2, 667)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -474,12 +468,9 @@ async fn failover_asks_in_configuration_order_and_skips_the_down() {
         .available
         .store(false, Ordering::Relaxed);
     let (forwarder, log) = upstreams.forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    assert_eq!(
-        ask(&forwarder, 7, "example.com.").await,
-        (7, ResponseCode::NoError, answered_by(3))
-    );
-    assert_eq!(calls(&log, start), vec![(1, 0), (2, 10), (3, 20)]);
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(3)));
+    assert_eq!(asked.calls, vec![(1, 0), (2, 10), (3, 20)]);
 }
 
 // Upstreams over scripted connections, with the daemon's own pool, health, backoff and probing.
