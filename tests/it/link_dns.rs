@@ -478,6 +478,36 @@ fn with_all_a_link_with_the_wildcard_domain_gets_every_other_name() {
         ok(&bus, &manager("SetLinkDNS", &["ia(iay)", &lan0, "0"])).await;
         assert_eq!(resolve(&proxy, "www.example.org.").await, vec![up.answer()]);
         assert_eq!(link_server.names().len(), 1);
+
+        // The link object's own methods do the same, without the index.
+        let link_path = format!("/org/freedesktop/resolve1/link/_3{}", &lan0[..1]) + &lan0[1..];
+        let on_link = |method: &'static str, args: &'static [&'static str]| {
+            let mut all = vec![
+                "call",
+                "org.freedesktop.resolve1",
+                &link_path,
+                "org.freedesktop.resolve1.Link",
+                method,
+            ];
+            all.extend_from_slice(args);
+            all
+        };
+        ok(
+            &bus,
+            &on_link("SetDNS", &["a(iay)", "1", "2", "4", "10", "77", "0", "53"]),
+        )
+        .await;
+        refused(
+            &bus,
+            None,
+            &on_link("SetDNS", &["s", "x"]),
+            "expecting 'a(iay)'",
+        )
+        .await;
+        assert_eq!(resolve(&proxy, "www.example.net.").await, vec![LINK_ANSWER]);
+        ok(&bus, &on_link("Revert", &[])).await;
+        assert_eq!(resolve(&proxy, "www.example.edu.").await, vec![up.answer()]);
+        assert_eq!(link_server.names().len(), 2);
     });
 }
 
