@@ -12,15 +12,13 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::RecordType;
 use tokio::net::UdpSocket;
 
 use crate::support::client::{a_records, udp_query};
 use crate::support::proxy::{Proxy, ProxyConfig, run_binary};
 use crate::support::system_bus::{PrivateBus, ifindex, in_private_network};
-use crate::support::upstream::{FakeUpstream, open_temp_dir};
+use crate::support::upstream::{FakeUpstream, a_response, open_temp_dir, response_to};
 use crate::support::{effective_uid, require_tool};
 
 const NOBODY: u32 = 65534;
@@ -69,24 +67,11 @@ impl LinkServer {
         tokio::spawn(async move {
             let mut buf = [0u8; 1500];
             while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-                let Ok(query) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let Some(question) = query.queries.first().cloned() else {
+                let Some((_, question)) = response_to(&buf[..len]) else {
                     continue;
                 };
                 log.lock().unwrap().push(question.name().to_ascii());
-                let mut response =
-                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-                response.metadata.recursion_desired = query.metadata.recursion_desired;
-                response.metadata.recursion_available = true;
-                response.add_query(question.clone());
-                if question.query_type() == RecordType::A {
-                    let record =
-                        Record::from_rdata(question.name().clone(), 30, RData::A(A(LINK_ANSWER)));
-                    response.add_answer(record);
-                }
-                if let Ok(bytes) = response.to_vec() {
+                if let Some(bytes) = a_response(&buf[..len], LINK_ANSWER) {
                     let _ = socket.send_to(&bytes, from).await;
                 }
             }
