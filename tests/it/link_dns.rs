@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
+use tempfile::TempDir;
 use tokio::net::UdpSocket;
 
 use crate::support::client::{a_records, udp_query};
@@ -172,18 +173,51 @@ async fn start(up: &FakeUpstream, address: &str, dir: &Path, extra: &str) -> Pro
     proxy
 }
 
+/// What a test in the private network drives: the bus, the link's server, the DoT upstream,
+/// the daemon (with `extra` keys; its control socket and resolv.conf in `dir`) and the index
+/// of `lan0`.
+struct Setup {
+    bus: PrivateBus,
+    link_server: LinkServer,
+    up: FakeUpstream,
+    dir: TempDir,
+    proxy: Proxy,
+    lan0: String,
+}
+
+impl Setup {
+    async fn start(extra: &str) -> Setup {
+        let bus = PrivateBus::start().await;
+        let link_server = LinkServer::start(LINK_SERVER).await;
+        let up = FakeUpstream::start().await;
+        let dir = open_temp_dir();
+        let proxy = start(&up, &bus.address, dir.path(), extra).await;
+        let lan0 = ifindex("lan0").to_string();
+        Setup {
+            bus,
+            link_server,
+            up,
+            dir,
+            proxy,
+            lan0,
+        }
+    }
+}
+
 #[test]
 fn a_links_domains_go_to_its_server_and_no_other_name_does() {
     if !ready() {
         return;
     }
     in_private_network(NETWORK, || async {
-        let bus = PrivateBus::start().await;
-        let link_server = LinkServer::start(LINK_SERVER).await;
-        let up = FakeUpstream::start().await;
-        let dir = open_temp_dir();
-        let proxy = start(&up, &bus.address, dir.path(), "").await;
-        let lan0 = ifindex("lan0").to_string();
+        let Setup {
+            bus,
+            link_server,
+            up,
+            dir,
+            proxy,
+            lan0,
+        } = Setup::start("").await;
         let link_path = format!("/org/freedesktop/resolve1/link/_3{}", &lan0[..1]) + &lan0[1..];
 
         // Another user changes nothing.
@@ -436,12 +470,14 @@ fn with_all_a_link_with_the_wildcard_domain_gets_every_other_name() {
         return;
     }
     in_private_network(NETWORK, || async {
-        let bus = PrivateBus::start().await;
-        let link_server = LinkServer::start(LINK_SERVER).await;
-        let up = FakeUpstream::start().await;
-        let dir = open_temp_dir();
-        let proxy = start(&up, &bus.address, dir.path(), "link_dns = \"all\"").await;
-        let lan0 = ifindex("lan0").to_string();
+        let Setup {
+            bus,
+            link_server,
+            up,
+            dir: _dir,
+            proxy,
+            lan0,
+        } = Setup::start("link_dns = \"all\"").await;
         ok(
             &bus,
             &manager("SetLinkDomains", &["ia(sb)", &lan0, "1", ".", "true"]),
