@@ -55,6 +55,11 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A socket error: the connection could not be set up, or failed.
+    pub(crate) fn connect(error: io::Error) -> UpstreamError {
+        UpstreamError::Connect(Arc::new(error))
+    }
+
     /// Classifies an error from the TLS connector, which wraps rustls errors in `io::Error`.
     pub(crate) fn from_handshake(error: io::Error) -> UpstreamError {
         match error

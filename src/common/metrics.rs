@@ -687,85 +687,49 @@ mod tests {
             value(&format!("dns_proxy_build_info{{version=\"{version}\"}}")),
             1.0
         );
-        assert_eq!(
-            value(r#"dns_proxy_queries_total{transport="udp",rcode="NOERROR"}"#),
-            2.0
-        );
-        assert_eq!(
-            value(r#"dns_proxy_queries_total{transport="udp",rcode="BADVERS"}"#),
-            1.0
-        );
-        assert_eq!(
-            value(r#"dns_proxy_queries_total{transport="udp",rcode="other"}"#),
-            1.0
-        );
-        assert_eq!(
-            value(r#"dns_proxy_queries_total{transport="tcp",rcode="SERVFAIL"}"#),
-            1.0
-        );
-        assert_eq!(
-            value(r#"dns_proxy_queries_total{transport="tcp",rcode="NXDOMAIN"}"#),
-            0.0
-        );
-        assert_eq!(
-            value(r#"dns_proxy_queries_dropped_total{transport="tcp"}"#),
-            1.0
-        );
-        assert_eq!(value("dns_proxy_queries_in_flight"), 1.0);
-        assert_eq!(value("dns_proxy_client_tcp_connections"), 0.0);
+        for (series, n) in [
+            (
+                r#"dns_proxy_queries_total{transport="udp",rcode="NOERROR"}"#,
+                2.0,
+            ),
+            (
+                r#"dns_proxy_queries_total{transport="udp",rcode="BADVERS"}"#,
+                1.0,
+            ),
+            (
+                r#"dns_proxy_queries_total{transport="udp",rcode="other"}"#,
+                1.0,
+            ),
+            (
+                r#"dns_proxy_queries_total{transport="tcp",rcode="SERVFAIL"}"#,
+                1.0,
+            ),
+            (
+                r#"dns_proxy_queries_total{transport="tcp",rcode="NXDOMAIN"}"#,
+                0.0,
+            ),
+            (r#"dns_proxy_queries_dropped_total{transport="tcp"}"#, 1.0),
+            ("dns_proxy_queries_in_flight", 1.0),
+            ("dns_proxy_client_tcp_connections", 0.0),
+        ] {
+            assert_eq!(value(series), n, "{series}");
+        }
         let up = r#"upstream="192.0.2.53:853""#;
-        assert_eq!(
-            value(&format!("dns_proxy_upstream_queries_total{{{up}}}")),
-            1.0
-        );
-        assert_eq!(
-            value(&format!(
-                r#"dns_proxy_upstream_errors_total{{{up},kind="timeout"}}"#
-            )),
-            1.0
-        );
-        assert_eq!(
-            value(&format!(
-                r#"dns_proxy_upstream_errors_total{{{up},kind="refused"}}"#
-            )),
-            0.0
-        );
-        assert_eq!(
-            value(&format!(
-                r#"dns_proxy_upstream_latency_seconds_bucket{{{up},le="0.00025"}}"#
-            )),
-            0.0
-        );
-        assert_eq!(
-            value(&format!(
-                r#"dns_proxy_upstream_latency_seconds_bucket{{{up},le="0.0005"}}"#
-            )),
-            1.0
-        );
-        assert_eq!(
-            value(&format!(
-                r#"dns_proxy_upstream_latency_seconds_bucket{{{up},le="5"}}"#
-            )),
-            1.0
-        );
-        assert_eq!(
-            value(&format!(
-                r#"dns_proxy_upstream_latency_seconds_bucket{{{up},le="+Inf"}}"#
-            )),
-            2.0
-        );
-        assert_eq!(
-            value(&format!("dns_proxy_upstream_latency_seconds_count{{{up}}}")),
-            2.0
-        );
-        assert_eq!(
-            value(&format!("dns_proxy_upstream_latency_seconds_sum{{{up}}}")),
-            9.0003
-        );
-        assert_eq!(
-            value(&format!("dns_proxy_upstream_connections{{{up}}}")),
-            1.0
-        );
+        for (name, labels, n) in [
+            ("queries_total", "", 1.0),
+            ("errors_total", r#",kind="timeout""#, 1.0),
+            ("errors_total", r#",kind="refused""#, 0.0),
+            ("latency_seconds_bucket", r#",le="0.00025""#, 0.0),
+            ("latency_seconds_bucket", r#",le="0.0005""#, 1.0),
+            ("latency_seconds_bucket", r#",le="5""#, 1.0),
+            ("latency_seconds_bucket", r#",le="+Inf""#, 2.0),
+            ("latency_seconds_count", "", 2.0),
+            ("latency_seconds_sum", "", 9.0003),
+            ("connections", "", 1.0),
+        ] {
+            let series = format!("dns_proxy_upstream_{name}{{{up}{labels}}}");
+            assert_eq!(value(&series), n, "{series}");
+        }
         for (outcome, n) in [("full", 0.0), ("resumed", 1.0), ("failed", 1.0)] {
             let series = format!(r#"dns_proxy_tls_handshakes_total{{{up},outcome="{outcome}"}}"#);
             assert_eq!(value(&series), n, "{series}");

@@ -16,7 +16,6 @@ use super::ConfigError;
 use super::declare::{Section, keys};
 use super::endpoint::Endpoint;
 use super::layers::origin;
-use super::types::ZoneUpstream;
 use super::types::{
     Between, BootstrapServers, CacheSize, ControlSocket, Dnssec, FilePath, ForwardZone,
     ForwardZones, Hedge, HttpsPath, LinkDns, ListenAddrs, LogLevel, Metrics, MetricsConfig,
@@ -209,28 +208,7 @@ pub(super) fn check_together(config: &Config, figment: &Figment) -> Result<(), C
 /// own listeners, or resolving an upstream's name would ask dns-proxy, which needs the
 /// upstream: the loop that leaves a host without DNS at boot.
 fn check_bootstrap(config: &Config, figment: &Figment) -> Result<(), ConfigError> {
-    let defaults = config
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| (format!("upstream[{i}]"), u));
-    let zones = config
-        .forward_zones
-        .iter()
-        .enumerate()
-        .flat_map(|(z, zone)| {
-            zone.upstreams
-                .iter()
-                .enumerate()
-                .filter_map(move |(i, upstream)| match upstream {
-                    ZoneUpstream::Tls(u) => Some((format!("forward_zone[{z}].upstream[{i}]"), u)),
-                    ZoneUpstream::Plain(_) => None,
-                })
-        });
-    let first_named = defaults
-        .chain(zones)
-        .find(|(_, upstream)| upstream.address.ip().is_none());
-    if let Some((key, upstream)) = first_named
+    if let Some((key, upstream)) = config.first_named_upstream()
         && config.bootstrap.is_empty()
     {
         let field = match (&upstream.url, upstream.address_given) {

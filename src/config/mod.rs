@@ -57,6 +57,28 @@ impl Config {
         Ok(resolve(vec![layer], None, TlsFiles::Read)?.config)
     }
 
+    /// The first upstream over TLS or HTTPS known only by host name (the default ones, then
+    /// the forward zones'), with its key (`upstream[0]`, `forward_zone[1].upstream[0]`).
+    pub(crate) fn first_named_upstream(&self) -> Option<(String, &UpstreamConfig)> {
+        let defaults = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("upstream[{i}]"), u));
+        let zones = self.forward_zones.iter().enumerate().flat_map(|(z, zone)| {
+            zone.upstreams
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, upstream)| match upstream {
+                    ZoneUpstream::Tls(u) => Some((format!("forward_zone[{z}].upstream[{i}]"), u)),
+                    ZoneUpstream::Plain(_) => None,
+                })
+        });
+        defaults
+            .chain(zones)
+            .find(|(_, upstream)| upstream.address.ip().is_none())
+    }
+
     /// Every key's name and one-line doc, in declaration order.
     #[cfg(test)]
     pub(crate) fn key_docs() -> Vec<(&'static str, String)> {

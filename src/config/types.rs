@@ -26,30 +26,76 @@ pub(crate) const DOT_PORT: u16 = 853;
 /// Plain DNS port, for forward-zone upstreams with `protocol = "udp"`.
 const DNS_PORT: u16 = 53;
 
-impl Key for bool {
-    type Raw = bool;
-    type Value = bool;
+/// Keys that take any value of their type, written as Rust prints it.
+macro_rules! any_value {
+    ($($type:ty),*) => {$(
+        impl Key for $type {
+            type Raw = $type;
+            type Value = $type;
 
-    fn check(raw: bool) -> Result<bool, Reason> {
-        Ok(raw)
-    }
+            fn check(raw: $type) -> Result<$type, Reason> {
+                Ok(raw)
+            }
 
-    fn toml(value: &bool) -> Option<String> {
-        Some(value.to_string())
-    }
+            fn toml(value: &$type) -> Option<String> {
+                Some(value.to_string())
+            }
+        }
+    )*};
 }
 
-impl Key for u32 {
-    type Raw = u32;
-    type Value = u32;
+any_value!(bool, u32);
 
-    fn check(raw: u32) -> Result<u32, Reason> {
-        Ok(raw)
-    }
+/// Each item of a list key checked by `parse`; a refusal names the item (`[i]`).
+fn each<T>(raw: &[String], parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, Reason> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, text)| parse(text).map_err(|reason| Reason::at(format!("[{i}]"), reason)))
+        .collect()
+}
 
-    fn toml(value: &u32) -> Option<String> {
-        Some(value.to_string())
+/// The value of an enumerated key: the one of `all` that `name` gives as `text`.
+fn one_of<T: Copy>(text: &str, all: &[T], name: fn(T) -> &'static str) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|value| name(*value) == text.trim())
+        .ok_or_else(|| {
+            let names: Vec<_> = all.iter().map(|value| name(*value)).collect();
+            format!("{text:?} is not one of: {}", names.join(", "))
+        })
+}
+
+/// `file` in the service's runtime directory under systemd (the first, if `RuntimeDirectory=`
+/// lists several); none for a daemon started by hand, which may not own `/run`.
+fn runtime_file(file: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os(RUNTIME_DIRECTORY)?;
+    let first = std::env::split_paths(&dirs).next()?;
+    let path = first.join(file);
+    path.is_absolute().then_some(path)
+}
+
+/// An optional file path: absolute, not a directory; `""` for none. `what` and `example` say
+/// what the file is.
+fn optional_file(raw: &str, what: &str, example: &str) -> Result<Option<PathBuf>, Reason> {
+    if raw.is_empty() {
+        return Ok(None);
     }
+    let path = PathBuf::from(raw);
+    if !path.is_absolute() || raw.ends_with('/') || raw.contains('\0') {
+        return Err(Reason::new(format!(
+            "{raw:?} is not an absolute path to {what} (e.g. \"{example}\"; \"\" for none)"
+        )));
+    }
+    Ok(Some(path))
+}
+
+/// An optional path as TOML: `""` for none.
+fn toml_optional_path(path: Option<&Path>) -> Option<String> {
+    Some(toml_string(
+        &path
+            .map(|path| path.display().to_string())
+            .unwrap_or_default(),
+    ))
 }
 
 /// A count from `MIN` to `MAX`: these size semaphores and queues, so no value may exhaust
@@ -152,19 +198,13 @@ impl Key for SocketAddrs {
     type Value = Vec<SocketAddr>;
 
     fn check(raw: Vec<String>) -> Result<Vec<SocketAddr>, Reason> {
-        raw.iter()
-            .enumerate()
-            .map(|(i, text)| {
-                text.trim().parse::<SocketAddr>().map_err(|_| {
-                    Reason::at(
-                        format!("[{i}]"),
-                        format!(
-                            "{text:?} is not an IP:port address (e.g. \"127.0.0.1:5300\" or \"[::1]:5300\")"
-                        ),
-                    )
-                })
+        each(&raw, |text| {
+            text.trim().parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "{text:?} is not an IP:port address (e.g. \"127.0.0.1:5300\" or \"[::1]:5300\")"
+                )
             })
-            .collect()
+        })
     }
 
     fn toml(value: &Vec<SocketAddr>) -> Option<String> {
@@ -181,19 +221,13 @@ impl Key for BootstrapServers {
     type Value = Vec<SocketAddr>;
 
     fn check(raw: Vec<String>) -> Result<Vec<SocketAddr>, Reason> {
-        raw.iter()
-            .enumerate()
-            .map(|(i, text)| {
-                parse_upstream_address(text, DNS_PORT).ok_or_else(|| {
-                    Reason::at(
-                        format!("[{i}]"),
-                        format!(
-                            "{text:?} is not an IP address (e.g. \"9.9.9.9\" or \"[2620:fe::fe]:53\"): bootstrap servers resolve names, so they cannot be names"
-                        ),
-                    )
-                })
+        each(&raw, |text| {
+            parse_upstream_address(text, DNS_PORT).ok_or_else(|| {
+                format!(
+                    "{text:?} is not an IP address (e.g. \"9.9.9.9\" or \"[2620:fe::fe]:53\"): bootstrap servers resolve names, so they cannot be names"
+                )
             })
-            .collect()
+        })
     }
 
     fn toml(value: &Vec<SocketAddr>) -> Option<String> {
@@ -210,20 +244,14 @@ impl<const PORT: u16> Key for ListenAddrs<PORT> {
     type Value = Vec<SocketAddr>;
 
     fn check(raw: Vec<String>) -> Result<Vec<SocketAddr>, Reason> {
-        raw.iter()
-            .enumerate()
-            .map(|(i, text)| {
-                parse_address(text, PORT).ok_or_else(|| {
-                    Reason::at(
-                        format!("[{i}]"),
-                        format!(
-                            "{text:?} is not an IP address or IP:port (e.g. \"192.0.2.1\", \
-                             \"192.0.2.1:{PORT}\" or \"[2001:db8::1]:{PORT}\")"
-                        ),
-                    )
-                })
+        each(&raw, |text| {
+            parse_address(text, PORT).ok_or_else(|| {
+                format!(
+                    "{text:?} is not an IP address or IP:port (e.g. \"192.0.2.1\", \
+                     \"192.0.2.1:{PORT}\" or \"[2001:db8::1]:{PORT}\")"
+                )
             })
-            .collect()
+        })
     }
 
     fn toml(value: &Vec<SocketAddr>) -> Option<String> {
@@ -294,13 +322,9 @@ impl Key for Networks {
                 "must list at least one network (loopback: \"127.0.0.0/8\", \"::1\")",
             ));
         }
-        raw.iter()
-            .enumerate()
-            .map(|(i, text)| {
-                text.parse::<Network>()
-                    .map_err(|e| Reason::at(format!("[{i}]"), e.to_string()))
-            })
-            .collect()
+        each(&raw, |text| {
+            text.parse::<Network>().map_err(|e| e.to_string())
+        })
     }
 
     fn toml(value: &Vec<Network>) -> Option<String> {
@@ -373,14 +397,8 @@ impl Key for Strategy {
     type Value = Strategy;
 
     fn check(text: String) -> Result<Strategy, Reason> {
-        [Strategy::Fastest, Strategy::Failover, Strategy::RoundRobin]
-            .into_iter()
-            .find(|s| s.as_str() == text.trim())
-            .ok_or_else(|| {
-                Reason::new(format!(
-                    "{text:?} is not one of: fastest, failover, round-robin"
-                ))
-            })
+        let all = [Strategy::Fastest, Strategy::Failover, Strategy::RoundRobin];
+        one_of(&text, &all, Strategy::as_str).map_err(Reason::new)
     }
 
     fn toml(value: &Strategy) -> Option<String> {
@@ -437,10 +455,7 @@ impl ControlSocket {
     /// `control` in the service's runtime directory under systemd (`/run/dns-proxy/control`
     /// for the packaged unit); none for a daemon started by hand, which may not own `/run`.
     pub(crate) fn default_path() -> Option<PathBuf> {
-        let dirs = std::env::var_os(RUNTIME_DIRECTORY)?;
-        let first = std::env::split_paths(&dirs).next()?;
-        let path = first.join("control");
-        (path.is_absolute() && path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
+        runtime_file("control").filter(|path| path.as_os_str().len() <= MAX_SOCKET_PATH)
     }
 }
 
@@ -449,28 +464,17 @@ impl Key for ControlSocket {
     type Value = Option<PathBuf>;
 
     fn check(raw: String) -> Result<Option<PathBuf>, Reason> {
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        let path = PathBuf::from(&raw);
-        if !path.is_absolute() || raw.ends_with('/') || raw.contains('\0') {
-            return Err(Reason::new(format!(
-                "{raw:?} is not an absolute path to a socket file (e.g. \"/run/dns-proxy/control\"; \"\" for none)"
-            )));
-        }
+        let path = optional_file(&raw, "a socket file", "/run/dns-proxy/control")?;
         if raw.len() > MAX_SOCKET_PATH {
             return Err(Reason::new(format!(
                 "{raw:?} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have"
             )));
         }
-        Ok(Some(path))
+        Ok(path)
     }
 
     fn toml(value: &Option<PathBuf>) -> Option<String> {
-        Some(match value {
-            Some(path) => toml_string(&path.display().to_string()),
-            None => toml_string(""),
-        })
+        toml_optional_path(value.as_deref())
     }
 }
 
@@ -503,10 +507,8 @@ impl Key for LinkDns {
     type Value = LinkDns;
 
     fn check(text: String) -> Result<LinkDns, Reason> {
-        [LinkDns::Domains, LinkDns::All, LinkDns::Off]
-            .into_iter()
-            .find(|mode| mode.as_str() == text.trim())
-            .ok_or_else(|| Reason::new(format!("{text:?} is not one of: domains, all, off")))
+        let all = [LinkDns::Domains, LinkDns::All, LinkDns::Off];
+        one_of(&text, &all, LinkDns::as_str).map_err(Reason::new)
     }
 
     fn toml(value: &LinkDns) -> Option<String> {
@@ -522,10 +524,7 @@ impl ResolvConf {
     /// (`/run/dns-proxy/resolv.conf` for the packaged unit); none for a daemon started by hand,
     /// which may not own `/run`.
     pub(crate) fn default_path() -> Option<PathBuf> {
-        let dirs = std::env::var_os(RUNTIME_DIRECTORY)?;
-        let first = std::env::split_paths(&dirs).next()?;
-        let path = first.join("resolv.conf");
-        path.is_absolute().then_some(path)
+        runtime_file("resolv.conf")
     }
 }
 
@@ -534,23 +533,11 @@ impl Key for ResolvConf {
     type Value = Option<PathBuf>;
 
     fn check(raw: String) -> Result<Option<PathBuf>, Reason> {
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        let path = PathBuf::from(&raw);
-        if !path.is_absolute() || raw.ends_with('/') || raw.contains('\0') {
-            return Err(Reason::new(format!(
-                "{raw:?} is not an absolute path to a file (e.g. \"/run/dns-proxy/resolv.conf\"; \"\" for none)"
-            )));
-        }
-        Ok(Some(path))
+        optional_file(&raw, "a file", "/run/dns-proxy/resolv.conf")
     }
 
     fn toml(value: &Option<PathBuf>) -> Option<String> {
-        Some(match value {
-            Some(path) => toml_string(&path.display().to_string()),
-            None => toml_string(""),
-        })
+        toml_optional_path(value.as_deref())
     }
 }
 
@@ -572,11 +559,7 @@ impl Dnssec {
     }
 
     fn parse(text: &str) -> Result<Dnssec, String> {
-        match text.trim() {
-            "validate" => Ok(Dnssec::Validate),
-            "off" => Ok(Dnssec::Off),
-            _ => Err(format!("{text:?} is not one of: validate, off")),
-        }
+        one_of(text, &[Dnssec::Validate, Dnssec::Off], Dnssec::as_str)
     }
 }
 
@@ -619,10 +602,7 @@ impl Key for TrustAnchors {
     }
 
     fn toml(value: &Option<TrustAnchorFile>) -> Option<String> {
-        Some(match value {
-            Some(file) => toml_string(&file.path.display().to_string()),
-            None => toml_string(""),
-        })
+        toml_optional_path(value.as_ref().map(|file| file.path.as_path()))
     }
 }
 
@@ -634,20 +614,17 @@ impl Key for Zones {
     type Value = Vec<ZoneName>;
 
     fn check(raw: Vec<String>) -> Result<Vec<ZoneName>, Reason> {
-        raw.iter()
-            .enumerate()
-            .map(|(i, text)| {
-                ZoneName::parse(text).map_err(|e| {
-                    let reason = match e {
-                        ZoneNameError::Root => {
-                            "is the root zone: set dnssec = \"off\" to validate nothing".to_string()
-                        }
-                        other => other.to_string(),
-                    };
-                    Reason::at(format!("[{i}]"), format!("{text:?} {reason}"))
-                })
+        each(&raw, |text| {
+            ZoneName::parse(text).map_err(|e| {
+                let reason = match e {
+                    ZoneNameError::Root => {
+                        "is the root zone: set dnssec = \"off\" to validate nothing".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                format!("{text:?} {reason}")
             })
-            .collect()
+        })
     }
 
     fn toml(value: &Vec<ZoneName>) -> Option<String> {

@@ -451,132 +451,93 @@ impl Server {
             }
             _ => {}
         }
-        if let Some(index) = link {
-            // The link object's methods: the manager's SetLink* without the index.
-            let index = index as i32;
-            let set = |change: Result<Change, InputError>| change.map_err(Failure::from);
-            return match member.as_str() {
-                "SetDNS" => {
-                    expect("a(iay)")?;
-                    let list: Vec<(i32, Vec<u8>)> = body.deserialize().map_err(args)?;
-                    self.set(connection, &header, index, |i| {
-                        let list = list.iter().map(|(f, a)| (*f, a.as_slice(), 0, ""));
-                        set(input::servers(i, list).map(Change::Servers))
-                    })
-                    .await
-                }
-                "SetDNSEx" => {
-                    expect("a(iayqs)")?;
-                    let list: Vec<ServerEx> = body.deserialize().map_err(args)?;
-                    self.set(connection, &header, index, |i| {
-                        let list = list
-                            .iter()
-                            .map(|(f, a, p, n)| (*f, a.as_slice(), *p, n.as_str()));
-                        set(input::servers(i, list).map(Change::Servers))
-                    })
-                    .await
-                }
-                "SetDomains" => {
-                    expect("a(sb)")?;
-                    let list: Vec<(String, bool)> = body.deserialize().map_err(args)?;
-                    self.set(connection, &header, index, |_| {
-                        set(input::domains(&list).map(Change::Domains))
-                    })
-                    .await
-                }
-                "SetDefaultRoute" => {
-                    expect("b")?;
-                    let on: bool = body.deserialize().map_err(args)?;
-                    self.set(connection, &header, index, |_| Ok(Change::DefaultRoute(on)))
-                        .await
-                }
-                "SetLLMNR" | "SetMulticastDNS" | "SetDNSOverTLS" | "SetDNSSEC" => {
-                    expect("s")?;
-                    let value: String = body.deserialize().map_err(args)?;
-                    let which = setting_of(&member).ok_or_else(unknown_method)?;
-                    self.set(connection, &header, index, |_| {
-                        set(input::setting(which, &value).map(|v| Change::Setting(which, v)))
-                    })
-                    .await
-                }
-                "SetDNSSECNegativeTrustAnchors" => {
-                    expect("as")?;
-                    let list: Vec<String> = body.deserialize().map_err(args)?;
-                    self.set(connection, &header, index, |_| {
-                        set(input::trust_anchors(&list).map(Change::TrustAnchors))
-                    })
-                    .await
-                }
-                "Revert" => {
-                    expect("")?;
-                    self.set(connection, &header, index, |_| Ok(Change::Revert))
-                        .await
-                }
-                _ => Err(unknown_method()),
-            };
-        }
-        if own_interface != Some(MANAGER) {
+        if link.is_none() && own_interface != Some(MANAGER) {
             return Err(unknown_method());
         }
+        // The calls that change a link: the link object's, or the manager's SetLink* and
+        // RevertLink, the same with the link's index first.
+        let change = match link {
+            Some(_) => Some(member.clone()),
+            None if member == "RevertLink" => Some("Revert".to_string()),
+            None => member
+                .strip_prefix("SetLink")
+                .map(|name| format!("Set{name}")),
+        };
         let set = |change: Result<Change, InputError>| change.map_err(Failure::from);
-        match member.as_str() {
-            "SetLinkDNS" => {
-                expect("ia(iay)")?;
-                let (index, list): (i32, Vec<(i32, Vec<u8>)>) = body.deserialize().map_err(args)?;
-                self.set(connection, &header, index, |i| {
+        let changed = match change.as_deref() {
+            Some("SetDNS") => {
+                let (index, list): (i32, Vec<(i32, Vec<u8>)>) =
+                    link_arguments(&body, link, "a(iay)", &expect)?;
+                let reply = self.set(connection, &header, index, |i| {
                     let list = list.iter().map(|(f, a)| (*f, a.as_slice(), 0, ""));
                     set(input::servers(i, list).map(Change::Servers))
-                })
-                .await
+                });
+                Some(reply.await)
             }
-            "SetLinkDNSEx" => {
-                expect("ia(iayqs)")?;
-                let (index, list): (i32, Vec<ServerEx>) = body.deserialize().map_err(args)?;
-                self.set(connection, &header, index, |i| {
+            Some("SetDNSEx") => {
+                let (index, list): (i32, Vec<ServerEx>) =
+                    link_arguments(&body, link, "a(iayqs)", &expect)?;
+                let reply = self.set(connection, &header, index, |i| {
                     let list = list
                         .iter()
                         .map(|(f, a, p, n)| (*f, a.as_slice(), *p, n.as_str()));
                     set(input::servers(i, list).map(Change::Servers))
-                })
-                .await
+                });
+                Some(reply.await)
             }
-            "SetLinkDomains" => {
-                expect("ia(sb)")?;
-                let (index, list): (i32, Vec<(String, bool)>) = body.deserialize().map_err(args)?;
-                self.set(connection, &header, index, |_| {
+            Some("SetDomains") => {
+                let (index, list): (i32, Vec<(String, bool)>) =
+                    link_arguments(&body, link, "a(sb)", &expect)?;
+                let reply = self.set(connection, &header, index, |_| {
                     set(input::domains(&list).map(Change::Domains))
-                })
-                .await
+                });
+                Some(reply.await)
             }
-            "SetLinkDefaultRoute" => {
-                expect("ib")?;
-                let (index, on): (i32, bool) = body.deserialize().map_err(args)?;
-                self.set(connection, &header, index, |_| Ok(Change::DefaultRoute(on)))
-                    .await
+            Some("SetDefaultRoute") => {
+                let (index, on): (i32, bool) = link_arguments(&body, link, "b", &expect)?;
+                let reply = self.set(connection, &header, index, |_| Ok(Change::DefaultRoute(on)));
+                Some(reply.await)
             }
-            "SetLinkLLMNR" | "SetLinkMulticastDNS" | "SetLinkDNSOverTLS" | "SetLinkDNSSEC" => {
-                expect("is")?;
-                let (index, value): (i32, String) = body.deserialize().map_err(args)?;
-                let which = setting_of(&member["SetLink".len()..]).ok_or_else(unknown_method)?;
-                self.set(connection, &header, index, |_| {
+            Some(name @ ("SetLLMNR" | "SetMulticastDNS" | "SetDNSOverTLS" | "SetDNSSEC")) => {
+                let (index, value): (i32, String) = link_arguments(&body, link, "s", &expect)?;
+                let which = setting_of(name).ok_or_else(unknown_method)?;
+                let reply = self.set(connection, &header, index, |_| {
                     set(input::setting(which, &value).map(|v| Change::Setting(which, v)))
-                })
-                .await
+                });
+                Some(reply.await)
             }
-            "SetLinkDNSSECNegativeTrustAnchors" => {
-                expect("ias")?;
-                let (index, list): (i32, Vec<String>) = body.deserialize().map_err(args)?;
-                self.set(connection, &header, index, |_| {
+            Some("SetDNSSECNegativeTrustAnchors") => {
+                let (index, list): (i32, Vec<String>) = link_arguments(&body, link, "as", &expect)?;
+                let reply = self.set(connection, &header, index, |_| {
                     set(input::trust_anchors(&list).map(Change::TrustAnchors))
-                })
-                .await
+                });
+                Some(reply.await)
             }
-            "RevertLink" => {
-                expect("i")?;
-                let index: i32 = body.deserialize().map_err(args)?;
-                self.set(connection, &header, index, |_| Ok(Change::Revert))
-                    .await
+            Some("Revert") => {
+                let index = match link {
+                    Some(index) => {
+                        expect("")?;
+                        index as i32
+                    }
+                    None => {
+                        expect("i")?;
+                        body.deserialize().map_err(args)?
+                    }
+                };
+                Some(
+                    self.set(connection, &header, index, |_| Ok(Change::Revert))
+                        .await,
+                )
             }
+            _ => None,
+        };
+        if let Some(reply) = changed {
+            return reply;
+        }
+        if link.is_some() {
+            return Err(unknown_method());
+        }
+        match member.as_str() {
             "GetLink" => {
                 expect("i")?;
                 let index: i32 = body.deserialize().map_err(args)?;
@@ -952,6 +913,31 @@ fn no_source() -> Failure {
 }
 
 /// The setting a `Set…` method name (without `SetLink`/`Set`) changes.
+/// The link index and the arguments of a call that changes a link: on the link object `link`
+/// the arguments alone, of signature `wanted`; on the manager the same after the index.
+fn link_arguments<T>(
+    body: &zbus::message::Body,
+    link: Option<u32>,
+    wanted: &str,
+    expect: &dyn Fn(&str) -> Result<(), Failure>,
+) -> Result<(i32, T), Failure>
+where
+    T: serde::de::DeserializeOwned + zbus::zvariant::Type,
+{
+    let args =
+        |error: zbus::Error| failure("org.freedesktop.DBus.Error.InvalidArgs", error.to_string());
+    match link {
+        Some(index) => {
+            expect(wanted)?;
+            Ok((index as i32, body.deserialize().map_err(args)?))
+        }
+        None => {
+            expect(&format!("i{wanted}"))?;
+            body.deserialize().map_err(args)
+        }
+    }
+}
+
 fn setting_of(member: &str) -> Option<Setting> {
     match member.trim_start_matches("Set") {
         "LLMNR" => Some(Setting::Llmnr),

@@ -364,21 +364,30 @@ mod tests {
         assert_eq!(link_index("/org/freedesktop/resolve1"), None);
     }
 
+    /// Each of `expected`'s properties has its signature among `props`.
+    fn assert_signatures(props: &Properties, expected: &[(&str, &str)]) {
+        for (name, signature) in expected {
+            let found = props
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.value_signature().to_string());
+            assert_eq!(found.as_deref(), Some(*signature), "{name}");
+        }
+    }
+
     #[test]
     fn properties_have_resolveds_types() {
         let props = link(None, LinkDns::Domains, &Own::default());
-        let signature = |name: &str| {
-            props
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.value_signature().to_string())
-                .unwrap()
-        };
-        assert_eq!(signature("DNS"), "a(iay)");
-        assert_eq!(signature("DNSEx"), "a(iayqs)");
-        assert_eq!(signature("CurrentDNSServerEx"), "(iayqs)");
-        assert_eq!(signature("Domains"), "a(sb)");
-        assert_eq!(signature("ScopesMask"), "t");
+        assert_signatures(
+            &props,
+            &[
+                ("DNS", "a(iay)"),
+                ("DNSEx", "a(iayqs)"),
+                ("CurrentDNSServerEx", "(iayqs)"),
+                ("Domains", "a(sb)"),
+                ("ScopesMask", "t"),
+            ],
+        );
         let config = Config::default();
         let props = manager(
             &config,
@@ -387,18 +396,16 @@ mod tests {
             Counts::default(),
             "stub",
         );
-        let signature = |name: &str| {
-            props
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.value_signature().to_string())
-                .unwrap()
-        };
-        assert_eq!(signature("DNS"), "a(iiay)");
-        assert_eq!(signature("DNSEx"), "a(iiayqs)");
-        assert_eq!(signature("CurrentDNSServer"), "(iiay)");
-        assert_eq!(signature("Domains"), "a(isb)");
-        assert_eq!(signature("CacheStatistics"), "(ttt)");
+        assert_signatures(
+            &props,
+            &[
+                ("DNS", "a(iiay)"),
+                ("DNSEx", "a(iiayqs)"),
+                ("CurrentDNSServer", "(iiay)"),
+                ("Domains", "a(isb)"),
+                ("CacheStatistics", "(ttt)"),
+            ],
+        );
         assert!(
             introspect(MANAGER_PATH, std::iter::empty())
                 .unwrap()

@@ -106,27 +106,7 @@ pub fn ip_allow(config: &Config) -> Vec<Network> {
 /// host still names the certificate and the requests), an IP address with `tls_name` for DNS
 /// over TLS.
 pub fn needs_addresses(config: &Config) -> Result<(), String> {
-    let zones = config
-        .forward_zones
-        .iter()
-        .enumerate()
-        .flat_map(|(z, zone)| {
-            zone.upstreams
-                .iter()
-                .enumerate()
-                .filter_map(move |(i, upstream)| match upstream {
-                    ZoneUpstream::Tls(u) => Some((format!("forward_zone[{z}].upstream[{i}]"), u)),
-                    ZoneUpstream::Plain(_) => None,
-                })
-        });
-    let named = config
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| (format!("upstream[{i}]"), u))
-        .chain(zones)
-        .find(|(_, upstream)| upstream.address.ip().is_none());
-    match named {
+    match config.first_named_upstream() {
         None => Ok(()),
         Some((key, upstream)) => Err(named_reason(&key, upstream)),
     }

@@ -86,24 +86,8 @@ impl Connection {
         deadline: Instant,
         metrics: &UpstreamMetrics,
     ) -> Result<(Connection, Handshake), UpstreamError> {
-        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(address))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout)?
-            .map_err(|e| UpstreamError::Connect(Arc::new(e)))?;
-        // Best effort: without it queries are only slower, never wrong.
-        let _ = tcp.set_nodelay(true);
-        // Counted as failed unless completed, also when the caller's deadline cancels it.
-        let pending = metrics.handshake_started();
-        let handshake = TlsConnector::from(tls).connect(name, QuickAck(tcp));
-        let stream = tokio::time::timeout_at(deadline, handshake)
-            .await
-            .map_err(|_| UpstreamError::HandshakeTimeout)?
-            .map_err(UpstreamError::from_handshake)?;
-        let handshake = match stream.get_ref().1.handshake_kind() {
-            Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
-            _ => Handshake::Full,
-        };
-        pending.completed(handshake);
+        let (stream, handshake) =
+            connect_tls(address, name, tls, deadline, metrics, |_| Ok(())).await?;
         // Shared by the two tasks: the socket is closed once both have ended.
         let open = Arc::new(metrics.connection_opened());
         let (read, write) = tokio::io::split(stream);
@@ -378,6 +362,40 @@ async fn write_loop<W: AsyncWrite>(
 /// leaves the delayed-ACK mode, but the kernel drops back into it by itself, so it is set
 /// again after every read that returned data, from the handshake on.
 pub(crate) struct QuickAck(pub(crate) TcpStream);
+
+/// Connects to `address` over TCP without Nagle delay, every segment acknowledged at once,
+/// then does the TLS handshake for `name` with certificate validation, all by `deadline`.
+/// `accept` may still refuse the session (DoH wants ALPN h2); the handshake counts in
+/// `metrics` as failed unless it completes and is accepted, also when the caller's deadline
+/// cancels it. The stream, and whether the session was resumed.
+pub(crate) async fn connect_tls(
+    address: SocketAddr,
+    name: ServerName<'static>,
+    tls: Arc<ClientConfig>,
+    deadline: Instant,
+    metrics: &UpstreamMetrics,
+    accept: impl FnOnce(&rustls::ClientConnection) -> Result<(), UpstreamError>,
+) -> Result<(TlsStream<QuickAck>, Handshake), UpstreamError> {
+    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(address))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout)?
+        .map_err(UpstreamError::connect)?;
+    // Best effort: without it queries are only slower, never wrong.
+    let _ = tcp.set_nodelay(true);
+    let pending = metrics.handshake_started();
+    let handshake = TlsConnector::from(tls).connect(name, QuickAck(tcp));
+    let stream = tokio::time::timeout_at(deadline, handshake)
+        .await
+        .map_err(|_| UpstreamError::HandshakeTimeout)?
+        .map_err(UpstreamError::from_handshake)?;
+    accept(stream.get_ref().1)?;
+    let handshake = match stream.get_ref().1.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
+        _ => Handshake::Full,
+    };
+    pending.completed(handshake);
+    Ok((stream, handshake))
+}
 
 impl AsyncRead for QuickAck {
     fn poll_read(

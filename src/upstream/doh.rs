@@ -26,9 +26,7 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -37,7 +35,7 @@ use crate::common::lock;
 use crate::common::metrics::{GaugeGuard, UpstreamMetrics};
 use crate::config::{HttpsUrl, UpstreamConfig};
 use crate::upstream::bootstrap::Target;
-use crate::upstream::connection::QuickAck;
+use crate::upstream::connection::connect_tls;
 use crate::upstream::doh_response::{self, DNS_MESSAGE, MAX_BODY, Rejection};
 use crate::upstream::dot::MAX_IN_FLIGHT;
 use crate::upstream::pool::{Channel, Connector, PooledUpstream};
@@ -162,30 +160,22 @@ impl H2Connection {
         deadline: Instant,
         metrics: &UpstreamMetrics,
     ) -> Result<H2Connection, UpstreamError> {
-        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(address))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout)?
-            .map_err(|e| UpstreamError::Connect(Arc::new(e)))?;
-        // Best effort: without it queries are only slower, never wrong.
-        let _ = tcp.set_nodelay(true);
-        // Counted as failed unless completed, also when the caller's deadline cancels it.
-        let pending = metrics.handshake_started();
-        let handshake = TlsConnector::from(connector.tls.clone())
-            .connect(connector.name.clone(), QuickAck(tcp));
-        let stream = tokio::time::timeout_at(deadline, handshake)
-            .await
-            .map_err(|_| UpstreamError::HandshakeTimeout)?
-            .map_err(UpstreamError::from_handshake)?;
-        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(UpstreamError::Http(
-                "the server does not speak HTTP/2 (no ALPN h2)".into(),
-            ));
-        }
-        let handshake = match stream.get_ref().1.handshake_kind() {
-            Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
-            _ => Handshake::Full,
-        };
-        pending.completed(handshake);
+        let (name, tls) = (connector.name.clone(), connector.tls.clone());
+        let (stream, handshake) =
+            connect_tls(
+                address,
+                name,
+                tls,
+                deadline,
+                metrics,
+                |session| match session.alpn_protocol() {
+                    Some(b"h2") => Ok(()),
+                    _ => Err(UpstreamError::Http(
+                        "the server does not speak HTTP/2 (no ALPN h2)".into(),
+                    )),
+                },
+            )
+            .await?;
         let http2 = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)

@@ -85,17 +85,24 @@ impl PlainUpstream {
         id: u16,
         question: &[u8],
     ) -> Result<Vec<u8>, UpstreamError> {
-        let connect = |e: io::Error| UpstreamError::Connect(Arc::new(e));
         let local: SocketAddr = match self.address {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let socket = UdpSocket::bind(local).await.map_err(connect)?;
-        socket.connect(self.address).await.map_err(connect)?;
-        socket.send(message).await.map_err(connect)?;
+        let socket = UdpSocket::bind(local)
+            .await
+            .map_err(UpstreamError::connect)?;
+        socket
+            .connect(self.address)
+            .await
+            .map_err(UpstreamError::connect)?;
+        socket.send(message).await.map_err(UpstreamError::connect)?;
         let mut buf = vec![0u8; MAX_UDP_RESPONSE];
         loop {
-            let len = socket.recv(&mut buf).await.map_err(connect)?;
+            let len = socket
+                .recv(&mut buf)
+                .await
+                .map_err(UpstreamError::connect)?;
             let response = &buf[..len];
             // Anything else is stray or spoofed: keep waiting for the real answer.
             if dns::message_id(response) == Some(id) && dns::response_matches(response, question) {
@@ -110,8 +117,9 @@ impl PlainUpstream {
         id: u16,
         question: &[u8],
     ) -> Result<Vec<u8>, UpstreamError> {
-        let connect = |e: io::Error| UpstreamError::Connect(Arc::new(e));
-        let mut stream = TcpStream::connect(self.address).await.map_err(connect)?;
+        let mut stream = TcpStream::connect(self.address)
+            .await
+            .map_err(UpstreamError::connect)?;
         let frame = framing::frame(message).ok_or(UpstreamError::Protocol)?;
         stream
             .write_all(&frame)

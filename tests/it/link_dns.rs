@@ -12,15 +12,14 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::RecordType;
+use tempfile::TempDir;
 use tokio::net::UdpSocket;
 
 use crate::support::client::{a_records, udp_query};
 use crate::support::proxy::{Proxy, ProxyConfig, run_binary};
 use crate::support::system_bus::{PrivateBus, ifindex, in_private_network};
-use crate::support::upstream::{FakeUpstream, open_temp_dir};
+use crate::support::upstream::{FakeUpstream, a_response, open_temp_dir, response_to};
 use crate::support::{effective_uid, require_tool};
 
 const NOBODY: u32 = 65534;
@@ -69,24 +68,11 @@ impl LinkServer {
         tokio::spawn(async move {
             let mut buf = [0u8; 1500];
             while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-                let Ok(query) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let Some(question) = query.queries.first().cloned() else {
+                let Some((_, question)) = response_to(&buf[..len]) else {
                     continue;
                 };
                 log.lock().unwrap().push(question.name().to_ascii());
-                let mut response =
-                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-                response.metadata.recursion_desired = query.metadata.recursion_desired;
-                response.metadata.recursion_available = true;
-                response.add_query(question.clone());
-                if question.query_type() == RecordType::A {
-                    let record =
-                        Record::from_rdata(question.name().clone(), 30, RData::A(A(LINK_ANSWER)));
-                    response.add_answer(record);
-                }
-                if let Ok(bytes) = response.to_vec() {
+                if let Some(bytes) = a_response(&buf[..len], LINK_ANSWER) {
                     let _ = socket.send_to(&bytes, from).await;
                 }
             }
@@ -132,6 +118,30 @@ async fn refused(bus: &PrivateBus, uid: Option<u32>, args: &[&str], message: &st
     );
 }
 
+/// A `dbus-send` call of the manager's `method` as `uid` (root when `None`); its reply.
+async fn send(bus: &PrivateBus, uid: Option<u32>, method: &str, args: &[&str]) -> String {
+    let member = format!("org.freedesktop.resolve1.Manager.{method}");
+    let mut all = vec![
+        "--dest=org.freedesktop.resolve1",
+        "/org/freedesktop/resolve1",
+        &member,
+    ];
+    all.extend_from_slice(args);
+    bus.dbus_send(uid, &all).await
+}
+
+/// The link object's `properties` at `link_path`, as `busctl get-property` prints them.
+async fn link_properties(bus: &PrivateBus, link_path: &str, properties: &[&str]) -> String {
+    let mut args = vec![
+        "get-property",
+        "org.freedesktop.resolve1",
+        link_path,
+        "org.freedesktop.resolve1.Link",
+    ];
+    args.extend_from_slice(properties);
+    ok(bus, &args).await
+}
+
 /// The A records the daemon answers for `name`.
 async fn resolve(proxy: &Proxy, name: &str) -> Vec<Ipv4Addr> {
     a_records(&udp_query(proxy.udp4(), name, RecordType::A, None, false).await)
@@ -163,18 +173,51 @@ async fn start(up: &FakeUpstream, address: &str, dir: &Path, extra: &str) -> Pro
     proxy
 }
 
+/// What a test in the private network drives: the bus, the link's server, the DoT upstream,
+/// the daemon (with `extra` keys; its control socket and resolv.conf in `dir`) and the index
+/// of `lan0`.
+struct Setup {
+    bus: PrivateBus,
+    link_server: LinkServer,
+    up: FakeUpstream,
+    dir: TempDir,
+    proxy: Proxy,
+    lan0: String,
+}
+
+impl Setup {
+    async fn start(extra: &str) -> Setup {
+        let bus = PrivateBus::start().await;
+        let link_server = LinkServer::start(LINK_SERVER).await;
+        let up = FakeUpstream::start().await;
+        let dir = open_temp_dir();
+        let proxy = start(&up, &bus.address, dir.path(), extra).await;
+        let lan0 = ifindex("lan0").to_string();
+        Setup {
+            bus,
+            link_server,
+            up,
+            dir,
+            proxy,
+            lan0,
+        }
+    }
+}
+
 #[test]
 fn a_links_domains_go_to_its_server_and_no_other_name_does() {
     if !ready() {
         return;
     }
     in_private_network(NETWORK, || async {
-        let bus = PrivateBus::start().await;
-        let link_server = LinkServer::start(LINK_SERVER).await;
-        let up = FakeUpstream::start().await;
-        let dir = open_temp_dir();
-        let proxy = start(&up, &bus.address, dir.path(), "").await;
-        let lan0 = ifindex("lan0").to_string();
+        let Setup {
+            bus,
+            link_server,
+            up,
+            dir,
+            proxy,
+            lan0,
+        } = Setup::start("").await;
         let link_path = format!("/org/freedesktop/resolve1/link/_3{}", &lan0[..1]) + &lan0[1..];
 
         // Another user changes nothing.
@@ -188,31 +231,20 @@ fn a_links_domains_go_to_its_server_and_no_other_name_does() {
             &["ia(iay)", &lan0, "1", "2", "4", "10", "77", "0", "53"],
         );
         refused(&bus, Some(NOBODY), &servers, "Access denied").await;
-        let dest = [
-            "--dest=org.freedesktop.resolve1",
-            "/org/freedesktop/resolve1",
-        ];
         for method in ["FlushCaches", "ResetServerFeatures"] {
-            let member = format!("org.freedesktop.resolve1.Manager.{method}");
-            let reply = bus
-                .dbus_send(Some(NOBODY), &[dest[0], dest[1], &member])
-                .await;
+            let reply = send(&bus, Some(NOBODY), method, &[]).await;
             assert!(
                 reply.contains("org.freedesktop.DBus.Error.AccessDenied"),
                 "{method} as nobody: {reply}"
             );
         }
-        let revert = bus
-            .dbus_send(
-                Some(NOBODY),
-                &[
-                    dest[0],
-                    dest[1],
-                    "org.freedesktop.resolve1.Manager.RevertLink",
-                    &format!("int32:{lan0}"),
-                ],
-            )
-            .await;
+        let revert = send(
+            &bus,
+            Some(NOBODY),
+            "RevertLink",
+            &[&format!("int32:{lan0}")],
+        )
+        .await;
         assert!(
             revert.contains("org.freedesktop.DBus.Error.AccessDenied"),
             "{revert}"
@@ -297,19 +329,8 @@ fn a_links_domains_go_to_its_server_and_no_other_name_does() {
         );
 
         // What the link's object, the manager, status and resolv.conf show.
-        let shown = ok(
-            &bus,
-            &[
-                "get-property",
-                "org.freedesktop.resolve1",
-                &link_path,
-                "org.freedesktop.resolve1.Link",
-                "Domains",
-                "DNS",
-                "CurrentDNSServer",
-            ],
-        )
-        .await;
+        let shown =
+            link_properties(&bus, &link_path, &["Domains", "DNS", "CurrentDNSServer"]).await;
         assert_eq!(
             shown,
             "a(sb) 3 \"corp.example\" false \"vpn.example\" true \".\" true\n\
@@ -359,85 +380,47 @@ fn a_links_domains_go_to_its_server_and_no_other_name_does() {
         );
 
         // Bad input changes nothing.
-        let before = ok(
-            &bus,
-            &[
-                "get-property",
-                "org.freedesktop.resolve1",
-                &link_path,
-                "org.freedesktop.resolve1.Link",
-                "Domains",
-                "DNS",
-            ],
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+        let before = link_properties(&bus, &link_path, &["Domains", "DNS"]).await;
+        let bad: [(&str, &[&str], &str); 7] = [
+            (
                 "SetLinkDNS",
                 &["ia(iay)", &lan0, "1", "7", "4", "10", "0", "0", "1"],
+                "Unknown address family 7",
             ),
-            "Unknown address family 7",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
                 "SetLinkDNS",
                 &["ia(iay)", &lan0, "1", "2", "3", "10", "0", "0"],
+                "Invalid address size",
             ),
-            "Invalid address size",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
                 "SetLinkDNS",
                 &["ia(iay)", &lan0, "1", "10", "4", "10", "0", "0", "1"],
+                "Invalid address size",
             ),
-            "Invalid address size",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager("SetLinkDomains", &["ia(sb)", &lan0, "1", "a..b", "false"]),
-            "Invalid search domain",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
+                "SetLinkDomains",
+                &["ia(sb)", &lan0, "1", "a..b", "false"],
+                "Invalid search domain",
+            ),
+            (
                 "SetLinkDomains",
                 &["ia(sb)", &lan0, "1", "has space", "false"],
+                "Invalid search domain",
             ),
-            "Invalid search domain",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
                 "SetLinkDomains",
                 &["ia(sb)", "9999", "1", "x.example", "false"],
+                "Link 9999 not known",
             ),
-            "Link 9999 not known",
-        )
-        .await;
-        refused(
-            &bus,
-            None,
-            &manager(
+            (
                 "SetLinkDomains",
                 &["ia(sb)", "1", "1", "x.example", "false"],
+                "loopback",
             ),
-            "loopback",
-        )
-        .await;
+        ];
+        for (method, args, message) in bad {
+            refused(&bus, None, &manager(method, args), message).await;
+        }
         let many: Vec<String> = (0..10_000)
             .flat_map(|i| [format!("d{i}.example"), "false".to_string()])
             .collect();
@@ -450,60 +433,21 @@ fn a_links_domains_go_to_its_server_and_no_other_name_does() {
             "10000 domains on one link",
         )
         .await;
-        let reply = bus
-            .dbus_send(
-                None,
-                &[
-                    dest[0],
-                    dest[1],
-                    "org.freedesktop.resolve1.Manager.RevertLink",
-                    "int32:9999",
-                ],
-            )
-            .await;
+        let reply = send(&bus, None, "RevertLink", &["int32:9999"]).await;
         assert!(
             reply.contains("org.freedesktop.resolve1.NoSuchLink"),
             "{reply}"
         );
-        let reply = bus
-            .dbus_send(
-                None,
-                &[
-                    dest[0],
-                    dest[1],
-                    "org.freedesktop.resolve1.Manager.RegisterService",
-                ],
-            )
-            .await;
+        let reply = send(&bus, None, "RegisterService", &[]).await;
         assert!(
             reply.contains("org.freedesktop.DBus.Error.UnknownMethod"),
             "{reply}"
         );
-        let after = ok(
-            &bus,
-            &[
-                "get-property",
-                "org.freedesktop.resolve1",
-                &link_path,
-                "org.freedesktop.resolve1.Link",
-                "Domains",
-                "DNS",
-            ],
-        )
-        .await;
+        let after = link_properties(&bus, &link_path, &["Domains", "DNS"]).await;
         assert_eq!(before, after);
 
         // Root flushes, then reverts: the link's names go back to the DoT upstream.
-        let reply = bus
-            .dbus_send(
-                None,
-                &[
-                    dest[0],
-                    dest[1],
-                    "org.freedesktop.resolve1.Manager.FlushCaches",
-                ],
-            )
-            .await;
+        let reply = send(&bus, None, "FlushCaches", &[]).await;
         assert!(!reply.contains("Error"), "{reply}");
         ok(&bus, &manager("RevertLink", &["i", &lan0])).await;
         let asked = link_server.names().len();
@@ -526,12 +470,14 @@ fn with_all_a_link_with_the_wildcard_domain_gets_every_other_name() {
         return;
     }
     in_private_network(NETWORK, || async {
-        let bus = PrivateBus::start().await;
-        let link_server = LinkServer::start(LINK_SERVER).await;
-        let up = FakeUpstream::start().await;
-        let dir = open_temp_dir();
-        let proxy = start(&up, &bus.address, dir.path(), "link_dns = \"all\"").await;
-        let lan0 = ifindex("lan0").to_string();
+        let Setup {
+            bus,
+            link_server,
+            up,
+            dir: _dir,
+            proxy,
+            lan0,
+        } = Setup::start("link_dns = \"all\"").await;
         ok(
             &bus,
             &manager("SetLinkDomains", &["ia(sb)", &lan0, "1", ".", "true"]),
@@ -553,6 +499,36 @@ fn with_all_a_link_with_the_wildcard_domain_gets_every_other_name() {
         ok(&bus, &manager("SetLinkDNS", &["ia(iay)", &lan0, "0"])).await;
         assert_eq!(resolve(&proxy, "www.example.org.").await, vec![up.answer()]);
         assert_eq!(link_server.names().len(), 1);
+
+        // The link object's own methods do the same, without the index.
+        let link_path = format!("/org/freedesktop/resolve1/link/_3{}", &lan0[..1]) + &lan0[1..];
+        let on_link = |method: &'static str, args: &'static [&'static str]| {
+            let mut all = vec![
+                "call",
+                "org.freedesktop.resolve1",
+                &link_path,
+                "org.freedesktop.resolve1.Link",
+                method,
+            ];
+            all.extend_from_slice(args);
+            all
+        };
+        ok(
+            &bus,
+            &on_link("SetDNS", &["a(iay)", "1", "2", "4", "10", "77", "0", "53"]),
+        )
+        .await;
+        refused(
+            &bus,
+            None,
+            &on_link("SetDNS", &["s", "x"]),
+            "expecting 'a(iay)'",
+        )
+        .await;
+        assert_eq!(resolve(&proxy, "www.example.net.").await, vec![LINK_ANSWER]);
+        ok(&bus, &on_link("Revert", &[])).await;
+        assert_eq!(resolve(&proxy, "www.example.edu.").await, vec![up.answer()]);
+        assert_eq!(link_server.names().len(), 2);
     });
 }
 

@@ -12,9 +12,8 @@ use hickory_proto::rr::RecordType;
 use tempfile::TempDir;
 
 use crate::support::client::{UdpClient, assert_a, make_query};
-use crate::support::proxy::{
-    Collector, Proxy, ProxyConfig, UpstreamSpec, collect_lines, free_port,
-};
+use crate::support::proxy::{Collector, Proxy, ProxyConfig, UpstreamSpec, free_port};
+use crate::support::unbound;
 use crate::support::upstream::{DEFAULT_TLS_NAME, ca_pem, issue_cert, open_temp_dir, write_file};
 use crate::support::{require_tool, upstream_and_proxy, within};
 
@@ -87,27 +86,13 @@ struct Unbound {
 impl Unbound {
     async fn start() -> Unbound {
         let dir = open_temp_dir();
-        let cert = issue_cert(DEFAULT_TLS_NAME, false);
-        let key_file = dir.path().join("server.key");
-        let pem_file = dir.path().join("server.pem");
-        write_file(&key_file, &cert.key_pem, 0o600);
-        write_file(&pem_file, &cert.cert_pem, 0o644);
         let port = free_port();
-        let conf = format!(
-            r#"server:
-    interface: 127.0.0.1@{port}
+        let conf = unbound::write_conf(
+            dir.path(),
+            &issue_cert(DEFAULT_TLS_NAME, false),
+            &format!(
+                r#"    interface: 127.0.0.1@{port}
     tls-port: {port}
-    tls-service-key: "{key}"
-    tls-service-pem: "{pem}"
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    pidfile: ""
-    directory: "{dir}"
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    do-ip6: no
     module-config: "iterator"
     access-control: 127.0.0.0/8 allow
     local-zone: "test." static
@@ -116,38 +101,11 @@ impl Unbound {
     local-data: "txt.test. 60 IN TXT \"hello from unbound\""
 remote-control:
     control-enable: no
-"#,
-            key = key_file.display(),
-            pem = pem_file.display(),
-            dir = dir.path().display(),
+"#
+            ),
         );
-        let conf_file = dir.path().join("unbound.conf");
-        write_file(&conf_file, &conf, 0o644);
-        let unbound = crate::support::find_tool("unbound").expect("unbound");
-        let mut child = tokio::process::Command::new(unbound)
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn unbound");
         let log = Collector::new();
-        tokio::spawn(collect_lines(child.stderr.take().unwrap(), log.clone()));
-        let started = log
-            .wait(
-                0,
-                &|l| l.contains("start of service"),
-                Duration::from_secs(10),
-            )
-            .await;
-        assert!(
-            started.is_some(),
-            "unbound did not start:\n{}",
-            log.lines().join("\n")
-        );
+        let child = unbound::spawn(&conf, None, &log, Duration::from_secs(10)).await;
         Unbound {
             port,
             _dir: dir,

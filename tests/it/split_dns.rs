@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, TXT};
 use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::support::client::{a_records, assert_a, tcp_query, txt_records, udp_query};
 use crate::support::proxy::ActivationSockets;
+use crate::support::upstream::response_to;
 use crate::support::upstream_and_proxy_with;
 
 const INTERNAL: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 9);
@@ -79,12 +80,7 @@ impl PlainServer {
 }
 
 fn answer(query: &[u8], udp: bool) -> Option<Vec<u8>> {
-    let query = Message::from_vec(query).ok()?;
-    let question = query.queries.first()?.clone();
-    let mut response = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-    response.metadata.recursion_desired = query.metadata.recursion_desired;
-    response.metadata.recursion_available = true;
-    response.add_query(question.clone());
+    let (mut response, question) = response_to(query)?;
     let name = question.name().clone();
     match question.query_type() {
         RecordType::A => {

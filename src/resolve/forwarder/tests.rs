@@ -236,6 +236,42 @@ fn read(answer: &[u8]) -> (u16, ResponseCode, Vec<Ipv4Addr>) {
     )
 }
 
+/// The answer of `forwarder` to a client's A query for `name` with id `id`, over UDP, as
+/// `read` gives it.
+async fn ask<R: Exchange>(
+    forwarder: &Arc<Forwarder<R>>,
+    id: u16,
+    name: &str,
+) -> (u16, ResponseCode, Vec<Ipv4Addr>) {
+    read(
+        &forwarder
+            .answer(&query(id, name), CLIENT, Transport::Udp)
+            .await,
+    )
+}
+
+/// What became of one client query.
+struct Outcome {
+    /// The response code and who answered.
+    answer: (ResponseCode, Vec<Ipv4Addr>),
+    /// The upstream calls made from the query on, as `calls` gives them.
+    calls: Vec<(usize, u64)>,
+    took: Duration,
+}
+
+/// Asks `forwarder` the client's A query for `example.com.` (id 7) now; `log` is its
+/// upstreams' call log.
+async fn ask_once<R: Exchange>(forwarder: &Arc<Forwarder<R>>, log: &Log) -> Outcome {
+    let start = Instant::now();
+    let (id, rcode, by) = ask(forwarder, 7, "example.com.").await;
+    assert_eq!(id, 7);
+    Outcome {
+        answer: (rcode, by),
+        calls: calls(log, start),
+        took: start.elapsed(),
+    }
+}
+
 /// The IPv4 address of the `index`th upstream, as its answers carry it.
 fn answered_by(index: usize) -> Vec<Ipv4Addr> {
     match upstream(index).ip() {
@@ -273,13 +309,10 @@ async fn a_dead_connection_is_retried_once_on_the_same_upstream() {
         ])
         .tls(&[])
         .forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(0)));
-    assert_eq!(calls(&log, start), vec![(0, 0), (0, 10)]);
-    assert_eq!(start.elapsed(), ms(30));
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(0)));
+    assert_eq!(asked.calls, vec![(0, 0), (0, 10)]);
+    assert_eq!(asked.took, ms(30));
 }
 
 #[tokio::test(start_paused = true)]
@@ -291,12 +324,9 @@ async fn a_second_dead_connection_goes_to_the_next_upstream() {
         ])
         .tls(&[Step::Answer(ms(5))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(1)));
-    assert_eq!(calls(&log, start), vec![(0, 0), (0, 10), (1, 20)]);
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(1)));
+    assert_eq!(asked.calls, vec![(0, 0), (0, 10), (1, 20)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -305,12 +335,9 @@ async fn a_dead_connection_to_an_upstream_now_down_is_retried_on_the_next() {
         .tls(&[Step::FailDown(UpstreamError::Closed)])
         .tls(&[Step::Answer(ms(5))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(1)));
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 0)]);
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(1)));
+    assert_eq!(asked.calls, vec![(0, 0), (1, 0)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -319,17 +346,10 @@ async fn a_slow_upstream_is_hedged_after_the_delay_and_the_first_answer_wins() {
         .tls(&[Step::Answer(ms(500))])
         .tls(&[Step::Answer(ms(10))])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(1)));
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
-    assert_eq!(
-        start.elapsed(),
-        ms(60),
-        "the hedge's answer, not the first's"
-    );
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(1)));
+    assert_eq!(asked.calls, vec![(0, 0), (1, 50)]);
+    assert_eq!(asked.took, ms(60), "the hedge's answer, not the first's");
     assert_eq!(forwarder.counts.hedged.get(), 1);
 }
 
@@ -339,13 +359,10 @@ async fn a_hedged_upstream_that_answers_first_still_wins() {
         .tls(&[Step::Answer(ms(70))])
         .tls(&[Step::Answer(ms(100))])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(0)));
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
-    assert_eq!(start.elapsed(), ms(70));
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(0)));
+    assert_eq!(asked.calls, vec![(0, 0), (1, 50)]);
+    assert_eq!(asked.took, ms(70));
 }
 
 #[tokio::test(start_paused = true)]
@@ -354,13 +371,10 @@ async fn a_failed_hedge_leaves_the_first_upstream_to_answer() {
         .tls(&[Step::Answer(ms(200))])
         .tls(&[Step::Fail(ms(10), refused())])
         .forwarder(Strategy::Failover, Hedge::After(ms(50)), false);
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(0)));
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 50)]);
-    assert_eq!(start.elapsed(), ms(200));
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(0)));
+    assert_eq!(asked.calls, vec![(0, 0), (1, 50)]);
+    assert_eq!(asked.took, ms(200));
 }
 
 #[tokio::test(start_paused = true)]
@@ -374,17 +388,12 @@ async fn identical_queries_in_flight_make_one_upstream_call() {
     let clients: Vec<_> = (0..10)
         .map(|id| {
             let forwarder = forwarder.clone();
-            tokio::spawn(async move {
-                forwarder
-                    .answer(&query(id, "example.com."), CLIENT, Transport::Udp)
-                    .await
-            })
+            tokio::spawn(async move { ask(&forwarder, id, "example.com.").await })
         })
         .collect();
     for (id, client) in clients.into_iter().enumerate() {
-        let answer = client.await.unwrap();
         assert_eq!(
-            read(&answer),
+            client.await.unwrap(),
             (id as u16, ResponseCode::NoError, answered_by(0))
         );
     }
@@ -402,22 +411,22 @@ async fn an_expired_answer_is_served_when_the_upstream_fails() {
             Step::Fail(ms(10), refused()),
         ])
         .forwarder(Strategy::Failover, Hedge::Off, true);
-    let answer = forwarder
-        .answer(&query(1, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (1, ResponseCode::NoError, answered_by(0)));
+    assert_eq!(
+        ask(&forwarder, 1, "example.com.").await,
+        (1, ResponseCode::NoError, answered_by(0))
+    );
     tokio::time::advance(Duration::from_secs(u64::from(TTL) + 1)).await;
 
-    let answer = forwarder
-        .answer(&query(2, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (2, ResponseCode::NoError, answered_by(0)));
+    assert_eq!(
+        ask(&forwarder, 2, "example.com.").await,
+        (2, ResponseCode::NoError, answered_by(0))
+    );
     assert_eq!(forwarder.counts.cache.stale.get(), 1);
     // A name never answered has nothing stale to fall back on.
-    let answer = forwarder
-        .answer(&query(3, "example.org."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (3, ResponseCode::ServFail, vec![]));
+    assert_eq!(
+        ask(&forwarder, 3, "example.org.").await,
+        (3, ResponseCode::ServFail, vec![])
+    );
     assert_eq!(log.lock().unwrap().len(), 3);
 }
 
@@ -428,13 +437,10 @@ async fn an_exhausted_budget_is_servfail_and_no_other_upstream_is_asked() {
         Hedge::Off,
         false,
     );
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::ServFail, vec![]));
-    assert_eq!(start.elapsed(), BUDGET);
-    assert_eq!(calls(&log, start), vec![(0, 0)]);
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::ServFail, vec![]));
+    assert_eq!(asked.took, BUDGET);
+    assert_eq!(asked.calls, vec![(0, 0)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -444,13 +450,10 @@ async fn plain_upstreams_share_the_budget_so_the_last_gets_its_try() {
         .plain(&[Step::Hang])
         .plain(&[Step::Answer(ms(10))])
         .forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(2)));
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(2)));
     // A third of the budget each, then half of the rest (the timer rounds up to the ms).
-    assert_eq!(calls(&log, start), vec![(0, 0), (1, 334), (2, 667)]);
+    assert_eq!(asked.calls, vec![(0, 0), (1, 334), (2, 667)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -465,12 +468,9 @@ async fn failover_asks_in_configuration_order_and_skips_the_down() {
         .available
         .store(false, Ordering::Relaxed);
     let (forwarder, log) = upstreams.forwarder(Strategy::Failover, Hedge::Off, false);
-    let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(7, "example.com."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (7, ResponseCode::NoError, answered_by(3)));
-    assert_eq!(calls(&log, start), vec![(1, 0), (2, 10), (3, 20)]);
+    let asked = ask_once(&forwarder, &log).await;
+    assert_eq!(asked.answer, (ResponseCode::NoError, answered_by(3)));
+    assert_eq!(asked.calls, vec![(1, 0), (2, 10), (3, 20)]);
 }
 
 // Upstreams over scripted connections, with the daemon's own pool, health, backoff and probing.
@@ -483,6 +483,8 @@ const CONNECT: Duration = Duration::from_millis(20);
 const ANSWER: Duration = Duration::from_millis(10);
 /// Queries of the steady load come this far apart.
 const INTERVAL: Duration = Duration::from_millis(150);
+/// Every strategy, for the tests that hold under each.
+const STRATEGIES: [Strategy; 3] = [Strategy::Failover, Strategy::RoundRobin, Strategy::Fastest];
 /// The longest backoff of a down upstream.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -661,10 +663,7 @@ async fn steady<R: Exchange>(
             tokio::spawn(async move {
                 tokio::time::sleep_until(start + INTERVAL * i as u32).await;
                 let asked = Instant::now();
-                let answer = forwarder
-                    .answer(&query(i as u16, &name), CLIENT, Transport::Udp)
-                    .await;
-                let (id, rcode, by) = read(&answer);
+                let (id, rcode, by) = ask(&forwarder, i as u16, &name).await;
                 assert_eq!(id, i as u16);
                 Asked {
                     rcode,
@@ -792,25 +791,17 @@ async fn black_holed_first_of_two(
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_black_holed_upstream_costs_failover_only_the_first_query_a_connect_share() {
-    black_holed_first_of_two(Strategy::Failover, false, None).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_black_holed_upstream_costs_round_robin_only_the_first_query_a_connect_share() {
-    black_holed_first_of_two(Strategy::RoundRobin, false, None).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_black_holed_upstream_costs_fastest_only_the_first_query_a_connect_share() {
-    black_holed_first_of_two(Strategy::Fastest, false, None).await;
+async fn a_black_holed_upstream_costs_only_the_first_query_a_connect_share() {
+    for strategy in STRATEGIES {
+        black_holed_first_of_two(strategy, false, None).await;
+    }
 }
 
 /// Back at several points of the probing cycle: during a probe's connect before its SYN is
 /// retransmitted, just after, and between two probes.
 #[tokio::test(start_paused = true)]
 async fn a_black_holed_upstream_back_again_is_used_again_within_its_backoff() {
-    for strategy in [Strategy::Failover, Strategy::RoundRobin, Strategy::Fastest] {
+    for strategy in STRATEGIES {
         for back in [2600, 2700, 3200, 3500] {
             black_holed_first_of_two(strategy, false, Some(ms(back))).await;
         }
@@ -819,7 +810,7 @@ async fn a_black_holed_upstream_back_again_is_used_again_within_its_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn a_forward_zone_with_a_black_holed_resolver_answers_every_query_in_time() {
-    for strategy in [Strategy::Failover, Strategy::RoundRobin, Strategy::Fastest] {
+    for strategy in STRATEGIES {
         black_holed_first_of_two(strategy, true, None).await;
         black_holed_first_of_two(strategy, true, Some(ms(3000))).await;
     }
@@ -832,16 +823,16 @@ async fn a_forward_zone_with_a_black_holed_resolver_answers_every_query_in_time(
 async fn a_black_holed_only_upstream_gets_the_whole_budget_then_is_backed_off() {
     let (forwarder, _, log) = pooled_forwarder(&[(0, BLACK_HOLED)], Strategy::Failover, false);
     let start = Instant::now();
-    let answer = forwarder
-        .answer(&query(1, "one.example."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (1, ResponseCode::ServFail, vec![]));
+    assert_eq!(
+        ask(&forwarder, 1, "one.example.").await,
+        (1, ResponseCode::ServFail, vec![])
+    );
     assert_eq!(start.elapsed(), LONG_BUDGET);
     let again = Instant::now();
-    let answer = forwarder
-        .answer(&query(2, "two.example."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (2, ResponseCode::ServFail, vec![]));
+    assert_eq!(
+        ask(&forwarder, 2, "two.example.").await,
+        (2, ResponseCode::ServFail, vec![])
+    );
     assert_eq!(again.elapsed(), Duration::ZERO);
     assert_eq!(calls(&log, start), vec![(0, 0)]);
 }
@@ -852,7 +843,7 @@ async fn a_black_holed_only_upstream_gets_the_whole_budget_then_is_backed_off() 
 #[tokio::test(start_paused = true)]
 async fn a_refused_hedge_beside_a_hanging_probe_hands_over_to_the_next_upstream() {
     const QUERIES: usize = 40;
-    for strategy in [Strategy::Failover, Strategy::RoundRobin, Strategy::Fastest] {
+    for strategy in STRATEGIES {
         let (alone, _, _) = pooled_forwarder(&[(2, OPEN)], strategy, false);
         let baseline = steady(&alone, QUERIES, "example").await;
         let (forwarder, _, _) = pooled_forwarder(
@@ -894,19 +885,17 @@ async fn learned_zones_route_at_once_and_a_query_in_flight_finishes_where_it_wen
     let start = Instant::now();
     let in_flight = tokio::spawn({
         let forwarder = forwarder.clone();
-        async move {
-            forwarder
-                .answer(&query(1, "host.corp.example."), CLIENT, Transport::Udp)
-                .await
-        }
+        async move { ask(&forwarder, 1, "host.corp.example.").await }
     });
     tokio::time::sleep(ms(10)).await;
     assert!(forwarder.set_learned_with(&LearnedZones::default(), |_| unreachable!()));
-    let answer = in_flight.await.unwrap();
-    assert_eq!(read(&answer), (1, ResponseCode::NoError, answered_by(1)));
-    let answer = forwarder
-        .answer(&query(2, "host.corp.example."), CLIENT, Transport::Udp)
-        .await;
-    assert_eq!(read(&answer), (2, ResponseCode::NoError, answered_by(0)));
+    assert_eq!(
+        in_flight.await.unwrap(),
+        (1, ResponseCode::NoError, answered_by(1))
+    );
+    assert_eq!(
+        ask(&forwarder, 2, "host.corp.example.").await,
+        (2, ResponseCode::NoError, answered_by(0))
+    );
     assert_eq!(calls(&log, start), vec![(1, 0), (0, 100)]);
 }

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::RecordType;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
@@ -27,7 +26,7 @@ use super::{error_kind, timed_udp};
 use crate::support::client::a_records;
 use crate::support::netns::Netns;
 use crate::support::proxy::{Proxy, ProxyConfig};
-use crate::support::upstream::{FakeUpstream, UpstreamOptions};
+use crate::support::upstream::{FakeUpstream, UpstreamOptions, a_response};
 
 /// The budget of these tests (the default); a quarter of it is the connect share.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -297,27 +296,6 @@ fn plain_server(netns: &Netns, answer: Ipv4Addr) -> SocketAddr {
         }
     });
     address
-}
-
-/// The response to `query` with one A record, `answer`.
-fn a_response(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
-    use hickory_proto::op::{Message, MessageType, OpCode};
-    use hickory_proto::rr::rdata::A;
-    use hickory_proto::rr::{RData, Record};
-    let query = Message::from_vec(query).ok()?;
-    let question = query.queries.first()?.clone();
-    let mut response = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-    response.metadata.recursion_desired = query.metadata.recursion_desired;
-    response.metadata.recursion_available = true;
-    response.add_query(question.clone());
-    if question.query_type() == RecordType::A {
-        response.add_answer(Record::from_rdata(
-            question.name().clone(),
-            30,
-            RData::A(A(answer)),
-        ));
-    }
-    response.to_vec().ok()
 }
 
 /// A forward zone of two plain-DNS resolvers, the first black-holed (its datagrams dropped),

@@ -16,6 +16,7 @@ use tempfile::TempDir;
 use tokio::net::UdpSocket;
 
 use super::proxy::{Collector, UpstreamSpec, collect_lines, free_port};
+use super::unbound;
 use super::upstream::{DEFAULT_TLS_NAME, ca_pem, issue_cert, open_temp_dir, write_file};
 use super::{find_tool, require_tool, within};
 
@@ -204,11 +205,6 @@ pub struct WorldResolver {
 impl WorldResolver {
     pub async fn start(world: &World, knot: &Knot, resolution: Resolution) -> WorldResolver {
         let dir = open_temp_dir();
-        let cert = issue_cert(DEFAULT_TLS_NAME, false);
-        let key_file = dir.path().join("server.key");
-        let pem_file = dir.path().join("server.pem");
-        write_file(&key_file, &cert.key_pem, 0o600);
-        write_file(&pem_file, &cert.cert_pem, 0o644);
         write_file(&dir.path().join("ca.pem"), ca_pem(), 0o644);
         let dot_port = free_port();
         let plain_port = free_port();
@@ -221,27 +217,18 @@ impl WorldResolver {
         };
         // Forwarding (not iterating from hints) keeps every query on knotd's port: the world's
         // NS records name an address nothing listens on.
-        let conf = format!(
-            r#"server:
-    interface: 127.0.0.1@{dot_port}
+        let conf = unbound::write_conf(
+            dir.path(),
+            &issue_cert(DEFAULT_TLS_NAME, false),
+            &format!(
+                r#"    interface: 127.0.0.1@{dot_port}
     interface: 127.0.0.1@{plain_port}
     tls-port: {dot_port}
-    tls-service-key: "{key}"
-    tls-service-pem: "{pem}"
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    pidfile: ""
-    directory: "{dir}"
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
     log-queries: yes
     val-log-level: 2
     num-threads: 1
     outgoing-range: 64
     so-reuseport: no
-    do-ip6: no
     do-not-query-localhost: no
     qname-minimisation: no
     ede: yes
@@ -256,42 +243,13 @@ remote-control:
     control-interface: "{dir}/control.sock"
     control-use-cert: no
 "#,
-            key = key_file.display(),
-            pem = pem_file.display(),
-            dir = dir.path().display(),
-            knot_ip = knot.addr.ip(),
-            knot_port = knot.addr.port(),
+                dir = dir.path().display(),
+                knot_ip = knot.addr.ip(),
+                knot_port = knot.addr.port(),
+            ),
         );
-        let conf_file = dir.path().join("unbound.conf");
-        write_file(&conf_file, &conf, 0o644);
-        let unbound = find_tool("unbound").expect("unbound");
-        let mut child = tokio::process::Command::new(unbound)
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn unbound");
         let log = Collector::new();
-        tokio::spawn(collect_lines(
-            child.stderr.take().expect("unbound stderr"),
-            log.clone(),
-        ));
-        let started = log
-            .wait(
-                0,
-                &|l| l.contains("start of service"),
-                Duration::from_secs(15),
-            )
-            .await;
-        assert!(
-            started.is_some(),
-            "unbound did not start:\n{}",
-            log.lines().join("\n")
-        );
+        let child = unbound::spawn(&conf, None, &log, Duration::from_secs(15)).await;
         WorldResolver {
             dot: SocketAddr::from((Ipv4Addr::LOCALHOST, dot_port)),
             plain: SocketAddr::from((Ipv4Addr::LOCALHOST, plain_port)),

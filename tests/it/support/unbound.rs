@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use super::proxy::{Collector, collect_lines, free_port};
-use super::upstream::{ca_pem, issue_server_cert, open_temp_dir, write_file};
+use super::upstream::{IssuedCert, ca_pem, issue_server_cert, open_temp_dir, write_file};
 
 /// The name in unbound's certificate (with the IP address 127.0.0.1).
 pub const DOH_NAME: &str = "doh.test";
@@ -67,34 +67,21 @@ impl Unbound {
     pub async fn start_in(ports: UnboundPorts, netns: Option<&str>) -> Unbound {
         let dir = open_temp_dir();
         let cert = issue_server_cert(&[DOH_NAME, "127.0.0.1"], 7);
-        let key_file = dir.path().join("server.key");
-        let pem_file = dir.path().join("server.pem");
         let ca_file = dir.path().join("ca.pem");
-        write_file(&key_file, &cert.key_pem, 0o600);
-        write_file(&pem_file, &cert.cert_pem, 0o644);
         write_file(&ca_file, ca_pem(), 0o644);
-        let mut interfaces = format!("    interface: {}@{}\n", ports.ip, ports.https);
+        let mut server = format!("    interface: {}@{}\n", ports.ip, ports.https);
         if let Some(tls) = ports.tls {
-            interfaces.push_str(&format!(
+            server.push_str(&format!(
                 "    interface: {}@{tls}\n    tls-port: {tls}\n",
                 ports.ip
             ));
         }
-        let conf_text = format!(
-            r#"server:
-{interfaces}    https-port: {https}
+        let conf = write_conf(
+            dir.path(),
+            &cert,
+            &format!(
+                r#"{server}    https-port: {https}
     http-endpoint: "{DOH_PATH}"
-    tls-service-key: "{key}"
-    tls-service-pem: "{pem}"
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    pidfile: ""
-    directory: "{dir}"
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    do-ip6: no
     num-threads: 1
     module-config: "iterator"
     access-control: 0.0.0.0/0 allow
@@ -104,13 +91,9 @@ impl Unbound {
 remote-control:
     control-enable: no
 "#,
-            https = ports.https,
-            key = key_file.display(),
-            pem = pem_file.display(),
-            dir = dir.path().display(),
+                https = ports.https,
+            ),
         );
-        let conf = dir.path().join("unbound.conf");
-        write_file(&conf, &conf_text, 0o644);
         let mut unbound = Unbound {
             ports,
             dir,
@@ -125,42 +108,8 @@ remote-control:
     }
 
     async fn spawn(&mut self) {
-        let program = super::find_tool("unbound").expect("unbound");
-        let mut command = match &self.netns {
-            Some(netns) => {
-                let mut command = tokio::process::Command::new("ip");
-                command.args(["netns", "exec", netns]).arg(program);
-                command
-            }
-            None => tokio::process::Command::new(program),
-        };
-        command
-            .arg("-d")
-            .arg("-c")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("spawn unbound");
-        let mark = self.log.len();
-        tokio::spawn(collect_lines(
-            child.stderr.take().expect("stderr"),
-            self.log.clone(),
-        ));
-        let started = self
-            .log
-            .wait(
-                mark,
-                &|l| l.contains("start of service"),
-                Duration::from_secs(10),
-            )
-            .await;
-        assert!(
-            started.is_some(),
-            "unbound did not start:\n{}",
-            self.log.lines().join("\n")
-        );
+        let wait = Duration::from_secs(10);
+        let child = spawn(&self.conf, self.netns.as_deref(), &self.log, wait).await;
         self.child = Some(child);
     }
 
@@ -189,6 +138,81 @@ remote-control:
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Writes unbound's configuration to `dir`/unbound.conf, and returns that path: in the
+/// foreground, no chroot, user, pid file or syslog, IPv4 only, files in `dir`, serving TLS with
+/// `cert` (key and certificate written to `dir`); then `rest`: more `server:` keys (indented)
+/// and the other sections.
+pub fn write_conf(dir: &Path, cert: &IssuedCert, rest: &str) -> PathBuf {
+    let key_file = dir.join("server.key");
+    let pem_file = dir.join("server.pem");
+    write_file(&key_file, &cert.key_pem, 0o600);
+    write_file(&pem_file, &cert.cert_pem, 0o644);
+    let text = format!(
+        r#"server:
+    tls-service-key: "{key}"
+    tls-service-pem: "{pem}"
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    pidfile: ""
+    directory: "{dir}"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    do-ip6: no
+{rest}"#,
+        key = key_file.display(),
+        pem = pem_file.display(),
+        dir = dir.display(),
+    );
+    let conf = dir.join("unbound.conf");
+    write_file(&conf, &text, 0o644);
+    conf
+}
+
+/// Starts unbound on `conf` (in the network namespace `netns`, as `ip netns exec` runs it, if
+/// given), its stderr collected in `log`, and waits up to `wait` for it to serve; killed when
+/// the returned child is dropped.
+pub async fn spawn(
+    conf: &Path,
+    netns: Option<&str>,
+    log: &Arc<Collector>,
+    wait: Duration,
+) -> tokio::process::Child {
+    let program = super::find_tool("unbound").expect("unbound");
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = tokio::process::Command::new("ip");
+            command.args(["netns", "exec", netns]).arg(program);
+            command
+        }
+        None => tokio::process::Command::new(program),
+    };
+    command
+        .arg("-d")
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn unbound");
+    let mark = log.len();
+    tokio::spawn(collect_lines(
+        child.stderr.take().expect("unbound stderr"),
+        log.clone(),
+    ));
+    let started = log
+        .wait(mark, &|l| l.contains("start of service"), wait)
+        .await;
+    assert!(
+        started.is_some(),
+        "unbound did not start:\n{}",
+        log.lines().join("\n")
+    );
+    child
 }
 
 /// A plain DNS server over UDP answering A and AAAA questions for one name, logging every

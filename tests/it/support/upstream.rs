@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::{A, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rcgen::{
@@ -906,4 +906,27 @@ async fn respond(query: &[u8], mode: Mode, answer: Ipv4Addr) -> Option<Vec<u8>> 
         bytes.truncate(bytes.len() - 3);
     }
     Some(bytes)
+}
+
+/// The start of a response to the DNS query in `query`: its id and question, RD echoed, RA
+/// set, no records; with the question. `None` when it does not parse or asks nothing.
+pub fn response_to(query: &[u8]) -> Option<(Message, Query)> {
+    let query = Message::from_vec(query).ok()?;
+    let question = query.queries.first()?.clone();
+    let mut response = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    response.metadata.recursion_desired = query.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.add_query(question.clone());
+    Some((response, question))
+}
+
+/// The response to the DNS query in `query`, as a plain DNS server that knows one address
+/// sends it: `answer` (TTL 30) to an A question, no records to the others.
+pub fn a_response(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
+    let (mut response, question) = response_to(query)?;
+    if question.query_type() == RecordType::A {
+        let name = question.name().clone();
+        response.add_answer(Record::from_rdata(name, 30, RData::A(A(answer))));
+    }
+    response.to_vec().ok()
 }
