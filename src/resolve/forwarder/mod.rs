@@ -439,7 +439,7 @@ impl<R: Exchange> Forwarder<R> {
     ) -> Vec<u8> {
         let _forwarding = GaugeGuard::new(&self.counts.queries_in_flight);
         let started = Instant::now();
-        // Boxed: the resolution's state is some 5 KiB, and a task's future is copied on
+        // Boxed: the resolution's state is kilobytes, and a task's future is copied on
         // spawn and on completion; a pointer is cheaper to move than that.
         let (answer, source, security) = Box::pin(self.find_answer(query, started)).await;
         self.count(security);
