@@ -224,7 +224,10 @@ impl<C: Connector> PooledUpstream<C> {
 
     /// Opens a connection and adds it to the pool.
     async fn open(&self, deadline: Instant) -> Result<Arc<C::Channel>, UpstreamError> {
-        let connection = Arc::new(self.connector.connect(deadline, &self.metrics).await?);
+        // Boxed: a handshake's state is kilobytes that would otherwise sit inline in every
+        // query's future, while few queries open a connection.
+        let connect = Box::pin(self.connector.connect(deadline, &self.metrics));
+        let connection = Arc::new(connect.await?);
         let mut pool = lock::lock(&self.pool);
         pool.retain(|c| c.is_open());
         pool.push(connection.clone());
