@@ -10,8 +10,8 @@ import os
 from common import RESULTS, fmt, log, machine_info
 from peers import DOH_PATH, UPSTREAM_KIND_LABEL
 from links import DOMAINS_PER_LINK, LINKS
-from workloads import (ALL_WORKLOADS, DNSSEC_WORKLOADS, ENCRYPTED_WORKLOADS, LIGHT_RATES,
-                       LIGHT_SOCKETS, LINKS_WORKLOADS)
+from workloads import (ALL_WORKLOADS, DNSSEC_WORKLOADS, DOH_UPSTREAM_WORKLOADS, ENCRYPTED_WORKLOADS,
+                       LIGHT_RATES, LIGHT_SOCKETS, LINKS_WORKLOADS)
 
 
 def report(a, rows, versions, started, extras=None, light=None):
@@ -34,6 +34,7 @@ def report(a, rows, versions, started, extras=None, light=None):
            "dns_proxy": extras or {},
            "dnssec": dnssec_checks(rows),
            "links": links_checks(rows),
+           "doh_upstream": doh_upstream_checks(rows),
            "light": {"rates_qps": LIGHT_RATES, "duration_s": a.light_duration,
                      "fresh_starts": a.light_starts, "sockets": LIGHT_SOCKETS,
                      "upstreams": UPSTREAM_KIND_LABEL, "runs": light or [],
@@ -114,6 +115,23 @@ LINKS_TARGETS = [
 ]
 
 
+# DNS over HTTPS upstreams, CPU per query: unique names forwarded over DoH cost at most 1.5x
+# those forwarded over DoT to the same unbound; against dnsdist's DoH backend to it, no dearer
+# (cold names against dnsdist, cache hits against dnsdist with its packet cache).
+DOH_UPSTREAM_TARGETS = [
+    ("cold", "unique names, dns-proxy over DoH / over DoT to the same unbound",
+     ("dns-proxy", "doh-up-cold"), ("dns-proxy", "cold"), 1.5),
+    ("cold dnsdist", "unique names over DoH, dns-proxy / dnsdist",
+     ("dns-proxy", "doh-up-cold"), ("dnsdist", "doh-up-cold"), 1.0),
+    ("hot dnsdist", "cache hits over DoH, dns-proxy / dnsdist with its packet cache",
+     ("dns-proxy", "doh-up-hot"), ("dnsdist+cache", "doh-up-hot"), 1.0),
+]
+
+
+def doh_upstream_checks(rows):
+    return cpu_checks(rows, DOH_UPSTREAM_TARGETS)
+
+
 def dnssec_checks(rows):
     return cpu_checks(rows, DNSSEC_TARGETS)
 
@@ -143,6 +161,12 @@ def render_dnssec(doc):
         "DNSSEC: the signed test world (tests/dnssec/world.sh) served by knotd, behind an "
         "unbound that does not validate;", "-on rows validate against the world's root anchor, "
         "-off rows do not. CPU us per query of the forwarder:"])
+
+
+def render_doh_upstream(doc):
+    return render_checks(doc, DOH_UPSTREAM_WORKLOADS, doc.get("doh_upstream", []), [
+        "DoH upstream: doh-up-* rows forward over DNS over HTTPS (HTTP/2) to the same unbound as "
+        "the DoT rows. CPU us per query:"])
 
 
 def render_links(doc):
@@ -402,6 +426,7 @@ def render_table(doc):
                 seen.add(n)
     lines.extend(render_encrypted(doc))
     lines.extend(render_dnssec(doc))
+    lines.extend(render_doh_upstream(doc))
     lines.extend(render_links(doc))
     lines.extend(render_light(doc))
     lines.append("")

@@ -148,6 +148,7 @@ ALL_WORKLOADS = [w.name for s in SETUPS for w in s.workloads]
 ENCRYPTED_WORKLOADS = [w.name for s in SETUPS for w in s.workloads if w.transport]
 DNSSEC_WORKLOADS = [w.name for s in DNSSEC_SETUPS for w in s.workloads]
 LINKS_WORKLOADS = [w.name for w in LINKS_SETUP.workloads]
+DOH_UPSTREAM_WORKLOADS = [w.name for w in DOH_UPSTREAM.workloads]
 # Names files of unique names (dnsperf -n 1: each name asked once).
 UNIQUE_NAMES = {"cold", "unsigned", "signed"}
 # A name of the signed zone that every forwarder in the DNSSEC setups must answer (with AD when
