@@ -6,8 +6,9 @@
 //! SERVFAIL within `timeout`. The same on a connection that has answered before, except that
 //! the query caught by a server that goes silent on it (GOAWAY then nothing, or nothing) may
 //! wait for it to the end of its budget, as on a half-open DoT connection; the queries after
-//! it do not. A server that behaves gets POSTs of id-0 queries and carries many at once on
-//! one connection.
+//! it do not. A server that rotates its connection (GOAWAY, then answers to what it took) has
+//! the query in flight answered there, not cancelled. A server that behaves gets POSTs of id-0
+//! queries and carries many at once on one connection.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -68,7 +69,9 @@ fn down_because(behaviour: Behaviour) -> String {
         // The query after the GOAWAY finds the connection gone before the first one times out.
         Behaviour::Reset | Behaviour::GoAway => "is down: connection closed".to_string(),
         Behaviour::Stall => "is down: no answer in time".to_string(),
-        Behaviour::Answer => unreachable!("a server that answers is not down"),
+        Behaviour::Answer | Behaviour::GoAwayThenAnswer(_) => {
+            unreachable!("a server that answers is not down")
+        }
     }
 }
 
@@ -287,6 +290,54 @@ async fn reset_stream_alone_gives_servfail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_server_alone_gives_servfail() {
     servfails_alone(Behaviour::Stall).await;
+}
+
+/// A server that rotates its connection (a graceful GOAWAY, then answers to the requests it
+/// took, as one restarting or past its requests per connection does): the query in flight is
+/// answered on that connection, not cancelled and asked again; the next query goes to a new
+/// connection; the upstream is never marked down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_goaway_lets_the_query_in_flight_finish() {
+    let server = DohServer::start(Behaviour::Answer, HEALTHY_ANSWER).await;
+    let proxy = Proxy::builder_toml(&config(&[&server])).start().await;
+    let client = UdpClient::new(proxy.udp4()).await;
+    assert_a(&timed(&client, "warm.test.").await.0, HEALTHY_ANSWER);
+
+    server.set_behaviour(Behaviour::GoAwayThenAnswer(Duration::from_millis(300)));
+    let address = proxy.udp4();
+    let in_flight = tokio::spawn(async move {
+        let client = UdpClient::new(address).await;
+        client.exchange(&ask("in-flight.test.")).await.0
+    });
+    server.wait_requests(2, Duration::from_secs(5)).await;
+    // Time for the GOAWAY to reach the daemon, so that the next query finds it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (next, _) = timed(&client, "next.test.").await;
+    assert_a(&next, HEALTHY_ANSWER);
+    let in_flight = within(Duration::from_secs(5), "the query in flight", in_flight)
+        .await
+        .expect("client");
+    assert_a(&in_flight, HEALTHY_ANSWER);
+
+    let asked = server
+        .seen()
+        .iter()
+        .filter(|request| request.name.as_deref() == Some("in-flight.test."))
+        .count();
+    assert_eq!(asked, 1, "the query in flight was asked again");
+    assert_eq!(
+        server.connections(),
+        2,
+        "the next query opened a new connection"
+    );
+    assert!(
+        !proxy
+            .log_lines()
+            .iter()
+            .any(|line| line.contains(" is down: ")),
+        "a server rotating its connection was marked down"
+    );
+    proxy.assert_running();
 }
 
 /// 50 clients at once, each a name of its own, before any connection is open: all answered,

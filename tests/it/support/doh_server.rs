@@ -1,9 +1,10 @@
 //! A scripted DNS-over-HTTPS upstream, in process on the test's runtime: TLS (rustls, ALPN
 //! `h2` only) with a certificate for [`DOH_SERVER_NAME`] from the test CA, and HTTP/2 served by
 //! hyper. Every request gets what the server's [`Behaviour`] says (switchable while it runs),
-//! from a correct answer to an HTTP error, a GOAWAY, a reset stream or nothing at all. It counts the TCP connections it
-//! accepts and the requests it receives, and keeps what each request was, for tests to check
-//! what dns-proxy sent and whether it still asks a server that misbehaves.
+//! from a correct answer to an HTTP error, a GOAWAY, a reset stream or nothing at all. It
+//! counts the TCP connections it accepts and the requests it receives, and keeps what each
+//! request was, for tests to check what dns-proxy sent and whether it still asks a server that
+//! misbehaves.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -53,6 +54,9 @@ pub enum Behaviour {
     WrongType,
     /// Starts a graceful shutdown of the connection (GOAWAY) and never answers the request.
     GoAway,
+    /// Starts a graceful shutdown of the connection (GOAWAY), then answers as `Answer` does
+    /// after this delay: a server restarting, or rotating its connections.
+    GoAwayThenAnswer(Duration),
     /// Resets the request's stream (RST_STREAM, INTERNAL_ERROR).
     Reset,
     /// Takes the request and never answers it.
@@ -67,9 +71,10 @@ pub struct Seen {
     pub method: Method,
     pub path: String,
     pub content_type: Option<String>,
-    /// The id of the DNS query in the body, when the body was read and parsed (only
-    /// `Answer` reads it).
+    /// The id and the question's name of the DNS query in the body, when the body was read
+    /// and parsed (only an answering server reads it).
     pub dns_id: Option<u16>,
+    pub name: Option<String>,
 }
 
 /// State shared between the handle and the serving tasks.
@@ -272,7 +277,7 @@ async fn connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) 
 type Reply = Result<Response<Full<Bytes>>, io::Error>;
 
 async fn respond(request: Request<Incoming>, shared: Arc<Shared>, go_away: Arc<Notify>) -> Reply {
-    let mut seen = Seen {
+    let seen = Seen {
         at: Instant::now(),
         method: request.method().clone(),
         path: request.uri().path().to_string(),
@@ -281,72 +286,91 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>, go_away: Arc<N
             .get(CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         dns_id: None,
+        name: None,
     };
     let index = {
         let mut all = shared.seen.lock().unwrap();
-        all.push(seen.clone());
+        all.push(seen);
         all.len() - 1
     };
     shared.requests.fetch_add(1, Ordering::SeqCst);
     shared.bump();
     let behaviour = *shared.behaviour.lock().unwrap();
     match behaviour {
-        Behaviour::Answer => {}
+        Behaviour::Answer => Ok(match read_query(request, &shared, index).await {
+            Ok(query) => answer(&query, &shared),
+            Err(refusal) => refusal,
+        }),
+        Behaviour::GoAwayThenAnswer(delay) => {
+            // Read (and recorded) first: the client may give up on it during the delay.
+            let query = read_query(request, &shared, index).await;
+            go_away.notify_one();
+            tokio::time::sleep(delay).await;
+            Ok(match query {
+                Ok(query) => answer(&query, &shared),
+                Err(refusal) => refusal,
+            })
+        }
         Behaviour::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Ok(reply(
+            Ok(reply(
                 status,
                 "text/plain",
                 Bytes::from("try again later\n"),
-            ));
+            ))
         }
         Behaviour::WrongType => {
             let page = "<!DOCTYPE html><html><body>Sign in to continue</body></html>\n";
-            return Ok(reply(StatusCode::OK, "text/html", Bytes::from(page)));
+            Ok(reply(StatusCode::OK, "text/html", Bytes::from(page)))
         }
         Behaviour::GoAway => {
             go_away.notify_one();
             shared.stop.cancelled().await;
-            return Err(io::Error::other("server stopped"));
+            Err(io::Error::other("server stopped"))
         }
-        Behaviour::Reset => return Err(io::Error::other("scripted stream reset")),
+        Behaviour::Reset => Err(io::Error::other("scripted stream reset")),
         Behaviour::Stall => {
             shared.stop.cancelled().await;
-            return Err(io::Error::other("server stopped"));
+            Err(io::Error::other("server stopped"))
         }
     }
+}
+
+/// The DNS query a request carries (recording its id and name in `seen[index]`), or the
+/// error response to a request that is no RFC 8484 POST.
+async fn read_query(
+    request: Request<Incoming>,
+    shared: &Shared,
+    index: usize,
+) -> Result<Bytes, Response<Full<Bytes>>> {
+    let refuse = |status| reply(status, "text/plain", Bytes::new());
     if request.method() != Method::POST {
-        return Ok(reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            Bytes::new(),
-        ));
+        return Err(refuse(StatusCode::METHOD_NOT_ALLOWED));
     }
     if request.uri().path() != DOH_SERVER_PATH {
-        return Ok(reply(StatusCode::NOT_FOUND, "text/plain", Bytes::new()));
+        return Err(refuse(StatusCode::NOT_FOUND));
     }
-    if seen.content_type.as_deref() != Some(DNS_MESSAGE) {
-        return Ok(reply(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "text/plain",
-            Bytes::new(),
-        ));
+    let content_type = request.headers().get(CONTENT_TYPE);
+    if content_type.map(|v| v.as_bytes()) != Some(DNS_MESSAGE.as_bytes()) {
+        return Err(refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(_) => {
-            return Ok(reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "text/plain",
-                Bytes::new(),
-            ));
-        }
+        Err(_) => return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE)),
     };
-    seen.dns_id = Message::from_vec(&body).ok().map(|query| query.metadata.id);
-    shared.seen.lock().unwrap()[index] = seen;
-    match a_response(&body, shared.answer) {
-        Some(answer) => Ok(reply(StatusCode::OK, DNS_MESSAGE, Bytes::from(answer))),
-        None => Ok(reply(StatusCode::BAD_REQUEST, "text/plain", Bytes::new())),
+    if let Ok(query) = Message::from_vec(&body) {
+        let mut seen = shared.seen.lock().unwrap();
+        seen[index].dns_id = Some(query.metadata.id);
+        seen[index].name = query.queries.first().map(|q| q.name().to_ascii());
+    }
+    Ok(body)
+}
+
+/// The answer to `query`: one A record of the server's address to an A question.
+fn answer(query: &[u8], shared: &Shared) -> Response<Full<Bytes>> {
+    match a_response(query, shared.answer) {
+        Some(answer) => reply(StatusCode::OK, DNS_MESSAGE, Bytes::from(answer)),
+        None => reply(StatusCode::BAD_REQUEST, "text/plain", Bytes::new()),
     }
 }
 
