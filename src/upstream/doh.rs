@@ -13,10 +13,13 @@
 //! task of its own, two more task hops and a segment per frame, which showed at light load.
 //!
 //! A response that is not a 2xx `application/dns-message` is an upstream failure
-//! ([`UpstreamError::Http`]); so is a connection the server ends (GOAWAY, reset, close): its
-//! outstanding queries fail with [`UpstreamError::Closed`] and are retried like DoT's. Idle
-//! connections close after `upstream_idle_timeout`; the pool, health and backoff around them
-//! are DoT's too ([`PooledUpstream`]).
+//! ([`UpstreamError::Http`]); so is a connection the server resets or closes: its outstanding
+//! queries fail with [`UpstreamError::Closed`] and are retried like DoT's. A server's GOAWAY
+//! only retires the connection: the query that finds it fails the same way, but the requests
+//! the server took are still answered on it (a server restarting or rotating its connections
+//! says GOAWAY and finishes them), and a server that never answers them is a stall like any
+//! other. Idle connections close after `upstream_idle_timeout`; the pool, health and backoff
+//! around them are DoT's too ([`PooledUpstream`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,6 +159,7 @@ struct Shared {
 }
 
 struct State {
+    /// New queries may go on it: false once it is closing or the server has said GOAWAY.
     open: bool,
     outstanding: usize,
     max_in_flight: usize,
@@ -279,9 +283,15 @@ impl Channel for H2Connection {
             Ok(body) => body,
             Err(Failure::Rejected(rejection)) => return Err(rejected(rejection)),
             Err(Failure::Http2(error)) => {
-                // GOAWAY, a reset or a closed connection: no new query goes on it.
                 debug!("DoH request failed: {error}");
-                self.shared.close();
+                if error.is_go_away() && error.is_remote() {
+                    // The server is going away: no new query goes on it, but the requests
+                    // it took are still answered there.
+                    self.shared.retire();
+                } else {
+                    // A reset or a lost connection: it goes, and what is outstanding on it.
+                    self.shared.close();
+                }
                 return Err(UpstreamError::Closed);
             }
         };
@@ -291,7 +301,7 @@ impl Channel for H2Connection {
     }
 
     fn is_open(&self) -> bool {
-        !self.shared.closed.is_cancelled()
+        self.shared.lock().open
     }
 
     fn outstanding(&self) -> usize {
@@ -353,8 +363,14 @@ impl Shared {
         Some(quiet_until.max(Instant::now() + idle_timeout / 8))
     }
 
-    fn close(&self) {
+    /// No new query goes on it; those outstanding finish, and it closes when the last
+    /// handle on it goes, or when the server ends it.
+    fn retire(&self) {
         self.lock().open = false;
+    }
+
+    fn close(&self) {
+        self.retire();
         self.closed.cancel();
     }
 }

@@ -18,6 +18,7 @@ mod dns_over_https;
 mod dns_over_tls;
 mod dnssec;
 mod doh_upstream;
+mod doh_upstream_faults;
 mod fault_matrix;
 mod harness_selftest;
 mod idle_timeouts;

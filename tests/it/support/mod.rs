@@ -1,11 +1,12 @@
-//! Test harness: a fake DNS-over-TLS upstream (`upstream`), the real daemon launched the way
-//! systemd launches it (`proxy`), a small DNS client (`client`), network namespaces with
+//! Test harness: a fake DNS-over-TLS upstream (`upstream`), a scripted DNS-over-HTTPS one
+//! (`doh_server`), the real daemon launched the way systemd launches it (`proxy`), a small DNS client (`client`), network namespaces with
 //! nftables rules (`netns`), and shared helpers.
 
 #![allow(dead_code)]
 
 pub mod client;
 pub mod dnssec_world;
+pub mod doh_server;
 pub mod encrypted;
 pub mod netns;
 pub mod proxy;
