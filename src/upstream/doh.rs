@@ -13,13 +13,14 @@
 //! task of its own, two more task hops and a segment per frame, which showed at light load.
 //!
 //! A response that is not a 2xx `application/dns-message` is an upstream failure
-//! ([`UpstreamError::Http`]); so is a connection the server resets or closes: its outstanding
-//! queries fail with [`UpstreamError::Closed`] and are retried like DoT's. A server's GOAWAY
-//! only retires the connection: the query that finds it fails the same way, but the requests
-//! the server took are still answered on it (a server restarting or rotating its connections
-//! says GOAWAY and finishes them), and a server that never answers them is a stall like any
-//! other. Idle connections close after `upstream_idle_timeout`; the pool, health and backoff
-//! around them are DoT's too ([`PooledUpstream`]).
+//! ([`UpstreamError::Http`]), and so is a request whose stream the server resets; a
+//! connection that breaks or that the server closes fails its outstanding queries with
+//! [`UpstreamError::Closed`], retried like DoT's. A server's GOAWAY only retires the
+//! connection: the query that finds it fails the same way, but the requests the server took
+//! are still answered on it (a server restarting or rotating its connections says GOAWAY and
+//! finishes them), and a server that never answers them is a stall like any other. Idle
+//! connections close after `upstream_idle_timeout`; the pool, health and backoff around them
+//! are DoT's too ([`PooledUpstream`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -284,12 +285,23 @@ impl Channel for H2Connection {
             Err(Failure::Rejected(rejection)) => return Err(rejected(rejection)),
             Err(Failure::Http2(error)) => {
                 debug!("DoH request failed: {error}");
+                if error.is_remote() && error.is_reset() && !error.is_go_away() {
+                    // The server refused or cancelled this request: a failure of the upstream
+                    // like an error status, and the log says which.
+                    let reason = error
+                        .reason()
+                        .map(|r| format!(" ({r:?})"))
+                        .unwrap_or_default();
+                    return Err(UpstreamError::Http(
+                        format!("the upstream reset the request's stream{reason}").into(),
+                    ));
+                }
                 if error.is_go_away() && error.is_remote() {
                     // The server is going away: no new query goes on it, but the requests
                     // it took are still answered there.
                     self.shared.retire();
                 } else {
-                    // A reset or a lost connection: it goes, and what is outstanding on it.
+                    // A lost connection: it goes, and what is outstanding on it.
                     self.shared.close();
                 }
                 return Err(UpstreamError::Closed);

@@ -66,8 +66,11 @@ fn down_because(behaviour: Behaviour) -> String {
     match behaviour {
         Behaviour::Status(code) => format!("is down: HTTP: status {code}"),
         Behaviour::WrongType => "is down: HTTP: a 2xx response of type \"text/html\"".to_string(),
+        Behaviour::Reset => {
+            "is down: HTTP: the upstream reset the request's stream (INTERNAL_ERROR)".to_string()
+        }
         // The query after the GOAWAY finds the connection gone before the first one times out.
-        Behaviour::Reset | Behaviour::GoAway => "is down: connection closed".to_string(),
+        Behaviour::GoAway => "is down: connection closed".to_string(),
         Behaviour::Stall => "is down: no answer in time".to_string(),
         Behaviour::Answer | Behaviour::GoAwayThenAnswer(_) => {
             unreachable!("a server that answers is not down")
