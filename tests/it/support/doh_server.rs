@@ -188,19 +188,18 @@ impl DohServer {
 
     /// Waits until at least `n` requests have been received; panics after `limit`.
     pub async fn wait_requests(&self, n: usize, limit: Duration) {
-        let mut events = self.shared.events.subscribe();
-        let waited = tokio::time::timeout(limit, async {
-            while self.requests() < n {
-                events.changed().await.expect("server alive");
-            }
-        })
+        super::wait_for(
+            &self.shared.events,
+            || self.requests() >= n,
+            limit,
+            || {
+                format!(
+                    "the DoH server received {} requests, not {n},",
+                    self.requests()
+                )
+            },
+        )
         .await;
-        if waited.is_err() {
-            panic!(
-                "the DoH server received {} requests, not {n}, within {limit:?}",
-                self.requests()
-            );
-        }
     }
 }
 

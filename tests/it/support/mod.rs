@@ -80,6 +80,26 @@ pub async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) 
     )
 }
 
+/// Waits until `holds()`, checked again at each change a server announces on `events`; panics
+/// with `what()` after `limit`.
+pub async fn wait_for(
+    events: &tokio::sync::watch::Sender<u64>,
+    holds: impl Fn() -> bool,
+    limit: Duration,
+    what: impl FnOnce() -> String,
+) {
+    let mut changes = events.subscribe();
+    let waited = tokio::time::timeout(limit, async {
+        while !holds() {
+            changes.changed().await.expect("server alive");
+        }
+    })
+    .await;
+    if waited.is_err() {
+        panic!("{} within {limit:?}", what());
+    }
+}
+
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
         Ok(value) => value,

@@ -517,34 +517,25 @@ impl FakeUpstream {
 
     /// Waits until at least `n` queries have been received in total.
     pub async fn wait_queries(&self, n: usize, timeout: Duration) {
-        let mut rx = self.shared.events.subscribe();
-        let res = tokio::time::timeout(timeout, async {
-            while self.queries() < n {
-                rx.changed().await.expect("upstream alive");
-            }
-        })
+        super::wait_for(
+            &self.shared.events,
+            || self.queries() >= n,
+            timeout,
+            || format!("upstream received {} queries, expected {n}", self.queries()),
+        )
         .await;
-        if res.is_err() {
-            panic!(
-                "upstream received {} queries, expected {n} within {timeout:?}",
-                self.queries()
-            );
-        }
     }
 
     /// Waits until `pred` holds for this upstream (re-checked on every counter change); panics
     /// with `what` after `timeout`.
     pub async fn wait_until(&self, what: &str, pred: impl Fn(&Self) -> bool, timeout: Duration) {
-        let mut rx = self.shared.events.subscribe();
-        let res = tokio::time::timeout(timeout, async {
-            while !pred(self) {
-                rx.changed().await.expect("upstream alive");
-            }
-        })
+        super::wait_for(
+            &self.shared.events,
+            || pred(self),
+            timeout,
+            || format!("fake upstream: not {what}"),
+        )
         .await;
-        if res.is_err() {
-            panic!("fake upstream: not {what} within {timeout:?}");
-        }
     }
 
     /// Closes the listener and every connection.
