@@ -53,6 +53,9 @@ use crate::upstream::tls::{self, TlsSetupError};
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// A PING unanswered this long closes the connection.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most header bytes a response may carry: a DNS answer needs a few dozen, and the
+/// crate's own default (16 MiB) would let an upstream make each stream hold that much.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// One DNS-over-HTTPS upstream: its connections, health and backoff.
 pub(crate) type DohUpstream = PooledUpstream<DohConnector>;
@@ -194,7 +197,10 @@ impl H2Connection {
                 },
             )
             .await?;
-        let http2 = client::Builder::new().enable_push(false).handshake(stream);
+        let http2 = client::Builder::new()
+            .enable_push(false)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .handshake(stream);
         let (sender, mut connection) = tokio::time::timeout_at(deadline, http2)
             .await
             .map_err(|_| UpstreamError::HandshakeTimeout)?
@@ -229,7 +235,7 @@ impl H2Connection {
         })
     }
 
-    /// Sends `body` as one POST and returns the response's status, content type and body.
+    /// Sends `body` as one POST; the response's body, once its status and content type pass.
     async fn exchange(&self, body: Bytes) -> Result<Vec<u8>, Failure> {
         // Waits only while the server's limit on concurrent streams is reached.
         let mut sender = self.sender.clone().ready().await?;
