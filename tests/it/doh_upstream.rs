@@ -53,7 +53,13 @@ async fn doh_upstream_carries_concurrent_queries_on_one_connection() {
         return;
     }
     let unbound = Unbound::start(UnboundPorts::https_only()).await;
-    let toml = doh_config(&unbound, &ca(&unbound), "upstream_connections = 1");
+    // Connections of earlier tests to a server that had this port may linger in TIME-WAIT.
+    let before = connections_to(unbound.https_addr());
+    let toml = doh_config(
+        &unbound,
+        &ca(&unbound),
+        "upstream_connections = 1\n[metrics]\nlisten = \"127.0.0.1:0\"",
+    );
     let proxy = Proxy::builder_toml(&toml).start().await;
 
     let client = UdpClient::new(proxy.udp4()).await;
@@ -87,11 +93,27 @@ async fn doh_upstream_carries_concurrent_queries_on_one_connection() {
         }
     })
     .await;
-    let connections = connections_to(unbound.https_addr());
+    let connections: BTreeSet<u16> = connections_to(unbound.https_addr())
+        .difference(&before)
+        .copied()
+        .collect();
     assert_eq!(
         connections.len(),
         1,
         "one HTTP/2 connection carries every query: {connections:?}"
+    );
+    // The daemon's own count agrees: one TLS handshake, none failed.
+    let samples = crate::metrics::scrape(proxy.metrics_address().await).await;
+    let handshakes: Vec<(&String, &f64)> = samples
+        .iter()
+        .filter(|(series, value)| {
+            series.starts_with("dns_proxy_tls_handshakes_total{") && **value > 0.0
+        })
+        .collect();
+    assert_eq!(handshakes.len(), 1, "{handshakes:?}");
+    assert!(
+        handshakes[0].0.contains("outcome=\"full\"") && *handshakes[0].1 == 1.0,
+        "{handshakes:?}"
     );
     proxy.assert_running();
 }
