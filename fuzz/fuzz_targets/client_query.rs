@@ -112,6 +112,23 @@ fn check_query(packet: &[u8], query: &Query) {
     assert!(!query.describe().is_empty());
 }
 
+/// The length of the question at the start of `bytes` (its name, type and class), if whole.
+fn question_len(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let len = usize::from(*bytes.get(at)?);
+        let end = match len {
+            0 => at + 5,
+            0xc0.. => at + 6,
+            _ => {
+                at += 1 + len;
+                continue;
+            }
+        };
+        return Some(end).filter(|&end| end <= bytes.len());
+    }
+}
+
 /// An error answer keeps the client's id, opcode, RD and question, says QR, and carries the
 /// rcode; hickory reads it back. `from` is the valid query and rcode it was made with, if any.
 fn check_error_answer(packet: &[u8], answer: &[u8], from: Option<(&Query, Rcode)>) {
@@ -122,7 +139,14 @@ fn check_error_answer(packet: &[u8], answer: &[u8], from: Option<(&Query, Rcode)
     assert!(qdcount <= 1);
     assert_eq!(answer[6..10], [0; 4], "no records but OPT");
     if qdcount == 1 {
-        let question_len = answer.len() - 12 - if answer[11] == 1 { 11 } else { 0 };
+        let question_len = question_len(&answer[12..]).expect("the answer's question is whole");
+        // After the question: nothing, or the one record counted in ARCOUNT (OPT, or the
+        // TSIG record of a BADKEY answer).
+        let rest = answer.len() - 12 - question_len;
+        match answer[11] {
+            0 => assert_eq!(rest, 0),
+            _ => assert!(rest >= 11, "a whole additional record"),
+        }
         assert_eq!(answer[12..12 + question_len], packet[12..12 + question_len]);
         assert!(response_matches(answer, &packet[12..12 + question_len]));
     }
