@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::client::{self, SendRequest};
 use h2::{Ping, PingPong, RecvStream};
 use hyper::header::{ACCEPT, CONTENT_TYPE};
@@ -265,7 +265,7 @@ impl From<h2::Error> for Failure {
 /// The whole body, at most [`MAX_BODY`] bytes, handing each chunk's flow-control credit back
 /// so the connection's window never runs dry.
 async fn read_body(mut body: RecvStream) -> Result<Vec<u8>, Failure> {
-    let mut collected = BytesMut::new();
+    let mut collected = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         body.flow_control().release_capacity(chunk.len())?;
@@ -274,7 +274,7 @@ async fn read_body(mut body: RecvStream) -> Result<Vec<u8>, Failure> {
         }
         collected.extend_from_slice(&chunk);
     }
-    Ok(collected.to_vec())
+    Ok(collected)
 }
 
 impl Channel for H2Connection {
