@@ -38,22 +38,24 @@ pub(crate) fn badkey_record(packet: &[u8]) -> Option<Vec<u8>> {
     let (owner_at, TYPE_TSIG, rdata) = last? else {
         return None;
     };
-    let rdata = packet.get(rdata)?;
-    // Algorithm name (never compressed, RFC 8945 §4.2), time signed (6), fudge (2), MAC size,
-    // MAC, original id.
-    let algorithm_end = skip_name(rdata, 0)?;
-    let algorithm = rdata.get(..algorithm_end)?;
-    let time_and_fudge = rdata.get(algorithm_end..algorithm_end + 8)?;
-    let mac_len = usize::from(read_u16(rdata, algorithm_end + 8)?);
-    let original_id = rdata.get(algorithm_end + 10 + mac_len..algorithm_end + 12 + mac_len)?;
+    // Algorithm name, time signed (6), fudge (2), MAC size, MAC, original id. The algorithm
+    // name must not be compressed (RFC 8945 §4.2); one that is, is written out in full, since
+    // a pointer copied into the answer would point into the wrong message.
+    let mut algorithm = Vec::with_capacity(32);
+    read_name(packet, rdata.start, &mut algorithm)?;
+    let algorithm_end = skip_name(packet, rdata.start)?;
+    let fields = packet.get(algorithm_end..rdata.end)?;
+    let time_and_fudge = fields.get(..8)?;
+    let mac_len = usize::from(read_u16(fields, 8)?);
+    let original_id = fields.get(10 + mac_len..12 + mac_len)?;
     let mut tsig = Vec::with_capacity(64 + algorithm.len());
-    read_owner(packet, owner_at, &mut tsig)?;
+    read_name(packet, owner_at, &mut tsig)?;
     tsig.extend_from_slice(&TYPE_TSIG.to_be_bytes());
     tsig.extend_from_slice(&CLASS_ANY.to_be_bytes());
     tsig.extend_from_slice(&[0, 0, 0, 0]);
     let rdlength = algorithm.len() + 8 + 2 + 2 + 2 + 2;
     tsig.extend_from_slice(&(rdlength as u16).to_be_bytes());
-    tsig.extend_from_slice(algorithm);
+    tsig.extend_from_slice(&algorithm);
     tsig.extend_from_slice(time_and_fudge);
     // No MAC: the answer is unsigned.
     tsig.extend_from_slice(&[0, 0]);
@@ -63,15 +65,17 @@ pub(crate) fn badkey_record(packet: &[u8]) -> Option<Vec<u8>> {
     Some(tsig)
 }
 
-/// The possibly compressed name at `pos`, written out uncompressed into `out`.
-fn read_owner(packet: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Option<()> {
+/// The possibly compressed name at `pos`, appended uncompressed to `out`; `None` if it cannot
+/// be read or is longer than a name may be (255 bytes).
+fn read_name(packet: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Option<()> {
+    let start = out.len();
     let mut limit = pos;
     loop {
         let len = *packet.get(pos)?;
         match len & 0xc0 {
             0x00 if len == 0 => {
                 out.push(0);
-                return (out.len() <= 255).then_some(());
+                return (out.len() - start <= 255).then_some(());
             }
             0x00 => {
                 out.extend_from_slice(packet.get(pos..pos + 1 + usize::from(len))?);
@@ -149,6 +153,48 @@ mod tests {
             let tail = &answer[answer.len() - 8..];
             assert_eq!(tail, &[0, 0, 0x12, 0x34, 0, 17, 0, 0]);
         }
+    }
+
+    /// `signed_query(false)` with its algorithm name replaced by `algorithm`.
+    fn signed_with_algorithm(algorithm: &[u8]) -> Vec<u8> {
+        let mut q = signed_query(false);
+        let rdata_at = q.len() - 61;
+        let mut rdata = algorithm.to_vec();
+        rdata.extend_from_slice(&q[rdata_at + 13..]);
+        q.truncate(rdata_at - 2);
+        q.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        q.extend_from_slice(&rdata);
+        q
+    }
+
+    #[test]
+    fn a_compressed_algorithm_name_is_written_out_in_full() {
+        // The algorithm name points at the question's "example.com".
+        let q = signed_with_algorithm(&[0xc0, 0x0c]);
+        let Err(Rejection::Answer(answer, Rcode::NotAuth)) = parse_query(&q) else {
+            panic!("expected NOTAUTH");
+        };
+        let parsed = Message::from_vec(&answer).expect("hickory reads it");
+        let text = format!("{:?}", parsed.signature);
+        assert!(text.contains("example.com"), "{text}");
+        let full = b"\x07example\x03com\x00";
+        let copies = answer.windows(full.len()).filter(|w| w == full).count();
+        assert_eq!(
+            copies, 3,
+            "question, key name and algorithm, all uncompressed"
+        );
+    }
+
+    #[test]
+    fn an_algorithm_name_too_long_to_be_a_name_gets_no_tsig_answer() {
+        // Five 63-byte labels: 321 bytes, more than a name may have.
+        let mut name = Vec::new();
+        for _ in 0..5 {
+            name.push(63);
+            name.extend_from_slice(&[b'a'; 63]);
+        }
+        name.push(0);
+        assert_eq!(badkey_record(&signed_with_algorithm(&name)), None);
     }
 
     #[test]
