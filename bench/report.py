@@ -14,7 +14,7 @@ from workloads import (ALL_WORKLOADS, DNSSEC_WORKLOADS, DOH_UPSTREAM_WORKLOADS, 
                        LIGHT_RATES, LIGHT_SOCKETS, LINKS_WORKLOADS)
 
 
-def report(a, rows, versions, started, extras=None, light=None):
+def report(a, rows, versions, started, extras=None, light=None, direct=None):
     machine = machine_info()
     ratios = compute_ratios(rows)
     doc = {"date": started.isoformat(timespec="seconds"), "machine": machine,
@@ -38,7 +38,7 @@ def report(a, rows, versions, started, extras=None, light=None):
            "light": {"rates_qps": LIGHT_RATES, "duration_s": a.light_duration,
                      "fresh_starts": a.light_starts, "sockets": LIGHT_SOCKETS,
                      "upstreams": UPSTREAM_KIND_LABEL, "runs": light or [],
-                     "summary": summarize_light(light or [])}}
+                     "summary": summarize_light(light or []), "direct": direct}}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:
         json.dump(doc, f, indent=2)
@@ -303,6 +303,30 @@ def render_light(doc):
         lines.append("")
         lines.append("dns-proxy p50 against the upstream's own plain-UDP p50:")
         lines.extend(verdict)
+    lines.extend(render_direct(light.get("direct"), summary))
+    return lines
+
+
+def render_direct(direct, summary):
+    """unbound's own round trips with no forwarder (bench/direct), and how much of dns-proxy's
+    DoH-over-DoT difference at the same rate is the upstream's."""
+    if not direct:
+        return []
+    if "skipped" in direct:
+        return ["", f"unbound alone (bench/direct): not run: {direct['skipped']}"]
+    rate = direct["rate"]
+    own = {k: direct[k]["p50_ms"] for k in ("udp", "dot", "doh")}
+    lines = ["", f"unbound alone, one query at a time at {rate:g} q/s straight from a client "
+             f"(bench/direct, median of {direct['rounds']} interleaved rounds), p50: "
+             f"UDP {own['udp']:.3f}, DoT {own['dot']:.3f}, DoH {own['doh']:.3f} ms; "
+             f"its DoH costs {own['doh'] - own['dot']:+.3f} ms over its DoT."]
+    p50 = {r["upstream"]: r["p50_ms_median"] for r in summary
+           if r["forwarder"] == "dns-proxy" and r["rate"] == rate and r["starts"]}
+    if p50.get("unbound") is not None and p50.get("unbound-doh") is not None:
+        ours = p50["unbound-doh"] - p50["unbound"]
+        lines.append(f"dns-proxy at {rate:g} q/s, median p50: over DoH {p50['unbound-doh']:.3f}, over "
+                     f"DoT {p50['unbound']:.3f} ms: {ours:+.3f} ms, of which the upstream's "
+                     f"{own['doh'] - own['dot']:+.3f} and dns-proxy's {ours - (own['doh'] - own['dot']):+.3f}.")
     return lines
 
 

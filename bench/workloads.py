@@ -168,6 +168,7 @@ LIGHT_SOCKETS = 10
 # dnsdist+cache forwards unique names exactly as dnsdist does: left out of the light workloads.
 LIGHT_SKIP = {"dnsdist+cache"}
 OPENLOOP = os.path.join(HERE, "openloop")
+DIRECT = os.path.join(HERE, "direct")
 
 
 def budget_s(a, n_fwd):
@@ -283,6 +284,8 @@ class Bench:
         self.procs = Procs()
         self.rows = []
         self.light = []
+        # The upstream's own light-load round trips over UDP, DoT and DoH (bench/direct).
+        self.direct = None
         self.versions = {}
         # dns-proxy only: exec to READY=1, RSS with a full cache.
         self.extras = {}
@@ -424,6 +427,23 @@ class Bench:
                 res = self.openloop(udp, rate)
                 self.light.append({"forwarder": "ceiling", "upstream": kind, "rate": rate,
                                    "start": 0, "first_query_ms": None, **light_fields(res)})
+
+    def run_direct(self):
+        """unbound's own round trips at the lowest light rate over plain UDP, DoT and DoH, with
+        no forwarder between: what its DoH costs over its DoT is the upstream's share of a
+        forwarder's DoH-over-DoT difference."""
+        rate = LIGHT_RATES[0]
+        log(f"upstream alone (bench/direct -> unbound UDP, DoT, DoH) / {rate} q/s")
+        cmd = [sys.executable, DIRECT, "--ca", f"{self.d}/ca.pem", "--name", TLS_NAME,
+               "--udp", str(UPSTREAM_UDP), "--dot", str(UPSTREAM_DOT), "--doh", str(UPSTREAM_DOH),
+               "--path", DOH_PATH, "--rate", str(rate), "--duration", str(self.a.light_duration),
+               "--rounds", str(self.a.light_starts)]
+        try:
+            r = run(cmd, timeout=3 * self.a.light_duration * self.a.light_starts + 60)
+            self.direct = json.loads(r.stdout)
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
+            self.direct = {"skipped": str(e).replace("\n", " ")[:300]}
+            log(f"bench/direct failed: {self.direct['skipped']}")
 
     def run_light(self, name, kinds):
         """Open-loop light load, each (upstream kind, rate) over fresh starts of the forwarder:
@@ -720,6 +740,8 @@ class Bench:
             if self.start_nodelay_upstream() is not None:
                 kinds["dnsdist"] = UPSTREAM_KINDS["dnsdist"]
             self.run_light_ceiling(kinds)
+            if "unbound-doh" in kinds:
+                self.run_direct()
             for name in a.only:
                 if name not in LIGHT_SKIP:
                     self.run_light(name, kinds)
