@@ -1,6 +1,6 @@
 //! DNSSEC validation against a real signed world (tests/dnssec/world.sh: knotd serving a private
 //! root, `test.` and a zone per case), resolved by unbound as the DoT upstream, once validating
-//! and once as a plain iterator that hands bogus data on. dns-proxy must reach the same verdict
+//! and once as a plain iterator that hands bogus data on (and that one over DoH too). dns-proxy must reach the same verdict
 //! behind both: AD exactly on the proven answers (NXDOMAIN and NODATA included), SERVFAIL with
 //! the Extended DNS Error that names the fault on bogus ones, the data unvalidated for CD=1,
 //! insecure answers unchanged. `delv` (BIND's validator) and the validating unbound vouch for the
@@ -522,16 +522,18 @@ async fn validating_proxy(
 /// Starts dns-proxy with `config`; panics when it does not take the config whole (a daemon
 /// that starts degraded answers SERVFAIL to everything, which would bury the real verdicts).
 async fn start(config: &ProxyConfig) -> Proxy {
-    let proxy = Proxy::start(config).await;
+    start_toml(&config.to_toml()).await
+}
+
+/// [`start`] with a config file given verbatim.
+async fn start_toml(toml: &str) -> Proxy {
+    let proxy = Proxy::builder_toml(toml).start().await;
     if let Some(status) = proxy
         .notifications()
         .iter()
         .find(|n| n.contains("degraded"))
     {
-        panic!(
-            "dns-proxy did not take the config:\n{}\n{status}",
-            config.to_toml()
-        );
+        panic!("dns-proxy did not take the config:\n{toml}\n{status}");
     }
     proxy
 }
@@ -563,6 +565,30 @@ async fn verdicts_behind_a_validating_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdicts_behind_a_non_validating_upstream() {
     whole_world_through(Resolution::IteratorOnly).await;
+}
+
+/// The same verdicts with the non-validating upstream's DNS-over-HTTPS service as the only
+/// upstream: the DNSKEY sets and denial proofs of a signed world are the largest answers an
+/// upstream gives, and over DoH each arrives as HTTP/2 frames, not as one DoT frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_over_a_doh_upstream() {
+    if !world_tools_present() {
+        return;
+    }
+    let servers = WorldServers::start().await;
+    let resolver = servers.resolver(Resolution::IteratorOnly);
+    let proxy = start_toml(&format!(
+        "timeout = \"3s\"\ntrust_anchors = \"{}\"\n{}",
+        servers.world.anchor_ds().display(),
+        resolver.doh_upstream_toml()
+    ))
+    .await;
+    let mut failures = Vec::new();
+    for (i, case) in CASES.iter().enumerate() {
+        check_case(proxy.udp4(), case, i % 2 == 1, &mut failures).await;
+    }
+    proxy.assert_running();
+    report("dns-proxy over the IteratorOnly upstream's DoH", failures);
 }
 
 /// The verdict `delv` reaches, from its output: one line per RRset of the chain (a CNAME's

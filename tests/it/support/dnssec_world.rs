@@ -1,6 +1,6 @@
 //! A private signed DNS world for the DNSSEC tests: `tests/dnssec/world.sh` signs it (Knot DNS's
 //! kzonesign and keymgr) into a temporary directory, knotd serves it on a loopback port, and
-//! unbound resolves it as a DNS-over-TLS upstream, either validating it against the world's own
+//! unbound resolves it as a DNS-over-TLS (and DNS-over-HTTPS) upstream, either validating it against the world's own
 //! root anchor or as a plain iterator that passes bogus data on. Every process is killed when
 //! its handle is dropped; every wait is bounded.
 
@@ -195,6 +195,8 @@ pub enum Resolution {
 pub struct WorldResolver {
     /// DNS over TLS.
     pub dot: SocketAddr,
+    /// DNS over HTTPS, at [`unbound::DOH_PATH`].
+    pub doh: SocketAddr,
     /// Plain DNS (UDP and TCP), to compare what dns-proxy returns with what the upstream says.
     pub plain: SocketAddr,
     dir: TempDir,
@@ -207,6 +209,7 @@ impl WorldResolver {
         let dir = open_temp_dir();
         write_file(&dir.path().join("ca.pem"), ca_pem(), 0o644);
         let dot_port = free_port();
+        let doh_port = free_port();
         let plain_port = free_port();
         let validation = match resolution {
             Resolution::Validating => format!(
@@ -223,7 +226,10 @@ impl WorldResolver {
             &format!(
                 r#"    interface: 127.0.0.1@{dot_port}
     interface: 127.0.0.1@{plain_port}
+    interface: 127.0.0.1@{doh_port}
     tls-port: {dot_port}
+    https-port: {doh_port}
+    http-endpoint: "{doh_path}"
     log-queries: yes
     val-log-level: 2
     num-threads: 1
@@ -244,6 +250,7 @@ remote-control:
     control-use-cert: no
 "#,
                 dir = dir.path().display(),
+                doh_path = unbound::DOH_PATH,
                 knot_ip = knot.addr.ip(),
                 knot_port = knot.addr.port(),
             ),
@@ -252,6 +259,7 @@ remote-control:
         let child = unbound::spawn(&conf, None, &log, Duration::from_secs(15)).await;
         WorldResolver {
             dot: SocketAddr::from((Ipv4Addr::LOCALHOST, dot_port)),
+            doh: SocketAddr::from((Ipv4Addr::LOCALHOST, doh_port)),
             plain: SocketAddr::from((Ipv4Addr::LOCALHOST, plain_port)),
             dir,
             _child: child,
@@ -267,6 +275,17 @@ remote-control:
             ca_file: Some(self.dir.path().join("ca.pem")),
             pin_sha256: Vec::new(),
         }
+    }
+
+    /// This resolver's DNS-over-HTTPS service as dns-proxy's `[[upstream]]` table.
+    pub fn doh_upstream_toml(&self) -> String {
+        format!(
+            "[[upstream]]\nurl = \"https://{DEFAULT_TLS_NAME}:{}{}\"\naddress = \"{}\"\nca_file = {:?}\n",
+            self.doh.port(),
+            unbound::DOH_PATH,
+            self.doh.ip(),
+            self.dir.path().join("ca.pem"),
+        )
     }
 
     pub fn log_lines(&self) -> Vec<String> {
