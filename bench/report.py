@@ -297,7 +297,9 @@ def render_light(doc):
     widths = [max([len(hdr[i])] + [len(row[i]) for row in full]) for i in range(len(hdr))]
     lines.extend(table_lines(hdr, table, widths, lambda row: None if len(row) == len(hdr) else
                              f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}"))
-    lines.append("ceiling = the same open-loop load straight at the upstream's plain UDP port.")
+    lines.append("ceiling = the same open-loop load straight at the upstream's plain UDP port, run as "
+                 "many times as a forwarder is started (median / max over the runs); the limit "
+                 "below uses the median.")
     verdict = light_verdict(summary)
     if verdict:
         lines.append("")
