@@ -142,14 +142,19 @@ def build():
 # Processes, /proc and a DNS query (inner phase)
 
 
+def query_packet(qid, name, flags=0x0100):
+    """An A query for `name` with id `qid` and header `flags` (RD), no EDNS."""
+    q = struct.pack(">HHHHHH", qid, flags, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\x00" + struct.pack(">HH", 1, 1)
+
+
 def udp_exchange(name, port, timeout=1.0, flags=0x0100, host="127.0.0.1"):
     """One A query for `name` with header `flags` (RD; no EDNS) over UDP to `host`:`port`;
     the answer with its ID, or raises OSError (socket.timeout) without one."""
     qid = random.randrange(65536)
-    q = struct.pack(">HHHHHH", qid, flags, 1, 0, 0, 0)
-    for label in name.rstrip(".").split("."):
-        q += bytes([len(label)]) + label.encode()
-    q += b"\x00" + struct.pack(">HH", 1, 1)
+    q = query_packet(qid, name, flags)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.sendto(q, (host, port))

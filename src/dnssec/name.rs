@@ -4,55 +4,23 @@
 
 use std::cmp::Ordering;
 
+use crate::wire::field;
 use crate::wire::name::suffixes;
 
-/// Longest name in wire form (RFC 1035 §3.1).
-pub(crate) const MAX_NAME: usize = 255;
+pub(crate) use crate::wire::field::MAX_NAME;
+
 /// The root name.
 pub(crate) const ROOT: &[u8] = &[0];
 
 /// Reads the possibly compressed name at `pos` of `message`, appending it to `out` in lower
-/// case without compression. Returns the offset just past the name where it sits in the message
-/// (after its first pointer, if any), or `None` if it is malformed: a label type other than a
-/// plain length or a pointer, a pointer loop, or longer than 255 bytes.
-pub(crate) fn read_name(message: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Option<usize> {
+/// case without compression; the offset just past it, or `None` if it is malformed
+/// ([`field::read_name`]).
+pub(crate) fn read_name(message: &[u8], pos: usize, out: &mut Vec<u8>) -> Option<usize> {
     let start = out.len();
-    let mut end = None;
-    // Each pointer must go strictly backwards, so the walk ends.
-    let mut limit = pos;
-    loop {
-        let len = *message.get(pos)?;
-        match len & 0xc0 {
-            0x00 if len == 0 => {
-                out.push(0);
-                if out.len() - start > MAX_NAME {
-                    return None;
-                }
-                return Some(end.unwrap_or(pos + 1));
-            }
-            0x00 => {
-                let label = message.get(pos + 1..pos + 1 + usize::from(len))?;
-                out.push(len);
-                out.extend(label.iter().map(u8::to_ascii_lowercase));
-                if out.len() - start > MAX_NAME {
-                    return None;
-                }
-                pos += 1 + usize::from(len);
-            }
-            0xc0 => {
-                let target = usize::from(u16::from_be_bytes([len & 0x3f, *message.get(pos + 1)?]));
-                if end.is_none() {
-                    end = Some(pos + 2);
-                }
-                if target >= limit {
-                    return None;
-                }
-                limit = target;
-                pos = target;
-            }
-            _ => return None,
-        }
-    }
+    let end = field::read_name(message, pos, out)?;
+    // Length bytes are at most 63, below every upper-case letter: only label bytes change.
+    out[start..].make_ascii_lowercase();
+    Some(end)
 }
 
 /// The labels of `name`, not counting the root label.

@@ -4,7 +4,7 @@
 //! with an unsigned TSIG record carrying error BADKEY (RFC 8945 §5.2, §5.3.2), which tells the
 //! client its key is unknown here.
 
-use crate::wire::field::{read_u16, skip_name};
+use crate::wire::field::{read_name, read_u16, skip_name};
 
 const HEADER_LEN: usize = 12;
 const TYPE_TSIG: u16 = 250;
@@ -42,8 +42,7 @@ pub(crate) fn badkey_record(packet: &[u8]) -> Option<Vec<u8>> {
     // name must not be compressed (RFC 8945 §4.2); one that is, is written out in full, since
     // a pointer copied into the answer would point into the wrong message.
     let mut algorithm = Vec::with_capacity(32);
-    read_name(packet, rdata.start, &mut algorithm)?;
-    let algorithm_end = skip_name(packet, rdata.start)?;
+    let algorithm_end = read_name(packet, rdata.start, &mut algorithm)?;
     let fields = packet.get(algorithm_end..rdata.end)?;
     let time_and_fudge = fields.get(..8)?;
     let mac_len = usize::from(read_u16(fields, 8)?);
@@ -63,35 +62,6 @@ pub(crate) fn badkey_record(packet: &[u8]) -> Option<Vec<u8>> {
     tsig.extend_from_slice(&BADKEY.to_be_bytes());
     tsig.extend_from_slice(&[0, 0]);
     Some(tsig)
-}
-
-/// The possibly compressed name at `pos`, appended uncompressed to `out`; `None` if it cannot
-/// be read or is longer than a name may be (255 bytes).
-fn read_name(packet: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Option<()> {
-    let start = out.len();
-    let mut limit = pos;
-    loop {
-        let len = *packet.get(pos)?;
-        match len & 0xc0 {
-            0x00 if len == 0 => {
-                out.push(0);
-                return (out.len() - start <= 255).then_some(());
-            }
-            0x00 => {
-                out.extend_from_slice(packet.get(pos..pos + 1 + usize::from(len))?);
-                pos += 1 + usize::from(len);
-            }
-            0xc0 => {
-                let target = usize::from(read_u16(packet, pos)? & 0x3fff);
-                if target >= limit {
-                    return None;
-                }
-                limit = target;
-                pos = target;
-            }
-            _ => return None,
-        }
-    }
 }
 
 #[cfg(test)]
